@@ -1,0 +1,285 @@
+"""Finding, downloading, reading and strictly loading checkpoints.
+
+Every failure is a `WeightsError` whose message is one line naming the file or URL and
+what to do, because the command line prints it as the user's only error line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+import torch
+
+from models._registry import WeightsError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+#: Where the official pytorchvideo Kinetics-400 checkpoints live (pytorchvideo's
+#: `models/hub/x3d.py`); AVSTREAM_WEIGHTS_BASE_URL overrides it (tests, mirrors).
+ZOO_BASE_URL = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/"
+ZOO_KEYWORD = "kinetics400"
+
+_CHUNK = 1 << 20
+_TIMEOUT_S = 60.0
+_SHOWN_KEYS = 3  # names shown per list in a "does not fit" message
+
+_FETCH_HINT = "download the file another way and pass its local path as weights (--weights PATH)"
+
+
+def cache_dir() -> Path:
+    """`$AVSTREAM_CACHE/weights`, default `~/.cache/avstream/weights`."""
+    root = os.environ.get("AVSTREAM_CACHE") or os.path.join("~", ".cache", "avstream")
+    return Path(root).expanduser() / "weights"
+
+
+def resolve(
+    weights: str | os.PathLike[str], *, model: str, zoo_file: str | None
+) -> tuple[Path, str]:
+    """Turn a `weights=` value into a local file, downloading if needed.
+
+    Returns the path and a short description of the source for error messages.
+    """
+    spec = os.fspath(weights)
+    if spec == ZOO_KEYWORD:
+        if zoo_file is None:
+            raise WeightsError(
+                f"{model} has no official {ZOO_KEYWORD} checkpoint; pass a checkpoint path or URL"
+            )
+        base = os.environ.get("AVSTREAM_WEIGHTS_BASE_URL") or ZOO_BASE_URL
+        spec = base.rstrip("/") + "/" + zoo_file
+    if spec.startswith(("http://", "https://")):
+        path = download(spec)
+        return path, f"{spec} (cached as {path})"
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file {path} not found; pass an existing checkpoint file, "
+            f"an http(s) URL or {ZOO_KEYWORD!r}"
+        )
+    return path, str(path)
+
+
+def download(url: str) -> Path:
+    """Download `url` into the cache once; later calls return the cached file unrequested.
+
+    The body goes to a temporary file in the cache folder that is renamed only when
+    complete, so an interrupted download never leaves a file that looks finished.
+    """
+    name = Path(urllib.parse.urlsplit(url).path).name or "weights"
+    # The URL's hash keeps two servers' X3D_XS.pyth apart.
+    dest = cache_dir() / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+    if dest.is_file():
+        return dest
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as exc:
+        raise _cache_error(dest.parent, exc) from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _fetch(url, out, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise _cache_error(dest.parent, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _fetch(url: str, out: BinaryIO, dest: Path) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "avstream"})
+    try:
+        response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        raise WeightsError(
+            f"cannot download {url}: HTTP {exc.code} {exc.reason}; check the URL, or {_FETCH_HINT}"
+        ) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        raise _network_error(url, exc) from None
+    with response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        progress = _Progress(url, total)
+        received = 0
+        while True:
+            try:
+                chunk = response.read(_CHUNK)
+            except (OSError, http.client.HTTPException) as exc:
+                progress.abort()
+                raise _network_error(url, exc) from None
+            if not chunk:
+                break
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                progress.abort()
+                raise _cache_error(dest.parent, exc) from None
+            received += len(chunk)
+            progress.update(received)
+    if total is not None and received != total:
+        progress.abort()
+        raise WeightsError(
+            f"download of {url} stopped after {received} of {total} bytes; try again, or {_FETCH_HINT}"
+        )
+    progress.finish(received)
+
+
+def _network_error(url: str, exc: BaseException) -> WeightsError:
+    reason = getattr(exc, "reason", None) or exc
+    return WeightsError(
+        f"cannot download {url}: {_one_line(reason)}; check the network connection and the URL, "
+        f"or {_FETCH_HINT}"
+    )
+
+
+def _cache_error(folder: Path, exc: OSError) -> WeightsError:
+    return WeightsError(
+        f"cannot write the weights cache {folder}: {_one_line(exc)}; "
+        f"set AVSTREAM_CACHE to a writable folder with free space"
+    )
+
+
+class _Progress:
+    """Download progress on stderr: a live line on a terminal, one final line otherwise."""
+
+    def __init__(self, url: str, total: int | None) -> None:
+        self.url = url
+        self.total = total
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def _text(self, received: int) -> str:
+        if self.total:
+            return f"{received}/{self.total} bytes ({100 * received // self.total}%)"
+        return f"{received} bytes"
+
+    def update(self, received: int) -> None:
+        now = time.monotonic()
+        if self.tty and now - self.last >= 0.1:
+            self.last = now
+            sys.stderr.write(f"\rdownloading {self.url}: {self._text(received)}")
+            sys.stderr.flush()
+
+    def abort(self) -> None:
+        if self.tty and self.last:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def finish(self, received: int) -> None:
+        prefix = "\r" if self.tty else ""
+        sys.stderr.write(f"{prefix}downloaded {self.url}: {self._text(received)}\n")
+        sys.stderr.flush()
+
+
+def read_state_dict(path: Path, source: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Read `{"model_state": sd, ...}` or a plain state dict; also return the file's id.
+
+    The id is the first 16 hex digits of the file's sha256, for caches keyed on weights.
+    """
+    hint = "pass a PyTorch checkpoint saved with torch.save"
+    if _is_inside(path, cache_dir()):
+        hint = f"delete {path} to download it again"
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                digest.update(block)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (a corrupt file makes torch.load raise anything)
+        raise WeightsError(f"cannot read weights {source}: {_load_failure(exc)}; {hint}") from None
+    state = checkpoint
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model_state"), dict):
+        state = checkpoint["model_state"]
+    if not isinstance(state, dict) or not state:
+        raise WeightsError(
+            f"weights {source} hold no state dict (found {type(checkpoint).__name__}); "
+            f"pass a file with {{'model_state': state_dict}} or a plain state dict"
+        )
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsError(
+            f"weights {source} are not a state dict: {len(bad)} entries are not tensors "
+            f"({_names([str(k) for k in bad])}); pass a file with {{'model_state': state_dict}} "
+            f"or a plain state dict"
+        )
+    # A checkpoint saved from a DistributedDataParallel wrapper prefixes every key.
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return dict(state), digest.hexdigest()[:16]
+
+
+def load_strict(
+    model: nn.Module, state: dict[str, torch.Tensor], *, source: str, name: str
+) -> None:
+    """Load `state` so that every checkpoint tensor lands and every model tensor is set.
+
+    BatchNorm's `num_batches_tracked` counters may be absent (they do not affect eval).
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        (k, tuple(state[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing: {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected: {_names(unexpected)}")
+        if mismatched:
+            shown = [f"{k} checkpoint {list(a)} vs model {list(b)}" for k, a, b in mismatched]
+            parts.append(f"mis-shaped: {_names(shown)}")
+        raise WeightsError(
+            f"weights {source} do not fit {name}: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped keys "
+            f"({'; '.join(parts)}); pass a checkpoint made for {name}",
+            missing=missing,
+            unexpected=unexpected,
+            mismatched=mismatched,
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOWN_KEYS])
+    if len(items) > _SHOWN_KEYS:
+        shown += f" ... and {len(items) - _SHOWN_KEYS} more"
+    return shown
+
+
+def _load_failure(exc: BaseException) -> str:
+    text = str(exc)
+    # weights_only refusals bury the reason after a long preamble about torch 2.6.
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = _one_line(text.split(marker, 1)[1])
+        return f"not a plain tensor checkpoint (torch.load weights_only: {detail})"
+    return f"{type(exc).__name__}: {_one_line(exc)}"
+
+
+def _one_line(exc: object) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False

@@ -1,0 +1,248 @@
+"""The model zoo: registry, shapes, metadata, export and parity with pytorchvideo."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import models
+from models import x3d
+from models._registry import register
+
+NAMES = models.available()
+
+# Parameters with the 400-class head (pytorchvideo's create_x3d gives the same counts).
+PARAMS = {"x3d_xs": 3_794_274, "x3d_s": 3_794_274, "x3d_m": 3_794_274, "x3d_l": 6_153_384}
+# PySlowFast's extra BatchNorm on the first stage's shortcut: weight and bias of 24 channels.
+SHORTCUT_NORM_PARAMS = 48
+
+
+def perturb_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine terms, so a mis-mapped key shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.1, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.1, 0.1, generator=g)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_available_is_sorted_zoo():
+    assert NAMES == ["x3d_l", "x3d_m", "x3d_s", "x3d_xs"]
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(models.UnknownModelError) as info:
+        models.create("foo")
+    assert str(info.value) == "unknown model 'foo': choose one of x3d_l, x3d_m, x3d_s, x3d_xs"
+    assert isinstance(info.value, models.ModelError)
+
+
+def test_registry_refuses_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        register("x3d_xs", adapt=x3d.adapt_checkpoint)(x3d.x3d_xs)
+    assert NAMES == models.available()
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "400"])
+def test_num_classes_must_be_positive_int(bad):
+    with pytest.raises(models.ModelError, match="num_classes"):
+        models.create("x3d_xs", num_classes=bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_param_count(name):
+    model = models.create(name)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
+    assert not model.training
+    assert model.weights_id is None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shortcut_norm_adds_pyslowfast_params(name):
+    model = x3d._build(name, 400, shortcut_norm=True)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[name] + SHORTCUT_NORM_PARAMS
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shape(name):
+    model = models.create(name)
+    (clip,) = model.example_inputs(batch=2)
+    meta = model.meta
+    frames = meta.video[0].frames
+    assert clip.shape == (2, 3, frames, meta.crop, meta.crop)
+    assert clip.dtype == torch.float32
+    with torch.no_grad():
+        logits = model(clip)
+    assert logits.shape == (2, 400)
+    assert torch.isfinite(logits).all()
+    # Batch items are independent (eval-mode BatchNorm).
+    with torch.no_grad():
+        single = model(clip[1:])
+    torch.testing.assert_close(single[0], logits[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_meta(name):
+    model = models.create(name)
+    meta = model.meta
+    cfg = model.cfg
+    assert isinstance(meta, models.ModelMeta)
+    assert dataclasses.is_dataclass(meta)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        meta.crop = 1
+    assert meta.name == name
+    assert len(meta.video) == 1 and isinstance(meta.video[0], models.VideoInput)
+    assert meta.video[0] == models.VideoInput(cfg.frames, cfg.interval_s)
+    assert meta.span_s == pytest.approx((cfg.frames - 1) * cfg.interval_s)
+    assert meta.crop == meta.short_side == cfg.test_crop
+    assert meta.crop >= cfg.train_crop
+    assert meta.mean == (0.45, 0.45, 0.45) and meta.std == (0.225, 0.225, 0.225)
+    assert len(meta.labels) == 400 and len(set(meta.labels)) == 400
+    assert meta.labels[0] == "abseiling" and meta.labels[-1] == "zumba"
+    hash(meta)  # frozen and hashable: usable as a cache key
+
+
+def test_zoo_timing_matches_pyslowfast_configs():
+    # PySlowFast configs/Kinetics/X3D_*.yaml: NUM_FRAMES x SAMPLING_RATE at 30 fps.
+    expected = {"x3d_xs": (4, 12), "x3d_s": (13, 6), "x3d_m": (16, 5), "x3d_l": (16, 5)}
+    for name, (frames, rate) in expected.items():
+        video = models.create(name).meta.video[0]
+        assert (video.frames, video.interval_s) == (frames, rate / 30)
+
+
+def test_other_num_classes_without_weights():
+    model = models.create("x3d_xs", num_classes=7)
+    assert model.meta.labels == tuple(f"class_{i}" for i in range(7))
+    with torch.no_grad():
+        assert model(*model.example_inputs()).shape == (1, 7)
+
+
+def test_labels_match_torchvision():
+    meta_module = pytest.importorskip("torchvision.models._meta")
+    assert models.create("x3d_xs").meta.labels == tuple(meta_module._KINETICS400_CATEGORIES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_input_shape_raises(name):
+    model = models.create(name)
+    (clip,) = model.example_inputs()
+    cfg = model.cfg
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="expects"):
+            model(clip[0])  # no batch dimension
+        with pytest.raises(ValueError, match="expects"):
+            model(clip[:, :2])  # two channels
+        with pytest.raises(ValueError, match="needs at least"):
+            model(clip[:, :, : cfg.frames - 1])  # shorter than the head's pool
+        small = (math.ceil(cfg.train_crop / 32) - 1) * 32
+        with pytest.raises(ValueError, match="needs at least"):
+            model(clip[..., :small, :small])
+
+
+def test_longer_clip_is_averaged_over_positions():
+    # Fully convolutional test: twice the frames at the train crop leaves T+1 pooled
+    # positions; the result is still one row of logits per clip.
+    model = models.create("x3d_xs")
+    clip = torch.randn(1, 3, 8, 160, 160)
+    with torch.no_grad():
+        assert model(clip).shape == (1, 400)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_export(name):
+    model = models.create(name)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, model.example_inputs(2), dynamic_shapes=({0: batch},))
+    (clip,) = model.example_inputs(batch=1)  # another batch size than exported with
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(clip), model(clip), rtol=1e-5, atol=1e-6)
+    kernel = model.head.pool.kernel_size
+    assert all(type(k) is int for k in kernel)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"frames": 0},
+        {"interval_s": 0.0},
+        {"depth_factor": -1.0},
+        {"se_ratio": 1.0},
+        {"dropout": 1.0},
+        {"test_crop": 400},  # above short_side
+        {"test_crop": 96, "short_side": 96},  # smaller than the head pool
+        {"num_classes": True},
+    ],
+)
+def test_config_checks(changes):
+    base = dataclasses.asdict(x3d._config("x3d_xs"))
+    x3d.X3DConfig(**base)
+    with pytest.raises(ValueError):
+        x3d.X3DConfig(**{**base, **changes})
+
+
+def reference_x3d(name: str) -> torch.nn.Module:
+    """pytorchvideo 0.1.5's X3D for the variant, logits out, perturbed BatchNorm."""
+    ptv_x3d = pytest.importorskip("pytorchvideo.models.x3d")
+    cfg = x3d._config(name)
+    torch.manual_seed(0)
+    ref = ptv_x3d.create_x3d(
+        input_clip_length=cfg.frames,
+        input_crop_size=cfg.train_crop,
+        depth_factor=cfg.depth_factor,
+        head_activation=None,
+    )
+    perturb_batchnorm(ref)
+    return ref.eval()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parity_with_pytorchvideo(name):
+    ref = reference_x3d(name)
+    state = x3d.remap_pytorchvideo(ref.state_dict())
+    model = models.create(name)
+    model.load_state_dict(state, strict=True)
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(1)
+    clip = torch.randn(1, 3, cfg.frames, cfg.train_crop, cfg.train_crop, generator=g)
+    with torch.no_grad():
+        expected = ref(clip)
+        got = model(clip)
+        assert rel_err(got, expected) <= 1e-4
+        # The check can fail: a swapped pair of equally shaped BatchNorms shows.
+        swapped = dict(state)
+        for suffix in ("weight", "bias", "running_mean", "running_var"):
+            a, b = f"stages.2.3.bn_a.{suffix}", f"stages.2.3.bn_b.{suffix}"
+            swapped[a], swapped[b] = state[b], state[a]
+        model.load_state_dict(swapped)
+        assert rel_err(model(clip), expected) > 1e-3
+
+
+def test_parity_with_pytorchvideo_fully_convolutional():
+    # Test crop larger than the train crop: several head positions, logits averaged.
+    ref = reference_x3d("x3d_s")
+    model = models.create("x3d_s")
+    model.load_state_dict(x3d.remap_pytorchvideo(ref.state_dict()))
+    clip = model.example_inputs()[0]
+    with torch.no_grad():
+        assert rel_err(model(clip), ref(clip)) <= 1e-4
+
+
+def test_remap_rejects_swapped_stem():
+    ref = reference_x3d("x3d_xs")
+    state = ref.state_dict()
+    state["blocks.0.conv.conv_t.weight"], state["blocks.0.conv.conv_xy.weight"] = (
+        state["blocks.0.conv.conv_xy.weight"],
+        state["blocks.0.conv.conv_t.weight"],
+    )
+    with pytest.raises(ValueError, match="blocks.0.conv.conv_t.weight"):
+        x3d.remap_pytorchvideo(state)

@@ -1,0 +1,415 @@
+"""Weights: official checkpoint layouts, downloads with a cache, and clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import models
+from models import x3d
+
+
+def perturb_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine terms, so a mis-mapped key shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.1, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.1, 0.1, generator=g)
+
+
+# Our layout -> the official ones, written out independently of models/x3d.py's tables.
+# pytorchvideo: pytorchvideo/models/x3d.py (create_x3d); its stem's conv_t is the spatial
+# conv. PySlowFast: slowfast/models/{video_model_builder,resnet_helper,stem_helper,
+# head_helper,operators}.py.
+PTV_TOP = {
+    "stem.conv_xy": "blocks.0.conv.conv_t",
+    "stem.conv_t": "blocks.0.conv.conv_xy",
+    "stem.bn": "blocks.0.norm",
+    "head.conv_5": "blocks.5.pool.pre_conv",
+    "head.bn_5": "blocks.5.pool.pre_norm",
+    "head.lin_5": "blocks.5.pool.post_conv",
+    "head.proj": "blocks.5.proj",
+}
+PTV_BLOCK = {
+    "shortcut": "branch1_conv",
+    "shortcut_bn": "branch1_norm",
+    "conv_a": "branch2.conv_a",
+    "bn_a": "branch2.norm_a",
+    "conv_b": "branch2.conv_b",
+    "bn_b": "branch2.norm_b.0",
+    "se.fc1": "branch2.norm_b.1.block.0",
+    "se.fc2": "branch2.norm_b.1.block.2",
+    "conv_c": "branch2.conv_c",
+    "bn_c": "branch2.norm_c",
+}
+PSF_TOP = {
+    "stem.conv_xy": "s1.pathway0_stem.conv_xy",
+    "stem.conv_t": "s1.pathway0_stem.conv",
+    "stem.bn": "s1.pathway0_stem.bn",
+    "head.conv_5": "head.conv_5",
+    "head.bn_5": "head.conv_5_bn",
+    "head.lin_5": "head.lin_5",
+    "head.proj": "head.projection",
+}
+PSF_BLOCK = {
+    "shortcut": "branch1",
+    "shortcut_bn": "branch1_bn",
+    "conv_a": "branch2.a",
+    "bn_a": "branch2.a_bn",
+    "conv_b": "branch2.b",
+    "bn_b": "branch2.b_bn",
+    "se.fc1": "branch2.se.fc1",
+    "se.fc2": "branch2.se.fc2",
+    "conv_c": "branch2.c",
+    "bn_c": "branch2.c_bn",
+}
+
+
+def to_layout(state: dict, layout: str) -> dict:
+    top, block = (PTV_TOP, PTV_BLOCK) if layout == "pytorchvideo" else (PSF_TOP, PSF_BLOCK)
+    out = {}
+    for key, value in state.items():
+        module, _, param = key.rpartition(".")
+        if module in top:
+            out[f"{top[module]}.{param}"] = value
+            continue
+        stage, index, part = re.fullmatch(r"stages\.(\d)\.(\d+)\.(.+)", module).groups()
+        if layout == "pytorchvideo":
+            out[f"blocks.{int(stage) + 1}.res_blocks.{index}.{block[part]}.{param}"] = value
+        else:
+            out[f"s{int(stage) + 2}.pathway{0}_res{index}.{block[part]}.{param}"] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def xs():
+    """A perturbed X3D-XS in our layout, a test clip and its logits."""
+    torch.manual_seed(0)
+    model = models.create("x3d_xs")
+    perturb_batchnorm(model)
+    model.eval()
+    clip = model.example_inputs()[0]
+    with torch.no_grad():
+        logits = model(clip)
+    return SimpleNamespace(state=model.state_dict(), clip=clip, logits=logits)
+
+
+def save(path, obj) -> bytes:
+    torch.save(obj, path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def ptv_file(tmp_path, xs):
+    """X3D-XS in the pytorchvideo zoo layout: {"model_state": state_dict}."""
+    path = tmp_path / "X3D_XS.pyth"
+    save(path, {"model_state": to_layout(xs.state, "pytorchvideo")})
+    return path
+
+
+def logits(model, clip):
+    with torch.no_grad():
+        return model(clip)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text and text
+    return text
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVSTREAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("AVSTREAM_WEIGHTS_BASE_URL", raising=False)
+    # The test server is local: never route it through a proxy from the environment.
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    return tmp_path / "cache" / "weights"
+
+
+# -- layouts ---------------------------------------------------------------------------
+
+
+def test_test_layout_matches_pytorchvideo_keys():
+    ptv_x3d = pytest.importorskip("pytorchvideo.models.x3d")
+    ref = ptv_x3d.create_x3d(input_clip_length=4, input_crop_size=160, depth_factor=2.2)
+    ours = models.create("x3d_xs").state_dict()
+    ref_state = ref.state_dict()
+    converted = to_layout(ours, "pytorchvideo")
+    assert set(converted) == set(ref_state)
+    assert all(converted[k].shape == ref_state[k].shape for k in ref_state)
+
+
+def test_pytorchvideo_layout_loads(ptv_file, xs):
+    model = models.create("x3d_xs", weights=ptv_file)
+    assert not model.training
+    torch.testing.assert_close(logits(model, xs.clip), xs.logits, rtol=0, atol=0)
+    assert model.weights_id == hashlib.sha256(ptv_file.read_bytes()).hexdigest()[:16]
+    assert model.meta.labels[0] == "abseiling"
+
+
+def test_plain_state_dict_in_our_layout_loads(tmp_path, xs):
+    path = tmp_path / "ours.pt"
+    # DistributedDataParallel's "module." prefix is stripped.
+    save(path, {f"module.{k}": v for k, v in xs.state.items()})
+    model = models.create("x3d_xs", weights=str(path))
+    torch.testing.assert_close(logits(model, xs.clip), xs.logits, rtol=0, atol=0)
+
+
+def pyslowfast_checkpoint(state: dict) -> dict:
+    # PySlowFast's save_checkpoint stores the config as a YAML string.
+    cfg = "MODEL:\n  ARCH: x3d\n  MODEL_NAME: X3D\nX3D:\n  DEPTH_FACTOR: 2.2\n"
+    return {"epoch": 300, "model_state": to_layout(state, "pyslowfast"), "cfg": cfg}
+
+
+def test_pyslowfast_layout_loads_like_pytorchvideo(tmp_path, ptv_file, xs):
+    # PySlowFast has a BatchNorm on the first stage's shortcut; an identity one makes it
+    # the same network as the pytorchvideo checkpoint.
+    state = dict(xs.state)
+    bn = "stages.0.0.shortcut_bn"
+    state[f"{bn}.weight"] = torch.ones(24)
+    state[f"{bn}.bias"] = torch.zeros(24)
+    state[f"{bn}.running_mean"] = torch.zeros(24)
+    state[f"{bn}.running_var"] = torch.full((24,), 1.0 - 1e-5)  # (var + eps) == 1
+    state[f"{bn}.num_batches_tracked"] = torch.tensor(0)
+    path = tmp_path / "x3d_xs_pyslowfast.pyth"
+    checkpoint = pyslowfast_checkpoint(state)
+    assert (
+        len([k for k in checkpoint["model_state"] if k.startswith("s2.pathway0_res0.branch1_bn.")])
+        == 5
+    )
+    assert "s2.pathway0_res0.branch1_bn.running_var" in checkpoint["model_state"]
+    save(path, checkpoint)
+
+    model = models.create("x3d_xs", weights=path)
+    assert sum(p.numel() for p in model.parameters()) == 3_794_322
+    from_ptv = models.create("x3d_xs", weights=ptv_file)
+    torch.testing.assert_close(
+        logits(model, xs.clip), logits(from_ptv, xs.clip), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_pyslowfast_shortcut_norm_is_applied(tmp_path, xs):
+    reference = x3d._build("x3d_xs", 400, shortcut_norm=True)
+    reference.load_state_dict(xs.state, strict=False)
+    perturb_batchnorm(reference.stages[0][0].shortcut_bn, seed=5)
+    reference.eval()
+    path = tmp_path / "x3d_xs_pyslowfast.pyth"
+    save(path, pyslowfast_checkpoint(reference.state_dict()))
+
+    model = models.create("x3d_xs", weights=path)
+    expected = logits(reference, xs.clip)
+    torch.testing.assert_close(logits(model, xs.clip), expected, rtol=0, atol=0)
+    # The norm matters: without it the output differs.
+    assert float((expected - xs.logits).norm() / xs.logits.norm()) > 1e-3
+
+
+def test_checkpoint_head_sets_num_classes(tmp_path, xs):
+    state = dict(xs.state)
+    state["head.proj.weight"] = torch.randn(10, 2048)
+    state["head.proj.bias"] = torch.randn(10)
+    path = tmp_path / "ten.pt"
+    save(path, {"model_state": to_layout(state, "pytorchvideo")})
+    model = models.create("x3d_xs", weights=path)
+    assert logits(model, xs.clip).shape == (1, 10)
+    assert model.meta.labels == tuple(f"class_{i}" for i in range(10))
+    assert models.create("x3d_xs", weights=path, num_classes=10).meta.labels[9] == "class_9"
+
+
+def test_num_classes_other_than_checkpoint_is_an_error(ptv_file):
+    with pytest.raises(models.WeightsError) as info:
+        models.create("x3d_xs", weights=ptv_file, num_classes=10)
+    text = one_line(info.value)
+    assert "400-class head" in text and "num_classes=10" in text and str(ptv_file) in text
+
+
+# -- checkpoints that do not fit -------------------------------------------------------
+
+
+def test_xs_weights_into_l(ptv_file):
+    with pytest.raises(models.WeightsError) as info:
+        models.create("x3d_l", weights=ptv_file)
+    exc = info.value
+    text = one_line(exc)
+    # X3D-L has 5/10/25/15 blocks per stage, X3D-XS 3/5/11/7; widths are the same.
+    assert "stages.0.3.conv_a.weight" in exc.missing
+    assert not exc.unexpected and not exc.mismatched
+    assert f"{len(exc.missing)} missing, 0 unexpected, 0 mis-shaped" in text
+    assert f"... and {len(exc.missing) - 3} more" in text
+    assert str(ptv_file) in text and "x3d_l" in text
+
+
+def test_removed_renamed_and_misshaped_keys(tmp_path, xs):
+    state = to_layout(xs.state, "pytorchvideo")
+    del state["blocks.2.res_blocks.1.branch2.conv_b.weight"]
+    state["blocks.0.normx.weight"] = state.pop("blocks.0.norm.weight")
+    state["blocks.0.norm.running_mean"] = torch.zeros(25)
+    path = tmp_path / "broken.pyth"
+    save(path, {"model_state": state})
+    with pytest.raises(models.WeightsError) as info:
+        models.create("x3d_xs", weights=path)
+    exc = info.value
+    assert exc.missing == ["stem.bn.weight", "stages.1.1.conv_b.weight"]
+    assert exc.unexpected == ["blocks.0.normx.weight"]
+    assert exc.mismatched == [("stem.bn.running_mean", (25,), (24,))]
+    text = one_line(exc)
+    assert "2 missing, 1 unexpected, 1 mis-shaped" in text
+    assert "stages.1.1.conv_b.weight" in text and "blocks.0.normx.weight" in text
+    assert "stem.bn.running_mean checkpoint [25] vs model [24]" in text
+
+
+def test_corrupt_file(tmp_path):
+    path = tmp_path / "corrupt.pyth"
+    path.write_bytes(b"\x00not a checkpoint" * 100)
+    with pytest.raises(models.WeightsError) as info:
+        models.create("x3d_xs", weights=path)
+    text = one_line(info.value)
+    assert text.startswith(f"cannot read weights {path}")
+
+
+def test_truncated_file(tmp_path, ptv_file):
+    path = tmp_path / "truncated.pyth"
+    path.write_bytes(ptv_file.read_bytes()[:100_000])
+    with pytest.raises(models.WeightsError, match="cannot read weights"):
+        models.create("x3d_xs", weights=path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(models.WeightsError) as info:
+        models.create("x3d_xs", weights=tmp_path / "nope.pyth")
+    assert "not found" in one_line(info.value)
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ({"model_state": {"fc.weight": torch.zeros(2, 2)}}, "known layout"),
+        ({"model_state": {"stem.bn.weight": 3}}, "not tensors"),
+        ([1, 2, 3], "no state dict"),
+    ],
+)
+def test_not_an_x3d_checkpoint(tmp_path, content, match):
+    path = tmp_path / "other.pt"
+    save(path, content)
+    with pytest.raises(models.WeightsError, match=match) as info:
+        models.create("x3d_xs", weights=path)
+    assert str(path) in one_line(info.value)
+
+
+# -- downloads -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server():
+    """HTTP server on 127.0.0.1 with a random port; `files` maps paths to bodies."""
+    files: dict[str, bytes] = {}
+    requests: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404, "Not Found")
+                return
+            self.send_response(200)
+            if self.path.endswith(".cut"):
+                # Announce the full size, send half, hang up.
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                self.close_connection = True
+                return
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = httpd.server_address[1]
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", files=files, requests=requests)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def test_download_url_then_cache(server, ptv_file, xs, isolated_cache, capfd):
+    body = ptv_file.read_bytes()
+    server.files["/ckpt/X3D_XS.pyth"] = body
+    url = f"{server.url}/ckpt/X3D_XS.pyth"
+
+    model = models.create("x3d_xs", weights=url)
+    torch.testing.assert_close(logits(model, xs.clip), xs.logits, rtol=0, atol=0)
+    assert server.requests == ["/ckpt/X3D_XS.pyth"]
+    assert f"{len(body)}/{len(body)} bytes" in capfd.readouterr().err
+    cached = list(isolated_cache.iterdir())
+    assert len(cached) == 1 and cached[0].read_bytes() == body  # no temporary left over
+
+    again = models.create("x3d_xs", weights=url)
+    assert server.requests == ["/ckpt/X3D_XS.pyth"]  # served from the cache
+    assert again.weights_id == model.weights_id == hashlib.sha256(body).hexdigest()[:16]
+
+
+def test_kinetics400_uses_base_url(server, ptv_file, xs, monkeypatch):
+    server.files["/zoo/X3D_XS.pyth"] = ptv_file.read_bytes()
+    monkeypatch.setenv("AVSTREAM_WEIGHTS_BASE_URL", f"{server.url}/zoo/")
+    model = models.create("x3d_xs", weights="kinetics400")
+    torch.testing.assert_close(logits(model, xs.clip), xs.logits, rtol=0, atol=0)
+    models.create("x3d_xs", weights="kinetics400")
+    assert server.requests == ["/zoo/X3D_XS.pyth"]
+
+
+def test_download_404(server, isolated_cache, monkeypatch):
+    monkeypatch.setenv("AVSTREAM_WEIGHTS_BASE_URL", server.url)
+    with pytest.raises(models.WeightsError) as info:
+        models.create("x3d_m", weights="kinetics400")
+    text = one_line(info.value)
+    assert f"{server.url}/X3D_M.pyth" in text and "404" in text and "--weights" in text
+    assert not isolated_cache.exists() or not any(isolated_cache.iterdir())
+
+
+def test_download_cut_short_leaves_nothing(server, ptv_file, isolated_cache):
+    server.files["/X3D_XS.cut"] = ptv_file.read_bytes()
+    url = f"{server.url}/X3D_XS.cut"
+    with pytest.raises(models.WeightsError) as info:
+        models.create("x3d_xs", weights=url)
+    assert url in one_line(info.value)
+    assert not any(isolated_cache.iterdir())
+
+
+def test_download_closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/X3D_XS.pyth"
+    with pytest.raises(models.WeightsError) as info:
+        models.create("x3d_xs", weights=url)
+    text = one_line(info.value)
+    assert text.startswith(f"cannot download {url}:") and "--weights" in text
+
+
+def test_downloaded_garbage_says_how_to_retry(server, isolated_cache):
+    server.files["/X3D_XS.pyth"] = b"<html>not here</html>"
+    with pytest.raises(models.WeightsError) as info:
+        models.create("x3d_xs", weights=f"{server.url}/X3D_XS.pyth")
+    (cached,) = isolated_cache.iterdir()
+    assert f"delete {cached}" in one_line(info.value)
