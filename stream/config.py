@@ -1,0 +1,177 @@
+"""Run configuration: built-in defaults ← configs/<model>.yaml (or --config) ← flags.
+
+A YAML file may set any run option under the flag's name (with `_` for `-`); an
+unknown key or a value of the wrong type is a UserError naming the file and the key.
+Clip length, sampling interval, crop and normalisation are not run options: they come
+from the model's metadata (`model.meta`), the one place they live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import wire
+from .aggregate import Smoother
+from .errors import UserError
+
+
+@dataclasses.dataclass
+class RunConfig:
+    camera: str = "0"
+    mic: str = "default"
+    model: str = "x3d_xs"
+    weights: str | None = "kinetics400"
+    num_classes: int | None = None
+    engine: str = "auto"
+    device: str | None = None
+    precision: str | None = None
+    stride: float = 0.25
+    smoothing: str = "ema:0.5"
+    topk: int = 5
+    publish: str = "tcp://127.0.0.1:5555"
+    stream_id: str = "cam0"
+    duration: float | None = None
+    loop: bool = False
+    preview: bool = False
+    size: str | None = None  # capture size WxH (camera, synthetic)
+    fps: float | None = None  # capture rate (camera, synthetic)
+    log_level: str = "info"
+    allow_remote: bool = False
+
+    def validate(self) -> RunConfig:
+        """Check every value; raises UserError with the flag's name and what to do."""
+        if not self.stride > 0:
+            raise UserError(f"--stride {self.stride} must be > 0 seconds (e.g. 0.25)")
+        if self.topk < 1:
+            raise UserError(f"--topk {self.topk} must be >= 1")
+        if self.duration is not None and not self.duration > 0:
+            raise UserError(f"--duration {self.duration} must be > 0 seconds")
+        if self.fps is not None and not self.fps > 0:
+            raise UserError(f"--fps {self.fps} must be > 0")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise UserError(f"num_classes {self.num_classes} must be >= 1")
+        if self.engine not in ENGINES:
+            raise UserError(f"--engine {self.engine!r} is not known: use one of {', '.join(ENGINES)}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision!r} is not known: use one of {', '.join(PRECISIONS)}")
+        if self.log_level not in LOG_LEVELS:
+            raise UserError(f"--log-level {self.log_level!r} is not known: use one of {', '.join(LOG_LEVELS)}")
+        try:
+            wire.check_stream_id(self.stream_id)
+        except ValueError as exc:
+            raise UserError(f"--stream-id: {exc}") from None
+        Smoother(self.smoothing)  # raises UserError when malformed
+        parse_size(self.size)
+        check_endpoint(self.publish, allow_remote=self.allow_remote)
+        return self
+
+
+ENGINES = ("auto", "torch", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+# What a YAML value may be, per key (None is allowed where the default is None).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "camera": (str, int), "mic": (str, int), "model": (str,), "weights": (str,),
+    "num_classes": (int,), "engine": (str,), "device": (str,), "precision": (str,),
+    "stride": (int, float), "smoothing": (str,), "topk": (int,), "publish": (str,),
+    "stream_id": (str,), "duration": (int, float), "loop": (bool,), "preview": (bool,),
+    "size": (str,), "fps": (int, float), "log_level": (str,), "allow_remote": (bool,),
+}
+
+
+_NULLABLE = {"weights", "num_classes", "device", "precision", "duration", "size", "fps"}
+
+
+def parse_size(size: str | None) -> tuple[int, int] | None:
+    """'640x480' → (640, 480)."""
+    if size is None:
+        return None
+    m = re.fullmatch(r"(\d{1,5})x(\d{1,5})", size)
+    if not m or int(m[1]) == 0 or int(m[2]) == 0:
+        raise UserError(f"--size {size!r} is not WIDTHxHEIGHT, e.g. 640x480")
+    return int(m[1]), int(m[2])
+
+
+def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> None:
+    """A tcp:// endpoint; one other hosts can reach only with `allow_remote`."""
+    m = re.fullmatch(r"tcp://(\[[^\]]+\]|[^:/]+):(\d{1,5})", endpoint)
+    if not m or not 0 < int(m[2]) < 65536:
+        raise UserError(f"--publish {endpoint!r} is not an endpoint like tcp://127.0.0.1:5555")
+    host = m[1].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not allow_remote:
+        raise UserError(
+            f"--publish {endpoint!r} would let other hosts subscribe: add --allow-remote "
+            "if that is what you want, or publish on 127.0.0.1"
+        )
+
+
+def builtin_config(model: str) -> Path | None:
+    """configs/<model>.yaml shipped with the package, if there is one."""
+    path = importlib.resources.files("configs").joinpath(f"{model}.yaml")
+    return Path(str(path)) if path.is_file() else None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read and check a config file; every problem is one UserError line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {str(path)!r} cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise UserError(f"config file {str(path)!r} is not valid YAML{at}: fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {str(path)!r} must be a mapping of option: value")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in _FIELDS:
+            known = ", ".join(sorted(_FIELDS))
+            raise UserError(f"config file {str(path)!r}: unknown key {key!r} (known keys: {known})")
+        if value is None and name in _NULLABLE:
+            out[name] = None
+            continue
+        if isinstance(value, bool) and bool not in _TYPES[name] or not isinstance(value, _TYPES[name]):
+            expected = " or ".join(t.__name__ for t in _TYPES[name])
+            raise UserError(
+                f"config file {str(path)!r}: {key} must be {expected}, got {type(value).__name__} {value!r}"
+            )
+        out[name] = str(value) if name in ("camera", "mic") else value
+    return out
+
+
+def resolve(flags: dict[str, Any]) -> RunConfig:
+    """Merge defaults ← YAML ← flags (flags with value None were not given)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    config_path = given.pop("config", None)
+    values: dict[str, Any] = {}
+    if config_path is not None:
+        values.update(read_yaml(Path(config_path)))
+    else:
+        path = builtin_config(given.get("model", RunConfig.model))
+        if path is not None:
+            values.update(read_yaml(path))
+    values.update(given)
+    if isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
+        values["weights"] = None
+    return RunConfig(**values).validate()

@@ -1,0 +1,30 @@
+"""The small exception hierarchy of the runtime.
+
+`UserError` is anything the user can fix (a flag, a file, a device, a port): the entry
+points print `str(exc)` as the one error line and exit with status 2. Everything else
+that escapes is a bug and exits with status 1 and a traceback in the log.
+"""
+
+
+class StreamError(Exception):
+    """Base class of every error raised by `stream`."""
+
+
+class UserError(StreamError):
+    """Bad input the user can fix; the message is one line that says what to do."""
+
+
+class SourceError(UserError):
+    """A capture source that cannot be opened or read."""
+
+
+class RingError(StreamError):
+    """Base class of shared-memory ring errors."""
+
+
+class FrameLost(RingError):
+    """The requested sample was overwritten (the reader was too slow) or not yet written."""
+
+
+class EndOfStream(RingError):
+    """The writer closed the ring: no more samples will come."""

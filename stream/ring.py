@@ -1,0 +1,232 @@
+"""Shared-memory ring buffers: one writer, any number of readers, nobody waits.
+
+Lifecycle (the same for every ring):
+- The *owner* (the main process of `stream.run`) calls `FrameRing.create(...)`; it is the
+  only one that unlinks, on every exit path (`unlink()`, also from `close()` of the owner).
+- The *writer* (a capture process) and the *readers* (inference, preview, benchmark)
+  call `FrameRing.attach(name)` and `close()` when done. The writer calls
+  `close_writer()` at end of stream; readers waiting for newer data then get
+  `EndOfStream`.
+
+Consistency: every slot has a sequence word. The writer sets it to -1, copies the
+frame, writes the timestamp, then stores the frame's sequence number; a reader checks
+the word before and after its copy and raises `FrameLost` when it changed (the slot
+was overwritten while being read: a torn read never reaches the caller). 8-byte aligned
+stores of int64 are atomic on the platforms we run on, and x86-64's total store order
+keeps the writer's stores in program order for the readers.
+
+Drop policy: the writer always overwrites the oldest slot. A slow reader loses frames
+and sees it as a jump in sequence numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from multiprocessing import shared_memory
+
+import numpy as np
+
+from .errors import EndOfStream, FrameLost, RingError
+
+#: Every segment this project creates starts with this prefix (the start-up sweep of
+#: stale segments must recognise ours and never touch anyone else's).
+SEGMENT_PREFIX = "avstream_"
+
+_MAGIC = 0x41565346524D0001  # "AVSFRM" + layout version 1
+# Header words (int64).
+_H_MAGIC, _H_SLOTS, _H_HEIGHT, _H_WIDTH, _H_CHANNELS, _H_NEXT_SEQ, _H_CLOSED, _H_WRITER_PID = (
+    range(8)
+)
+_HEADER_WORDS = 16
+_ALIGN = 64
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def new_segment_name(kind: str) -> str:
+    """A fresh segment name of this project's own naming (short enough for macOS's 31)."""
+    return f"{SEGMENT_PREFIX}{kind}_{os.getpid()}_{secrets.token_hex(3)}"
+
+
+class FrameRing:
+    """Fixed slots of H×W×C uint8 frames plus (seq, t_capture_ns) in shared memory."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool):
+        self._shm = shm
+        self.name = shm.name
+        self.owner = owner
+        self._unlinked = False
+        header = np.ndarray((_HEADER_WORDS,), dtype=np.int64, buffer=shm.buf)
+        if int(header[_H_MAGIC]) != _MAGIC:
+            raise RingError(f"shared memory {shm.name!r} is not a frame ring of this version")
+        self.slots = int(header[_H_SLOTS])
+        self.shape = (int(header[_H_HEIGHT]), int(header[_H_WIDTH]), int(header[_H_CHANNELS]))
+        self._header = header
+        meta_off = _aligned(_HEADER_WORDS * 8)
+        # (slots, 2): column 0 the sequence word, column 1 t_capture_ns.
+        self._meta = np.ndarray((self.slots, 2), dtype=np.int64, buffer=shm.buf, offset=meta_off)
+        data_off = _aligned(meta_off + self.slots * 16)
+        self._slot_bytes = _aligned(int(np.prod(self.shape)))
+        self._data = [
+            np.ndarray(self.shape, dtype=np.uint8, buffer=shm.buf, offset=data_off + i * self._slot_bytes)
+            for i in range(self.slots)
+        ]
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @staticmethod
+    def nbytes(slots: int, height: int, width: int, channels: int = 3) -> int:
+        """Size of the segment that `create` makes for these dimensions."""
+        meta_off = _aligned(_HEADER_WORDS * 8)
+        data_off = _aligned(meta_off + slots * 16)
+        return data_off + slots * _aligned(height * width * channels)
+
+    @classmethod
+    def create(
+        cls, slots: int, height: int, width: int, channels: int = 3, *, name: str | None = None
+    ) -> FrameRing:
+        """Create and own a new ring. Only the owner unlinks it."""
+        if slots < 2 or height <= 0 or width <= 0 or channels <= 0:
+            raise ValueError(f"bad ring dimensions: slots={slots} {height}x{width}x{channels}")
+        size = cls.nbytes(slots, height, width, channels)
+        shm = shared_memory.SharedMemory(name=name or new_segment_name("frames"), create=True, size=size)
+        header = np.ndarray((_HEADER_WORDS,), dtype=np.int64, buffer=shm.buf)
+        header[:] = 0
+        header[_H_SLOTS], header[_H_HEIGHT], header[_H_WIDTH], header[_H_CHANNELS] = (
+            slots, height, width, channels,
+        )
+        meta = np.ndarray((slots, 2), dtype=np.int64, buffer=shm.buf, offset=_aligned(_HEADER_WORDS * 8))
+        meta[:, 0] = -1
+        meta[:, 1] = 0
+        del meta
+        header[_H_MAGIC] = _MAGIC  # last: the ring is valid from here on
+        del header
+        return cls(shm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> FrameRing:
+        """Attach to an existing ring as its writer or a reader."""
+        try:
+            shm = shared_memory.SharedMemory(name=name, create=False)
+        except FileNotFoundError:
+            raise RingError(f"frame ring {name!r} does not exist (its owner has exited)") from None
+        return cls(shm, owner=False)
+
+    def close(self) -> None:
+        """Detach; the owner also unlinks. Safe to call twice."""
+        if self._shm is None:
+            return
+        self._header = self._meta = None
+        self._data = []
+        shm, self._shm = self._shm, None
+        shm.close()
+        if self.owner and not self._unlinked:
+            self._unlinked = True
+            try:
+                shm.unlink()
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> FrameRing:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writer ----------------------------------------------------------------------
+
+    def write(self, frame: np.ndarray, t_ns: int) -> int:
+        """Copy one frame into the oldest slot; never waits. Returns its sequence number."""
+        if frame.shape != self.shape or frame.dtype != np.uint8:
+            raise ValueError(f"frame {frame.shape} {frame.dtype} does not fit ring {self.shape} uint8")
+        seq = int(self._header[_H_NEXT_SEQ])
+        slot = seq % self.slots
+        meta = self._meta[slot]
+        meta[0] = -1  # readers of the old frame in this slot will see the change
+        np.copyto(self._data[slot], frame)
+        meta[1] = t_ns
+        meta[0] = seq
+        self._header[_H_NEXT_SEQ] = seq + 1
+        return seq
+
+    def close_writer(self) -> None:
+        """Mark end of stream: readers waiting for newer frames get `EndOfStream`."""
+        self._header[_H_CLOSED] = 1
+
+    def reopen_writer(self) -> None:
+        """Clear the end-of-stream mark (a restarted source writes on)."""
+        self._header[_H_CLOSED] = 0
+
+    # -- readers ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._header[_H_CLOSED])
+
+    @property
+    def next_seq(self) -> int:
+        """Sequence number the next frame will get (= frames written so far)."""
+        return int(self._header[_H_NEXT_SEQ])
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """(seqs, t_ns) of the frames currently held, oldest first.
+
+        A copy of the slot table taken without locking: a pair may be mid-update, which
+        `read` then detects. Use it to choose frames, then `read` them.
+        """
+        meta = self._meta.copy()
+        meta = meta[meta[:, 0] >= 0]
+        order = np.argsort(meta[:, 0], kind="stable")
+        meta = meta[order]
+        return meta[:, 0], meta[:, 1]
+
+    def read(self, seq: int, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """Copy frame `seq` (into `out` when given) and return (frame, t_capture_ns).
+
+        Raises `FrameLost` when the frame is no longer (or not yet) in the ring, or
+        was overwritten during the copy.
+        """
+        slot = seq % self.slots
+        meta = self._meta[slot]
+        if int(meta[0]) != seq:
+            raise FrameLost(f"frame {seq} is not in the ring (newest is {self.next_seq - 1})")
+        t_ns = int(meta[1])
+        if out is None:
+            out = self._data[slot].copy()
+        else:
+            np.copyto(out, self._data[slot])
+        if int(meta[0]) != seq:
+            raise FrameLost(f"frame {seq} was overwritten while being read")
+        return out, t_ns
+
+    def read_next(
+        self, after_seq: int, timeout: float = 1.0, out: np.ndarray | None = None
+    ) -> tuple[int, np.ndarray, int]:
+        """The oldest frame newer than `after_seq`: (seq, frame, t_ns).
+
+        A reader that fell behind gets the oldest frame still held, so `seq` jumps by
+        more than one: that is how it learns what it lost. Waits up to `timeout`
+        seconds (raises `TimeoutError`), and raises `EndOfStream` once the writer has
+        closed and nothing newer is left.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            newest = self.next_seq - 1
+            if newest > after_seq:
+                oldest_held = max(0, newest - self.slots + 1)
+                seq = max(after_seq + 1, oldest_held)
+                try:
+                    frame, t_ns = self.read(seq, out)
+                    return seq, frame, t_ns
+                except FrameLost:
+                    after_seq = seq  # overtaken during the copy: move on to newer frames
+                    continue
+            if self.closed:
+                raise EndOfStream(f"frame ring {self.name!r} was closed by its writer")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no new frame in {timeout:.1f} s")
+            time.sleep(0.001)

@@ -1,0 +1,277 @@
+"""`python -m stream.run`: start the pipeline and supervise it.
+
+The main process owns the shared memory and supervises two children (spawned, so no
+torch state is forked):
+  capture-video   opens --camera, writes frames into the FrameRing
+  inference       builds the model and engine, cuts windows, publishes on ZeroMQ
+Start-up runs both in parallel (the camera opens while the model loads). The ring is
+sized once both the model's span and the source's size and rate are known.
+
+Exit status: 0 after SIGINT/SIGTERM, --duration or the end of a file; 2 for bad input
+(one line on stderr that names the problem and what to do); 1 when a process fails
+while running. Every exit path stops the children and unlinks the shared memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+
+from . import config
+from .capture.video import capture_main
+from .errors import UserError
+from .inference import inference_main
+from .proc import setup_logging
+from .ring import FrameRing
+
+log = logging.getLogger("stream.run")
+
+#: How long children get to stop after the stop event before they are terminated.
+STOP_GRACE_S = 1.5
+#: Ring slots beyond the model's span: a late tick, the window read itself.
+RING_MARGIN_S = 1.0
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        self.exit(2, f"error: {message} (see python -m stream.run --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = config.RunConfig
+    p = _ArgumentParser(
+        prog="python -m stream.run",
+        description="Recognise what happens in front of a camera and publish predictions on ZeroMQ.",
+    )
+    a = p.add_argument
+    # Every default is None so that the YAML config can fill what a flag does not set.
+    a("--camera", help=f"camera index, video file, URL (http/rtsp/udp...) or 'synthetic' (default {d.camera})")
+    a("--mic", help=f"microphone: default, a device name or index, or none (default {d.mic})")
+    a("--model", help=f"model name (default {d.model}); see models.available()")
+    a("--config", help="YAML file of run options (default: configs/<model>.yaml)")
+    a("--weights", help="checkpoint path, http(s) URL, kinetics400, or none for random weights")
+    a("--engine", choices=config.ENGINES, help=f"inference engine (default {d.engine})")
+    a("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    a("--precision", choices=config.PRECISIONS, help="fp32 / fp16 / bf16 (default: fp16 on CUDA, fp32 on CPU)")
+    a("--stride", type=float, help=f"seconds between windows (default {d.stride})")
+    a("--smoothing", help=f"ema:ALPHA, mean:K or none (default {d.smoothing})")
+    a("--topk", type=int, help=f"labels per prediction (default {d.topk})")
+    a("--publish", help=f"ZeroMQ endpoint to bind (default {d.publish})")
+    a("--allow-remote", action="store_true", default=None, help="allow a --publish address other hosts can reach")
+    a("--stream-id", help=f"name of this stream in topics and messages (default {d.stream_id})")
+    a("--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)")
+    a("--loop", action="store_true", default=None, help="repeat a video file instead of stopping at its end")
+    a("--preview", action="store_true", default=None, help="show the frames and the current top-k in a window")
+    a("--size", help="capture size WIDTHxHEIGHT for cameras and synthetic (e.g. 640x480)")
+    a("--fps", type=float, help="capture rate for cameras and synthetic")
+    a("--log-level", choices=config.LOG_LEVELS, help=f"default {d.log_level}")
+    return p
+
+
+def ring_slots(span_s: float, fps: float) -> int:
+    """Slots for the model's span plus a margin, at the source's frame rate."""
+    return max(16, math.ceil((span_s + RING_MARGIN_S) * fps) + 4)
+
+
+def check_shm_space(nbytes: int) -> None:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return  # not Linux: the OS decides
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise UserError(
+            f"the frame ring needs {nbytes / 2**20:.0f} MiB of shared memory but /dev/shm has "
+            f"{free / 2**20:.0f} MiB free: capture smaller frames with --size, or enlarge /dev/shm"
+        )
+
+
+class Supervisor:
+    def __init__(self, cfg: config.RunConfig):
+        self.cfg = cfg
+        self.ctx = mp.get_context("spawn")
+        self.stop = self.ctx.Event()
+        self.signalled: str | None = None
+        self.ring: FrameRing | None = None
+        self.running = False  # past start-up: children get a grace period to stop
+        self.children: dict[str, mp.process.BaseProcess] = {}
+        self.conns: dict[str, mp.connection.Connection] = {}
+
+    # -- signals ---------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signalled = signal.Signals(signum).name
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            self._start_children()  # children inherit SIGINT ignored (see _start_children)
+            signal.signal(signal.SIGINT, self._on_signal)
+            return self._supervise()
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 2
+        finally:
+            self._shutdown()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _start_children(self) -> None:
+        cfg = self.cfg
+        # Spawned children inherit an ignored SIGINT across exec: Ctrl-C in a terminal
+        # reaches the whole process group, and only this process must act on it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        specs = {
+            "capture-video": (
+                capture_main,
+                (cfg.camera, config.parse_size(cfg.size), cfg.fps, cfg.loop, cfg.log_level, os.getpid()),
+            ),
+            "inference": (inference_main, (cfg, os.getpid())),
+        }
+        for name, (target, args) in specs.items():
+            parent_end, child_end = self.ctx.Pipe()
+            proc = self.ctx.Process(target=target, args=(*args, child_end, self.stop), name=name)
+            proc.start()
+            child_end.close()
+            self.children[name] = proc
+            self.conns[name] = parent_end
+
+    def _recv(self, timeout: float) -> tuple[str, str, object] | None:
+        """Next message from any child as (child, kind, payload); a dead child is ('x', 'died', code)."""
+        waitables = {c: n for n, c in self.conns.items()}
+        waitables.update({p.sentinel: n for n, p in self.children.items()})
+        for ready in mp.connection.wait(list(waitables), timeout):
+            name = waitables[ready]
+            conn = self.conns[name]
+            if ready is conn or conn.poll():
+                try:
+                    kind, payload = conn.recv()
+                    return name, kind, payload
+                except (EOFError, OSError):
+                    pass
+            proc = self.children[name]
+            proc.join(0.2)
+            return name, "died", proc.exitcode
+        return None
+
+    def _fail_on(self, name: str, kind: str, payload) -> None:
+        if kind == "error":
+            raise UserError(str(payload))
+        if kind in ("crash", "failed"):
+            raise _RunFailed(str(payload))
+        if kind == "died":
+            raise _RunFailed(f"the {name} process exited unexpectedly (exit code {payload})")
+
+    def _supervise(self) -> int:
+        cfg = self.cfg
+        video: dict | None = None
+        model: dict | None = None
+        ready = False
+        try:
+            # -- start-up: both children report; then the ring is made and handed out.
+            while not ready:
+                if self.signalled:
+                    return 0
+                msg = self._recv(0.1)
+                if msg is None:
+                    continue
+                name, kind, payload = msg
+                if kind == "opened":
+                    video = payload
+                    log.info(
+                        "video: %s %dx%d at %.1f fps%s", video["kind"], video["width"], video["height"],
+                        video["fps"], " (paced)" if video["paced"] else "",
+                    )
+                elif kind == "model":
+                    model = payload
+                elif kind == "ready":
+                    ready = True
+                else:
+                    self._fail_on(name, kind, payload)
+                if video is not None and model is not None and self.ring is None:
+                    slots = ring_slots(model["span_s"], video["fps"])
+                    check_shm_space(FrameRing.nbytes(slots, video["height"], video["width"]))
+                    self.ring = FrameRing.create(slots, video["height"], video["width"])
+                    self.conns["capture-video"].send(("ring", self.ring.name))
+            if video is None or self.ring is None:  # ready before opened cannot happen, but be sure
+                raise _RunFailed("start-up order broken: the model was ready before the video source")
+            self.conns["inference"].send(
+                ("ring", {"name": self.ring.name, "fps": video["fps"], "video_kind": video["kind"]})
+            )
+            self.running = True
+            log.info("running: publishing on %s (pred.%s, status.%s)", cfg.publish, cfg.stream_id, cfg.stream_id)
+            # -- running
+            deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
+            while True:
+                if self.signalled:
+                    log.info("%s: stopping", self.signalled)
+                    return 0
+                if self.stop.is_set():  # e.g. the preview window was closed
+                    return 0
+                if deadline is not None and time.monotonic() >= deadline:
+                    log.info("--duration reached: stopping")
+                    return 0
+                msg = self._recv(0.1)
+                if msg is None:
+                    continue
+                name, kind, payload = msg
+                if kind == "eof":
+                    log.info("end of %s after %d frames: stopping", cfg.camera, payload["frames"])
+                    time.sleep(min(1.0, cfg.stride * 2))  # let the last windows publish
+                    return 0
+                self._fail_on(name, kind, payload)
+        except _RunFailed as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 1
+
+    def _shutdown(self) -> None:
+        self.stop.set()
+        # A child still starting (importing torch, loading weights) has nothing to save:
+        # after a failed start-up it is terminated at once.
+        grace = STOP_GRACE_S if self.running else 0.2
+        deadline = time.monotonic() + grace
+        for proc in self.children.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in self.children.values():
+            if proc.is_alive():
+                if self.running:
+                    log.warning("%s did not stop in %.1f s: terminating it", proc.name, grace)
+                proc.terminate()
+                proc.join(0.3)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(0.3)
+        for conn in self.conns.values():
+            conn.close()
+        if self.ring is not None:
+            self.ring.close()  # the owner unlinks
+            self.ring = None
+
+
+class _RunFailed(Exception):
+    """A failure while running (not the user's input): exit status 1."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config.resolve(vars(args))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level)
+    return Supervisor(cfg).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

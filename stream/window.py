@@ -1,0 +1,149 @@
+"""Sliding windows: which captured frames make a window, and when windows run.
+
+The sampler works on capture timestamps, not frame counts: for each target time across
+a pathway's span it takes the captured frame nearest to it, so a camera at 24 or 60 fps,
+or one that drops frames, still gives the model the temporal span it was trained on.
+The window ends at the newest captured frame (its timestamp is `capture_ns` on the
+wire), so a prediction's age is measured from the freshest sample it saw.
+
+The scheduler runs a window every `stride` seconds on a fixed grid. When a window
+takes longer than the stride, the ticks that passed are counted as skipped and the next
+window takes the newest data: latency never builds up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import FrameLost
+from .ring import FrameRing
+
+
+@dataclasses.dataclass(frozen=True)
+class PathwaySpec:
+    """Frames per window and the interval between them, for one video pathway."""
+
+    frames: int
+    interval_s: float
+
+    @property
+    def span_ns(self) -> int:
+        return round((self.frames - 1) * self.interval_s * 1e9)
+
+
+def target_times(end_ns: int, spec: PathwaySpec) -> np.ndarray:
+    """Target timestamps of one pathway's frames, oldest first, the last at `end_ns`."""
+    steps = np.arange(spec.frames - 1, -1, -1, dtype=np.float64)  # frames-1 ... 0
+    return end_ns - np.round(steps * spec.interval_s * 1e9).astype(np.int64)
+
+
+def nearest(times_ns: np.ndarray, targets_ns: np.ndarray) -> np.ndarray:
+    """Index into sorted `times_ns` of the element nearest to each target (ties: earlier)."""
+    if len(times_ns) == 0:
+        raise ValueError("no timestamps to choose from")
+    right = np.searchsorted(times_ns, targets_ns, side="left").clip(1, len(times_ns) - 1)
+    left = right - 1
+    if len(times_ns) == 1:
+        return np.zeros(len(targets_ns), dtype=np.int64)
+    pick_right = np.abs(times_ns[right] - targets_ns) < np.abs(targets_ns - times_ns[left])
+    return np.where(pick_right, right, left)
+
+
+@dataclasses.dataclass
+class Window:
+    """One window: per pathway a (T, H, W, C) uint8 array, plus its timing."""
+
+    clips: list[np.ndarray]
+    seqs: list[np.ndarray]  # ring sequence numbers per pathway, for tests and debugging
+    start_ns: int  # capture time of the oldest frame used
+    end_ns: int  # capture time of the newest frame used (= capture_ns on the wire)
+    newest_seq: int
+    frames: int  # distinct frames read from the ring
+
+
+class WindowSampler:
+    """Cuts windows out of a FrameRing by timestamp.
+
+    Buffers are allocated once; `sample()` reads each distinct frame once even when
+    pathways share frames (SlowFast's slow frames are a subset of its fast ones).
+    """
+
+    def __init__(self, ring: FrameRing, pathways: Sequence[PathwaySpec], *, tolerance_s: float = 0.05):
+        if not pathways:
+            raise ValueError("a window needs at least one pathway")
+        self.ring = ring
+        self.pathways = tuple(pathways)
+        self.span_ns = max(p.span_ns for p in self.pathways)
+        # How far before the oldest frame held the earliest target may lie and still
+        # count as covered (at start-up, history must cover the whole span).
+        self.tolerance_ns = round(tolerance_s * 1e9)
+        self._clips = [np.empty((p.frames, *ring.shape), dtype=np.uint8) for p in self.pathways]
+
+    def sample(self, *, retries: int = 3) -> Window | None:
+        """The window ending at the newest frame, or None while history is too short."""
+        for _ in range(retries):
+            seqs, times = self.ring.snapshot()
+            if len(seqs) == 0:
+                return None
+            end_ns = int(times[-1])
+            if end_ns - self.span_ns < int(times[0]) - self.tolerance_ns:
+                return None  # not enough history yet for the whole span
+            picks = [seqs[nearest(times, target_times(end_ns, p))] for p in self.pathways]
+            try:
+                return self._read(picks, int(seqs[-1]))
+            except FrameLost:
+                continue  # the writer lapped a slot we chose; choose again from newer data
+        raise FrameLost(f"could not read a consistent window in {retries} attempts")
+
+    def _read(self, picks: list[np.ndarray], newest_seq: int) -> Window:
+        read_t: dict[int, int] = {}
+        first_copy: dict[int, tuple[int, int]] = {}
+        for p, (seq_list, clip) in enumerate(zip(picks, self._clips)):
+            for i, seq in enumerate(seq_list.tolist()):
+                if seq in first_copy:  # already read for this window: copy within our buffers
+                    q, j = first_copy[seq]
+                    clip[i] = self._clips[q][j]
+                    continue
+                _, read_t[seq] = self.ring.read(seq, out=clip[i])
+                first_copy[seq] = (p, i)
+        return Window(
+            clips=self._clips,
+            seqs=picks,
+            start_ns=min(read_t.values()),
+            end_ns=max(read_t.values()),
+            newest_seq=newest_seq,
+            frames=len(read_t),
+        )
+
+
+class Scheduler:
+    """Ticks every `stride_s` on a fixed grid; counts the ticks a slow window skipped."""
+
+    def __init__(self, stride_s: float, *, start_ns: int | None = None):
+        if not stride_s > 0:
+            raise ValueError(f"stride must be > 0 seconds, got {stride_s}")
+        self.stride_ns = round(stride_s * 1e9)
+        self.next_tick_ns = time.monotonic_ns() if start_ns is None else start_ns
+        self.skipped = 0
+
+    def due_in_s(self, now_ns: int | None = None) -> float:
+        """Seconds until the next tick (≤ 0 when due)."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        return (self.next_tick_ns - now_ns) / 1e9
+
+    def advance(self, now_ns: int | None = None, *, count_skipped: bool = True) -> int:
+        """Call after a tick was handled: move to the next tick in the future.
+
+        Returns the number of ticks that passed meanwhile; they count as skipped unless
+        `count_skipped` is False (no window could run anyway, e.g. while warming up).
+        """
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        behind = max(0, (now_ns - self.next_tick_ns) // self.stride_ns)
+        self.next_tick_ns += (behind + 1) * self.stride_ns
+        if count_skipped:
+            self.skipped += behind
+        return behind

@@ -1,0 +1,149 @@
+"""Bad input to `python -m stream.run`: one clear `error:` line, a non-zero exit, no
+traceback, and nothing left behind (processes, /dev/shm)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq
+
+from conftest import REPO, free_port, running, shm_segments
+
+FAST = ("--weights", "none", "--log-level", "warning")
+
+
+def _run(*args: str, timeout: float = 90) -> tuple[int, str, set[int]]:
+    before = shm_segments()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.run", *args], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _, err = proc.communicate(timeout=timeout)
+    time.sleep(0.2)
+    assert shm_segments() <= before, "shared memory left behind"
+    return proc.returncode, err, before
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _closed_port() -> int:
+    return free_port()
+
+
+def _checkpoint_that_does_not_fit(tmp_path):
+    import torch
+
+    import models
+
+    sd = models.create("x3d_xs").state_dict()
+    sd["head.extra.weight"] = torch.zeros(3)
+    sd.pop(next(iter(sd)))
+    path = tmp_path / "bad.pyth"
+    torch.save({"model_state": sd}, path)
+    return str(path)
+
+
+CASES = {
+    "camera index that does not open": (("--camera", "7"), "camera 7 did not open"),
+    "missing file": (("--camera", "no/such/clip.mp4"), "does not exist"),
+    "url that does not answer": (
+        ("--camera", f"http://127.0.0.1:{_closed_port()}/cam.mjpg"), "did not answer",
+    ),
+    "unknown model": (("--camera", "synthetic", "--model", "x3d_xxl"), "unknown model 'x3d_xxl'"),
+    "bad stride": (("--stride", "0"), "--stride"),
+    "bad smoothing": (("--smoothing", "median:3"), "--smoothing"),
+    "remote publish without --allow-remote": (("--publish", "tcp://0.0.0.0:5999"), "--allow-remote"),
+    "bad size": (("--size", "640by480"), "--size"),
+    "unknown flag": (("--camra", "0"), "unrecognized arguments"),
+    "tensorrt not yet": (("--camera", "synthetic", "--engine", "tensorrt"), "tensorrt"),
+    "fp16 on cpu": (("--camera", "synthetic", "--precision", "fp16", "--device", "cpu"), "fp16"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gives_one_clear_line(case):
+    args, expected = CASES[case]
+    code, err, _ = _run(*args, *FAST)
+    assert code == 2, err
+    assert expected in _one_error_line(err)
+
+
+def test_weights_that_do_not_fit(tmp_path):
+    code, err, _ = _run("--camera", "synthetic", "--weights", _checkpoint_that_does_not_fit(tmp_path), "--log-level", "warning")
+    assert code == 2, err
+    line = _one_error_line(err)
+    assert "missing" in line and "unexpected" in line and "head.extra.weight" in line
+
+
+def test_unknown_yaml_key(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: x3d_xs\nstrde: 0.5\n")
+    code, err, _ = _run("--config", str(cfg), *FAST)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "unknown key 'strde'" in line and str(cfg) in line
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("stride: [1, 2]\n", "stride must be"), ("model: [\n", "not valid YAML"), ("- a\n- b\n", "mapping")],
+)
+def test_malformed_yaml(tmp_path, text, expected):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text)
+    code, err, _ = _run("--config", str(cfg), *FAST)
+    assert code == 2
+    assert expected in _one_error_line(err)
+
+
+def test_port_in_use():
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.PUB)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        code, err, _ = _run("--camera", "synthetic", "--publish", f"tcp://127.0.0.1:{port}", *FAST)
+    finally:
+        sock.close(0)
+    assert code == 2
+    assert "in use" in _one_error_line(err)
+
+
+def test_missing_config_file():
+    code, err, _ = _run("--config", "no/such.yaml", *FAST)
+    assert code == 2
+    assert "does not exist" in _one_error_line(err)
+
+
+def test_no_process_outlives_a_failed_start():
+    """A failure after both children started (port in use) still leaves nothing running."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    before = shm_segments()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.run", "--camera", "synthetic", "--publish", f"tcp://127.0.0.1:{port}", *FAST],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    from conftest import descendants
+
+    seen: set[int] = set()
+    while proc.poll() is None:
+        seen |= descendants(proc.pid)
+        time.sleep(0.05)
+    blocker.close()
+    assert proc.returncode == 2
+    deadline = time.monotonic() + 2.0
+    while running(seen) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(seen)
+    assert shm_segments() <= before

@@ -1,0 +1,120 @@
+"""End to end: `python -m stream.run` as a real process on a video file and on a network
+stream from 127.0.0.1, a real subscriber, then SIGINT / SIGTERM; exit codes, timestamps,
+child processes and /dev/shm are checked."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from conftest import descendants, running, shm_segments
+from stream import wire
+from stream.subscribe import Subscriber
+
+MODEL_ARGS = ("--model", "x3d_xs", "--weights", "none", "--stride", "0.1", "--log-level", "info")
+
+
+def _read_predictions(endpoint: str, n: int, timeout: float = 90.0) -> tuple[list, list]:
+    preds, statuses = [], []
+    deadline = time.monotonic() + timeout
+    with Subscriber(endpoint, topics=("pred.", "status.")) as sub:
+        while len(preds) < n:
+            left = deadline - time.monotonic()
+            assert left > 0, f"only {len(preds)} predictions in {timeout} s"
+            msg = sub.recv(timeout=left)
+            (preds if msg.topic.startswith("pred.") else statuses).append(msg)
+    return preds, statuses
+
+
+def _check_predictions(preds, stream_id="cam0"):
+    seqs = [m.body["seq"] for m in preds]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    for m in preds:
+        b = m.body
+        assert m.topic == f"pred.{stream_id}"
+        assert b["schema"] == wire.PREDICTION_SCHEMA and b["stream"] == stream_id
+        assert b["model"] == "x3d_xs" and b["engine"] == "torch-cpu"
+        assert len(b["labels"]) == 5
+        scores = [x["score"] for x in b["labels"]]
+        assert scores == sorted(scores, reverse=True)
+        t = b["t"]
+        assert t["capture_ns"] <= t["infer_start_ns"] <= t["infer_end_ns"] <= t["publish_ns"] <= m.received_ns
+        assert b["window"]["start_ns"] < b["window"]["end_ns"] == t["capture_ns"]
+        assert b["window"]["frames"] == 4
+        # the window spans X3D-XS's 3 × 12/30 s within a frame period either side
+        assert abs((b["window"]["end_ns"] - b["window"]["start_ns"]) / 1e9 - 1.2) < 0.07
+        lat = b["latency_ms"]
+        assert lat["engine"] == pytest.approx((t["infer_end_ns"] - t["infer_start_ns"]) / 1e6)
+        assert lat["capture_to_publish"] == pytest.approx((t["publish_ns"] - t["capture_ns"]) / 1e6)
+        assert abs(t["wall_ns"] / 1e9 - time.time()) < 60
+
+
+def _check_clean_exit(stream, sig):
+    children = descendants(stream.proc.pid)
+    assert children, "stream.run should have child processes while running"
+    code, err, took = stream.stop(sig)
+    assert code == 0, err
+    assert took < 2.5, f"took {took:.1f} s to stop"  # 2 s budget + interpreter exit
+    assert "Traceback" not in err, err
+    # the resource tracker (multiprocessing's helper) exits once its pipe closes
+    deadline = time.monotonic() + 2.0
+    while running(children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(children), "child processes outlived stream.run"
+    return err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_video_file_to_subscriber(run_stream, video_file, sig):
+    before = shm_segments()
+    stream = run_stream("--camera", str(video_file), "--loop", *MODEL_ARGS)
+    preds, statuses = _read_predictions(stream.endpoint, 10)
+    _check_predictions(preds)
+    assert statuses, "no heartbeat on status.cam0"
+    assert statuses[-1].body["sources"]["video"]["source"] == "file"
+    segments_during = shm_segments() - before
+    assert segments_during, "the frame ring should be in /dev/shm while running"
+    err = _check_clean_exit(stream, sig)
+    assert not (segments_during & shm_segments()), "shared memory left in /dev/shm"
+    assert "the microphone (--mic default) is not used" in err
+    assert err.count("predictions are random") == 1
+
+
+def test_mjpeg_stream_over_http(run_stream, mjpeg_url):
+    before = shm_segments()
+    stream = run_stream("--camera", mjpeg_url, "--stream-id", "door", *MODEL_ARGS)
+    preds, _ = _read_predictions(stream.endpoint, 10)
+    _check_predictions(preds, stream_id="door")
+    _check_clean_exit(stream, signal.SIGINT)
+    assert shm_segments() <= before
+
+
+def test_file_end_stops_the_run_cleanly(run_stream, video_file):
+    before = shm_segments()
+    stream = run_stream("--camera", str(video_file), *MODEL_ARGS)
+    code, err = stream.wait(timeout=60)
+    assert code == 0, err
+    assert "end of" in err and "Traceback" not in err
+    assert shm_segments() <= before
+
+
+def test_heartbeat_at_least_once_a_second(run_stream):
+    stream = run_stream("--camera", "synthetic", "--size", "160x120", "--fps", "15", *MODEL_ARGS)
+    with Subscriber(stream.endpoint, topics=("status.",)) as sub:
+        first = sub.recv(timeout=60)
+        times = [first.received_ns]
+        while len(times) < 4:
+            times.append(sub.recv(timeout=1.5).received_ns)
+    gaps = [(b - a) / 1e9 for a, b in zip(times, times[1:])]
+    assert max(gaps) <= 1.0, gaps
+    assert first.body["schema"] == wire.STATUS_SCHEMA
+    _check_clean_exit(stream, signal.SIGINT)
+
+
+def test_duration_ends_the_run(run_stream):
+    stream = run_stream("--camera", "synthetic", "--size", "160x120", "--duration", "3", *MODEL_ARGS)
+    code, err = stream.wait(timeout=60)
+    assert code == 0, err
+    assert "--duration reached" in err

@@ -1,0 +1,91 @@
+"""Wire schema round trip and validation; smoothing and top-k."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stream import wire
+from stream.aggregate import Smoother, softmax, top_k
+from stream.errors import UserError
+
+
+def _prediction(**over):
+    body = wire.prediction(
+        seq=3, stream="cam0", model="x3d_xs", engine="torch-cpu",
+        labels=[{"label": "whistling", "index": 398, "score": 0.5}],
+        window={"start_ns": 10, "end_ns": 20, "frames": 4, "audio_s": 0.0},
+        capture_ns=20, infer_start_ns=25, infer_end_ns=45, publish_ns=50, wall_ns=1_700_000_000_000_000_000,
+        smoothing="ema:0.5",
+    )
+    body.update(over)
+    return body
+
+
+def test_prediction_round_trip():
+    body = _prediction()
+    assert body["latency_ms"] == {"engine": 20 / 1e6, "capture_to_publish": 30 / 1e6}
+    frames = wire.encode(wire.topic(wire.PRED_TOPIC, "cam0"), body)
+    assert frames[0] == b"pred.cam0"
+    topic, decoded = wire.decode(frames)
+    assert topic == "pred.cam0" and decoded == body
+
+
+def test_status_round_trip():
+    body = wire.status(
+        seq=0, stream="cam0", model="x3d_xs", engine="torch-cpu", state="running", mono_ns=1, wall_ns=2,
+        fps_in=30.0, windows={"run": 1, "skipped": 0, "stale": 0}, sources={"video": {}}, publish={"dropped": 0},
+    )
+    assert wire.decode(wire.encode("status.cam0", body)) == ("status.cam0", body)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"pred.cam0"],
+        [b"pred.cam0", b"not json"],
+        [b"pred.cam0", b"[1, 2]"],
+        [b"pred.cam0", json.dumps({"schema": "avstream.prediction.v0"}).encode()],
+        [b"pred.cam0", json.dumps(_prediction(seq="3")).encode()],
+        [b"pred.cam0", json.dumps(_prediction(seq=True)).encode()],
+        [b"pred.cam0", json.dumps(_prediction(labels=[{"label": "x"}])).encode()],
+        [b"pred.cam0", json.dumps({**_prediction(), "t": {"capture_ns": 1}}).encode()],
+        [b"status.cam0", json.dumps(_prediction()).encode()],  # schema does not match the topic
+    ],
+)
+def test_invalid_messages_are_refused(frames):
+    with pytest.raises(wire.WireError):
+        wire.decode(frames)
+
+
+def test_stream_id_rules():
+    assert wire.check_stream_id("cam-0_a") == "cam-0_a"
+    for bad in ("", "a b", "x" * 65, "cam.0"):
+        with pytest.raises(ValueError):
+            wire.check_stream_id(bad)
+
+
+def test_smoothing_methods():
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    ema = Smoother("ema:0.25")
+    assert ema.update(a).tolist() == [1.0, 0.0]
+    assert np.allclose(ema.update(b), [0.75, 0.25])
+    mean = Smoother("mean:2")
+    mean.update(a), mean.update(b)
+    assert np.allclose(mean.update(b), [0.0, 1.0])  # only the last 2
+    assert Smoother("none").update(b) is b
+    for bad in ("ema", "ema:0", "ema:1.5", "mean:0", "mean:x", "median:3", "none:1"):
+        with pytest.raises(UserError):
+            Smoother(bad)
+
+
+def test_softmax_and_top_k():
+    p = softmax(np.array([1.0, 3.0, 2.0, 1000.0]))
+    assert np.isclose(p.sum(), 1.0) and p.argmax() == 3
+    labels = ["a", "b", "c", "d"]
+    got = top_k(np.array([0.1, 0.4, 0.3, 0.2]), labels, 3)
+    assert [x["label"] for x in got] == ["b", "c", "d"]
+    assert got[0] == {"label": "b", "index": 1, "score": 0.4}
+    assert len(top_k(np.array([0.5, 0.5]), ["a", "b"], 5)) == 2
