@@ -16,14 +16,19 @@ from stream.subscribe import Subscriber
 MODEL_ARGS = ("--model", "x3d_xs", "--weights", "none", "--stride", "0.1", "--log-level", "info")
 
 
-def _read_predictions(endpoint: str, n: int, timeout: float = 90.0) -> tuple[list, list]:
+def _read_predictions(stream, n: int, timeout: float = 90.0) -> tuple[list, list]:
+    """n predictions (and the heartbeats between them); fails fast if the run exits."""
     preds, statuses = [], []
     deadline = time.monotonic() + timeout
-    with Subscriber(endpoint, topics=("pred.", "status.")) as sub:
+    with Subscriber(stream.endpoint, topics=("pred.", "status.")) as sub:
         while len(preds) < n:
-            left = deadline - time.monotonic()
-            assert left > 0, f"only {len(preds)} predictions in {timeout} s"
-            msg = sub.recv(timeout=left)
+            assert time.monotonic() < deadline, f"only {len(preds)} predictions in {timeout} s"
+            if stream.proc.poll() is not None:
+                pytest.fail(f"stream.run exited with {stream.proc.returncode}: {stream.wait()[1]}")
+            try:
+                msg = sub.recv(timeout=1.0)
+            except TimeoutError:
+                continue
             (preds if msg.topic.startswith("pred.") else statuses).append(msg)
     return preds, statuses
 
@@ -70,7 +75,7 @@ def _check_clean_exit(stream, sig):
 def test_video_file_to_subscriber(run_stream, video_file, sig):
     before = shm_segments()
     stream = run_stream("--camera", str(video_file), "--loop", *MODEL_ARGS)
-    preds, statuses = _read_predictions(stream.endpoint, 10)
+    preds, statuses = _read_predictions(stream, 10)
     _check_predictions(preds)
     assert statuses, "no heartbeat on status.cam0"
     assert statuses[-1].body["sources"]["video"]["source"] == "file"
@@ -85,7 +90,7 @@ def test_video_file_to_subscriber(run_stream, video_file, sig):
 def test_mjpeg_stream_over_http(run_stream, mjpeg_url):
     before = shm_segments()
     stream = run_stream("--camera", mjpeg_url, "--stream-id", "door", *MODEL_ARGS)
-    preds, _ = _read_predictions(stream.endpoint, 10)
+    preds, _ = _read_predictions(stream, 10)
     _check_predictions(preds, stream_id="door")
     _check_clean_exit(stream, signal.SIGINT)
     assert shm_segments() <= before
@@ -102,8 +107,9 @@ def test_file_end_stops_the_run_cleanly(run_stream, video_file):
 
 def test_heartbeat_at_least_once_a_second(run_stream):
     stream = run_stream("--camera", "synthetic", "--size", "160x120", "--fps", "15", *MODEL_ARGS)
+    _read_predictions(stream, 1)  # running
     with Subscriber(stream.endpoint, topics=("status.",)) as sub:
-        first = sub.recv(timeout=60)
+        first = sub.recv(timeout=5)
         times = [first.received_ns]
         while len(times) < 4:
             times.append(sub.recv(timeout=1.5).received_ns)

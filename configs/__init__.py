@@ -1,0 +1,1 @@
+"""Run configurations, one YAML per model setup (read by stream.config)."""
