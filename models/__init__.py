@@ -12,6 +12,7 @@ sampling interval, crop, resize, mean/std) and what its outputs mean (labels).
 
 from models import x3d as _x3d  # noqa: F401  (registers the X3D variants)
 from models._registry import (
+    AudioInput,
     ModelError,
     ModelMeta,
     UnknownModelError,
@@ -22,6 +23,7 @@ from models._registry import (
 )
 
 __all__ = [
+    "AudioInput",
     "ModelError",
     "ModelMeta",
     "UnknownModelError",

@@ -39,6 +39,30 @@ class VideoInput:
 
 
 @dataclass(frozen=True)
+class AudioInput:
+    """The audio pathway's input: a log-mel spectrogram window, (B, 1, frames, n_mels).
+
+    Defaults are the Audiovisual SlowFast paper's front end (arXiv:2001.08740, Sec. 4):
+    16 kHz mono, 32 ms Hann window, 16 ms hop, 80 mel bins, 128 frames (2.048 s),
+    natural log with a small epsilon, normalised with the reference's mean and std.
+    """
+
+    sample_rate: int = 16_000
+    n_fft: int = 512  # 32 ms at 16 kHz; also the window length
+    hop_length: int = 256  # 16 ms
+    n_mels: int = 80
+    frames: int = 128  # spectrogram frames per window
+    log_eps: float = 1e-6
+    mean: float = -7.03
+    std: float = 4.66
+
+    @property
+    def span_s(self) -> float:
+        """Seconds of audio one window needs (its frames' hops plus one FFT window)."""
+        return ((self.frames - 1) * self.hop_length + self.n_fft) / self.sample_rate
+
+
+@dataclass(frozen=True)
 class ModelMeta:
     """Everything `stream`, `engines` and tests need to feed a model and read its output."""
 
@@ -49,6 +73,7 @@ class ModelMeta:
     mean: tuple[float, float, float]  # RGB in [0, 1]
     std: tuple[float, float, float]
     labels: tuple[str, ...] = field(repr=False)  # class names in index order
+    audio: AudioInput | None = None  # None for video-only models
 
     def __post_init__(self) -> None:
         if not self.video:

@@ -127,7 +127,7 @@ def _run(cfg, conn, stop) -> None:
                 "no weights: %s is randomly initialised and its predictions are random "
                 "(pass --weights kinetics400, a checkpoint path or a URL)", meta.name,
             )
-        if getattr(meta, "audio", None) is None and cfg.mic != "none":
+        if meta.audio is None and cfg.mic != "none":
             log.info("%s is a video-only model: the microphone (--mic %s) is not used", meta.name, cfg.mic)
             stats.audio = {"source": "none", "used": False, "note": f"{meta.name} is video-only"}
         try:
