@@ -39,8 +39,20 @@ class _Stats:
         self.skipped = 0
         self.stale = 0
         self.ring = None
+        self.audio_ring = None
         self.video_kind = "?"
         self.audio = {"source": "none", "used": False}
+
+    def audio_health(self, now_ns: int) -> dict:
+        ring = self.audio_ring
+        if ring is None:
+            return self.audio
+        count, _, _ = ring.clock()
+        age_ms = (now_ns - ring.time_of(count - 1)) / 1e6 if count else None
+        return {
+            **self.audio, "samples": count, "rate": ring.sample_rate, "overflows": ring.overflows,
+            "last_sample_age_ms": age_ms, "healthy": age_ms is not None and age_ms < 500,
+        }
 
 
 class _Heartbeat(threading.Thread):
@@ -72,7 +84,7 @@ class _Heartbeat(threading.Thread):
                 windows={"run": s.windows_run, "skipped": s.skipped, "stale": s.stale},
                 sources={
                     "video": {"source": s.video_kind, "frames": frames, "last_frame_age_ms": age_ms},
-                    "audio": s.audio,
+                    "audio": s.audio_health(now),
                 },
                 publish={"sent": self.publisher.sent, "dropped": self.publisher.dropped},
             )
@@ -102,11 +114,11 @@ def _run(cfg, conn, stop) -> None:
     import models
 
     from .aggregate import Smoother, softmax, top_k
-    from .preprocess import Preprocessor
+    from .preprocess import LogMel, Preprocessor
     from .proc import parent_alive
     from .publish import Publisher
-    from .ring import FrameRing
-    from .window import PathwaySpec, Scheduler, WindowSampler
+    from .ring import AudioRing, FrameRing
+    from .window import AudioSampler, PathwaySpec, Scheduler, WindowSampler
 
     stats = _Stats()
     publisher = Publisher(cfg.publish)
@@ -121,13 +133,18 @@ def _run(cfg, conn, stop) -> None:
             raise UserError(str(exc)) from None
         meta = model.meta
         stats.model = meta.name
-        conn.send(("model", {"name": meta.name, "span_s": meta.span_s}))
+        audio = meta.audio
+        conn.send((
+            "model",
+            {"name": meta.name, "span_s": meta.span_s,
+             "audio": None if audio is None else {"rate": audio.sample_rate, "span_s": audio.span_s}},
+        ))
         if cfg.weights is None:
             log.warning(
                 "no weights: %s is randomly initialised and its predictions are random "
                 "(pass --weights kinetics400, a checkpoint path or a URL)", meta.name,
             )
-        if meta.audio is None and cfg.mic != "none":
+        if audio is None and cfg.mic != "none":
             log.info("%s is a video-only model: the microphone (--mic %s) is not used", meta.name, cfg.mic)
             stats.audio = {"source": "none", "used": False, "note": f"{meta.name} is video-only"}
         try:
@@ -142,6 +159,7 @@ def _run(cfg, conn, stop) -> None:
             short_side=meta.short_side, crop=meta.crop, mean=meta.mean, std=meta.std,
             device=engine.device, dtype=engine.dtype,
         )
+        logmel = None if audio is None else LogMel(audio, device=engine.device, dtype=engine.dtype)
         smoother = Smoother(cfg.smoothing)
         preview = None
         if cfg.preview:
@@ -160,6 +178,12 @@ def _run(cfg, conn, stop) -> None:
         stats.ring = ring
         stats.video_kind = payload.get("video_kind", "?")
         sampler = WindowSampler(ring, [PathwaySpec(v.frames, v.interval_s) for v in meta.video])
+        audio_sampler = None
+        if logmel is not None:
+            audio_ring = AudioRing.attach(payload["audio"]["name"])
+            stats.audio_ring = audio_ring
+            stats.audio = {"source": payload["audio"]["kind"], "used": True}
+            audio_sampler = AudioSampler(audio_ring, logmel.samples)
         scheduler = Scheduler(cfg.stride)
         frame_period_s = 1.0 / max(1.0, float(payload.get("fps", 30.0)))
         topic = wire.topic(wire.PRED_TOPIC, cfg.stream_id)
@@ -192,6 +216,25 @@ def _run(cfg, conn, stop) -> None:
             last_newest = window.newest_seq
             stats.state = "running"
             inputs = preprocess(window.clips)
+            degraded = []
+            capture_ns = window.end_ns
+            audio_span = (0, 0)
+            if audio_sampler is not None:
+                # The audio window is centred on the video window's centre; wait for its
+                # last sample at most one stride, then run with the gap zero-filled.
+                centre_ns = window.end_ns - sampler.span_ns // 2
+                give_up = time.monotonic() + cfg.stride
+                while not audio_sampler.arrived(centre_ns) and time.monotonic() < give_up:
+                    if stop.is_set() or audio_sampler.ring.closed:
+                        break
+                    time.sleep(0.001)
+                aw = audio_sampler.sample(centre_ns)
+                if aw.missing:
+                    degraded.append(f"audio gap: {aw.missing} of {audio_sampler.samples} samples missing")
+                else:
+                    capture_ns = max(capture_ns, aw.end_ns)
+                audio_span = (aw.start_ns, aw.end_ns)
+                inputs = (*inputs, logmel(aw.samples))
             infer_start_ns = time.monotonic_ns()
             logits = engine(*inputs)
             infer_end_ns = time.monotonic_ns()
@@ -201,10 +244,11 @@ def _run(cfg, conn, stop) -> None:
                 seq=seq, stream=cfg.stream_id, model=meta.name, engine=engine.name, labels=labels,
                 window={
                     "start_ns": window.start_ns, "end_ns": window.end_ns, "frames": window.frames,
-                    "audio_s": 0.0,
+                    "audio_s": (audio_span[1] - audio_span[0]) / 1e9,
+                    "audio_start_ns": audio_span[0], "audio_end_ns": audio_span[1],
                 },
-                capture_ns=window.end_ns, infer_start_ns=infer_start_ns, infer_end_ns=infer_end_ns,
-                publish_ns=0, wall_ns=0, smoothing=cfg.smoothing,
+                capture_ns=capture_ns, infer_start_ns=infer_start_ns, infer_end_ns=infer_end_ns,
+                publish_ns=0, wall_ns=0, smoothing=cfg.smoothing, degraded=degraded,
             )
             body["t"]["window_ns"] = window_ns
             publisher.send(topic, body, stamp_publish=True)
@@ -225,3 +269,6 @@ def _run(cfg, conn, stop) -> None:
         if ring is not None:
             stats.ring = None
             ring.close()
+        if stats.audio_ring is not None:
+            audio_ring, stats.audio_ring = stats.audio_ring, None
+            audio_ring.close()

@@ -52,14 +52,45 @@ def new_segment_name(kind: str) -> str:
     return f"{SEGMENT_PREFIX}{kind}_{os.getpid()}_{secrets.token_hex(3)}"
 
 
-class FrameRing:
-    """Fixed slots of H×W×C uint8 frames plus (seq, t_capture_ns) in shared memory."""
+class _Segment:
+    """One shared-memory segment: the owner unlinks it, everyone else only closes."""
 
     def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool):
         self._shm = shm
         self.name = shm.name
         self.owner = owner
         self._unlinked = False
+
+    def _release_views(self) -> None:
+        """Drop every numpy view of the buffer (close() fails while views exist)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Detach; the owner also unlinks. Safe to call twice."""
+        if self._shm is None:
+            return
+        self._release_views()
+        shm, self._shm = self._shm, None
+        shm.close()
+        if self.owner and not self._unlinked:
+            self._unlinked = True
+            try:
+                shm.unlink()
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FrameRing(_Segment):
+    """Fixed slots of H×W×C uint8 frames plus (seq, t_capture_ns) in shared memory."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool):
+        super().__init__(shm, owner=owner)
         header = np.ndarray((_HEADER_WORDS,), dtype=np.int64, buffer=shm.buf)
         if int(header[_H_MAGIC]) != _MAGIC:
             raise RingError(f"shared memory {shm.name!r} is not a frame ring of this version")
@@ -116,26 +147,9 @@ class FrameRing:
             raise RingError(f"frame ring {name!r} does not exist (its owner has exited)") from None
         return cls(shm, owner=False)
 
-    def close(self) -> None:
-        """Detach; the owner also unlinks. Safe to call twice."""
-        if self._shm is None:
-            return
+    def _release_views(self) -> None:
         self._header = self._meta = None
         self._data = []
-        shm, self._shm = self._shm, None
-        shm.close()
-        if self.owner and not self._unlinked:
-            self._unlinked = True
-            try:
-                shm.unlink()
-            except FileNotFoundError:
-                pass
-
-    def __enter__(self) -> FrameRing:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # -- writer ----------------------------------------------------------------------
 
@@ -230,3 +244,138 @@ class FrameRing:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"no new frame in {timeout:.1f} s")
             time.sleep(0.001)
+
+
+_AUDIO_MAGIC = 0x4156534155440001  # "AVSAUD" + layout version 1
+# Header words (int64) of an AudioRing.
+(_A_MAGIC, _A_CAPACITY, _A_RATE, _A_MAX_BLOCK, _A_COUNT, _A_VERSION, _A_ANCHOR_IDX,
+ _A_ANCHOR_T, _A_CLOSED, _A_OVERFLOWS) = range(10)
+
+
+class AudioRing(_Segment):
+    """Mono float32 samples at a fixed rate in shared memory, with a running counter.
+
+    Time: each write carries the monotonic time of its first sample (from the device's
+    ADC clock). The newest write is the *anchor*; sample `i` was captured at
+    `anchor_t + (i - anchor_idx) / rate`, which follows any drift between the audio
+    clock and the monotonic clock. Count and anchor change together under a version
+    word (odd while a write is in progress), so readers see them consistently.
+
+    Consistency of samples: a reader copies only samples below the count, and checks
+    after its copy that the writer cannot have reached them again (the oldest safe
+    sample is `count + max_block - capacity`); otherwise `FrameLost`.
+    """
+
+    def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool):
+        super().__init__(shm, owner=owner)
+        header = np.ndarray((_HEADER_WORDS,), dtype=np.int64, buffer=shm.buf)
+        if int(header[_A_MAGIC]) != _AUDIO_MAGIC:
+            raise RingError(f"shared memory {shm.name!r} is not an audio ring of this version")
+        self._header = header
+        self.capacity = int(header[_A_CAPACITY])
+        self.sample_rate = int(header[_A_RATE])
+        self.max_block = int(header[_A_MAX_BLOCK])
+        self._data = np.ndarray((self.capacity,), dtype=np.float32, buffer=shm.buf, offset=_aligned(_HEADER_WORDS * 8))
+
+    @classmethod
+    def create(cls, capacity: int, sample_rate: int, *, max_block: int = 4096, name: str | None = None) -> AudioRing:
+        if capacity < 4 * max_block or sample_rate <= 0 or max_block <= 0:
+            raise ValueError(f"bad audio ring: capacity={capacity} rate={sample_rate} max_block={max_block}")
+        size = _aligned(_HEADER_WORDS * 8) + capacity * 4
+        shm = shared_memory.SharedMemory(name=name or new_segment_name("audio"), create=True, size=size)
+        header = np.ndarray((_HEADER_WORDS,), dtype=np.int64, buffer=shm.buf)
+        header[:] = 0
+        header[_A_CAPACITY], header[_A_RATE], header[_A_MAX_BLOCK] = capacity, sample_rate, max_block
+        header[_A_MAGIC] = _AUDIO_MAGIC
+        del header
+        return cls(shm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> AudioRing:
+        try:
+            shm = shared_memory.SharedMemory(name=name, create=False)
+        except FileNotFoundError:
+            raise RingError(f"audio ring {name!r} does not exist (its owner has exited)") from None
+        return cls(shm, owner=False)
+
+    def _release_views(self) -> None:
+        self._header = self._data = None
+
+    # -- writer ----------------------------------------------------------------------
+
+    def write(self, samples: np.ndarray, t_first_ns: int) -> int:
+        """Append a block of mono samples whose first was captured at `t_first_ns`.
+
+        Returns the running count after the write. Never waits.
+        """
+        n = len(samples)
+        if n > self.max_block:
+            raise ValueError(f"block of {n} samples exceeds the ring's max_block {self.max_block}")
+        h = self._header
+        count = int(h[_A_COUNT])
+        pos = count % self.capacity
+        first = min(n, self.capacity - pos)
+        self._data[pos : pos + first] = samples[:first]
+        if first < n:
+            self._data[: n - first] = samples[first:]
+        h[_A_VERSION] += 1  # odd: count and anchor are changing
+        h[_A_ANCHOR_IDX] = count
+        h[_A_ANCHOR_T] = t_first_ns
+        h[_A_COUNT] = count + n
+        h[_A_VERSION] += 1
+        return count + n
+
+    def add_overflow(self, n: int = 1) -> None:
+        self._header[_A_OVERFLOWS] += n
+
+    def close_writer(self) -> None:
+        self._header[_A_CLOSED] = 1
+
+    # -- readers ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._header[_A_CLOSED])
+
+    @property
+    def overflows(self) -> int:
+        return int(self._header[_A_OVERFLOWS])
+
+    def clock(self) -> tuple[int, int, int]:
+        """(count, anchor_idx, anchor_t_ns), consistent with each other."""
+        h = self._header
+        while True:
+            v1 = int(h[_A_VERSION])
+            if v1 % 2 == 0:
+                state = int(h[_A_COUNT]), int(h[_A_ANCHOR_IDX]), int(h[_A_ANCHOR_T])
+                if int(h[_A_VERSION]) == v1:
+                    return state
+            time.sleep(0)
+
+    def index_at(self, t_ns: int, clock: tuple[int, int, int] | None = None) -> int:
+        """Index of the sample captured at `t_ns` (may be outside what the ring holds)."""
+        _, a_idx, a_t = clock or self.clock()
+        return a_idx + round((t_ns - a_t) * self.sample_rate / 1e9)
+
+    def time_of(self, index: int, clock: tuple[int, int, int] | None = None) -> int:
+        _, a_idx, a_t = clock or self.clock()
+        return a_t + round((index - a_idx) * 1e9 / self.sample_rate)
+
+    def oldest_safe(self, count: int) -> int:
+        """The oldest index a reader may copy when the count is `count`."""
+        return max(0, count + self.max_block - self.capacity)
+
+    def read(self, start: int, out: np.ndarray) -> None:
+        """Copy samples [start, start + len(out)); they must all be held (see `held`)."""
+        n = len(out)
+        count, _, _ = self.clock()
+        if start < self.oldest_safe(count) or start + n > count:
+            raise FrameLost(f"samples [{start}, {start + n}) are not in the ring (it holds up to {count})")
+        pos = start % self.capacity
+        first = min(n, self.capacity - pos)
+        out[:first] = self._data[pos : pos + first]
+        if first < n:
+            out[first:] = self._data[: n - first]
+        count_after, _, _ = self.clock()
+        if start < self.oldest_safe(count_after):
+            raise FrameLost(f"samples from {start} were overwritten while being read")

@@ -25,11 +25,12 @@ import sys
 import time
 
 from . import config
-from .capture.video import capture_main
+from .capture import audio as audio_capture
+from .capture import video as video_capture
 from .errors import UserError
 from .inference import inference_main
 from .proc import setup_logging
-from .ring import FrameRing
+from .ring import AudioRing, FrameRing
 
 log = logging.getLogger("stream.run")
 
@@ -37,6 +38,11 @@ log = logging.getLogger("stream.run")
 STOP_GRACE_S = 1.5
 #: Ring slots beyond the model's span: a late tick, the window read itself.
 RING_MARGIN_S = 1.0
+#: Delay between handing out the rings and the first sample of paced sources, so that
+#: video and audio files start their shared timeline together.
+START_DELAY_S = 0.1
+#: Largest block an audio capture writes at once (device blocks are 16 ms).
+AUDIO_MAX_BLOCK = 8192
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -100,6 +106,7 @@ class Supervisor:
         self.stop = self.ctx.Event()
         self.signalled: str | None = None
         self.ring: FrameRing | None = None
+        self.audio_ring: AudioRing | None = None
         self.running = False  # past start-up: children get a grace period to stop
         self.children: dict[str, mp.process.BaseProcess] = {}
         self.conns: dict[str, mp.connection.Connection] = {}
@@ -115,8 +122,8 @@ class Supervisor:
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             signal.signal(signal.SIGTERM, self._on_signal)
-            self._start_children()  # children inherit SIGINT ignored (see _start_children)
             signal.signal(signal.SIGINT, self._on_signal)
+            self._start_children()
             return self._supervise()
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -128,23 +135,25 @@ class Supervisor:
 
     def _start_children(self) -> None:
         cfg = self.cfg
+        self._start_child(
+            "capture-video", video_capture.capture_main,
+            (cfg.camera, config.parse_size(cfg.size), cfg.fps, cfg.loop, cfg.log_level, os.getpid()),
+        )
+        self._start_child("inference", inference_main, (cfg, os.getpid()))
+
+    def _start_child(self, name: str, target, args: tuple) -> None:
+        parent_end, child_end = self.ctx.Pipe()
+        proc = self.ctx.Process(target=target, args=(*args, child_end, self.stop), name=name)
         # Spawned children inherit an ignored SIGINT across exec: Ctrl-C in a terminal
         # reaches the whole process group, and only this process must act on it.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        specs = {
-            "capture-video": (
-                capture_main,
-                (cfg.camera, config.parse_size(cfg.size), cfg.fps, cfg.loop, cfg.log_level, os.getpid()),
-            ),
-            "inference": (inference_main, (cfg, os.getpid())),
-        }
-        for name, (target, args) in specs.items():
-            parent_end, child_end = self.ctx.Pipe()
-            proc = self.ctx.Process(target=target, args=(*args, child_end, self.stop), name=name)
+        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
             proc.start()
-            child_end.close()
-            self.children[name] = proc
-            self.conns[name] = parent_end
+        finally:
+            signal.signal(signal.SIGINT, sigint)
+        child_end.close()
+        self.children[name] = proc
+        self.conns[name] = parent_end
 
     def _recv(self, timeout: float) -> tuple[str, str, object] | None:
         """Next message from any child as (child, kind, payload); a dead child is ('x', 'died', code)."""
@@ -164,6 +173,38 @@ class Supervisor:
             return name, "died", proc.exitcode
         return None
 
+    def _start_audio(self, model: dict) -> None:
+        """Start the audio capture once the model is known to listen."""
+        cfg = self.cfg
+        if model["audio"] is None:
+            return
+        if audio_capture.describe(cfg.mic) == "none":
+            raise UserError(
+                f"{model['name']} listens as well as watches but --mic is none: pass --mic default, "
+                "a device name or index, an audio/video file, or synthetic"
+            )
+        self._start_child(
+            "capture-audio", audio_capture.capture_main,
+            (cfg.mic, model["audio"]["rate"], cfg.loop, cfg.log_level, os.getpid()),
+        )
+
+    def _make_rings(self, video: dict, model: dict, audio: dict | None) -> None:
+        slots = ring_slots(model["span_s"], video["fps"])
+        nbytes = FrameRing.nbytes(slots, video["height"], video["width"])
+        capacity = 0
+        if audio is not None:
+            seconds = model["audio"]["span_s"] + model["span_s"] + self.cfg.stride + 2 * RING_MARGIN_S
+            capacity = max(8 * AUDIO_MAX_BLOCK, math.ceil(seconds * audio["rate"]))
+        check_shm_space(nbytes + 4 * capacity)
+        self.ring = FrameRing.create(slots, video["height"], video["width"])
+        if audio is not None:
+            self.audio_ring = AudioRing.create(capacity, audio["rate"], max_block=AUDIO_MAX_BLOCK)
+        # One timeline for paced sources (files): picture and sound start together.
+        start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
+        self.conns["capture-video"].send(("ring", {"name": self.ring.name, "start_ns": start_ns}))
+        if self.audio_ring is not None:
+            self.conns["capture-audio"].send(("ring", {"name": self.audio_ring.name, "start_ns": start_ns}))
+
     def _fail_on(self, name: str, kind: str, payload) -> None:
         if kind == "error":
             raise UserError(str(payload))
@@ -176,38 +217,43 @@ class Supervisor:
         cfg = self.cfg
         video: dict | None = None
         model: dict | None = None
+        audio: dict | None = None
         ready = False
         try:
-            # -- start-up: both children report; then the ring is made and handed out.
-            while not ready:
+            # -- start-up: the children report; then the rings are made and handed out.
+            while not (ready and self.ring is not None):
                 if self.signalled:
                     return 0
                 msg = self._recv(0.1)
                 if msg is None:
                     continue
                 name, kind, payload = msg
-                if kind == "opened":
+                if kind == "opened" and name == "capture-video":
                     video = payload
                     log.info(
                         "video: %s %dx%d at %.1f fps%s", video["kind"], video["width"], video["height"],
                         video["fps"], " (paced)" if video["paced"] else "",
                     )
+                elif kind == "opened" and name == "capture-audio":
+                    audio = payload
+                    log.info("audio: %s %r at %d Hz", audio["kind"], audio["description"], audio["rate"])
                 elif kind == "model":
                     model = payload
+                    self._start_audio(model)
                 elif kind == "ready":
                     ready = True
                 else:
                     self._fail_on(name, kind, payload)
-                if video is not None and model is not None and self.ring is None:
-                    slots = ring_slots(model["span_s"], video["fps"])
-                    check_shm_space(FrameRing.nbytes(slots, video["height"], video["width"]))
-                    self.ring = FrameRing.create(slots, video["height"], video["width"])
-                    self.conns["capture-video"].send(("ring", self.ring.name))
-            if video is None or self.ring is None:  # ready before opened cannot happen, but be sure
-                raise _RunFailed("start-up order broken: the model was ready before the video source")
-            self.conns["inference"].send(
-                ("ring", {"name": self.ring.name, "fps": video["fps"], "video_kind": video["kind"]})
-            )
+                audio_ready = audio is not None or "capture-audio" not in self.children
+                if video is not None and model is not None and audio_ready and self.ring is None:
+                    self._make_rings(video, model, audio)
+            self.conns["inference"].send((
+                "ring",
+                {
+                    "name": self.ring.name, "fps": video["fps"], "video_kind": video["kind"],
+                    "audio": None if self.audio_ring is None else {"name": self.audio_ring.name, "kind": audio["kind"]},
+                },
+            ))
             self.running = True
             log.info("running: publishing on %s (pred.%s, status.%s)", cfg.publish, cfg.stream_id, cfg.stream_id)
             # -- running
@@ -225,6 +271,9 @@ class Supervisor:
                 if msg is None:
                     continue
                 name, kind, payload = msg
+                if kind == "eof" and name == "capture-audio":
+                    log.info("end of the audio of %s", cfg.mic)
+                    continue
                 if kind == "eof":
                     log.info("end of %s after %d frames: stopping", cfg.camera, payload["frames"])
                     time.sleep(min(1.0, cfg.stride * 2))  # let the last windows publish
@@ -253,9 +302,10 @@ class Supervisor:
                 proc.join(0.3)
         for conn in self.conns.values():
             conn.close()
-        if self.ring is not None:
-            self.ring.close()  # the owner unlinks
-            self.ring = None
+        for ring in (self.ring, self.audio_ring):
+            if ring is not None:
+                ring.close()  # the owner unlinks
+        self.ring = self.audio_ring = None
 
 
 class _RunFailed(Exception):

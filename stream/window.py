@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import FrameLost
-from .ring import FrameRing
+from .ring import AudioRing, FrameRing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +117,55 @@ class WindowSampler:
             end_ns=max(read_t.values()),
             newest_seq=newest_seq,
             frames=len(read_t),
+        )
+
+
+@dataclasses.dataclass
+class AudioWindow:
+    samples: np.ndarray  # (n,) float32, zeros where audio was missing
+    start_ns: int
+    end_ns: int
+    missing: int  # samples that were not in the ring (zero-filled)
+
+
+class AudioSampler:
+    """Cuts the audio window centred on a video window's centre out of an AudioRing."""
+
+    def __init__(self, ring: AudioRing, samples: int):
+        self.ring = ring
+        self.samples = samples
+        self._out = np.zeros(samples, dtype=np.float32)
+        self._half_ns = round(samples / 2 * 1e9 / ring.sample_rate)
+
+    def span(self, centre_ns: int) -> tuple[int, int]:
+        """Sample indices [first, end) of the window centred on `centre_ns`."""
+        first = self.ring.index_at(centre_ns - self._half_ns)
+        return first, first + self.samples
+
+    def arrived(self, centre_ns: int) -> bool:
+        """Has the ring received the window's last sample?"""
+        return self.ring.clock()[0] >= self.span(centre_ns)[1]
+
+    def sample(self, centre_ns: int) -> AudioWindow:
+        """The window, zero-filled where the ring lacks samples (too old, or not yet)."""
+        clock = self.ring.clock()
+        count = clock[0]
+        first = self.ring.index_at(centre_ns - self._half_ns, clock)
+        end = first + self.samples
+        lo, hi = max(first, self.ring.oldest_safe(count)), min(end, count)
+        self._out.fill(0.0)
+        got = 0
+        if hi > lo:
+            try:
+                self.ring.read(lo, self._out[lo - first : hi - first])
+                got = hi - lo
+            except FrameLost:
+                self._out.fill(0.0)
+        return AudioWindow(
+            samples=self._out,
+            start_ns=self.ring.time_of(first, clock),
+            end_ns=self.ring.time_of(end, clock),
+            missing=self.samples - got,
         )
 
 

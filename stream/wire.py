@@ -51,8 +51,13 @@ def prediction(
     publish_ns: int,
     wall_ns: int,
     smoothing: str,
+    degraded: list[str] | None = None,
 ) -> dict:
-    """A prediction body. `publish_ns` is taken just before the send."""
+    """A prediction body. `publish_ns` is taken just before the send.
+
+    `degraded` lists why the prediction saw less than a full window (e.g. "audio gap");
+    empty when the window was complete.
+    """
     return {
         "schema": PREDICTION_SCHEMA,
         "seq": seq,
@@ -73,6 +78,7 @@ def prediction(
             "capture_to_publish": (publish_ns - capture_ns) / 1e6,
         },
         "smoothing": smoothing,
+        "degraded": list(degraded or []),
     }
 
 
@@ -116,6 +122,7 @@ _NUM = (int, float)
 _PREDICTION_FIELDS = {
     "schema": (str,), "seq": _INT, "stream": (str,), "model": (str,), "engine": (str,),
     "labels": (list,), "window": (dict,), "t": (dict,), "latency_ms": (dict,), "smoothing": (str,),
+    "degraded": (list,),
 }
 _PREDICTION_T = ("capture_ns", "infer_start_ns", "infer_end_ns", "publish_ns", "wall_ns")
 _PREDICTION_WINDOW = {"start_ns": _INT, "end_ns": _INT, "frames": _INT, "audio_s": _NUM}

@@ -176,3 +176,69 @@ def run_stream():
     yield start
     for p in started:
         p.kill()
+
+
+#: When the flash and the click happen in `av_clip`.
+AV_CLIP_EVENT_S = 2.0
+
+
+@pytest.fixture(scope="session")
+def av_clip(tmp_path_factory) -> Path:
+    """4 s at 30 fps (mpeg4) with 16 kHz audio (PCM) in Matroska: dark frames with one white
+    flash at 2.0 s, silence with one 10 ms click at 2.0 s."""
+    import av
+
+    path = tmp_path_factory.mktemp("av") / "flash_click.mkv"
+    flash = round(AV_CLIP_EVENT_S * 30)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("mpeg4", rate=30)
+        vs.width, vs.height, vs.pix_fmt = 320, 240, "yuv420p"
+        aus = c.add_stream("pcm_s16le", rate=16000)
+        aus.layout = "mono"
+        for i in range(120):
+            img = np.full((240, 320, 3), 255 if i == flash else 20, np.uint8)
+            for packet in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(packet)
+        for packet in vs.encode():
+            c.mux(packet)
+        audio = np.zeros(16000 * 4, np.int16)
+        click = round(AV_CLIP_EVENT_S * 16000)
+        audio[click : click + 160] = 20000
+        for i in range(0, len(audio), 1024):
+            frame = av.AudioFrame.from_ndarray(audio[i : i + 1024].reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i
+            for packet in aus.encode(frame):
+                c.mux(packet)
+        for packet in aus.encode():
+            c.mux(packet)
+    return path
+
+
+ASOUNDRC = """
+pcm.testmic {
+    type plug
+    slave { pcm "testmic_file"; format S16_LE; rate 16000; channels 1 }
+    hint { show on; description "test microphone reading a file" }
+}
+pcm.testmic_file {
+    type file
+    slave.pcm "null"
+    file "/dev/null"
+    infile "%s"
+    format "raw"
+}
+"""
+
+
+@pytest.fixture
+def alsa_file_mic(tmp_path, monkeypatch):
+    """An ALSA capture device `testmic` that plays a raw S16 file (a 440 Hz tone, 30 s)
+    through PortAudio: the real sounddevice path, with no hardware. HOME points at a
+    folder with the .asoundrc, for this process's children."""
+    t = np.arange(16000 * 30) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
+    raw = tmp_path / "tone.raw"
+    tone.tofile(raw)
+    (tmp_path / ".asoundrc").write_text(ASOUNDRC % raw)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return "testmic"

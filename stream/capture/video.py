@@ -56,6 +56,9 @@ class VideoSource:
     def read(self) -> tuple[np.ndarray, int] | None:
         raise NotImplementedError
 
+    def start(self, start_ns: int) -> None:
+        """Start the clock of a paced source at `start_ns` (shared with the audio capture)."""
+
     def skip(self) -> None:
         """Drop one frame (keeps a live source fresh while nobody consumes)."""
 
@@ -67,6 +70,31 @@ class VideoSource:
             "kind": self.kind, "width": self.width, "height": self.height, "fps": self.fps,
             "paced": self.paced, "live": self.live,
         }
+
+
+class _PacedClock:
+    """Real-time schedule of a paced source: frame i is due at origin + i * period.
+
+    A source that falls more than a period behind (slow decoding, a stalled machine)
+    moves its origin instead of bursting to catch up.
+    """
+
+    def __init__(self, period_ns: int):
+        self.period_ns = period_ns
+        self._next_ns: int | None = None
+
+    def start(self, start_ns: int) -> None:
+        self._next_ns = start_ns
+
+    def wait_next(self) -> int:
+        """Sleep until the next frame is due; returns its due time."""
+        now = time.monotonic_ns()
+        if self._next_ns is None or now - self._next_ns > self.period_ns:
+            self._next_ns = now
+        elif self._next_ns > now:
+            time.sleep((self._next_ns - now) / 1e9)
+        due, self._next_ns = self._next_ns, self._next_ns + self.period_ns
+        return due
 
 
 class SyntheticSource(VideoSource):
@@ -85,16 +113,13 @@ class SyntheticSource(VideoSource):
         self._base = np.concatenate([base, base], axis=1)  # scroll by slicing, no copy per frame
         self._frame = np.empty((self.height, self.width, 3), dtype=np.uint8)
         self._i = 0
-        self._next_ns = time.monotonic_ns()
+        self._clock = _PacedClock(self._period_ns)
+
+    def start(self, start_ns: int) -> None:
+        self._clock.start(start_ns)
 
     def read(self) -> tuple[np.ndarray, int]:
-        delay = self._next_ns - time.monotonic_ns()
-        if delay > 0:
-            time.sleep(delay / 1e9)
-        else:
-            self._next_ns = time.monotonic_ns()  # fell behind: do not burst to catch up
-        t_ns = time.monotonic_ns()
-        self._next_ns += self._period_ns
+        t_ns = self._clock.wait_next()
         i, self._i = self._i, self._i + 1
         shift = (i * 4) % self.width
         np.copyto(self._frame, self._base[:, shift : shift + self.width])
@@ -167,10 +192,12 @@ class OpenCVSource(VideoSource):
         # Files, and URLs that serve a finite file, are paced to real time.
         self.live = not (self.kind == "file" or (self.kind == "url" and frame_count > 0))
         self.paced = not self.live
-        self._period_ns = round(1e9 / self.fps)
-        self._next_ns: int | None = None
+        self._clock = _PacedClock(round(1e9 / self.fps))
         if not self.live:
             self._rewind()
+
+    def start(self, start_ns: int) -> None:
+        self._clock.start(start_ns)
 
     def _grab_retrieve(self) -> tuple[np.ndarray, int] | None:
         if not self._cap.grab():
@@ -191,19 +218,15 @@ class OpenCVSource(VideoSource):
         return self._cap.isOpened()
 
     def read(self) -> tuple[np.ndarray, int] | None:
-        if self.paced:
-            now = time.monotonic_ns()
-            if self._next_ns is None or now - self._next_ns > self._period_ns:
-                self._next_ns = now  # first frame, or decoding fell behind: do not burst
-            elif self._next_ns > now:
-                time.sleep((self._next_ns - now) / 1e9)
-            self._next_ns += self._period_ns
+        scheduled = self._clock.wait_next() if self.paced else None
         got = self._grab_retrieve()
         if got is None and self.loop and not self.live and self._rewind():
             got = self._grab_retrieve()
         if got is None:
             return None
         frame, t_ns = got
+        if scheduled is not None:
+            t_ns = scheduled  # a file frame's capture time is its place in the paced timeline
         if frame.shape[:2] != (self.height, self.width):  # a camera that changed mode
             frame = self._cv2.resize(frame, (self.width, self.height), interpolation=self._cv2.INTER_AREA)
         return frame, t_ns
@@ -265,18 +288,19 @@ def capture_main(
         conn.send(("error", str(exc)))
         return
     conn.send(("opened", source.info()))
-    ring_name = None
-    while ring_name is None:  # while the model loads: keep a live source fresh
+    ring_msg = None
+    while ring_msg is None:  # while the model loads: keep a live source fresh
         if stop.is_set() or not parent_alive():
             source.close()
             return
         if conn.poll(0.01):
             kind, payload = conn.recv()
             if kind == "ring":
-                ring_name = payload
+                ring_msg = payload
         elif source.live:
             source.skip()
-    ring = FrameRing.attach(ring_name)
+    ring = FrameRing.attach(ring_msg["name"])
+    source.start(ring_msg["start_ns"])
     frames = 0
     code = 0
     try:

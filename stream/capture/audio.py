@@ -1,0 +1,381 @@
+"""Audio sources and the audio capture process.
+
+`--mic` takes `default` (the system's default input), a device name (or a unique part
+of it) or index, an audio or video file (its audio track, decoded with PyAV and paced
+in real time; `--loop` repeats it), `synthetic` (a beep every second), or `none`.
+
+Samples reach the AudioRing as mono float32 at the model's rate (16 kHz). A device that
+cannot open at that rate captures at its own default rate and is resampled on the fly
+(soxr, streaming, so there are no seams between blocks).
+
+Time: a device block is stamped from PortAudio's ADC time of its first sample
+(`inputBufferAdcTime`), mapped onto time.monotonic_ns() through the callback's
+`currentTime`. File and synthetic samples are stamped by their place in the paced
+timeline, which starts at the `start_ns` the parent hands out, shared with the video
+capture, so `--camera clip.mp4 --mic clip.mp4` plays picture and sound in sync.
+
+Protocol with the parent: as the video capture (see stream/capture/video.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SourceError, UserError
+
+BLOCK_S = 0.016  # one block per log-mel hop: 16 ms
+log = logging.getLogger("stream.capture.audio")
+
+
+MEDIA_SUFFIXES = {
+    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".m4v", ".mkv",
+    ".webm", ".mov", ".avi",
+}
+
+
+def describe(spec: str) -> str:
+    """device | file | synthetic | none, for `--mic spec`."""
+    if spec in ("none", "synthetic"):
+        return spec
+    if spec == "default" or spec.isdigit():
+        return "device"
+    path = Path(spec)
+    if path.exists() or path.suffix.lower() in MEDIA_SUFFIXES:
+        return "file"
+    return "device"
+
+
+class AudioSource:
+    """Base: `start(ring, start_ns)` begins writing blocks into the ring."""
+
+    kind = "?"
+    live = True
+    rate: int  # the rate samples reach the ring at (the model's)
+
+    def info(self) -> dict:
+        return {"kind": self.kind, "rate": self.rate, "live": self.live, "description": self.description}
+
+    def start(self, ring, start_ns: int) -> None:
+        raise NotImplementedError
+
+    def finished(self) -> bool:
+        """True once a source with an end has written everything."""
+        return False
+
+    def failure(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class _Resampler:
+    """Streaming mono resampler to `out_rate` (identity when the rates match)."""
+
+    def __init__(self, in_rate: int, out_rate: int):
+        self.ratio = out_rate / in_rate
+        self._stream = None
+        if in_rate != out_rate:
+            import soxr
+
+            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is None:
+            return block
+        return self._stream.resample_chunk(block, last=last)
+
+
+def list_input_devices() -> list[tuple[int, str]]:
+    import sounddevice as sd
+
+    return [(i, d["name"]) for i, d in enumerate(sd.query_devices()) if d["max_input_channels"] > 0]
+
+
+class DeviceSource(AudioSource):
+    """A PortAudio input device through sounddevice's callback stream."""
+
+    kind = "device"
+
+    def __init__(self, spec: str, rate: int):
+        try:
+            import sounddevice as sd
+        except OSError as exc:  # PortAudio library missing
+            raise SourceError(f"microphone input needs PortAudio ({exc}): install libportaudio2") from None
+        self._sd = sd
+        self.rate = rate
+        devices = list_input_devices()
+        listing = "; ".join(f"{i}: {n}" for i, n in devices) or "none"
+        if spec == "default":
+            device = None
+        elif spec.isdigit():
+            device = int(spec)
+            if device not in {i for i, _ in devices}:
+                raise SourceError(f"microphone {spec} is not an input device; input devices: {listing}")
+        else:
+            matches = [i for i, n in devices if n == spec] or [i for i, n in devices if spec.lower() in n.lower()]
+            if not matches:
+                raise SourceError(f"microphone {spec!r} not found; input devices: {listing}")
+            if len(matches) > 1:
+                names = ", ".join(repr(n) for i, n in devices if i in matches)
+                raise SourceError(f"microphone {spec!r} matches several devices ({names}): use its index or full name")
+            device = matches[0]
+        self.device = device
+        try:
+            info = sd.query_devices(device, "input")
+        except (ValueError, sd.PortAudioError) as exc:
+            raise SourceError(f"microphone {spec} cannot be used ({exc}); input devices: {listing}") from None
+        self.description = info["name"]
+        try:
+            sd.check_input_settings(device, samplerate=rate, channels=1, dtype="float32")
+            self.device_rate = rate
+        except (ValueError, sd.PortAudioError):
+            self.device_rate = int(info["default_samplerate"])
+            log.info("microphone %r cannot capture at %d Hz: capturing at %d Hz and resampling",
+                     self.description, rate, self.device_rate)
+        self._resample = _Resampler(self.device_rate, rate)
+        self._block = max(16, round(self.device_rate * BLOCK_S))
+        try:
+            self._stream = sd.InputStream(
+                device=device, samplerate=self.device_rate, channels=1, dtype="float32",
+                blocksize=self._block, callback=self._callback, latency="low",
+            )
+        except sd.PortAudioError as exc:
+            raise SourceError(
+                f"microphone {self.description!r} cannot be opened ({exc}): is another program using it?"
+            ) from None
+        self._ring = None
+        self._failure: str | None = None
+        self._captured = 0
+        self._t0 = 0.0
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        now_ns = time.monotonic_ns()
+        ring = self._ring
+        if ring is None:
+            return
+        if status.input_overflow:
+            ring.add_overflow()
+        lag = time_info.currentTime - time_info.inputBufferAdcTime
+        if not (time_info.inputBufferAdcTime > 0 and 0 <= lag < 1.0):
+            lag = frames / self.device_rate  # the host gave no ADC time: the block just completed
+        t_first_ns = now_ns - round(lag * 1e9)
+        out = self._resample(indata[:, 0])
+        if len(out):
+            ring.write(out, t_first_ns)
+        # A device that delivers faster than real time (a file-backed virtual device)
+        # is held to real time here; a real microphone never runs ahead.
+        self._captured += frames
+        ahead = self._t0 + self._captured / self.device_rate - time.monotonic()
+        if ahead > 2 * BLOCK_S:
+            time.sleep(ahead - BLOCK_S)
+
+    def start(self, ring, start_ns: int) -> None:
+        self._ring = ring
+        self._t0 = time.monotonic()
+        self._stream.start()
+
+    def failure(self) -> str | None:
+        if self._stream.active or self._ring is None:
+            return None
+        return f"microphone {self.description!r} stopped delivering audio"
+
+    def close(self) -> None:
+        try:
+            self._stream.abort()
+            self._stream.close()
+        except self._sd.PortAudioError:
+            pass
+
+
+class _PacedSource(AudioSource):
+    """Writes blocks from `_next_block()` on a real-time schedule starting at start_ns."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self._block = round(rate * BLOCK_S)
+        self._thread: threading.Thread | None = None
+        self._halt = threading.Event()
+        self._done = False
+        self._error: str | None = None
+
+    def _next_block(self) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def _run(self, ring, start_ns: int) -> None:
+        written = 0
+        origin = start_ns
+        try:
+            while not self._halt.is_set():
+                block = self._next_block()
+                if block is None:
+                    self._done = True
+                    return
+                t_ns = origin + round(written * 1e9 / self.rate)
+                delay = t_ns + round(len(block) * 1e9 / self.rate) - time.monotonic_ns()
+                if delay > 0:  # a block is written once its last sample's time has come
+                    self._halt.wait(delay / 1e9)
+                elif -delay > 1e9:  # fell far behind (machine stalled): do not burst
+                    origin += -delay
+                    t_ns += -delay
+                ring.write(block, t_ns)
+                written += len(block)
+        except Exception as exc:  # surfaced to the parent as a failure
+            self._error = f"{self.kind} audio source failed: {exc}"
+
+    def start(self, ring, start_ns: int) -> None:
+        self._thread = threading.Thread(target=self._run, args=(ring, start_ns), daemon=True, name="audio")
+        self._thread.start()
+
+    def finished(self) -> bool:
+        return self._done
+
+    def failure(self) -> str | None:
+        return self._error
+
+    def close(self) -> None:
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+
+
+class SyntheticSource(_PacedSource):
+    """A 0.1 s 880 Hz beep at the start of every second, silence otherwise."""
+
+    kind = "synthetic"
+    description = "synthetic beeps"
+
+    def __init__(self, rate: int):
+        super().__init__(rate)
+        t = np.arange(rate) / rate
+        self._second = np.where(t < 0.1, 0.3 * np.sin(2 * np.pi * 880 * t), 0.0).astype(np.float32)
+        self._pos = 0
+
+    def _next_block(self) -> np.ndarray:
+        idx = (self._pos + np.arange(self._block)) % self.rate
+        self._pos += self._block
+        return self._second[idx]
+
+
+class FileSource(_PacedSource):
+    """The audio track of a file (wav, flac, ogg, mp3, or a video), decoded with PyAV."""
+
+    kind = "file"
+    live = False
+
+    def __init__(self, spec: str, rate: int, *, loop: bool = False):
+        super().__init__(rate)
+        try:
+            import av
+        except ImportError:
+            raise SourceError("reading audio files needs PyAV: pip install av") from None
+        self._av = av
+        path = Path(spec)
+        if not path.is_file():
+            raise SourceError(f"audio file {spec!r} does not exist: check the path (or pass a device name to --mic)")
+        self.path = path
+        self.loop = loop
+        self.description = path.name
+        self._open()
+        self._buffer = np.zeros(0, np.float32)
+
+    def _open(self) -> None:
+        av = self._av
+        try:
+            container = av.open(str(self.path))
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SourceError(f"audio file {str(self.path)!r} cannot be read ({exc}): is it an audio or video file?") from None
+        if not container.streams.audio:
+            container.close()
+            raise SourceError(f"file {str(self.path)!r} has no audio track: pass another --mic (or --mic none)")
+        self._container = container
+        self._frames = container.decode(audio=0)
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+
+    def _decode_more(self) -> bool:
+        for frame in self._frames:
+            chunks = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+            if chunks:
+                self._buffer = np.concatenate([self._buffer, *chunks]).astype(np.float32)
+                return True
+        self._container.close()
+        if not self.loop:
+            return False
+        self._open()
+        return True
+
+    def _next_block(self) -> np.ndarray | None:
+        while len(self._buffer) < self._block:
+            if not self._decode_more():
+                if len(self._buffer) == 0:
+                    return None
+                break
+        block, self._buffer = self._buffer[: self._block], self._buffer[self._block :]
+        return block
+
+    def close(self) -> None:
+        super().close()
+        try:
+            self._container.close()
+        except Exception:  # already closed
+            pass
+
+
+def open_source(spec: str, rate: int, *, loop: bool = False) -> AudioSource:
+    """Open `--mic spec`; raises SourceError (one line, what to do) when it cannot."""
+    kind = describe(spec)
+    if kind == "none":
+        raise UserError("--mic none: no audio source to open")
+    if kind == "synthetic":
+        return SyntheticSource(rate)
+    if kind == "file":
+        return FileSource(spec, rate, loop=loop)
+    return DeviceSource(spec, rate)
+
+
+def capture_main(spec: str, rate: int, loop: bool, log_level: str, parent_pid: int, conn, stop) -> None:
+    """Entry point of the audio capture process."""
+    import sys
+
+    from ..proc import init_child, parent_alive
+    from ..ring import AudioRing
+
+    init_child(log_level, parent_pid)
+    try:
+        source = open_source(spec, rate, loop=loop)
+    except UserError as exc:
+        conn.send(("error", str(exc)))
+        return
+    conn.send(("opened", source.info()))
+    payload = None
+    while payload is None:
+        if stop.is_set() or not parent_alive():
+            source.close()
+            return
+        if conn.poll(0.05):
+            kind, payload = conn.recv()
+            if kind != "ring":
+                payload = None
+    ring = AudioRing.attach(payload["name"])
+    code = 0
+    try:
+        source.start(ring, payload["start_ns"])
+        while not stop.wait(0.05) and parent_alive():
+            failure = source.failure()
+            if failure:
+                conn.send(("failed", failure))
+                code = 1
+                break
+            if source.finished():
+                ring.close_writer()
+                conn.send(("eof", {"samples": ring.clock()[0]}))
+                break
+    finally:
+        source.close()
+        ring.close()
+    sys.exit(code)

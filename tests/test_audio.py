@@ -1,0 +1,216 @@
+"""Audio: AudioRing, the audio window, the log-mel front end (against librosa), the real
+sounddevice path over an ALSA file-backed device, audio files, and picture/sound sync."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+
+import numpy as np
+import pytest
+
+import models
+from conftest import AV_CLIP_EVENT_S
+from stream.errors import FrameLost
+from stream.preprocess import LogMel
+from stream.ring import AudioRing, FrameRing
+from stream.window import AudioSampler
+
+RATE = 16000
+
+
+def test_audio_ring_time_mapping_and_overwrite():
+    with AudioRing.create(8192, RATE, max_block=1024) as ring:
+        t0 = 5_000_000_000
+        for k in range(4):  # 4 blocks of 1000 samples, 62.5 ms each
+            ring.write(np.arange(k * 1000, (k + 1) * 1000, dtype=np.float32), t0 + k * 62_500_000)
+        assert ring.clock() == (4000, 3000, t0 + 3 * 62_500_000)
+        assert ring.index_at(t0) == 0 and ring.time_of(2000) == t0 + 125_000_000
+        out = np.empty(100, np.float32)
+        ring.read(3900, out)
+        assert out.tolist() == list(range(3900, 4000))
+        with pytest.raises(FrameLost):
+            ring.read(3950, out)  # beyond what was written
+        for k in range(4, 12):
+            ring.write(np.zeros(1000, np.float32), t0 + k * 62_500_000)
+        with pytest.raises(FrameLost):
+            ring.read(0, out)  # overwritten
+    assert not os.path.exists(f"/dev/shm/{ring.name}")
+
+
+def _ramp_writer(name: str, blocks: int) -> None:
+    ring = AudioRing.attach(name)
+    for k in range(blocks):
+        idx = np.arange(k * 256, (k + 1) * 256)
+        ring.write((idx % 65536).astype(np.float32), time.monotonic_ns())
+    ring.close_writer()
+    ring.close()
+
+
+def test_audio_ring_concurrent_writer_reads_are_consistent():
+    ctx = mp.get_context("spawn")
+    ring = AudioRing.create(16384, RATE, max_block=256)
+    try:
+        writer = ctx.Process(target=_ramp_writer, args=(ring.name, 20000))
+        writer.start()
+        out = np.empty(2048, np.float32)
+        reads = lost = 0
+        while not ring.closed or reads == 0:
+            count, _, _ = ring.clock()
+            if count < 4096:
+                continue
+            start = count - 2048
+            try:
+                ring.read(start, out)
+            except FrameLost:
+                lost += 1
+                continue
+            expected = (np.arange(start, start + 2048) % 65536).astype(np.float32)
+            assert np.array_equal(out, expected), "torn audio read"
+            reads += 1
+        writer.join(30)
+        assert writer.exitcode == 0 and reads > 10
+    finally:
+        ring.close()
+
+
+def test_audio_window_is_centred_and_zero_filled():
+    with AudioRing.create(64000, RATE, max_block=1600) as ring:
+        t0 = 10**9
+        for k in range(20):  # 2 s of a ramp, 0.1 s blocks
+            ring.write(np.arange(k * 1600, (k + 1) * 1600, dtype=np.float32) + 1, t0 + k * 100_000_000)
+        sampler = AudioSampler(ring, 8000)  # 0.5 s
+        w = sampler.sample(t0 + 1_000_000_000)  # centre at 1.0 s: samples 12000..20000
+        assert w.missing == 0 and w.samples[0] == 12001 and w.samples[-1] == 20000
+        assert (w.start_ns, w.end_ns) == (t0 + 750_000_000, t0 + 1_250_000_000)
+        assert sampler.arrived(t0 + 1_000_000_000)
+        late = sampler.sample(t0 + 1_900_000_000)  # ends 0.15 s after the newest sample
+        assert not sampler.arrived(t0 + 1_900_000_000)
+        assert late.missing == 2400 and (late.samples[-2400:] == 0).all() and late.samples[0] > 0
+
+
+def test_logmel_matches_librosa():
+    librosa = pytest.importorskip("librosa")
+    cfg = models.AudioInput()
+    logmel = LogMel(cfg)
+    rng = np.random.default_rng(0)
+    t = np.arange(logmel.samples) / RATE
+    x = (0.1 * rng.standard_normal(logmel.samples) + 0.2 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    ours = logmel(x)
+    assert ours.shape == (1, 1, 128, 80)
+    mel = librosa.feature.melspectrogram(
+        y=x, sr=RATE, n_fft=512, hop_length=256, window="hann", center=False, power=2.0, n_mels=80
+    )
+    ref = ((np.log(mel + cfg.log_eps) - cfg.mean) / cfg.std).T
+    np.testing.assert_allclose(ours[0, 0].numpy(), ref, atol=1e-4)
+
+
+def test_resampler_keeps_pitch():
+    from stream.capture.audio import _Resampler
+
+    rs = _Resampler(48000, RATE)
+    t = np.arange(48000) / 48000
+    x = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    y = np.concatenate([rs(x[i : i + 768]) for i in range(0, 48000, 768)] + [rs(np.zeros(0, np.float32), last=True)])
+    assert abs(len(y) - RATE) <= 64
+    spectrum = np.abs(np.fft.rfft(y[: RATE // 2]))
+    assert abs(np.argmax(spectrum) * 2 - 440) <= 2  # bins of 2 Hz over 0.5 s
+
+
+def _start_audio_capture(spec: str, loop: bool = False):
+    from stream.capture.audio import capture_main
+
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=capture_main, args=(spec, RATE, loop, "warning", os.getpid(), child, stop))
+    proc.start()
+    child.close()
+    assert parent.poll(30), "the audio capture did not report"
+    return proc, parent, stop, parent.recv()
+
+
+def test_real_sounddevice_path_over_alsa_file_device(alsa_file_mic):
+    proc, conn, stop, (kind, info) = _start_audio_capture(alsa_file_mic)
+    assert kind == "opened", info
+    assert info["kind"] == "device" and info["rate"] == RATE
+    ring = AudioRing.create(RATE * 8, RATE, max_block=8192)
+    try:
+        t_start = time.monotonic_ns()
+        conn.send(("ring", {"name": ring.name, "start_ns": t_start}))
+        time.sleep(2.0)
+        count, _, _ = ring.clock()
+        elapsed = (time.monotonic_ns() - t_start) / 1e9
+        assert 0.6 * elapsed * RATE < count < 1.4 * elapsed * RATE, (count, elapsed)  # real time
+        newest = ring.time_of(count)
+        assert abs(newest - time.monotonic_ns()) < 0.5e9  # stamped on the monotonic clock
+        out = np.empty(RATE // 2, np.float32)
+        ring.read(count - len(out), out)
+        assert 0.2 < np.abs(out).max() < 0.4
+        assert abs(np.argmax(np.abs(np.fft.rfft(out))) * 2 - 440) <= 2
+    finally:
+        stop.set()
+        proc.join(10)
+        ring.close()
+    assert proc.exitcode == 0
+
+
+def test_unknown_microphone_lists_devices(alsa_file_mic):
+    proc, conn, stop, (kind, message) = _start_audio_capture("no such mic")
+    proc.join(10)
+    assert kind == "error"
+    assert "'no such mic' not found" in message and "testmic" in message
+
+
+def test_audio_file_without_audio_track(video_file):
+    proc, conn, stop, (kind, message) = _start_audio_capture(str(video_file))
+    proc.join(10)
+    assert kind == "error" and "has no audio track" in message
+
+
+def test_missing_audio_file():
+    proc, conn, stop, (kind, message) = _start_audio_capture("no/such/sound.wav")
+    proc.join(10)
+    assert kind == "error" and "does not exist" in message
+
+
+def test_video_and_audio_of_one_file_play_in_sync(av_clip):
+    """The flash (video) and the click (audio) happen at the same time in the file; played
+    by the two capture processes on one timeline, their capture times agree."""
+    from stream.capture.video import capture_main as video_main
+
+    ctx = mp.get_context("spawn")
+    vstop = ctx.Event()
+    vparent, vchild = ctx.Pipe()
+    vproc = ctx.Process(target=video_main, args=(str(av_clip), None, None, False, "warning", os.getpid(), vchild, vstop))
+    vproc.start()
+    aproc, aconn, astop, (akind, ainfo) = _start_audio_capture(str(av_clip))
+    assert akind == "opened", ainfo
+    assert vparent.poll(30)
+    vkind, vinfo = vparent.recv()
+    assert vkind == "opened", vinfo
+    frames = FrameRing.create(200, vinfo["height"], vinfo["width"])
+    audio = AudioRing.create(RATE * 6, RATE, max_block=8192)
+    try:
+        start_ns = time.monotonic_ns() + 100_000_000
+        vparent.send(("ring", {"name": frames.name, "start_ns": start_ns}))
+        aconn.send(("ring", {"name": audio.name, "start_ns": start_ns}))
+        assert vparent.poll(15) and vparent.recv()[0] == "eof"
+        assert aconn.poll(15) and aconn.recv()[0] == "eof"
+        seqs, times = frames.snapshot()
+        brightness = [frames.read(int(s))[0].mean() for s in seqs]
+        t_flash = int(times[int(np.argmax(brightness))])
+        count, _, _ = audio.clock()
+        samples = np.empty(count, np.float32)
+        audio.read(0, samples)
+        t_click = audio.time_of(int(np.argmax(np.abs(samples))))
+        assert abs(t_flash - t_click) < 20_000_000, (t_flash - t_click) / 1e6  # < 20 ms
+        assert abs((t_flash - start_ns) / 1e9 - AV_CLIP_EVENT_S) < 0.05
+    finally:
+        vstop.set()
+        astop.set()
+        vproc.join(10)
+        aproc.join(10)
+        frames.close()
+        audio.close()
