@@ -124,7 +124,7 @@ def _run(cfg, conn, stop) -> None:
     publisher = Publisher(cfg.publish)
     heartbeat = _Heartbeat(publisher, cfg.stream_id, stats)
     heartbeat.start()
-    ring = None
+    ring = preview = None
     try:
         stats.state = "loading"
         try:
@@ -161,7 +161,6 @@ def _run(cfg, conn, stop) -> None:
         )
         logmel = None if audio is None else LogMel(audio, device=engine.device, dtype=engine.dtype)
         smoother = Smoother(cfg.smoothing)
-        preview = None
         if cfg.preview:
             from .preview import Preview
 
@@ -263,6 +262,8 @@ def _run(cfg, conn, stop) -> None:
                     stop.set()
     finally:
         stats.state = "stopping"
+        if preview is not None:
+            preview.close()
         heartbeat.halt.set()
         heartbeat.join(timeout=1.0)
         publisher.close()

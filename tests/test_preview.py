@@ -1,0 +1,60 @@
+"""--preview: a real OpenCV window on a virtual X display (Xvfb), and the clear error
+without a display."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, free_port
+from stream.subscribe import Subscriber
+
+ARGS = ("--camera", "synthetic", "--size", "320x240", "--weights", "none", "--stride", "0.2", "--log-level", "warning")
+
+
+@pytest.fixture
+def xvfb_display():
+    if shutil.which("Xvfb") is None or shutil.which("xwininfo") is None:
+        pytest.skip("Xvfb and xwininfo are needed (apt-get install xvfb x11-utils)")
+    display = f":{100 + free_port() % 400}"
+    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "800x600x24"], stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    assert server.poll() is None, "Xvfb did not start"
+    yield display
+    server.terminate()
+    server.wait(10)
+
+
+def _windows(display: str) -> str:
+    return subprocess.run(
+        ["xwininfo", "-root", "-tree"], env={**os.environ, "DISPLAY": display},
+        capture_output=True, text=True, timeout=10,
+    ).stdout
+
+
+def test_preview_window_shows_while_predicting(run_stream, xvfb_display):
+    stream = run_stream(*ARGS, "--preview", env={"DISPLAY": xvfb_display})
+    with Subscriber(stream.endpoint) as sub:
+        for _ in range(3):
+            sub.recv(timeout=90)
+    assert "avstream cam0" in _windows(xvfb_display)
+    code, err, _ = stream.stop(signal.SIGINT)
+    assert code == 0, err
+    assert "Traceback" not in err
+
+
+def test_preview_without_display_is_one_clear_error():
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.run", *ARGS, "--preview", "--publish", f"tcp://127.0.0.1:{free_port()}"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: --preview needs a display and DISPLAY is not set: run without --preview"]
