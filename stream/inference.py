@@ -1,17 +1,19 @@
 """The inference process: scheduler tick → window → preprocess → engine → smooth → publish.
 
 Start-up, over the pipe to the parent:
-  child → parent  ("model", info)   the model is built; info has its span (the parent
-                                    sizes the ring from it)
+  child → parent  ("model", info)   the model is built; info has its span and audio
+                                    needs (the parent sizes the rings from them)
   child → parent  ("ready", info)   publisher bound, engine built and warmed up
-  parent → child  ("ring", name)    the frame ring to read
+  parent → child  ("ring", info)    the rings to read
   child → parent  ("error", line)   a user error at start-up (the run ends, exit 2)
 A heartbeat thread publishes `status.<stream-id>` twice a second from the moment the
 publisher is bound, also while the model loads and while a slow window runs.
 
 Ticks are aligned to frames: when a tick is due, the loop waits for the next frame to
 land in the ring (at most two frame periods) and cuts the window right then, so the
-newest frame of each window is fresh instead of up to a frame period old.
+newest frame of each window is fresh instead of up to a frame period old. An audio
+window is centred on the video window's centre; the loop waits at most one stride for
+its last sample, then runs with the gap zero-filled and says so (`degraded`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,21 @@ import logging
 import threading
 import time
 
+import numpy as np
+
 from . import wire
 from .errors import UserError
 
 log = logging.getLogger("stream.inference")
 
 HEARTBEAT_S = 0.5
+
+
+def _ms_stats(values_ns: np.ndarray) -> dict | None:
+    if len(values_ns) == 0:
+        return None
+    p50, p99 = np.percentile(values_ns, [50, 99]) / 1e6
+    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3), "max": round(float(values_ns.max()) / 1e6, 3)}
 
 
 class _Stats:
@@ -42,6 +53,20 @@ class _Stats:
         self.audio_ring = None
         self.video_kind = "?"
         self.audio = {"source": "none", "used": False}
+
+    def video_health(self, now_ns: int) -> dict:
+        ring = self.ring
+        if ring is None:
+            return {"source": self.video_kind, "frames": 0}
+        seqs, times = ring.snapshot()
+        return {
+            "source": self.video_kind,
+            "frames": ring.next_seq,
+            "last_frame_age_ms": (now_ns - int(times[-1])) / 1e6 if len(times) else None,
+            # over the frames the ring holds now: capture intervals and write times
+            "interval_ms": _ms_stats(np.diff(times)),
+            "ring_write_ms": _ms_stats(ring.write_times_ns()),
+        }
 
     def audio_health(self, now_ns: int) -> dict:
         ring = self.audio_ring
@@ -66,26 +91,20 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         seq = 0
-        last = (time.monotonic_ns(), 0)
+        last_ns, last_frames = time.monotonic_ns(), None
         while not self.halt.wait(HEARTBEAT_S if seq else 0):
             s = self.stats
             now = time.monotonic_ns()
-            ring = s.ring
-            frames = ring.next_seq if ring is not None else 0
-            fps_in = (frames - last[1]) / ((now - last[0]) / 1e9) if now > last[0] else 0.0
-            last = (now, frames)
-            age_ms = None
-            if ring is not None and frames:
-                _, times = ring.snapshot()
-                age_ms = (now - int(times[-1])) / 1e6 if len(times) else None
+            video = s.video_health(now)
+            fps_in = 0.0
+            if last_frames is not None and now > last_ns:
+                fps_in = (video["frames"] - last_frames) / ((now - last_ns) / 1e9)
+            last_ns, last_frames = now, video["frames"]
             body = wire.status(
                 seq=seq, stream=self.stream_id, model=s.model, engine=s.engine, state=s.state,
                 mono_ns=now, wall_ns=time.time_ns(), fps_in=round(fps_in, 2),
                 windows={"run": s.windows_run, "skipped": s.skipped, "stale": s.stale},
-                sources={
-                    "video": {"source": s.video_kind, "frames": frames, "last_frame_age_ms": age_ms},
-                    "audio": s.audio_health(now),
-                },
+                sources={"video": video, "audio": s.audio_health(now)},
                 publish={"sent": self.publisher.sent, "dropped": self.publisher.dropped},
             )
             self.publisher.send(self.topic, body)
@@ -97,44 +116,58 @@ def inference_main(cfg, parent_pid: int, conn, stop) -> None:
     from .proc import init_child
 
     init_child(cfg.log_level, parent_pid)
+    loop = None
     try:
-        _run(cfg, conn, stop)
+        loop = InferenceLoop(cfg, conn, stop)
+        if loop.start():
+            loop.run()
     except UserError as exc:
         conn.send(("error", str(exc)))
     except Exception as exc:  # a bug: say so in one line, keep the traceback in the log
         log.exception("inference failed")
         conn.send(("crash", f"inference process failed: {type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None
+    finally:
+        if loop is not None:
+            loop.close()
 
 
-def _run(cfg, conn, stop) -> None:
-    import numpy as np
+class InferenceLoop:
+    def __init__(self, cfg, conn, stop):
+        from .publish import Publisher
 
-    import engines
-    import models
+        self.cfg = cfg
+        self.conn = conn
+        self.stop = stop
+        self.stats = _Stats()
+        self.ring = self.audio_ring = self.preview = None
+        self.publisher = Publisher(cfg.publish)  # first: a port in use fails fast
+        self.heartbeat = _Heartbeat(self.publisher, cfg.stream_id, self.stats)
+        self.heartbeat.start()
 
-    from .aggregate import Smoother, softmax, top_k
-    from .preprocess import LogMel, Preprocessor
-    from .proc import parent_alive
-    from .publish import Publisher
-    from .ring import AudioRing, FrameRing
-    from .window import AudioSampler, PathwaySpec, Scheduler, WindowSampler
+    # -- start-up --------------------------------------------------------------------
 
-    stats = _Stats()
-    publisher = Publisher(cfg.publish)
-    heartbeat = _Heartbeat(publisher, cfg.stream_id, stats)
-    heartbeat.start()
-    ring = preview = None
-    try:
+    def start(self) -> bool:
+        """Build model and engine, then wait for the rings. False when stopped meanwhile."""
+        import engines
+        import models
+
+        from .aggregate import Smoother
+        from .preprocess import LogMel, Preprocessor
+        from .proc import parent_alive
+        from .ring import AudioRing, FrameRing
+        from .window import AudioSampler, PathwaySpec, Scheduler, WindowSampler
+
+        cfg, stats = self.cfg, self.stats
         stats.state = "loading"
         try:
             model = models.create(cfg.model, weights=cfg.weights, num_classes=cfg.num_classes)
         except models.ModelError as exc:
             raise UserError(str(exc)) from None
-        meta = model.meta
+        meta = self.meta = model.meta
         stats.model = meta.name
         audio = meta.audio
-        conn.send((
+        self.conn.send((
             "model",
             {"name": meta.name, "span_s": meta.span_s,
              "audio": None if audio is None else {"rate": audio.sample_rate, "span_s": audio.span_s}},
@@ -153,123 +186,142 @@ def _run(cfg, conn, stop) -> None:
             )
         except engines.EngineError as exc:
             raise UserError(str(exc)) from None
+        self.engine = engine
         stats.engine = engine.name
         engine.warmup()
-        preprocess = Preprocessor(
+        self.preprocess = Preprocessor(
             short_side=meta.short_side, crop=meta.crop, mean=meta.mean, std=meta.std,
             device=engine.device, dtype=engine.dtype,
         )
-        logmel = None if audio is None else LogMel(audio, device=engine.device, dtype=engine.dtype)
-        smoother = Smoother(cfg.smoothing)
+        self.logmel = None if audio is None else LogMel(audio, device=engine.device, dtype=engine.dtype)
+        self.smoother = Smoother(cfg.smoothing)
         if cfg.preview:
             from .preview import Preview
 
-            preview = Preview(f"avstream {cfg.stream_id}")
-        conn.send(("ready", {"engine": engine.name}))
+            self.preview = Preview(f"avstream {cfg.stream_id}")
+        self.conn.send(("ready", {"engine": engine.name}))
 
-        while not conn.poll(0.05):
-            if stop.is_set() or not parent_alive():
-                return
-        kind, payload = conn.recv()
+        while not self.conn.poll(0.05):
+            if self.stop.is_set() or not parent_alive():
+                return False
+        kind, rings = self.conn.recv()
         if kind != "ring":
-            return
-        ring = FrameRing.attach(payload["name"])
-        stats.ring = ring
-        stats.video_kind = payload.get("video_kind", "?")
-        sampler = WindowSampler(ring, [PathwaySpec(v.frames, v.interval_s) for v in meta.video])
-        audio_sampler = None
-        if logmel is not None:
-            audio_ring = AudioRing.attach(payload["audio"]["name"])
-            stats.audio_ring = audio_ring
-            stats.audio = {"source": payload["audio"]["kind"], "used": True}
-            audio_sampler = AudioSampler(audio_ring, logmel.samples)
-        scheduler = Scheduler(cfg.stride)
-        frame_period_s = 1.0 / max(1.0, float(payload.get("fps", 30.0)))
-        topic = wire.topic(wire.PRED_TOPIC, cfg.stream_id)
+            return False
+        self.ring = stats.ring = FrameRing.attach(rings["name"])
+        stats.video_kind = rings["video_kind"]
+        self.frame_period_s = 1.0 / max(1.0, float(rings["fps"]))
+        self.sampler = WindowSampler(self.ring, [PathwaySpec(v.frames, v.interval_s) for v in meta.video])
+        self.audio_sampler = None
+        if self.logmel is not None:
+            self.audio_ring = stats.audio_ring = AudioRing.attach(rings["audio"]["name"])
+            stats.audio = {"source": rings["audio"]["kind"], "used": True}
+            self.audio_sampler = AudioSampler(self.audio_ring, self.logmel.samples)
+        self.scheduler = Scheduler(cfg.stride)
+        return True
+
+    # -- running ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        from .proc import parent_alive
+
+        stats = self.stats
         stats.state = "warming"
+        topic = wire.topic(wire.PRED_TOPIC, self.cfg.stream_id)
         seq = 0
         last_newest = -1
-        while not stop.is_set() and parent_alive():
-            wait_s = scheduler.due_in_s()
-            if wait_s > 0:
-                if preview is not None:
-                    preview.refresh(ring)
-                stop.wait(min(wait_s, 0.05))
+        while not self.stop.is_set() and parent_alive():
+            if not self._tick_due():
                 continue
-            # Align to the frames: cut the window as soon as the next frame lands.
-            seen = ring.next_seq
-            deadline = time.monotonic() + 2 * frame_period_s
-            while ring.next_seq == seen and time.monotonic() < deadline and not ring.closed:
-                time.sleep(0.0002)
             window_ns = time.monotonic_ns()
-            window = sampler.sample()
-            if window is None:
-                scheduler.advance(count_skipped=False)
-                continue
-            if window.newest_seq == last_newest:  # nothing new since the last window
-                stats.stale += 1
-                scheduler.advance(count_skipped=False)
-                if ring.closed:
-                    stats.state = "ended"
+            window = self.sampler.sample()
+            if window is None or window.newest_seq == last_newest:  # warming up, or no new frame
+                if window is not None:
+                    stats.stale += 1
+                self.scheduler.advance(count_skipped=False)
                 continue
             last_newest = window.newest_seq
             stats.state = "running"
-            inputs = preprocess(window.clips)
-            degraded = []
-            capture_ns = window.end_ns
-            audio_span = (0, 0)
-            if audio_sampler is not None:
-                # The audio window is centred on the video window's centre; wait for its
-                # last sample at most one stride, then run with the gap zero-filled.
-                centre_ns = window.end_ns - sampler.span_ns // 2
-                give_up = time.monotonic() + cfg.stride
-                while not audio_sampler.arrived(centre_ns) and time.monotonic() < give_up:
-                    if stop.is_set() or audio_sampler.ring.closed:
-                        break
-                    time.sleep(0.001)
-                aw = audio_sampler.sample(centre_ns)
-                if aw.missing:
-                    degraded.append(f"audio gap: {aw.missing} of {audio_sampler.samples} samples missing")
-                else:
-                    capture_ns = max(capture_ns, aw.end_ns)
-                audio_span = (aw.start_ns, aw.end_ns)
-                inputs = (*inputs, logmel(aw.samples))
-            infer_start_ns = time.monotonic_ns()
-            logits = engine(*inputs)
-            infer_end_ns = time.monotonic_ns()
-            probs = softmax(logits[0].detach().cpu().numpy().astype(np.float64))
-            labels = top_k(smoother.update(probs), meta.labels, cfg.topk)
-            body = wire.prediction(
-                seq=seq, stream=cfg.stream_id, model=meta.name, engine=engine.name, labels=labels,
-                window={
-                    "start_ns": window.start_ns, "end_ns": window.end_ns, "frames": window.frames,
-                    "audio_s": (audio_span[1] - audio_span[0]) / 1e9,
-                    "audio_start_ns": audio_span[0], "audio_end_ns": audio_span[1],
-                },
-                capture_ns=capture_ns, infer_start_ns=infer_start_ns, infer_end_ns=infer_end_ns,
-                publish_ns=0, wall_ns=0, smoothing=cfg.smoothing, degraded=degraded,
-            )
-            body["t"]["window_ns"] = window_ns
-            publisher.send(topic, body, stamp_publish=True)
+            body, labels = self._infer(window, window_ns, seq)
+            self.publisher.send(topic, body, stamp_publish=True)
             seq += 1
             stats.windows_run = seq
-            scheduler.advance()
-            stats.skipped = scheduler.skipped
-            if preview is not None:
-                preview.show(window.clips[0][-1], labels)
-                if preview.closed:
+            self.scheduler.advance()
+            stats.skipped = self.scheduler.skipped
+            if self.preview is not None:
+                self.preview.show(window.clips[0][-1], labels)
+                if self.preview.closed:
                     log.info("preview window closed: stopping")
-                    stop.set()
-    finally:
-        stats.state = "stopping"
-        if preview is not None:
-            preview.close()
-        heartbeat.halt.set()
-        heartbeat.join(timeout=1.0)
-        publisher.close()
-        if ring is not None:
-            stats.ring = None
-            ring.close()
-        if stats.audio_ring is not None:
-            audio_ring, stats.audio_ring = stats.audio_ring, None
-            audio_ring.close()
+                    self.stop.set()
+
+    def _tick_due(self) -> bool:
+        """Wait (in short slices) for the next tick, then for the next frame to land."""
+        wait_s = self.scheduler.due_in_s()
+        if wait_s > 0:
+            if self.preview is not None:
+                self.preview.refresh(self.ring)
+            self.stop.wait(min(wait_s, 0.05))
+            return False
+        seen = self.ring.next_seq
+        deadline = time.monotonic() + 2 * self.frame_period_s
+        while self.ring.next_seq == seen and time.monotonic() < deadline and not self.ring.closed:
+            time.sleep(0.0002)
+        return True
+
+    def _infer(self, window, window_ns: int, seq: int) -> tuple[dict, list]:
+        from .aggregate import softmax, top_k
+
+        cfg, meta = self.cfg, self.meta
+        read_end_ns = time.monotonic_ns()
+        inputs = self.preprocess(window.clips)
+        stages = {"ring_read": window.read_ns / 1e6, "preprocess": (time.monotonic_ns() - read_end_ns) / 1e6}
+        degraded: list[str] = []
+        capture_ns = window.end_ns
+        audio_span = (0, 0)
+        if self.audio_sampler is not None:
+            centre_ns = window.end_ns - self.sampler.span_ns // 2
+            waited_ns = time.monotonic_ns()
+            give_up = time.monotonic() + cfg.stride
+            while not self.audio_sampler.arrived(centre_ns) and time.monotonic() < give_up:
+                if self.stop.is_set() or self.audio_ring.closed:
+                    break
+                time.sleep(0.001)
+            stages["audio_wait"] = (time.monotonic_ns() - waited_ns) / 1e6
+            aw = self.audio_sampler.sample(centre_ns)
+            if aw.missing:
+                degraded.append(f"audio gap: {aw.missing} of {self.audio_sampler.samples} samples missing")
+            else:
+                capture_ns = max(capture_ns, aw.end_ns)
+            audio_span = (aw.start_ns, aw.end_ns)
+            inputs = (*inputs, self.logmel(aw.samples))
+        infer_start_ns = time.monotonic_ns()
+        logits = self.engine(*inputs)
+        infer_end_ns = time.monotonic_ns()
+        probs = softmax(logits[0].detach().cpu().numpy().astype(np.float64))
+        labels = top_k(self.smoother.update(probs), meta.labels, cfg.topk)
+        body = wire.prediction(
+            seq=seq, stream=cfg.stream_id, model=meta.name, engine=self.engine.name, labels=labels,
+            window={
+                "start_ns": window.start_ns, "end_ns": window.end_ns, "frames": window.frames,
+                "audio_s": (audio_span[1] - audio_span[0]) / 1e9,
+                "audio_start_ns": audio_span[0], "audio_end_ns": audio_span[1],
+            },
+            capture_ns=capture_ns, infer_start_ns=infer_start_ns, infer_end_ns=infer_end_ns,
+            publish_ns=0, wall_ns=0, smoothing=cfg.smoothing, degraded=degraded,
+        )
+        body["t"]["window_ns"] = window_ns
+        body["stages_ms"] = {k: round(v, 3) for k, v in stages.items()}  # diagnostics (bench)
+        return body, labels
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.stats.state = "stopping"
+        if self.preview is not None:
+            self.preview.close()
+        self.heartbeat.halt.set()
+        self.heartbeat.join(timeout=1.0)
+        self.publisher.close()
+        for ring in (self.ring, self.audio_ring):
+            if ring is not None:
+                ring.close()
+        self.stats.ring = self.stats.audio_ring = self.ring = self.audio_ring = None

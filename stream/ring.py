@@ -34,12 +34,13 @@ from .errors import EndOfStream, FrameLost, RingError
 #: stale segments must recognise ours and never touch anyone else's).
 SEGMENT_PREFIX = "avstream_"
 
-_MAGIC = 0x41565346524D0001  # "AVSFRM" + layout version 1
+_MAGIC = 0x41565346524D0002  # "AVSFRM" + layout version 2
 # Header words (int64).
 _H_MAGIC, _H_SLOTS, _H_HEIGHT, _H_WIDTH, _H_CHANNELS, _H_NEXT_SEQ, _H_CLOSED, _H_WRITER_PID = (
     range(8)
 )
 _HEADER_WORDS = 16
+_META_COLS = 3
 _ALIGN = 64
 
 
@@ -98,9 +99,9 @@ class FrameRing(_Segment):
         self.shape = (int(header[_H_HEIGHT]), int(header[_H_WIDTH]), int(header[_H_CHANNELS]))
         self._header = header
         meta_off = _aligned(_HEADER_WORDS * 8)
-        # (slots, 2): column 0 the sequence word, column 1 t_capture_ns.
-        self._meta = np.ndarray((self.slots, 2), dtype=np.int64, buffer=shm.buf, offset=meta_off)
-        data_off = _aligned(meta_off + self.slots * 16)
+        # (slots, 3): the sequence word, t_capture_ns, and how long the write took (ns).
+        self._meta = np.ndarray((self.slots, _META_COLS), dtype=np.int64, buffer=shm.buf, offset=meta_off)
+        data_off = _aligned(meta_off + self.slots * _META_COLS * 8)
         self._slot_bytes = _aligned(int(np.prod(self.shape)))
         self._data = [
             np.ndarray(self.shape, dtype=np.uint8, buffer=shm.buf, offset=data_off + i * self._slot_bytes)
@@ -113,7 +114,7 @@ class FrameRing(_Segment):
     def nbytes(slots: int, height: int, width: int, channels: int = 3) -> int:
         """Size of the segment that `create` makes for these dimensions."""
         meta_off = _aligned(_HEADER_WORDS * 8)
-        data_off = _aligned(meta_off + slots * 16)
+        data_off = _aligned(meta_off + slots * _META_COLS * 8)
         return data_off + slots * _aligned(height * width * channels)
 
     @classmethod
@@ -130,9 +131,9 @@ class FrameRing(_Segment):
         header[_H_SLOTS], header[_H_HEIGHT], header[_H_WIDTH], header[_H_CHANNELS] = (
             slots, height, width, channels,
         )
-        meta = np.ndarray((slots, 2), dtype=np.int64, buffer=shm.buf, offset=_aligned(_HEADER_WORDS * 8))
+        meta = np.ndarray((slots, _META_COLS), dtype=np.int64, buffer=shm.buf, offset=_aligned(_HEADER_WORDS * 8))
         meta[:, 0] = -1
-        meta[:, 1] = 0
+        meta[:, 1:] = 0
         del meta
         header[_H_MAGIC] = _MAGIC  # last: the ring is valid from here on
         del header
@@ -157,12 +158,14 @@ class FrameRing(_Segment):
         """Copy one frame into the oldest slot; never waits. Returns its sequence number."""
         if frame.shape != self.shape or frame.dtype != np.uint8:
             raise ValueError(f"frame {frame.shape} {frame.dtype} does not fit ring {self.shape} uint8")
+        started = time.perf_counter_ns()
         seq = int(self._header[_H_NEXT_SEQ])
         slot = seq % self.slots
         meta = self._meta[slot]
         meta[0] = -1  # readers of the old frame in this slot will see the change
         np.copyto(self._data[slot], frame)
         meta[1] = t_ns
+        meta[2] = time.perf_counter_ns() - started
         meta[0] = seq
         self._header[_H_NEXT_SEQ] = seq + 1
         return seq
@@ -192,11 +195,17 @@ class FrameRing(_Segment):
         A copy of the slot table taken without locking: a pair may be mid-update, which
         `read` then detects. Use it to choose frames, then `read` them.
         """
+        meta = self._table()
+        return meta[:, 0], meta[:, 1]
+
+    def write_times_ns(self) -> np.ndarray:
+        """How long the writes of the frames currently held took, oldest first."""
+        return self._table()[:, 2]
+
+    def _table(self) -> np.ndarray:
         meta = self._meta.copy()
         meta = meta[meta[:, 0] >= 0]
-        order = np.argsort(meta[:, 0], kind="stable")
-        meta = meta[order]
-        return meta[:, 0], meta[:, 1]
+        return meta[np.argsort(meta[:, 0], kind="stable")]
 
     def read(self, seq: int, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """Copy frame `seq` (into `out` when given) and return (frame, t_capture_ns).

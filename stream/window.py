@@ -63,6 +63,7 @@ class Window:
     end_ns: int  # capture time of the newest frame used (= capture_ns on the wire)
     newest_seq: int
     frames: int  # distinct frames read from the ring
+    read_ns: int  # time spent copying them out of the ring
 
 
 class WindowSampler:
@@ -100,6 +101,7 @@ class WindowSampler:
         raise FrameLost(f"could not read a consistent window in {retries} attempts")
 
     def _read(self, picks: list[np.ndarray], newest_seq: int) -> Window:
+        started = time.perf_counter_ns()
         read_t: dict[int, int] = {}
         first_copy: dict[int, tuple[int, int]] = {}
         for p, (seq_list, clip) in enumerate(zip(picks, self._clips)):
@@ -117,6 +119,7 @@ class WindowSampler:
             end_ns=max(read_t.values()),
             newest_seq=newest_seq,
             frames=len(read_t),
+            read_ns=time.perf_counter_ns() - started,
         )
 
 
