@@ -1,20 +1,36 @@
-"""`python -m stream.bench`: latency of the real pipeline on this machine.
+"""`python -m stream.bench`: the latency numbers to check before trusting the pipeline.
 
-Runs `python -m stream.run` as its own process (capture and inference processes, the
-ring, the publisher) on a synthetic source, a file or a camera, subscribes from this
-process, and reports per window, from one monotonic clock:
-  engine               infer_end - infer_start
-  capture→publish      publish - capture of the newest frame in the window
-  overhead             capture→publish - engine (what the pipeline itself adds)
-  capture→subscriber   receive time here - capture
-  window+preprocess    infer_start - window cut (ring reads, resize, crop, normalise)
-as p50 / p90 / p99 / max, plus windows run and skipped (from the last heartbeat).
+Pipeline mode (default) runs the real pipeline — `python -m stream.run` as its own
+process tree (capture processes, rings, inference, publisher) — on a synthetic source, a
+file or a camera, subscribes from this process, and reports per stage, all from one
+monotonic clock (stream/wire.py names the timestamps):
+
+  capture interval      time between consecutive captured frames (jitter = its spread)
+  ring write            copying one frame into the FrameRing (capture process)
+  ring read / frame     copying one frame out of it (inference process)
+  window + preprocess   window_ns → infer_start: ring reads, resize, crop, normalise
+                        (and, for audio models, the wait for the audio and the log-mel)
+  engine                infer_start → infer_end
+  publish               infer_end → publish: smoothing, top-k, JSON, send
+  subscriber receive    publish → received here
+  capture→publish       publish − capture of the newest sample in the window
+  capture→subscriber    received here − capture
+  overhead              capture→publish − engine: what the pipeline adds to the model
+
+each as p50 / p90 / p99 / max; windows run and skipped; CPU and peak memory of every
+process; and the slope of capture→publish over the run (ms per minute: growth shows a
+leak or a backlog). Comma lists in --model, --engine and --stride sweep, one row each.
+
+Engine mode (--engine-only) times the models alone at their window shapes over
+models × engines × precisions, and names the largest model (by FLOPs) whose engine
+time fits the stride on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import signal
 import socket
@@ -28,6 +44,7 @@ from .subscribe import Subscriber
 
 #: Windows at the start that are not counted (first-call allocations, caches).
 WARMUP_WINDOWS = 3
+STATS = ("p50", "p90", "p99", "max")
 
 
 def _free_port() -> int:
@@ -36,141 +53,400 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def percentiles(values) -> dict:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
+        return dict.fromkeys(STATS)
     p50, p90, p99 = np.percentile(v, [50, 90, 99])
     return {"p50": round(p50, 3), "p90": round(p90, 3), "p99": round(p99, 3), "max": round(float(v.max()), 3)}
 
 
-def summarise(preds: list, last_status: dict | None) -> dict:
-    """Per-stage figures from received prediction messages (stream.subscribe.Message)."""
-    rows = preds[WARMUP_WINDOWS:]
-    t = {k: np.array([m.body["t"][k] for m in rows], dtype=np.int64) for k in
-         ("capture_ns", "window_ns", "infer_start_ns", "infer_end_ns", "publish_ns")}
-    recv = np.array([m.received_ns for m in rows], dtype=np.int64)
-    engine = (t["infer_end_ns"] - t["infer_start_ns"]) / 1e6
-    c2p = (t["publish_ns"] - t["capture_ns"]) / 1e6
-    windows = (last_status or {}).get("windows", {})
-    return {
-        "windows": {"run": windows.get("run", len(preds)), "skipped": windows.get("skipped"),
-                    "measured": len(rows)},
-        "engine_ms": percentiles(engine),
-        "capture_to_publish_ms": percentiles(c2p),
-        "overhead_ms": percentiles(c2p - engine),
-        "capture_to_subscriber_ms": percentiles((recv - t["capture_ns"]) / 1e6),
-        "window_and_preprocess_ms": percentiles((t["infer_start_ns"] - t["window_ns"]) / 1e6),
-        "fps_in": (last_status or {}).get("fps_in"),
-        "engine": rows[0].body["engine"] if rows else None,
-    }
-
-
 def machine() -> dict:
-    import os
-
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform()}
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return info
 
 
-def run_pipeline(args) -> dict:
+# -- process accounting ------------------------------------------------------------------
+
+
+class ProcessWatch:
+    """CPU time and peak memory of a process tree, sampled while it runs."""
+
+    def __init__(self, root_pid: int):
+        import psutil
+
+        self._psutil = psutil
+        self.root = psutil.Process(root_pid)
+        self.me = psutil.Process()
+        self.cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (name, first cpu s, last cpu s)
+        self.peak_rss: dict[int, tuple[str, float]] = {}
+        self.started = time.monotonic()
+
+    def _tree(self):
+        try:
+            return [self.root, *self.root.children(recursive=True), self.me]
+        except self._psutil.NoSuchProcess:
+            return [self.me]
+
+    def _name(self, p) -> str:
+        if p.pid == self.me.pid:
+            return "subscriber"
+        if p.pid == self.root.pid:
+            return "main"
+        try:
+            cmd = " ".join(p.cmdline())
+        except self._psutil.Error:
+            return str(p.pid)
+        if "resource_tracker" in cmd:
+            return "resource-tracker"
+        return p.name()
+
+    def sample(self) -> None:
+        for p in self._tree():
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    cpu_s = t.user + t.system
+                    rss = p.memory_info().rss / 2**20
+            except self._psutil.Error:
+                continue
+            name = self.cpu[p.pid][0] if p.pid in self.cpu else self._name(p)
+            first = self.cpu[p.pid][1] if p.pid in self.cpu else cpu_s
+            self.cpu[p.pid] = (name, first, cpu_s)
+            self.peak_rss[p.pid] = (name, max(rss, self.peak_rss.get(p.pid, ("", 0.0))[1]))
+
+    def name_children(self, names: dict[int, str]) -> None:
+        for pid, name in names.items():
+            if pid in self.cpu:
+                self.cpu[pid] = (name, *self.cpu[pid][1:])
+            if pid in self.peak_rss:
+                self.peak_rss[pid] = (name, self.peak_rss[pid][1])
+
+    def summary(self) -> tuple[dict, dict]:
+        wall = max(1e-9, time.monotonic() - self.started)
+        cpu = {f"{n} ({pid})": round(100 * (last - first) / wall, 1) for pid, (n, first, last) in self.cpu.items()}
+        rss = {f"{n} ({pid})": round(mb, 1) for pid, (n, mb) in self.peak_rss.items()}
+        return cpu, rss
+
+
+# -- pipeline mode -----------------------------------------------------------------------
+
+
+def summarise(preds: list, statuses: list, rss_cpu: tuple[dict, dict], *, model: str, engine: str, stride: float) -> tuple[dict, dict]:
+    """(summary row, per-window samples) from received messages (stream.subscribe.Message)."""
+    rows = preds[WARMUP_WINDOWS:]
+    t = {k: np.array([m.body["t"][k] for m in rows], dtype=np.int64)
+         for k in ("capture_ns", "window_ns", "infer_start_ns", "infer_end_ns", "publish_ns")}
+    recv = np.array([m.received_ns for m in rows], dtype=np.int64)
+    engine_ms = (t["infer_end_ns"] - t["infer_start_ns"]) / 1e6
+    c2p = (t["publish_ns"] - t["capture_ns"]) / 1e6
+    c2s = (recv - t["capture_ns"]) / 1e6
+    overhead = c2p - engine_ms
+    minutes = (t["capture_ns"] - (t["capture_ns"][0] if len(rows) else 0)) / 60e9
+    slope = float(np.polyfit(minutes, c2p, 1)[0]) if len(rows) >= 3 and minutes[-1] > 0 else None
+    frames = np.array([m.body["window"]["frames"] for m in rows], dtype=np.float64)
+    read_per_frame = np.array([m.body.get("stages_ms", {}).get("ring_read", np.nan) for m in rows]) / np.maximum(frames, 1)
+    videos = [s.body["sources"]["video"] for s in statuses if s.body["state"] == "running"]
+
+    def merged(key: str) -> dict:
+        """Capture-side figures come from the heartbeats, each over the ring's contents:
+        the median of their p50s, the worst of their p90s, p99s and maxima."""
+        parts = [v[key] for v in videos if v.get(key)]
+        if not parts:
+            return dict.fromkeys(STATS)
+        return {"p50": float(np.median([p["p50"] for p in parts])), "p90": max(p["p90"] for p in parts),
+                "p99": max(p["p99"] for p in parts), "max": max(p["max"] for p in parts)}
+
+    last = statuses[-1].body if statuses else {}
+    windows = last.get("windows", {})
+    cpu, rss = rss_cpu
+    row = {
+        "model": model,
+        "engine": rows[0].body["engine"] if rows else engine,
+        "stride": stride,
+        "windows": {"run": windows.get("run", len(preds)), "skipped": windows.get("skipped", 0),
+                    "measured": len(rows)},
+        "fps_in": last.get("fps_in"),
+        "engine_ms": percentiles(engine_ms),
+        "overhead_ms": percentiles(overhead),
+        "capture_to_publish_ms": percentiles(c2p),
+        "capture_to_subscriber_ms": percentiles(c2s),
+        "stages_ms": {
+            "capture_interval": merged("interval_ms"),
+            "ring_write": merged("ring_write_ms"),
+            "ring_read_per_frame": percentiles(read_per_frame[~np.isnan(read_per_frame)]),
+            "window_and_preprocess": percentiles((t["infer_start_ns"] - t["window_ns"]) / 1e6),
+            "engine": percentiles(engine_ms),
+            "publish": percentiles((t["publish_ns"] - t["infer_end_ns"]) / 1e6),
+            "subscriber_receive": percentiles((recv - t["publish_ns"]) / 1e6),
+        },
+        "latency_slope_ms_per_min": None if slope is None else round(slope, 4),
+        "cpu_percent": cpu,
+        "peak_rss_mb": rss,
+    }
+    samples = {
+        "t_s": (minutes * 60).round(4).tolist(),
+        "engine_ms": engine_ms.round(4).tolist(),
+        "overhead_ms": overhead.round(4).tolist(),
+        "capture_to_publish_ms": c2p.round(4).tolist(),
+        "capture_to_subscriber_ms": c2s.round(4).tolist(),
+    }
+    return row, samples
+
+
+def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, dict]:
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    argv = [
-        sys.executable, "-m", "stream.run", "--camera", args.source, "--model", args.model,
-        "--engine", args.engine, "--stride", str(args.stride), "--publish", endpoint,
-        "--log-level", "warning", "--loop",
-    ]
+    argv = [sys.executable, "-m", "stream.run", "--camera", args.source, "--model", model, "--engine", engine,
+            "--stride", str(stride), "--publish", endpoint, "--log-level", "warning", "--mic", args.mic]
+    if args.config:
+        argv += ["--config", args.config]
     if args.weights:
         argv += ["--weights", args.weights]
     if args.source == "synthetic":
         argv += ["--size", args.size, "--fps", str(args.fps)]
-    preds, last_status = [], None
+    elif not args.source.isdigit():
+        argv += ["--loop"]
+    preds, statuses = [], []
     proc = subprocess.Popen(argv)
+    watch = ProcessWatch(proc.pid)
     try:
         with Subscriber(endpoint, topics=("pred.", "status.")) as sub:
             first = None
-            deadline = time.monotonic() + 300  # start-up (model load) bound
-            while True:
-                now = time.monotonic()
-                if first is not None and now - first >= args.duration:
-                    break
-                if now > deadline or proc.poll() is not None:
-                    raise SystemExit(f"error: the pipeline did not run (exit code {proc.poll()})")
+            give_up = time.monotonic() + args.startup_timeout
+            next_sample = 0.0
+            while first is None or time.monotonic() - first < args.duration:
+                if time.monotonic() > give_up or proc.poll() is not None:
+                    raise SystemExit(f"error: the pipeline did not run ({model}, {engine}): exit code {proc.poll()}")
+                if time.monotonic() >= next_sample:
+                    watch.sample()
+                    next_sample = time.monotonic() + 1.0
                 try:
-                    msg = sub.recv(timeout=1.0)
+                    msg = sub.recv(timeout=0.5)
                 except TimeoutError:
                     continue
                 if msg.topic.startswith("status."):
-                    last_status = msg.body
+                    statuses.append(msg)
                     continue
                 if first is None:
                     first = time.monotonic()
-                    deadline = first + args.duration + 60
+                    give_up = first + args.duration + 60
                 preds.append(msg)
+                lat = msg.body["latency_ms"]
                 print(
-                    f"\r{len(preds)} windows, last: engine {msg.body['latency_ms']['engine']:.1f} ms, "
-                    f"capture→publish {msg.body['latency_ms']['capture_to_publish']:.1f} ms",
+                    f"\r{model} {engine} stride {stride}: {time.monotonic() - first:5.0f}/{args.duration:.0f} s, "
+                    f"{len(preds)} windows, engine {lat['engine']:6.1f} ms, "
+                    f"overhead {lat['capture_to_publish'] - lat['engine']:5.1f} ms",
                     end="", file=sys.stderr, flush=True,
                 )
-            # one more heartbeat for the final window counts
-            end = time.monotonic() + 1.5
+            if statuses:  # the heartbeat names the processes of the pipeline
+                procs = statuses[-1].body.get("processes", {})
+                watch.name_children({pid: name for name, pid in procs.items()})
+            watch.sample()
+            end = time.monotonic() + 1.5  # one more heartbeat for the final counts
             while time.monotonic() < end:
                 try:
                     msg = sub.recv(timeout=max(0.01, end - time.monotonic()))
                 except TimeoutError:
                     break
                 if msg.topic.startswith("status."):
-                    last_status = msg.body
+                    statuses.append(msg)
                     break
         print(file=sys.stderr)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
-            proc.wait(10)
-    return {"model": args.model, "stride": args.stride, "source": args.source, **summarise(preds, last_status)}
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return summarise(preds, statuses, watch.summary(), model=model, engine=engine, stride=stride)
+
+
+def _row_key(row: dict) -> str:
+    """The key of a row's per-window samples in the JSON's "samples"."""
+    return f"{row['model']}|{row['engine']}|{row['stride']}"
 
 
 def format_row(row: dict) -> str:
-    def f(stat):
-        return " / ".join("-" if row[stat][k] is None else f"{row[stat][k]:.1f}" for k in ("p50", "p90", "p99", "max"))
+    def f(stat: dict) -> str:
+        return " / ".join("-" if stat[k] is None else f"{stat[k]:.2f}" for k in STATS)
 
     w = row["windows"]
-    return "\n".join([
-        f"{row['model']} on {row['engine']}, stride {row['stride']} s, source {row['source']} ({row['fps_in']} fps in)",
-        f"  windows run {w['run']}, skipped {w['skipped']} (measured {w['measured']})",
+    lines = [
+        f"{row['model']} on {row['engine']}, stride {row['stride']} s ({row['fps_in']} fps in): "
+        f"windows run {w['run']}, skipped {w['skipped']}, measured {w['measured']}; "
+        f"capture→publish slope {row['latency_slope_ms_per_min']} ms/min",
         "  ms (p50 / p90 / p99 / max)",
-        f"  engine              {f('engine_ms')}",
-        f"  window+preprocess   {f('window_and_preprocess_ms')}",
-        f"  overhead            {f('overhead_ms')}",
-        f"  capture→publish     {f('capture_to_publish_ms')}",
-        f"  capture→subscriber  {f('capture_to_subscriber_ms')}",
-    ])
+    ]
+    for name, stat in row["stages_ms"].items():
+        lines.append(f"  {name:22s} {f(stat)}")
+    lines += [
+        f"  {'overhead':22s} {f(row['overhead_ms'])}",
+        f"  {'capture→publish':22s} {f(row['capture_to_publish_ms'])}",
+        f"  {'capture→subscriber':22s} {f(row['capture_to_subscriber_ms'])}",
+        "  cpu %: " + ", ".join(f"{k} {v}" for k, v in row["cpu_percent"].items()),
+        "  peak RSS MB: " + ", ".join(f"{k} {v}" for k, v in row["peak_rss_mb"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def plot(path: str, rows: list[dict], samples: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("error: --plot needs matplotlib: pip install matplotlib") from None
+    series = ("engine_ms", "overhead_ms", "capture_to_publish_ms", "capture_to_subscriber_ms")
+    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 3.6 * len(rows)), squeeze=False)
+    for (over_time, dist), row in zip(axes, rows):
+        s = samples[_row_key(row)]
+        for name in series:
+            over_time.plot(s["t_s"], s[name], ".", markersize=2, label=name.removesuffix("_ms"))
+        over_time.set_title(f"{row['model']} on {row['engine']}, stride {row['stride']} s: latency over time")
+        over_time.set_xlabel("s since the first measured window")
+        over_time.set_ylabel("ms (log)")
+        over_time.set_yscale("log")
+        over_time.legend(fontsize=7, markerscale=4)
+        dist.boxplot([s[n] for n in series], tick_labels=[n.removesuffix("_ms") for n in series], whis=(1, 99))
+        dist.set_title("distributions (whiskers: p1-p99)")
+        dist.set_ylabel("ms (log)")
+        dist.set_yscale("log")
+        dist.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# -- engine mode -------------------------------------------------------------------------
+
+
+def gflops(model, inputs) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    return counter.get_total_flops() / 1e9 / 2  # multiply-accumulates, as papers count "FLOPs"
+
+
+def run_engines(args) -> list[dict]:
+    import torch
+
+    import engines
+    import models
+
+    rows = []
+    for name in args.models:
+        model = models.create(name)
+        inputs = model.example_inputs()
+        flops = gflops(model, inputs)
+        for backend in args.engines:
+            for precision in args.precisions or [None]:
+                row = {"model": name, "engine": backend, "precision": precision, "gflops": round(flops, 2)}
+                try:
+                    engine = engines.create(model, inputs, backend=backend, precision=precision)
+                except engines.EngineError as exc:
+                    rows.append({**row, "error": str(exc)})
+                    print(f"{name} {backend} {precision}: {exc}", file=sys.stderr)
+                    continue
+                engine.warmup(3)
+                times = []
+                for _ in range(args.runs):
+                    t0 = time.perf_counter_ns()
+                    engine(*inputs)
+                    times.append((time.perf_counter_ns() - t0) / 1e6)
+                row.update(engine=engine.name, engine_ms=percentiles(times))
+                rows.append(row)
+                print(f"{name:18s} {engine.name:18s} {flops:7.2f} GFLOPs  median {row['engine_ms']['p50']:8.1f} ms",
+                      file=sys.stderr)
+                del engine
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+    return rows
+
+
+def largest_fitting(rows: list[dict], stride: float) -> dict | None:
+    """The model with the most FLOPs whose median engine time fits `stride`."""
+    fits = [r for r in rows if "engine_ms" in r and r["engine_ms"]["p50"] <= stride * 1000]
+    return max(fits, key=lambda r: r["gflops"], default=None)
+
+
+# -- CLI ---------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m stream.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default="synthetic", help="synthetic (default), a video file, or a camera index")
+    p.add_argument("--mic", default="synthetic", help="audio source for audiovisual models (default synthetic)")
     p.add_argument("--size", default="640x480", help="synthetic frame size (default 640x480)")
     p.add_argument("--fps", type=float, default=30.0, help="synthetic frame rate (default 30)")
-    p.add_argument("--model", default="x3d_xs")
-    p.add_argument("--weights", default="none", help="weights to load (default none: timing only)")
-    p.add_argument("--engine", default="auto")
-    p.add_argument("--stride", type=float, default=0.25)
-    p.add_argument("--duration", type=float, default=30.0, help="seconds measured after the first window")
+    p.add_argument("--model", default="x3d_xs", help="model name(s), comma-separated to sweep")
+    p.add_argument("--config", help="YAML run config passed to stream.run")
+    p.add_argument("--weights", default="none", help="weights (default none: timing does not need them)")
+    p.add_argument("--engine", default="auto", help="engine(s), comma-separated to sweep")
+    p.add_argument("--precision", default="", help="--engine-only: precision(s), comma-separated")
+    p.add_argument("--stride", default="0.5", help="seconds between windows, comma-separated to sweep")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds measured per row, after the first window")
+    p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds allowed for start-up")
+    p.add_argument("--engine-only", action="store_true", help="time the models alone (no pipeline)")
+    p.add_argument("--runs", type=int, default=10, help="--engine-only: timed runs per row after warm-up")
     p.add_argument("--json", help="write the results to this file")
+    p.add_argument("--plot", help="--pipeline: write a PNG of latency over time and the distributions")
     args = p.parse_args(argv)
-    row = run_pipeline(args)
-    print(format_row(row))
+    try:
+        args.models = _csv(args.model)
+        args.engines = _csv(args.engine)
+        args.precisions = _csv(args.precision)
+        strides = [float(s) for s in _csv(args.stride)]
+    except ValueError:
+        print(f"error: --stride {args.stride!r} must be seconds, e.g. 0.5 or 0.25,0.5", file=sys.stderr)
+        return 2
+    if args.engine_only:
+        rows = run_engines(args)
+        fits = {str(s): largest_fitting(rows, s) for s in strides}
+        for s, row in fits.items():
+            verdict = "none of these" if row is None else f"{row['model']} on {row['engine']} ({row['gflops']} GFLOPs)"
+            print(f"largest model that fits a {s} s stride here: {verdict}")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"machine": machine(), "engines": rows,
+                           "largest_fitting": {s: r and r["model"] for s, r in fits.items()}}, fh, indent=1)
+        return 0
+    rows, samples = [], {}
+    for model in args.models:
+        for engine in args.engines:
+            for stride in strides:
+                row, s = run_pipeline(args, model, engine, stride)
+                rows.append(row)
+                samples[_row_key(row)] = s
+                print(format_row(row), flush=True)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"machine": machine(), "summary": [row]}, fh, indent=1)
+            json.dump({"machine": machine(), "summary": rows, "samples": samples}, fh, indent=1)
+    if args.plot:
+        plot(args.plot, rows, samples)
     return 0
 
 

@@ -19,6 +19,7 @@ its last sample, then runs with the gap zero-filled and says so (`degraded`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -35,8 +36,11 @@ HEARTBEAT_S = 0.5
 def _ms_stats(values_ns: np.ndarray) -> dict | None:
     if len(values_ns) == 0:
         return None
-    p50, p99 = np.percentile(values_ns, [50, 99]) / 1e6
-    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3), "max": round(float(values_ns.max()) / 1e6, 3)}
+    p50, p90, p99 = np.percentile(values_ns, [50, 90, 99]) / 1e6
+    return {
+        "p50": round(float(p50), 3), "p90": round(float(p90), 3), "p99": round(float(p99), 3),
+        "max": round(float(values_ns.max()) / 1e6, 3),
+    }
 
 
 class _Stats:
@@ -53,6 +57,7 @@ class _Stats:
         self.audio_ring = None
         self.video_kind = "?"
         self.audio = {"source": "none", "used": False}
+        self.processes: dict[str, int] = {}
 
     def video_health(self, now_ns: int) -> dict:
         ring = self.ring
@@ -106,6 +111,7 @@ class _Heartbeat(threading.Thread):
                 windows={"run": s.windows_run, "skipped": s.skipped, "stale": s.stale},
                 sources={"video": video, "audio": s.audio_health(now)},
                 publish={"sent": self.publisher.sent, "dropped": self.publisher.dropped},
+                processes=s.processes,
             )
             self.publisher.send(self.topic, body)
             seq += 1
@@ -208,6 +214,7 @@ class InferenceLoop:
         if kind != "ring":
             return False
         self.ring = stats.ring = FrameRing.attach(rings["name"])
+        stats.processes = {**rings["processes"], "inference": os.getpid()}
         stats.video_kind = rings["video_kind"]
         self.frame_period_s = 1.0 / max(1.0, float(rings["fps"]))
         self.sampler = WindowSampler(self.ring, [PathwaySpec(v.frames, v.interval_s) for v in meta.video])

@@ -252,6 +252,9 @@ class Supervisor:
                 {
                     "name": self.ring.name, "fps": video["fps"], "video_kind": video["kind"],
                     "audio": None if self.audio_ring is None else {"name": self.audio_ring.name, "kind": audio["kind"]},
+                    "processes": {"main": os.getpid(), **{
+                        n: p.pid for n, p in self.children.items() if n != "inference"
+                    }},
                 },
             ))
             self.running = True

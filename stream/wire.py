@@ -95,8 +95,9 @@ def status(
     windows: dict,
     sources: dict,
     publish: dict,
+    processes: dict | None = None,
 ) -> dict:
-    """A heartbeat body (sent at least once a second)."""
+    """A heartbeat body (sent at least once a second). `processes`: name → pid."""
     return {
         "schema": STATUS_SCHEMA,
         "seq": seq,
@@ -109,6 +110,7 @@ def status(
         "windows": windows,
         "sources": sources,
         "publish": publish,
+        "processes": dict(processes or {}),
     }
 
 
