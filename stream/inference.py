@@ -58,14 +58,33 @@ class _Stats:
         self.video_kind = "?"
         self.audio = {"source": "none", "used": False}
         self.processes: dict[str, int] = {}
+        # capture process name -> {"state": "up" | "down", "restarts", "last_failure"} (from the parent)
+        self.capture: dict[str, dict] = {}
+
+    def source_event(self, info: dict) -> None:
+        c = self.capture.setdefault(info["name"], {"last_failure": None})
+        c.update(state=info["state"], restarts=info["restarts"])
+        if info["reason"]:
+            c["last_failure"] = info["reason"]
+        if info["pid"] is not None:
+            self.processes = {**self.processes, info["name"]: info["pid"]}
+
+    def _capture(self, name: str) -> dict:
+        c = self.capture.get(name, {})
+        return {"state": c.get("state", "up"), "restarts": c.get("restarts", 0), "last_failure": c.get("last_failure")}
+
+    @property
+    def degraded(self) -> bool:
+        return any(c.get("state") == "down" for c in self.capture.values())
 
     def video_health(self, now_ns: int) -> dict:
         ring = self.ring
         if ring is None:
-            return {"source": self.video_kind, "frames": 0}
+            return {"source": self.video_kind, "frames": 0, **self._capture("capture-video")}
         seqs, times = ring.snapshot()
         return {
             "source": self.video_kind,
+            **self._capture("capture-video"),
             "frames": ring.next_seq,
             "last_frame_age_ms": (now_ns - int(times[-1])) / 1e6 if len(times) else None,
             # over the frames the ring holds now: capture intervals and write times
@@ -80,7 +99,8 @@ class _Stats:
         count, _, _ = ring.clock()
         age_ms = (now_ns - ring.time_of(count - 1)) / 1e6 if count else None
         return {
-            **self.audio, "samples": count, "rate": ring.sample_rate, "overflows": ring.overflows,
+            **self.audio, **self._capture("capture-audio"),
+            "samples": count, "rate": ring.sample_rate, "overflows": ring.overflows,
             "last_sample_age_ms": age_ms, "healthy": age_ms is not None and age_ms < 500,
         }
 
@@ -105,8 +125,9 @@ class _Heartbeat(threading.Thread):
             if last_frames is not None and now > last_ns:
                 fps_in = (video["frames"] - last_frames) / ((now - last_ns) / 1e9)
             last_ns, last_frames = now, video["frames"]
+            state = "degraded" if s.state == "running" and s.degraded else s.state
             body = wire.status(
-                seq=seq, stream=self.stream_id, model=s.model, engine=s.engine, state=s.state,
+                seq=seq, stream=self.stream_id, model=s.model, engine=s.engine, state=state,
                 mono_ns=now, wall_ns=time.time_ns(), fps_in=round(fps_in, 2),
                 windows={"run": s.windows_run, "skipped": s.skipped, "stale": s.stale},
                 sources={"video": video, "audio": s.audio_health(now)},
@@ -217,6 +238,9 @@ class InferenceLoop:
         stats.processes = {**rings["processes"], "inference": os.getpid()}
         stats.video_kind = rings["video_kind"]
         self.frame_period_s = 1.0 / max(1.0, float(rings["fps"]))
+        # A window whose frames lie further than this from their target times is degraded
+        # (a source was down, or dropped frames): two frame periods, at least 50 ms.
+        self.gap_limit_ns = round(max(2 * self.frame_period_s, 0.05) * 1e9)
         self.sampler = WindowSampler(self.ring, [PathwaySpec(v.frames, v.interval_s) for v in meta.video])
         self.audio_sampler = None
         if self.logmel is not None:
@@ -262,6 +286,11 @@ class InferenceLoop:
 
     def _tick_due(self) -> bool:
         """Wait (in short slices) for the next tick, then for the next frame to land."""
+        while self.conn.poll():  # source health from the parent
+            kind, info = self.conn.recv()
+            if kind == "source":
+                self.stats.source_event(info)
+                log.info("%s is %s%s", info["name"], info["state"], f" ({info['reason']})" if info["reason"] else "")
         wait_s = self.scheduler.due_in_s()
         if wait_s > 0:
             if self.preview is not None:
@@ -282,6 +311,8 @@ class InferenceLoop:
         inputs = self.preprocess(window.clips)
         stages = {"ring_read": window.read_ns / 1e6, "preprocess": (time.monotonic_ns() - read_end_ns) / 1e6}
         degraded: list[str] = []
+        if window.max_gap_ns > self.gap_limit_ns:  # frames missing inside the window
+            degraded.append(f"video gap: a frame {window.max_gap_ns / 1e6:.0f} ms from its target time")
         capture_ns = window.end_ns
         audio_span = (0, 0)
         if self.audio_sampler is not None:

@@ -22,6 +22,7 @@ and sees it as a jump in sequence numbers.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from multiprocessing import shared_memory
@@ -46,6 +47,40 @@ _ALIGN = 64
 
 def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+_SEGMENT_NAME = re.compile(rf"^{SEGMENT_PREFIX}(frames|audio)_(\d+)_[0-9a-f]{{6}}$")
+
+
+def sweep_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
+    """Unlink segments of this project's naming whose creating process is gone.
+
+    What a crash of everything (owner and resource tracker alike) can leave behind.
+    Only names this module makes are touched, and only when the creator's pid no
+    longer runs; segments of live runs and of anyone else stay. Returns what it removed.
+    """
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        m = _SEGMENT_NAME.match(name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m[2]), 0)
+            continue  # the creator runs: not stale
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # someone else's live process
+        try:
+            os.unlink(os.path.join(shm_dir, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
 
 
 def new_segment_name(kind: str) -> str:

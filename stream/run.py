@@ -30,7 +30,7 @@ from .capture import video as video_capture
 from .errors import UserError
 from .inference import inference_main
 from .proc import setup_logging
-from .ring import AudioRing, FrameRing
+from .ring import AudioRing, FrameRing, sweep_stale_segments
 
 log = logging.getLogger("stream.run")
 
@@ -43,6 +43,10 @@ RING_MARGIN_S = 1.0
 START_DELAY_S = 0.1
 #: Largest block an audio capture writes at once (device blocks are 16 ms).
 AUDIO_MAX_BLOCK = 8192
+#: Restart delays of a capture process that died: doubling from the first to the last;
+#: back to the first once it has run for RESTART_RESET_S.
+RESTART_BACKOFF_S = (0.5, 10.0)
+RESTART_RESET_S = 30.0
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -110,6 +114,12 @@ class Supervisor:
         self.running = False  # past start-up: children get a grace period to stop
         self.children: dict[str, mp.process.BaseProcess] = {}
         self.conns: dict[str, mp.connection.Connection] = {}
+        # supervision of the capture processes
+        self.specs: dict[str, tuple] = {}  # name -> (target, args), to start it again
+        self.started_at: dict[str, float] = {}
+        self.restarts: dict[str, int] = {}
+        self.backoff: dict[str, float] = {}
+        self.restart_due: dict[str, float] = {}
 
     # -- signals ---------------------------------------------------------------------
 
@@ -154,6 +164,8 @@ class Supervisor:
         child_end.close()
         self.children[name] = proc
         self.conns[name] = parent_end
+        self.specs[name] = (target, args)
+        self.started_at[name] = time.monotonic()
 
     def _recv(self, timeout: float) -> tuple[str, str, object] | None:
         """Next message from any child as (child, kind, payload); a dead child is ('x', 'died', code)."""
@@ -172,6 +184,44 @@ class Supervisor:
             proc.join(0.2)
             return name, "died", proc.exitcode
         return None
+
+    # -- supervision -------------------------------------------------------------------
+
+    def _capture_down(self, name: str, reason: str) -> None:
+        """A capture process died or lost its source: restart it later, with backoff."""
+        proc = self.children.pop(name)
+        self.conns.pop(name).close()
+        proc.join(0.5)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(0.5)
+        ran = time.monotonic() - self.started_at[name]
+        first, last = RESTART_BACKOFF_S
+        delay = first if ran >= RESTART_RESET_S else min(last, 2 * self.backoff.get(name, first / 2))
+        self.backoff[name] = delay
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        self.restart_due[name] = time.monotonic() + delay
+        log.warning("%s stopped (%s): restart %d in %.1f s", name, reason, self.restarts[name], delay)
+        self._tell_inference(name, "down", str(reason))
+
+    def _restart_due_captures(self) -> None:
+        now = time.monotonic()
+        for name, due in list(self.restart_due.items()):
+            if now >= due:
+                del self.restart_due[name]
+                self._start_child(name, *self.specs[name])
+
+    def _tell_inference(self, name: str, state: str, reason: str | None) -> None:
+        """Source health for the status topic (and for marking predictions degraded)."""
+        try:
+            proc = self.children.get(name)
+            self.conns["inference"].send((
+                "source",
+                {"name": name, "state": state, "reason": reason, "restarts": self.restarts.get(name, 0),
+                 "pid": proc.pid if proc is not None else None},
+            ))
+        except (OSError, KeyError):
+            pass
 
     def _start_audio(self, model: dict) -> None:
         """Start the audio capture once the model is known to listen."""
@@ -245,7 +295,8 @@ class Supervisor:
                 else:
                     self._fail_on(name, kind, payload)
                 audio_ready = audio is not None or "capture-audio" not in self.children
-                if video is not None and model is not None and audio_ready and self.ring is None:
+                if ready and video is not None and audio_ready and self.ring is None:
+                    # Only now: a file starts playing when the engine can take its frames.
                     self._make_rings(video, model, audio)
             self.conns["inference"].send((
                 "ring",
@@ -270,18 +321,27 @@ class Supervisor:
                 if deadline is not None and time.monotonic() >= deadline:
                     log.info("--duration reached: stopping")
                     return 0
+                self._restart_due_captures()
                 msg = self._recv(0.1)
                 if msg is None:
                     continue
                 name, kind, payload = msg
-                if kind == "eof" and name == "capture-audio":
+                if name == "inference":
+                    self._fail_on(name, kind, payload)
+                elif kind == "eof" and name == "capture-audio":
                     log.info("end of the audio of %s", cfg.mic)
-                    continue
-                if kind == "eof":
+                elif kind == "eof":
                     log.info("end of %s after %d frames: stopping", cfg.camera, payload["frames"])
                     time.sleep(min(1.0, cfg.stride * 2))  # let the last windows publish
                     return 0
-                self._fail_on(name, kind, payload)
+                elif kind == "opened":  # a restarted capture is back
+                    ring = self.ring if name == "capture-video" else self.audio_ring
+                    start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
+                    self.conns[name].send(("ring", {"name": ring.name, "start_ns": start_ns}))
+                    log.info("%s is back after restart %d", name, self.restarts[name])
+                    self._tell_inference(name, "up", None)
+                elif kind in ("error", "failed", "died", "crash"):
+                    self._capture_down(name, payload if kind != "died" else f"exit code {payload}")
         except _RunFailed as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             return 1
@@ -323,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
+    for name in sweep_stale_segments():
+        log.info("removed shared memory %s left by a crashed run", name)
     return Supervisor(cfg).run()
 
 

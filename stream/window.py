@@ -64,6 +64,7 @@ class Window:
     newest_seq: int
     frames: int  # distinct frames read from the ring
     read_ns: int  # time spent copying them out of the ring
+    max_gap_ns: int  # the largest distance of a chosen frame from its target time
 
 
 class WindowSampler:
@@ -91,16 +92,24 @@ class WindowSampler:
             if len(seqs) == 0:
                 return None
             end_ns = int(times[-1])
-            if end_ns - self.span_ns < int(times[0]) - self.tolerance_ns:
+            start_ns = end_ns - self.span_ns - self.tolerance_ns
+            if start_ns + 2 * self.tolerance_ns < int(times[0]):
                 return None  # not enough history yet for the whole span
-            picks = [seqs[nearest(times, target_times(end_ns, p))] for p in self.pathways]
+            # Never a frame from before the window (after an outage the nearest frame to
+            # an early target may be older): choose among the window's own frames only.
+            inside = times >= start_ns
+            seqs, times = seqs[inside], times[inside]
+            targets = [target_times(end_ns, p) for p in self.pathways]
+            chosen = [nearest(times, t) for t in targets]
+            picks = [seqs[c] for c in chosen]
+            max_gap = max(int(np.abs(times[c] - t).max()) for c, t in zip(chosen, targets))
             try:
-                return self._read(picks, int(seqs[-1]))
+                return self._read(picks, int(seqs[-1]), max_gap)
             except FrameLost:
                 continue  # the writer lapped a slot we chose; choose again from newer data
         raise FrameLost(f"could not read a consistent window in {retries} attempts")
 
-    def _read(self, picks: list[np.ndarray], newest_seq: int) -> Window:
+    def _read(self, picks: list[np.ndarray], newest_seq: int, max_gap_ns: int) -> Window:
         started = time.perf_counter_ns()
         read_t: dict[int, int] = {}
         first_copy: dict[int, tuple[int, int]] = {}
@@ -120,6 +129,7 @@ class WindowSampler:
             newest_seq=newest_seq,
             frames=len(read_t),
             read_ns=time.perf_counter_ns() - started,
+            max_gap_ns=max_gap_ns,
         )
 
 

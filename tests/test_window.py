@@ -60,10 +60,27 @@ def test_sampler_with_dropped_and_jittered_frames(ring):
     _fill(ring, times)
     spec = PathwaySpec(5, 0.2)
     w = WindowSampler(ring, [spec]).sample()
-    targets = (times[-1] - np.arange(4, -1, -1) * 200)
+    targets = times[-1] - np.arange(4, -1, -1) * 200
     picked = np.array(times)[w.seqs[0]]
+    # nearest frame per target, among the window's own frames (none from before it,
+    # 50 ms tolerance): the first target falls in the drop-out here
+    allowed = np.array([t for t in times if t >= targets[0] - 50])
+    assert allowed[0] > times[0]
     for tgt, got in zip(targets, picked):
-        assert abs(got - tgt) == min(abs(np.array(times) - tgt))
+        assert abs(got - tgt) == min(abs(allowed - tgt))
+    assert w.max_gap_ns / MS == pytest.approx(max(abs(picked - targets)), abs=1e-3)
+    assert w.max_gap_ns > 100 * MS  # the drop-out shows
+
+
+def test_sampler_never_uses_frames_from_before_the_window(ring):
+    # 1 s of frames, a 1.5 s outage, then 0.5 s: the window (1.2 s) may not reach back
+    # across the outage to the old frames, although they are nearest to its early targets.
+    _fill(ring, [i * 33.3 for i in range(31)] + [2500 + i * 33.3 for i in range(16)])
+    w = WindowSampler(ring, [PathwaySpec(4, 0.4)]).sample()
+    seqs, times = ring.snapshot()
+    used = times[np.isin(seqs, w.seqs[0])]
+    assert used.min() >= times[-1] - 1.2e9 - 50 * MS
+    assert w.max_gap_ns > 400 * MS  # reported, so the prediction is marked degraded
 
 
 def test_sampler_waits_for_history(ring):

@@ -301,13 +301,22 @@ def capture_main(
             source.skip()
     ring = FrameRing.attach(ring_msg["name"])
     source.start(ring_msg["start_ns"])
+    resize = (source.height, source.width) != ring.shape[:2]  # a restart at another size
+    if resize:
+        import cv2
+
+        log.warning("the source now gives %dx%d frames: resizing them to the ring's %dx%d",
+                    source.width, source.height, ring.shape[1], ring.shape[0])
     frames = 0
     code = 0
     try:
         while not stop.is_set() and parent_alive():
             got = source.read()
             if got is not None:
-                ring.write(*got)
+                frame, t_ns = got
+                if resize:
+                    frame = cv2.resize(frame, (ring.shape[1], ring.shape[0]), interpolation=cv2.INTER_AREA)
+                ring.write(frame, t_ns)
                 frames += 1
                 continue
             if source.live:
