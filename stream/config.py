@@ -44,6 +44,8 @@ class RunConfig:
     fps: float | None = None  # capture rate (camera, synthetic)
     log_level: str = "info"
     allow_remote: bool = False
+    curve_secret_key: str | None = None  # server's *.key_secret: encrypt with CURVE
+    curve_clients: str | None = None  # folder of client public keys: only they may subscribe
 
     def validate(self) -> RunConfig:
         """Check every value; raises UserError with the flag's name and what to do."""
@@ -70,6 +72,14 @@ class RunConfig:
         Smoother(self.smoothing)  # raises UserError when malformed
         parse_size(self.size)
         check_endpoint(self.publish, allow_remote=self.allow_remote)
+        if self.curve_clients is not None and self.curve_secret_key is None:
+            raise UserError("--curve-clients needs --curve-secret-key (the server's *.key_secret file)")
+        if self.curve_secret_key is not None:
+            from .publish import load_curve_keys
+
+            load_curve_keys(self.curve_secret_key, secret=True)
+        if self.curve_clients is not None and not Path(self.curve_clients).is_dir():
+            raise UserError(f"--curve-clients {self.curve_clients!r} is not a folder of client public keys")
         return self
 
 
@@ -85,10 +95,13 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "stride": (int, float), "smoothing": (str,), "topk": (int,), "publish": (str,),
     "stream_id": (str,), "duration": (int, float), "loop": (bool,), "preview": (bool,),
     "size": (str,), "fps": (int, float), "log_level": (str,), "allow_remote": (bool,),
+    "curve_secret_key": (str,), "curve_clients": (str,),
 }
 
 
-_NULLABLE = {"weights", "num_classes", "device", "precision", "duration", "size", "fps"}
+_NULLABLE = {
+    "weights", "num_classes", "device", "precision", "duration", "size", "fps", "curve_secret_key", "curve_clients",
+}
 
 
 def parse_size(size: str | None) -> tuple[int, int] | None:

@@ -131,7 +131,10 @@ class _Heartbeat(threading.Thread):
                 mono_ns=now, wall_ns=time.time_ns(), fps_in=round(fps_in, 2),
                 windows={"run": s.windows_run, "skipped": s.skipped, "stale": s.stale},
                 sources={"video": video, "audio": s.audio_health(now)},
-                publish={"sent": self.publisher.sent, "dropped": self.publisher.dropped},
+                publish={
+                    "sent": self.publisher.sent, "dropped": self.publisher.dropped,
+                    "subscriptions": self.publisher.count_subscriptions(),
+                },
                 processes=s.processes,
             )
             self.publisher.send(self.topic, body)
@@ -168,7 +171,9 @@ class InferenceLoop:
         self.stop = stop
         self.stats = _Stats()
         self.ring = self.audio_ring = self.preview = None
-        self.publisher = Publisher(cfg.publish)  # first: a port in use fails fast
+        self.publisher = Publisher(  # first: a port in use fails fast
+            cfg.publish, curve_secret_key=cfg.curve_secret_key, curve_clients=cfg.curve_clients
+        )
         self.heartbeat = _Heartbeat(self.publisher, cfg.stream_id, self.stats)
         self.heartbeat.start()
 

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--size", help="capture size WIDTHxHEIGHT for cameras and synthetic (e.g. 640x480)")
     a("--fps", type=float, help="capture rate for cameras and synthetic")
     a("--log-level", choices=config.LOG_LEVELS, help=f"default {d.log_level}")
+    a("--curve-secret-key", help="encrypt with ZeroMQ CURVE: the server's *.key_secret (python -m stream.keys)")
+    a("--curve-clients", help="with --curve-secret-key: folder of the public keys of the clients allowed in")
     return p
 
 

@@ -20,6 +20,7 @@ import time
 import zmq
 
 from . import wire
+from .errors import UserError
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
@@ -40,7 +41,12 @@ class Message:
 
 
 class Subscriber:
-    """SUB socket on `endpoint`, filtered by topic prefixes; every receive can time out."""
+    """SUB socket on `endpoint`, filtered by topic prefixes; every receive can time out.
+
+    `missed` counts messages lost on the way (ZeroMQ drops for a subscriber that does
+    not keep up): the gaps in each topic's `seq`. With CURVE keys (python -m
+    stream.keys) the connection is encrypted and the publisher can authenticate us.
+    """
 
     def __init__(
         self,
@@ -48,6 +54,8 @@ class Subscriber:
         topics: tuple[str, ...] = (wire.PRED_TOPIC + ".",),
         *,
         hwm: int = 1000,
+        curve_server_key: str | None = None,
+        curve_client_key: str | None = None,
         context: zmq.Context | None = None,
     ):
         self.endpoint = endpoint
@@ -55,10 +63,21 @@ class Subscriber:
         self._socket = self._context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if curve_server_key is not None:
+            from .publish import load_curve_keys
+
+            if curve_client_key is None:
+                self._socket.close(0)
+                raise ValueError("CURVE needs the client's *.key_secret as well as the server's public key")
+            self._socket.curve_serverkey = load_curve_keys(curve_server_key, secret=False)[0]
+            public, secret = load_curve_keys(curve_client_key, secret=True)
+            self._socket.curve_publickey, self._socket.curve_secretkey = public, secret
         for t in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, t.encode("ascii"))
         self._socket.connect(endpoint)
         self.invalid = 0  # messages that failed validation (skipped)
+        self.missed = 0
+        self._last_seq: dict[str, int] = {}
 
     def recv(self, timeout: float | None = None) -> Message:
         """The next valid message; raises TimeoutError after `timeout` seconds."""
@@ -74,6 +93,10 @@ class Subscriber:
             except wire.WireError:
                 self.invalid += 1
                 continue
+            last = self._last_seq.get(topic)
+            if last is not None and body["seq"] > last + 1:
+                self.missed += body["seq"] - last - 1
+            self._last_seq[topic] = body["seq"]  # a restarted stream starts again at 0
             return Message(topic, body, received_ns)
 
     def __iter__(self):
@@ -122,20 +145,35 @@ def main(argv: list[str] | None = None) -> int:
         help="topic prefix to receive, e.g. pred.cam0 or status (repeatable; default: pred)",
     )
     parser.add_argument("--timeout", type=float, default=0, help="exit with status 1 after this many seconds without a message")
+    parser.add_argument("--curve-server-key", help="CURVE: the publisher's public key file (server.key)")
+    parser.add_argument("--curve-client-key", help="CURVE: this client's secret key file (NAME.key_secret)")
     args = parser.parse_args(argv)
     if not args.endpoint.startswith(("tcp://", "ipc://", "inproc://")):
         print(f"error: endpoint {args.endpoint!r} is not a ZeroMQ endpoint such as {DEFAULT_ENDPOINT}", file=sys.stderr)
         return 2
     topics = tuple(args.topic) if args.topic else (wire.PRED_TOPIC + ".",)
-    received = 0
+    if (args.curve_server_key is None) != (args.curve_client_key is None):
+        print("error: CURVE needs both --curve-server-key and --curve-client-key", file=sys.stderr)
+        return 2
+    received = missed = 0
     try:
-        with Subscriber(args.endpoint, topics) as sub:
+        sub = Subscriber(
+            args.endpoint, topics, curve_server_key=args.curve_server_key, curve_client_key=args.curve_client_key
+        )
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with sub:
             while args.count <= 0 or received < args.count:
                 try:
                     msg = sub.recv(timeout=args.timeout or None)
                 except TimeoutError:
                     print(f"error: no message from {args.endpoint} in {args.timeout} s: is stream.run publishing there?", file=sys.stderr)
                     return 1
+                if sub.missed > missed:
+                    print(f"({sub.missed - missed} messages missed: this subscriber fell behind)", file=sys.stderr)
+                    missed = sub.missed
                 line = json.dumps(msg.body, separators=(",", ":")) if args.json else format_message(msg)
                 print(line, flush=True)
                 received += 1
