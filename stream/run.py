@@ -49,9 +49,16 @@ RESTART_BACKOFF_S = (0.5, 10.0)
 RESTART_RESET_S = 30.0
 
 
+def error_line(message: object) -> str:
+    """The one line printed for a user error: control characters (a stray newline or
+    carriage return in a value) are shown escaped, so it stays one line."""
+    text = str(message)
+    return "error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
-        self.exit(2, f"error: {message} (see python -m stream.run --help)\n")
+        self.exit(2, error_line(f"{message} (see python -m stream.run --help)") + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +145,7 @@ class Supervisor:
             self._start_children()
             return self._supervise()
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            print(error_line(exc), file=sys.stderr, flush=True)
             return 2
         finally:
             self._shutdown()
@@ -345,7 +352,7 @@ class Supervisor:
                 elif kind in ("error", "failed", "died", "crash"):
                     self._capture_down(name, payload if kind != "died" else f"exit code {payload}")
         except _RunFailed as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            print(error_line(exc), file=sys.stderr, flush=True)
             return 1
 
     def _shutdown(self) -> None:
@@ -377,12 +384,16 @@ class _RunFailed(Exception):
     """A failure while running (not the user's input): exit status 1."""
 
 
+def parse_config(argv: list[str] | None = None) -> config.RunConfig:
+    """Flags and YAML → a checked RunConfig; UserError (or SystemExit(2) from argparse)."""
+    return config.resolve(vars(build_parser().parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        cfg = config.resolve(vars(args))
+        cfg = parse_config(argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
     for name in sweep_stale_segments():

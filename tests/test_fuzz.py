@@ -1,0 +1,87 @@
+"""Fuzzing the CLI and the YAML config (hypothesis): never a traceback, always one clear
+`error:` line and a non-zero exit, nothing left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import REPO, shm_segments
+from stream import config, run
+from stream.errors import UserError
+
+FLAGS = [
+    "--camera", "--mic", "--model", "--config", "--weights", "--engine", "--device", "--precision", "--stride",
+    "--smoothing", "--topk", "--publish", "--stream-id", "--duration", "--size", "--fps", "--log-level",
+    "--curve-secret-key", "--curve-clients",
+]
+SWITCHES = ["--loop", "--preview", "--allow-remote"]
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+values = st.one_of(text, st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True).map(str),
+                   st.sampled_from(["0", "-1", "nan", "inf", "1e309", "ema:2", "mean:0", "640x", "tcp://*:1"]))
+argv = st.lists(st.one_of(st.tuples(st.sampled_from(FLAGS), values).map(list),
+                          st.sampled_from(SWITCHES).map(lambda s: [s]), text.map(lambda t: [t])), max_size=5)
+
+
+def _check_one_line(call) -> None:
+    """`call` either returns a config or fails as the CLI would: one line, status 2."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            call()
+    except UserError as exc:
+        line = run.error_line(exc)  # what the CLI prints
+        assert len(line) > len("error: ") and "\n" not in line and "\r" not in line
+    except SystemExit as exc:  # argparse
+        assert exc.code == 2
+        lines = err.getvalue().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(argv)
+def test_cli_flags_never_traceback(parts):
+    _check_one_line(lambda: run.parse_config([x for part in parts for x in part]))
+
+
+yaml_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), text),
+    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(text, children, max_size=3)),
+    max_leaves=8,
+)
+yaml_docs = st.one_of(
+    st.dictionaries(st.sampled_from([f.name for f in config.dataclasses.fields(config.RunConfig)] + ["strde", "x"]),
+                    yaml_values, max_size=5).map(yaml.safe_dump),
+    text,  # anything at all, most of it not YAML of the right shape
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(yaml_docs)
+def test_yaml_config_never_traceback(tmp_path_factory, doc):
+    path = tmp_path_factory.mktemp("cfg") / "run.yaml"
+    path.write_text(doc, encoding="utf-8")
+    _check_one_line(lambda: config.resolve({"config": str(path)}))
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["--camera", "--model", "--weights"]), st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12))
+def test_bad_sources_in_real_runs(flag, value):
+    """Values only the children can judge (a camera, a model name, a weights file), in real
+    runs: one line, exit 2, no shared memory left."""
+    if flag == "--camera" and value in ("synthetic",):
+        return
+    before = shm_segments()
+    args = ["--camera", "synthetic", "--weights", "none", "--log-level", "error", flag, "no-such-" + value]
+    proc = subprocess.run([sys.executable, "-m", "stream.run", *args, "--duration", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert shm_segments() <= before
