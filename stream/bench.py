@@ -100,6 +100,8 @@ class ProcessWatch:
         self.me = psutil.Process()
         self.cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (name, first cpu s, last cpu s)
         self.peak_rss: dict[int, tuple[str, float]] = {}
+        self.rss_series: dict[int, list[tuple[float, float]]] = {}  # pid -> [(s, MB)]
+        self.shm_series: list[tuple[float, float]] = []  # (s, MB of our segments in /dev/shm)
         self.started = time.monotonic()
 
     def _tree(self):
@@ -134,6 +136,8 @@ class ProcessWatch:
             first = self.cpu[p.pid][1] if p.pid in self.cpu else cpu_s
             self.cpu[p.pid] = (name, first, cpu_s)
             self.peak_rss[p.pid] = (name, max(rss, self.peak_rss.get(p.pid, ("", 0.0))[1]))
+            self.rss_series.setdefault(p.pid, []).append((time.monotonic() - self.started, rss))
+        self.shm_series.append((time.monotonic() - self.started, shm_mb()))
 
     def name_children(self, names: dict[int, str]) -> None:
         for pid, name in names.items():
@@ -142,11 +146,42 @@ class ProcessWatch:
             if pid in self.peak_rss:
                 self.peak_rss[pid] = (name, self.peak_rss[pid][1])
 
+    def restart_series(self) -> None:
+        """Forget memory samples so far (start-up growth is not a leak)."""
+        self.rss_series.clear()
+        self.shm_series.clear()
+
+    def rss_slopes(self, min_span_s: float) -> dict:
+        """MB per minute of the processes watched for at least `min_span_s`."""
+        out = {}
+        for pid, series in self.rss_series.items():
+            t, mb = np.array(series).T
+            if t[-1] - t[0] >= min_span_s and len(t) >= 3:
+                out[f"{self.cpu[pid][0]} ({pid})"] = round(float(np.polyfit(t / 60, mb, 1)[0]), 3)
+        return out
+
     def summary(self) -> tuple[dict, dict]:
         wall = max(1e-9, time.monotonic() - self.started)
         cpu = {f"{n} ({pid})": round(100 * (last - first) / wall, 1) for pid, (n, first, last) in self.cpu.items()}
         rss = {f"{n} ({pid})": round(mb, 1) for pid, (n, mb) in self.peak_rss.items()}
         return cpu, rss
+
+
+def shm_mb(shm_dir: str = "/dev/shm") -> float:
+    """Size of this project's shared-memory segments now (0 where there is no /dev/shm)."""
+    from .ring import SEGMENT_PREFIX
+
+    total = 0
+    try:
+        for entry in os.scandir(shm_dir):
+            if entry.name.startswith(SEGMENT_PREFIX):
+                try:
+                    total += entry.stat().st_size
+                except OSError:
+                    pass
+    except OSError:
+        return 0.0
+    return total / 2**20
 
 
 # -- pipeline mode -----------------------------------------------------------------------
@@ -229,6 +264,8 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
     preds, statuses = [], []
     proc = subprocess.Popen(argv)
     watch = ProcessWatch(proc.pid)
+    kills: list[str] = []
+    next_kill = None
     try:
         with Subscriber(endpoint, topics=("pred.", "status.")) as sub:
             first = None
@@ -240,6 +277,9 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                 if time.monotonic() >= next_sample:
                     watch.sample()
                     next_sample = time.monotonic() + 1.0
+                if next_kill is not None and time.monotonic() >= next_kill and statuses:
+                    kills.append(_kill_a_capture(statuses[-1].body, len(kills)))
+                    next_kill += args.kill_every
                 try:
                     msg = sub.recv(timeout=0.5)
                 except TimeoutError:
@@ -250,6 +290,9 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                 if first is None:
                     first = time.monotonic()
                     give_up = first + args.duration + 60
+                    watch.restart_series()
+                    if args.kill_every:
+                        next_kill = first + args.kill_every
                 preds.append(msg)
                 lat = msg.body["latency_ms"]
                 print(
@@ -279,7 +322,48 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    return summarise(preds, statuses, watch.summary(), model=model, engine=engine, stride=stride)
+    row, samples = summarise(preds, statuses, watch.summary(), model=model, engine=engine, stride=stride)
+    if args.kill_every:
+        row["soak"] = soak_summary(preds, statuses, kills, watch, model)
+    return row, samples
+
+
+def _kill_a_capture(status: dict, n: int) -> str:
+    """SIGKILL a capture process (video and audio in turn); returns its name."""
+    names = sorted(k for k in status["processes"] if k.startswith("capture-"))
+    name = names[n % len(names)]
+    try:
+        os.kill(status["processes"][name], signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return name
+
+
+def soak_summary(preds: list, statuses: list, kills: list[str], watch: ProcessWatch, model: str) -> dict:
+    """What a soak run must show: every restart reported, memory and /dev/shm flat, and
+    no prediction built from frames older than its window."""
+    import models
+
+    span_s = models.create(model).meta.span_s
+    restarts = {}
+    for s in statuses:
+        for kind, src in s.body["sources"].items():
+            if "restarts" in src:
+                restarts[kind] = max(restarts.get(kind, 0), src["restarts"])
+    too_old = sum(
+        (p.body["window"]["end_ns"] - p.body["window"]["start_ns"]) / 1e9 > span_s + 0.1 for p in preds
+    )
+    shm = [mb for _, mb in watch.shm_series]
+    return {
+        "kills": len(kills),
+        "restarts_reported": sum(restarts.values()),
+        "degraded_predictions": sum(bool(p.body["degraded"]) for p in preds),
+        "windows_older_than_span": too_old,
+        "shm_mb": {"first": round(shm[0], 3), "last": round(shm[-1], 3), "max": round(max(shm), 3)} if shm else None,
+        "rss_slope_mb_per_min": watch.rss_slopes(
+            min_span_s=0.8 * (watch.shm_series[-1][0] - watch.shm_series[0][0]) if shm else 0
+        ),
+    }
 
 
 def _row_key(row: dict) -> str:
@@ -307,6 +391,8 @@ def format_row(row: dict) -> str:
         "  cpu %: " + ", ".join(f"{k} {v}" for k, v in row["cpu_percent"].items()),
         "  peak RSS MB: " + ", ".join(f"{k} {v}" for k, v in row["peak_rss_mb"].items()),
     ]
+    if "soak" in row:
+        lines.append(f"  soak: {json.dumps(row['soak'])}")
     return "\n".join(lines)
 
 
@@ -410,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stride", default="0.5", help="seconds between windows, comma-separated to sweep")
     p.add_argument("--duration", type=float, default=30.0, help="seconds measured per row, after the first window")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds allowed for start-up")
+    p.add_argument("--kill-every", type=float, default=0,
+                   help="soak: SIGKILL a capture process every this many seconds (video and audio in turn)")
     p.add_argument("--engine-only", action="store_true", help="time the models alone (no pipeline)")
     p.add_argument("--runs", type=int, default=10, help="--engine-only: timed runs per row after warm-up")
     p.add_argument("--json", help="write the results to this file")

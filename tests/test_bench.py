@@ -70,3 +70,17 @@ def test_engine_only_mode(tmp_path):
     assert "fp16" in refused["error"]  # fp16 on the CPU is refused with the engine's own message
     assert report["largest_fitting"] == {"10.0": "x3d_xs"}
     assert "largest model that fits a 10.0 s stride here: x3d_xs" in proc.stdout
+
+
+def test_soak_short_form(tmp_path):
+    """The CI form of the soak (docs: 30 min, a capture killed every minute)."""
+    out = tmp_path / "soak.json"
+    proc = _bench("--duration", "12", "--kill-every", "3", "--stride", "0.25", "--size", "160x120", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    soak = json.loads(out.read_text())["summary"][0]["soak"]
+    assert soak["kills"] >= 3
+    assert soak["restarts_reported"] == soak["kills"]  # every restart on the status topic
+    assert soak["windows_older_than_span"] == 0
+    assert soak["degraded_predictions"] >= 1  # windows across an outage say so
+    shm = soak["shm_mb"]
+    assert shm["last"] == shm["first"] == shm["max"] > 0  # the rings, nothing more
