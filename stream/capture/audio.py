@@ -292,7 +292,7 @@ class FileSource(_PacedSource):
             raise SourceError(f"audio file {str(self.path)!r} cannot be read ({exc}): is it an audio or video file?") from None
         if not container.streams.audio:
             container.close()
-            raise SourceError(f"file {str(self.path)!r} has no audio track: pass another --mic (or --mic none)")
+            raise SourceError(f"file {str(self.path)!r} has no audio track: pass a file with sound, a microphone or 'synthetic' to --mic")
         self._container = container
         self._frames = container.decode(audio=0)
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)

@@ -1,0 +1,45 @@
+"""Audiovisual end to end: `python -m stream.run --model avslowfast_r50` with the real
+sounddevice path (PortAudio over an ALSA device that plays a file) and a subscriber."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+import models
+from conftest import shm_segments
+from stream.subscribe import Subscriber
+
+pytestmark = pytest.mark.skipif("avslowfast_r50" not in models.available(), reason="needs the AVSlowFast model")
+
+
+def test_avslowfast_from_camera_and_alsa_microphone(run_stream, alsa_file_mic):
+    before = shm_segments()
+    stream = run_stream(
+        "--camera", "synthetic", "--size", "320x240", "--mic", alsa_file_mic, "--model", "avslowfast_r50",
+        "--weights", "none", "--stride", "1.0", "--log-level", "info",
+    )
+    preds, statuses = [], []
+    with Subscriber(stream.endpoint, topics=("pred.", "status.")) as sub:
+        while len(preds) < 3:
+            assert stream.proc.poll() is None, stream.wait()[1]
+            msg = sub.recv(timeout=300)
+            (preds if msg.topic.startswith("pred.") else statuses).append(msg.body)
+    code, err, _ = stream.stop(signal.SIGINT)
+    assert code == 0, err
+    assert shm_segments() <= before
+    assert "audio: device 'testmic" in err
+    audio = statuses[-1]["sources"]["audio"]
+    assert audio["source"] == "device" and audio["used"] and audio["healthy"], audio
+    assert audio["overflows"] == 0 and audio["rate"] == 16000
+    for p in preds[1:]:
+        w = p["window"]
+        assert p["degraded"] == [], p["degraded"]
+        assert w["audio_s"] == pytest.approx(2.064, abs=1e-3)
+        video_centre = (w["start_ns"] + w["end_ns"]) / 2
+        audio_centre = (w["audio_start_ns"] + w["audio_end_ns"]) / 2
+        assert abs(video_centre - audio_centre) < 40e6  # centred, within a frame
+        assert p["t"]["capture_ns"] >= w["end_ns"]
+        assert p["t"]["capture_ns"] <= p["t"]["infer_start_ns"] <= p["t"]["infer_end_ns"] <= p["t"]["publish_ns"]
+    assert len(preds[-1]["labels"]) == 5
