@@ -3,14 +3,23 @@
     engine = engines.create(model, model.example_inputs(), backend="auto")
     logits = engine(*inputs)          # inputs on any device; logits float32 on engine.device
 
-Backends: `torch` (PyTorch on CPU, or CUDA when present) and `tensorrt` (torch-tensorrt;
-not in this release). Optional backends are imported lazily inside their module, so a
-CPU-only machine imports everything else.
+Backends:
+  torch     PyTorch: eager fp32 on the CPU (`torch-cpu`); on CUDA fp16 (default), bf16 or
+            fp32, compiled with torch.compile and replayed as a CUDA graph, falling back to
+            eager when that fails (`torch-cuda-fp16`, ...). engines/torch_engine.py
+  tensorrt  torch-tensorrt on a torch.export program, fp16 (default) or fp32, cached on disk,
+            checked against PyTorch before serving (`tensorrt-fp16`). engines/tensorrt.py
+  auto      tensorrt when torch-tensorrt imports and a CUDA GPU is there, else torch on
+            CUDA, else torch on the CPU; logs which and why.
+`engines.tensorrt_ops` checks without torch-tensorrt that a model exports and uses only
+operators torch-tensorrt converts. Optional backends are imported lazily inside their
+module, so a CPU-only machine imports everything else.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -23,16 +32,29 @@ BACKENDS = ("auto", "torch", "tensorrt")
 log = logging.getLogger(__name__)
 
 
-def pick_backend(device: str | None = None) -> tuple[str, str]:
+def pick_backend(device: str | None = None, precision: str | None = None) -> tuple[str, str]:
     """(backend, reason) for `--engine auto`."""
-    if device is not None and torch.device(device).type == "cpu":
+    try:
+        kind = torch.device(device).type if device is not None else None
+    except RuntimeError:  # not a device: the torch engine says so in its own words
+        return "torch", f"PyTorch, for --device {device!r}"
+    if kind == "cpu":
         return "torch", "PyTorch on the CPU, as --device cpu asks"
-    if torch.cuda.is_available():
-        return "torch", (
-            f"PyTorch on CUDA ({torch.cuda.get_device_name()}); the TensorRT backend is not in "
-            "this release"
-        )
-    return "torch", "PyTorch on the CPU: no CUDA GPU found"
+    if not torch.cuda.is_available():
+        return "torch", "PyTorch on the CPU: no CUDA GPU found"
+    try:
+        gpu = torch.cuda.get_device_name(device)
+    except (RuntimeError, AssertionError, ValueError):  # e.g. cuda:7 on a one-GPU machine
+        return "torch", f"PyTorch, for --device {device}"
+    from . import tensorrt
+
+    if precision is not None and precision not in tensorrt.PRECISIONS:
+        return "torch", f"PyTorch on CUDA ({gpu}): the tensorrt engine has no {precision}"
+    reason = tensorrt.unavailable_reason()
+    if reason is not None:
+        return "torch", f"PyTorch on CUDA ({gpu}): {reason} ({tensorrt.INSTALL_HINT} for TensorRT)"
+    torch_tensorrt, _ = tensorrt.import_torch_tensorrt()
+    return "tensorrt", f"TensorRT on {gpu} (torch-tensorrt {torch_tensorrt.__version__})"
 
 
 def create(
@@ -42,18 +64,43 @@ def create(
     backend: str = "auto",
     device: str | None = None,
     precision: str | None = None,
+    compile: bool | None = None,
+    cudagraphs: bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    tolerance: float | None = None,
 ) -> Engine:
-    """Build an engine that runs `model` at the shapes of `example_inputs`."""
+    """Build an engine that runs `model` at the shapes of `example_inputs`.
+
+    compile, cudagraphs: the torch backend on CUDA (default on; off on the CPU), also used by
+        the tensorrt backend's PyTorch fallback.
+    cache_dir, tolerance: the tensorrt backend's engine cache (default
+        `$AVSTREAM_CACHE/engines`) and its largest relative error against PyTorch.
+    """
     if backend == "auto":
-        backend, reason = pick_backend(device)
+        backend, reason = pick_backend(device, precision)
         log.info("engine auto: %s", reason)
     if backend == "torch":
         from .torch_engine import TorchEngine
 
-        return TorchEngine(model, example_inputs, device=device, precision=precision)
+        return TorchEngine(
+            model,
+            example_inputs,
+            device=device,
+            precision=precision,
+            compile=compile,
+            cudagraphs=cudagraphs,
+        )
     if backend == "tensorrt":
-        raise EngineError(
-            "the tensorrt engine is not available in this release: use --engine torch "
-            "(PyTorch on CUDA or CPU)"
+        from . import tensorrt
+
+        return tensorrt.create(
+            model,
+            example_inputs,
+            device=device,
+            precision=precision,
+            cache_dir=cache_dir,
+            tolerance=tolerance,
+            compile=compile,
+            cudagraphs=cudagraphs,
         )
     raise EngineError(f"unknown engine {backend!r}: use one of {', '.join(BACKENDS)}")

@@ -1,7 +1,9 @@
-"""The Engine protocol that every backend implements, and its error type."""
+"""The Engine protocol that every backend implements, its error type, and the output
+comparison that the optimised backends use to check themselves before serving."""
 
 from __future__ import annotations
 
+import math
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -24,3 +26,23 @@ class Engine(Protocol):
     def warmup(self, iterations: int = 2) -> None:
         """Run the example inputs so that the first real window is not slow."""
         ...
+
+
+#: Largest `relative_error` an optimised engine (TensorRT, torch.compile, CUDA graph) may
+#: show against eager PyTorch at the same precision before it is thrown away. fp16 keeps
+#: ~3 significant digits per op and errors add up over 100+ layers; a wrong weight or a
+#: mis-converted op gives errors of order 1. TF32 matmuls (TensorRT's fp32 default) keep ~3 digits.
+TOLERANCE = {"fp32": 1e-2, "fp16": 5e-2, "bf16": 1e-1}
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| over max |expected| (float32 on the CPU; inf for NaN or a shape mismatch)."""
+    actual = actual.detach().float().cpu()
+    expected = expected.detach().float().cpu()
+    if actual.shape != expected.shape:
+        return float("inf")
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    error = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    if not math.isfinite(error):
+        return float("inf")
+    return error / max(scale, 1e-6)

@@ -1,0 +1,577 @@
+"""Engines: the PyTorch CPU engine, backend choice, the tensorrt backend's errors and cache
+key on any machine; compile, parity, cache reuse and fallback on a CUDA GPU (marked `gpu`,
+skipped without CUDA or torch-tensorrt)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+
+import pytest
+import torch
+
+import engines
+import models
+from engines import tensorrt
+from engines.base import TOLERANCE, relative_error
+from engines.tensorrt import EngineKey, weights_digest
+from engines.torch_engine import TorchEngine
+
+
+def _perturbed(name: str = "x3d_xs", seed: int = 0) -> torch.nn.Module:
+    """A registered model with non-trivial BatchNorm statistics (random init gives
+    near-uniform logits, which hide errors)."""
+    torch.manual_seed(seed)
+    model = models.create(name)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.1, 0.1, generator=gen)
+            m.running_var.uniform_(0.5, 1.5, generator=gen)
+            m.weight.data.uniform_(0.5, 1.5, generator=gen)
+            m.bias.data.uniform_(-0.1, 0.1, generator=gen)
+    return model
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert text and "\n" not in text, repr(text)
+    return text
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture
+def fresh_import():
+    """Forget what earlier tests learnt about importing torch-tensorrt."""
+    tensorrt.import_torch_tensorrt.cache_clear()
+    yield
+    tensorrt.import_torch_tensorrt.cache_clear()
+
+
+@pytest.fixture
+def fake_torch_tensorrt(tmp_path, monkeypatch):
+    """Install a `torch_tensorrt` package whose import runs the given source; removed after."""
+    original = sys.modules.pop("torch_tensorrt", None)
+
+    def install(body: str) -> None:
+        package = tmp_path / "fake_site" / "torch_tensorrt"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(body)
+        monkeypatch.syspath_prepend(str(package.parent))
+
+    yield install
+    sys.modules.pop("torch_tensorrt", None)
+    if original is not None:
+        sys.modules["torch_tensorrt"] = original
+
+
+def _pretend_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Pretend GPU")
+
+
+# --- PyTorch on the CPU -----------------------------------------------------------------
+
+
+def test_cpu_engine_basics(no_cuda):
+    model = _perturbed()
+    inputs = model.example_inputs()
+    with torch.no_grad():
+        expected = model(*inputs)
+    engine = engines.create(model, inputs, backend="torch")
+    assert isinstance(engine, engines.Engine)
+    assert engine.name == "torch-cpu"
+    assert engine.device == torch.device("cpu")
+    assert engine.dtype == torch.float32
+    assert engine.mode == "eager"
+    engine.warmup()
+    logits = engine(*inputs)
+    assert logits.dtype == torch.float32 and logits.shape == expected.shape
+    assert torch.equal(logits, expected)
+    # Inputs of another dtype are cast, not refused.
+    assert torch.allclose(engine(inputs[0].double()), expected, atol=1e-5)
+
+
+def test_auto_picks_torch_cpu_and_says_why(no_cuda, caplog):
+    model = models.create("x3d_xs")
+    with caplog.at_level(logging.INFO, logger="engines"):
+        engine = engines.create(model, model.example_inputs(), backend="auto")
+    assert engine.name == "torch-cpu"
+    assert "engine auto: PyTorch on the CPU: no CUDA GPU found" in caplog.messages
+
+
+def test_auto_with_device_cpu():
+    assert engines.pick_backend("cpu") == ("torch", "PyTorch on the CPU, as --device cpu asks")
+
+
+def test_cpu_rejects_gpu_only_options(no_cuda):
+    model = models.create("x3d_xs")
+    with pytest.raises(engines.EngineError) as err:
+        engines.create(model, model.example_inputs(), backend="torch", precision="fp16")
+    assert "fp32" in _one_line(err.value)
+    with pytest.raises(engines.EngineError) as err:
+        engines.create(model, model.example_inputs(), backend="torch", cudagraphs=True)
+    _one_line(err.value)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
+    def broken_compile(model, **kwargs):
+        def run(*args):
+            raise RuntimeError("inductor exploded\nsecond line")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    x = torch.randn(2, 4)
+    with caplog.at_level(logging.WARNING, logger="engines"):
+        engine = TorchEngine(model, (x,), device="cpu", compile=True)
+    assert engine.mode == "eager"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "torch.compile failed" in warning and "inductor exploded" in warning
+    assert "running eager" in warning and "\n" not in warning
+    with torch.no_grad():
+        assert torch.equal(engine(x), model(x))
+
+
+def test_relative_error():
+    a = torch.tensor([[1.0, -2.0, 4.0]])
+    assert relative_error(a, a) == 0.0
+    assert relative_error(a + 0.4, a) == pytest.approx(0.1)
+    assert relative_error(a[:, :2], a) == float("inf")
+    assert relative_error(torch.full_like(a, float("nan")), a) == float("inf")
+
+
+# --- tensorrt backend without TensorRT ------------------------------------------------------
+
+
+def test_tensorrt_without_torch_tensorrt_or_gpu(no_cuda, fresh_import, monkeypatch):
+    real_find_spec = tensorrt.importlib.util.find_spec
+    monkeypatch.setattr(
+        tensorrt.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "torch_tensorrt" else real_find_spec(name, *a),
+    )
+    model = models.create("x3d_xs")
+    with pytest.raises(engines.EngineError) as err:
+        engines.create(model, model.example_inputs(), backend="tensorrt")
+    line = _one_line(err.value)
+    assert "avstream[tensorrt]" in line and "NVIDIA GPU" in line and "--engine torch" in line
+
+
+def test_tensorrt_installed_but_no_gpu(no_cuda, fresh_import, fake_torch_tensorrt):
+    fake_torch_tensorrt("__version__ = '2.14.0'\n")
+    model = models.create("x3d_xs")
+    with pytest.raises(engines.EngineError) as err:
+        engines.create(model, model.example_inputs(), backend="tensorrt")
+    line = _one_line(err.value)
+    assert "needs an NVIDIA GPU" in line and "--engine torch" in line
+
+
+def test_tensorrt_import_raising_plain_exception(fresh_import, fake_torch_tensorrt, monkeypatch):
+    # What torch-tensorrt does without TensorRT libraries or a driver.
+    fake_torch_tensorrt("raise Exception('libnvinfer.so.11: cannot open shared object file')\n")
+    _pretend_gpu(monkeypatch)
+    model = models.create("x3d_xs")
+    with pytest.raises(engines.EngineError) as err:
+        engines.create(model, model.example_inputs(), backend="tensorrt")
+    line = _one_line(err.value)
+    assert "does not import" in line and "libnvinfer" in line and "avstream[tensorrt]" in line
+    backend, reason = engines.pick_backend()
+    assert backend == "torch" and "Pretend GPU" in reason and "does not import" in reason
+
+
+def test_auto_picks_tensorrt_when_it_imports_on_a_gpu(
+    fresh_import, fake_torch_tensorrt, monkeypatch
+):
+    fake_torch_tensorrt("__version__ = '2.14.0'\n")
+    _pretend_gpu(monkeypatch)
+    assert engines.pick_backend() == ("tensorrt", "TensorRT on Pretend GPU (torch-tensorrt 2.14.0)")
+    backend, reason = engines.pick_backend(precision="bf16")
+    assert backend == "torch" and "bf16" in reason
+    assert engines.pick_backend("cpu")[0] == "torch"
+
+
+def test_tensorrt_argument_errors():
+    model = models.create("x3d_xs")
+    for kwargs, expected in (
+        ({"device": "cpu"}, "--engine torch"),
+        ({"precision": "bf16"}, "fp16 or fp32"),
+        ({"device": "gpu0"}, "not a device"),
+    ):
+        with pytest.raises(engines.EngineError) as err:
+            engines.create(model, model.example_inputs(), backend="tensorrt", **kwargs)
+        assert expected in _one_line(err.value)
+
+
+# --- Cache key --------------------------------------------------------------------------------
+
+_KEY = EngineKey(
+    model="x3d_xs",
+    weights="3f1e2d4c5b6a7988",
+    input_shapes=((1, 3, 4, 160, 160),),
+    precision="fp16",
+    gpu="NVIDIA H100 80GB HBM3 sm_90",
+    torch="2.14.1+cu130",
+    torch_tensorrt="2.14.0",
+    tensorrt="11.1.0",
+)
+_OTHER = {
+    "model": "x3d_s",
+    "weights": "init-0123456789abcdef",
+    "input_shapes": ((1, 3, 13, 160, 160),),
+    "precision": "fp32",
+    "gpu": "NVIDIA L4 sm_89",
+    "torch": "2.14.2+cu130",
+    "torch_tensorrt": "2.14.1",
+    "tensorrt": "11.1.1",
+}
+
+
+def test_cache_key_is_stable_and_readable():
+    assert dataclasses.replace(_KEY).stem == _KEY.stem
+    assert _KEY.stem.startswith("x3d_xs-fp16-") and len(_KEY.stem) == len("x3d_xs-fp16-") + 16
+    assert EngineKey(**{**dataclasses.asdict(_KEY), "model": "a/b c"}).stem.startswith("a_b_c-")
+
+
+@pytest.mark.parametrize("component", [f.name for f in dataclasses.fields(EngineKey)])
+def test_cache_key_changes_with_each_component(component):
+    assert set(_OTHER) == {f.name for f in dataclasses.fields(EngineKey)}
+    changed = dataclasses.replace(_KEY, **{component: _OTHER[component]})
+    assert changed.digest != _KEY.digest
+    assert changed.stem != _KEY.stem
+
+
+def test_weights_digest():
+    model = models.create("x3d_xs")
+    first = weights_digest(model)
+    assert first.startswith("init-") and first == weights_digest(model)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1.0
+    assert weights_digest(model) != first
+    model.weights_id = "abc123"
+    assert weights_digest(model) == "abc123"
+
+
+def test_layer_norm_stays_fp32_in_a_reduced_precision_graph():
+    from engines.tensorrt_ops import check_model
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    model = model.to(torch.bfloat16)
+    tensorrt._fp32_layer_norms(model, torch.bfloat16)
+    assert model[1].weight.dtype == torch.float32 and model[0].weight.dtype == torch.bfloat16
+    x = torch.randn(2, 8, dtype=torch.bfloat16)
+    assert model(x).dtype == torch.bfloat16
+    report = check_model(model, (x,))
+    assert report.ok, report.summary()
+    assert report.ops["torch.ops.aten._to_copy.default"] == 2  # into and out of fp32
+
+
+# --- Load or build, check, serve: driven on the CPU with a stand-in torch-tensorrt -------
+
+
+class _StandInTorchTensorRT:
+    """The torch-tensorrt calls the engine makes, done in plain PyTorch: `compile` returns the
+    exported program's module, save/load go through torch.export; `shift` is added to the
+    outputs of what compile (`shift`) or load (`load_shift`) return. Counts the builds."""
+
+    __version__ = "2.14.0"
+    __tensorrt_version__ = "11.1.0"
+
+    def __init__(self, shift: float = 0.0, load_shift: float = 0.0, fail: bool = False):
+        self.builds = 0
+        self.options: dict = {}
+        self.load_shift = load_shift
+        stand_in = self
+
+        class dynamo:  # mirrors torch_tensorrt.dynamo
+            @staticmethod
+            def compile(program, **options):
+                stand_in.builds += 1
+                stand_in.options = options
+                if fail:
+                    raise RuntimeError("no converter for aten.weird.default\nmore detail")
+                return _Shifted(program.module(), shift)
+
+        self.dynamo = dynamo
+
+    @staticmethod
+    def save(module, path, output_format, arg_inputs):
+        assert output_format == "exported_program"
+        torch.export.save(torch.export.export(module, tuple(arg_inputs)), path)
+
+    def load(self, path):
+        program = torch.export.load(path)
+        return _Program(_Shifted(program.module(), self.load_shift))
+
+
+class _Shifted(torch.nn.Module):
+    def __init__(self, module, shift: float):
+        super().__init__()
+        self.module = module
+        self.shift = shift
+
+    def forward(self, x):
+        return self.module(x) + self.shift
+
+
+class _Program:  # what torch_tensorrt.load returns: has .module()
+    def __init__(self, module):
+        self._module = module
+
+    def module(self):
+        return self._module
+
+
+class _Tiny(torch.nn.Module):
+    """A registered model's interface (meta.name, example_inputs, weights_id), small enough
+    to export and save in a fraction of a second."""
+
+    class meta:  # stands in for ModelMeta
+        name = "tiny"
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = torch.nn.Conv3d(3, 8, 3)
+        self.head = torch.nn.Linear(8, 5)
+        self.weights_id = None
+
+    def example_inputs(self):
+        return (torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0)),)
+
+    def forward(self, x):
+        return self.head(self.conv(x).relu().mean((2, 3, 4)))
+
+
+def _serve(stand_in, model, cache_dir, tolerance=1e-3):
+    return tensorrt._serve(
+        stand_in,
+        model,
+        model.example_inputs(),
+        device=torch.device("cpu"),
+        gpu="Stand-in GPU sm_00",
+        precision="fp32",
+        cache_dir=cache_dir,
+        tolerance=tolerance,
+        compile=None,
+        cudagraphs=None,
+    )
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_build_save_then_load_without_building(tmp_path, caplog):
+    stand_in = _StandInTorchTensorRT()
+    model = _Tiny()
+    with torch.no_grad():
+        expected = model(*model.example_inputs())
+    with caplog.at_level(logging.INFO, logger="engines"):
+        first = _serve(stand_in, model, tmp_path)
+    assert first.name == "tensorrt-fp32" and stand_in.builds == 1
+    assert "enabled_precisions" not in stand_in.options
+    (saved,) = tmp_path.glob("tiny-fp32-*.pt2")
+    assert json.loads(saved.with_suffix(".json").read_text())["gpu"] == "Stand-in GPU sm_00"
+    messages = "\n".join(caplog.messages)
+    for step in ("building it once", "step 1/3", "step 2/3", "built tiny fp32 in", "step 3/3"):
+        assert step in messages
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="engines"):
+        second = _serve(stand_in, _Tiny(), tmp_path)
+    assert stand_in.builds == 1  # loaded, not built
+    assert any("loaded the cached tiny fp32 engine" in m for m in caplog.messages)
+    assert torch.allclose(second(*model.example_inputs()), expected, atol=1e-6)
+    _serve(stand_in, _Tiny(seed=3), tmp_path)  # other weights: another key
+    assert stand_in.builds == 2
+
+
+def test_disagreeing_engine_falls_back_and_is_not_cached(tmp_path, caplog):
+    stand_in = _StandInTorchTensorRT(shift=1.0)
+    with caplog.at_level(logging.WARNING, logger="engines"):
+        engine = _serve(stand_in, _Tiny(), tmp_path)
+    assert engine.name == "torch-cpu"
+    (warning,) = _warnings(caplog)
+    assert (
+        "tiny fp32 disagrees with PyTorch" in warning and "serving PyTorch (torch-cpu)" in warning
+    )
+    assert not list(tmp_path.glob("*.pt2"))
+
+
+def test_tolerance_zero(tmp_path):
+    # The stand-in's engine is PyTorch's own module: bit-identical, so tolerance 0 passes;
+    # any difference at all fails it.
+    assert (
+        _serve(_StandInTorchTensorRT(), _Tiny(), tmp_path / "a", tolerance=0.0).name
+        == "tensorrt-fp32"
+    )
+    shifted = _StandInTorchTensorRT(shift=1e-4)
+    assert _serve(shifted, _Tiny(), tmp_path / "b", tolerance=0.0).name == "torch-cpu"
+
+
+def test_cached_engine_that_disagrees_is_dropped(tmp_path, caplog):
+    _serve(_StandInTorchTensorRT(), _Tiny(), tmp_path)
+    stale = _StandInTorchTensorRT(load_shift=1.0)
+    with caplog.at_level(logging.WARNING, logger="engines"):
+        assert _serve(stale, _Tiny(), tmp_path).name == "torch-cpu"
+    assert stale.builds == 0 and "disagrees" in _warnings(caplog)[0]
+    assert not list(tmp_path.glob("*.pt2"))  # so the next start builds afresh
+    fresh = _StandInTorchTensorRT()
+    assert _serve(fresh, _Tiny(), tmp_path).name == "tensorrt-fp32" and fresh.builds == 1
+
+
+def test_build_failure_falls_back(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="engines"):
+        engine = _serve(_StandInTorchTensorRT(fail=True), _Tiny(), tmp_path)
+    assert engine.name == "torch-cpu"
+    (warning,) = _warnings(caplog)
+    assert (
+        "building tiny fp32 failed (RuntimeError: no converter for aten.weird.default)" in warning
+    )
+    assert "\n" not in warning
+
+
+def test_broken_cache_file_is_rebuilt(tmp_path, caplog):
+    stand_in = _StandInTorchTensorRT()
+    _serve(stand_in, _Tiny(), tmp_path)
+    (saved,) = tmp_path.glob("*.pt2")
+    saved.write_bytes(b"not a program")
+    with caplog.at_level(logging.WARNING, logger="engines"):
+        engine = _serve(stand_in, _Tiny(), tmp_path)
+    assert engine.name == "tensorrt-fp32" and stand_in.builds == 2
+    assert any("cannot load" in m and "building again" in m for m in _warnings(caplog))
+
+
+@pytest.mark.parametrize(
+    "version, explicit", [("2.9.0", False), ("2.10.0", True), ("2.14.0", True)]
+)
+def test_fp16_build_follows_the_release(version, explicit):
+    """Half model and inputs on every release; enabled_precisions only before explicit typing (2.10)."""
+    stand_in = _StandInTorchTensorRT()
+    stand_in.__version__ = version
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)).half()
+    x = torch.randn(2, 8).half()
+    tensorrt._build(stand_in, model, (x,), device=torch.device("cpu"), precision="fp16", what="t")
+    assert ("enabled_precisions" in stand_in.options) != explicit
+    assert all(t.dtype == torch.float16 for t in stand_in.options["arg_inputs"])
+    assert model[1].weight.dtype == torch.float16  # the served model is left alone
+
+
+# --- On a GPU ---------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_tensorrt = pytest.mark.skipif(
+    tensorrt.unavailable_reason() is not None,
+    reason=f"needs torch-tensorrt on a CUDA GPU ({tensorrt.unavailable_reason()})",
+)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_torch_cuda_compiled_with_cuda_graphs():
+    model = _perturbed()
+    inputs = model.example_inputs()
+    reference = TorchEngine(_perturbed(), inputs, device="cuda", compile=False, cudagraphs=False)
+    engine = engines.create(model, inputs, backend="torch", device="cuda")
+    assert engine.name == "torch-cuda-fp16" and engine.dtype == torch.float16
+    assert engine.mode == "compiled+cudagraphs"
+    other = torch.randn_like(inputs[0])
+    first = engine(*inputs)  # from the host: pinned buffer, non-blocking copy
+    snapshot = first.clone()
+    second = engine(other.cuda())  # already on the device
+    assert first.device.type == "cuda" and first.dtype == torch.float32
+    # The CUDA graph's output buffer is overwritten by each replay: results must be copies.
+    assert torch.equal(first, snapshot) and not torch.equal(first, second)
+    assert relative_error(first, reference(*inputs)) <= TOLERANCE["fp16"]
+    assert relative_error(second, reference(other)) <= TOLERANCE["fp16"]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_torch_cuda_captured_graph_without_compile(precision):
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("no bfloat16 on this GPU")
+    model = _perturbed()
+    inputs = model.example_inputs()
+    with torch.no_grad():
+        expected = model(*inputs)
+    engine = TorchEngine(
+        model, inputs, device="cuda", precision=precision, compile=False, cudagraphs=True
+    )
+    assert engine.mode == "cudagraphs" and engine.name == f"torch-cuda-{precision}"
+    assert relative_error(engine(*inputs), expected) <= TOLERANCE[precision]
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_tensorrt_compiles_and_matches_torch_fp16(tmp_path, caplog):
+    model = _perturbed()
+    inputs = model.example_inputs()
+    reference = TorchEngine(
+        _perturbed(), inputs, device="cuda", precision="fp16", compile=False, cudagraphs=False
+    )
+    with caplog.at_level(logging.INFO, logger="engines"):
+        engine = engines.create(model, inputs, backend="tensorrt", cache_dir=tmp_path)
+    assert engine.name == "tensorrt-fp16" and engine.dtype == torch.float16
+    assert any("built x3d_xs fp16 in" in m for m in caplog.messages)
+    other = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(5))
+    assert relative_error(engine(other), reference(other)) <= TOLERANCE["fp16"]
+    assert len(list(tmp_path.glob("x3d_xs-fp16-*.pt2"))) == 1
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_tensorrt_cache_reuse(tmp_path, caplog):
+    inputs = _perturbed().example_inputs()
+    t0 = time.perf_counter()
+    first = engines.create(
+        _perturbed(), inputs, backend="tensorrt", cache_dir=tmp_path, compile=False
+    )
+    build_s = time.perf_counter() - t0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="engines"):
+        t0 = time.perf_counter()
+        second = engines.create(
+            _perturbed(), inputs, backend="tensorrt", cache_dir=tmp_path, compile=False
+        )
+        load_s = time.perf_counter() - t0
+    assert first.name == second.name == "tensorrt-fp16"
+    assert any("loaded the cached" in m for m in caplog.messages)
+    assert not any("building" in m or "compiling" in m for m in caplog.messages)
+    assert load_s < build_s
+    assert relative_error(second(*inputs), first(*inputs)) <= TOLERANCE["fp16"]
+    # Other weights: another key, so a build.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="engines"):
+        engines.create(
+            _perturbed(seed=7), inputs, backend="tensorrt", cache_dir=tmp_path, compile=False
+        )
+    assert any("building it once" in m for m in caplog.messages)
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_tensorrt_falls_back_to_torch_when_parity_fails(tmp_path, caplog):
+    model = _perturbed()
+    with caplog.at_level(logging.WARNING, logger="engines"):
+        engine = engines.create(
+            model,
+            model.example_inputs(),
+            backend="tensorrt",
+            cache_dir=tmp_path,
+            tolerance=0.0,
+            compile=False,
+        )
+    assert engine.name == "torch-cuda-fp16"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "disagrees with PyTorch" in warning and "serving PyTorch (torch-cuda-fp16)" in warning
+    assert not list(tmp_path.glob("*.pt2"))  # an engine that failed its check is not cached

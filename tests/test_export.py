@@ -1,0 +1,139 @@
+"""What can be proven about the TensorRT path without a GPU: every registered model exports
+with torch.export at its static example shapes, and its lowered graph uses only operators
+torch-tensorrt converts (engines/tensorrt_ops.py). Export traces with fake tensors: the
+models are built but never run."""
+
+from __future__ import annotations
+
+import re
+import runpy
+
+import pytest
+import torch
+
+import models
+from engines import _trt_ops_data, tensorrt_ops
+from engines.tensorrt_ops import check_model
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_model_exports_and_every_op_converts(name):
+    model = models.create(name)
+    report = check_model(model, model.example_inputs(), name)
+    assert report.export_error is None, report.summary()
+    assert report.ops, f"{name}: the lowered graph has no operators"
+    assert report.ok, report.summary()
+
+
+class _FFT(torch.nn.Module):
+    """aten._fft_r2c: no converter in torch-tensorrt, and nobody decomposes it."""
+
+    def forward(self, x):
+        return torch.fft.rfft(x).abs()
+
+
+def test_checker_catches_an_op_without_converter():
+    report = check_model(_FFT(), (torch.randn(1, 3, 8),))
+    assert report.export_error is None
+    assert not report.ok
+    assert set(report.unsupported) == {"torch.ops.aten._fft_r2c.default"}
+    assert report.unsupported["torch.ops.aten._fft_r2c.default"] == {"no converter"}
+    assert report.ops["torch.ops.aten.abs.default"] == 1  # seen, and convertible
+    assert "aten._fft_r2c.default" in report.summary()
+
+
+def test_checker_repeats_converter_argument_checks():
+    # avg_pool with ceil_mode=True has a converter, whose validator refuses it.
+    pool = torch.nn.Sequential(torch.nn.AvgPool3d(2, ceil_mode=True))
+    report = check_model(pool, (torch.randn(1, 2, 5, 5, 5),))
+    assert report.unsupported == {"torch.ops.aten.avg_pool3d.default": {"ceil_mode=True"}}
+    ok = check_model(torch.nn.Sequential(torch.nn.AvgPool3d(2)), (torch.randn(1, 2, 5, 5, 5),))
+    assert ok.ok, ok.summary()
+
+
+class _OwnDecompositions(torch.nn.Module):
+    """silu and view: torch-tensorrt decomposes them itself (no converter of their own)."""
+
+    def forward(self, x):
+        return torch.nn.functional.silu(x).view(-1)
+
+
+def test_ops_torch_tensorrt_decomposes_itself_pass():
+    report = check_model(_OwnDecompositions(), (torch.randn(2, 3),))
+    assert report.ok, report.summary()
+    assert report.trt_decomposed["torch.ops.aten.silu.default"] == 1
+    assert "torch.ops.aten.silu.default" not in _trt_ops_data.CONVERTERS
+
+
+class _MaxPoolAndConstants(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pool = torch.nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
+        self.scale = torch.nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        # A function of a parameter only: folded at build time, needs no converter (i0 has none).
+        scale = torch.special.i0(self.scale)
+        return self.pool(x) * scale.view(1, 2, 1, 1, 1)
+
+
+def test_max_pool_indices_and_constant_subgraphs():
+    report = check_model(_MaxPoolAndConstants(), (torch.randn(1, 2, 4, 8, 8),))
+    assert report.ok, report.summary()
+    assert report.ops == {"torch.ops.aten.max_pool3d.default": 1, "torch.ops.aten.mul.Tensor": 1}
+    assert report.folded["torch.ops.aten.i0.default"] == 1
+    assert "torch.ops.aten.i0.default" not in _trt_ops_data.CONVERTERS
+
+
+class _DataDependent(torch.nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
+
+
+def test_export_failure_is_reported():
+    report = check_model(_DataDependent(), (torch.randn(3),))
+    assert not report.ok
+    assert report.export_error and "\n" not in report.export_error
+    assert "torch.export failed" in report.summary()
+
+
+def test_op_tables_match_this_torch():
+    """torch-tensorrt X.Y is built for torch X.Y: after a torch upgrade, regenerate the
+    tables (`python -m engines.tensorrt_ops regenerate WHEEL`) for the matching release."""
+    release = tuple(int(p) for p in re.findall(r"\d+", torch.__version__)[:2])
+    assert tuple(int(p) for p in _trt_ops_data.VERSION.split(".")[:2]) == release
+    unknown = [
+        name
+        for name in _trt_ops_data.CONVERTERS
+        if name.startswith(("torch.ops.aten.", "torch.ops.prims."))
+        and not tensorrt_ops._resolve(name)
+    ]
+    for group in (
+        _trt_ops_data.ENABLED_TORCH_DECOMPOSITIONS,
+        _trt_ops_data.DISABLED_TORCH_DECOMPOSITIONS,
+        _trt_ops_data.TORCH_TRT_DECOMPOSITIONS,
+        _trt_ops_data.ATTENTION_DECOMPOSITIONS,
+    ):
+        unknown += [name for name in group if not tensorrt_ops._resolve(name)]
+    assert not unknown
+
+
+def test_data_module_round_trip(tmp_path):
+    facts = {
+        "version": "9.9.0",
+        "source": "torch_tensorrt-9.9.0.whl",
+        "converters": {
+            "torch.ops.aten.add.Tensor": ("",),
+            "operator.getitem": ("getitem_validator",),
+        },
+        "enabled": ["aten.addcdiv"],
+        "disabled": ["aten.linear.default"],
+        "own": ["aten.silu.default"],
+        "attention": ["aten.scaled_dot_product_attention.default"],
+    }
+    path = tmp_path / "data.py"
+    tensorrt_ops.write_data_module(facts, path)
+    namespace = runpy.run_path(str(path))
+    assert namespace["VERSION"] == "9.9.0"
+    assert namespace["CONVERTERS"] == facts["converters"]
+    assert namespace["TORCH_TRT_DECOMPOSITIONS"] == ("aten.silu.default",)
