@@ -198,7 +198,7 @@ def summarise(preds: list, statuses: list, rss_cpu: tuple[dict, dict], *, model:
     c2s = (recv - t["capture_ns"]) / 1e6
     overhead = c2p - engine_ms
     minutes = (t["capture_ns"] - (t["capture_ns"][0] if len(rows) else 0)) / 60e9
-    slope = float(np.polyfit(minutes, c2p, 1)[0]) if len(rows) >= 3 and minutes[-1] > 0 else None
+    slope = float(np.polyfit(minutes, c2p, 1)[0]) if len(rows) >= 2 and minutes[-1] > 0 else None
     frames = np.array([m.body["window"]["frames"] for m in rows], dtype=np.float64)
     read_per_frame = np.array([m.body.get("stages_ms", {}).get("ring_read", np.nan) for m in rows]) / np.maximum(frames, 1)
     videos = [s.body["sources"]["video"] for s in statuses if s.body["state"] == "running"]
