@@ -313,7 +313,7 @@ class InferenceLoop:
 
         cfg, meta = self.cfg, self.meta
         read_end_ns = time.monotonic_ns()
-        inputs = self.preprocess(window.clips)
+        inputs = self.preprocess(window.clips, window.seqs)
         stages = {"ring_read": window.read_ns / 1e6, "preprocess": (time.monotonic_ns() - read_end_ns) / 1e6}
         degraded: list[str] = []
         if window.max_gap_ns > self.gap_limit_ns:  # frames missing inside the window

@@ -49,8 +49,27 @@ class Preprocessor:
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = -mean_t / std_t
 
-    def __call__(self, clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, ...]:
-        return tuple(self.clip(c) for c in clips)
+    def __call__(
+        self, clips: Sequence[np.ndarray], seqs: Sequence[np.ndarray] | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """One tensor per pathway. With the frames' ring sequence numbers, a pathway whose
+        frames all appear in the longest one (SlowFast's slow in its fast) is gathered
+        from that one's result instead of being preprocessed again."""
+        if seqs is None or len(clips) == 1:
+            return tuple(self.clip(c) for c in clips)
+        longest = max(range(len(clips)), key=lambda i: len(seqs[i]))
+        base = self.clip(clips[longest])
+        where = {int(s): j for j, s in enumerate(seqs[longest])}
+        out = []
+        for i, clip in enumerate(clips):
+            idx = [where.get(int(s)) for s in seqs[i]]
+            if i == longest:
+                out.append(base)
+            elif None in idx:
+                out.append(self.clip(clip))
+            else:
+                out.append(base[:, :, idx].contiguous())  # (1, 3, T_i, crop, crop)
+        return tuple(out)
 
     @torch.inference_mode()
     def clip(self, frames: np.ndarray) -> torch.Tensor:

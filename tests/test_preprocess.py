@@ -50,3 +50,18 @@ def test_short_side_size_and_bad_input():
         Preprocessor(short_side=100, crop=160, mean=(0,) * 3, std=(1,) * 3)
     with pytest.raises(ValueError):
         Preprocessor(short_side=182, crop=160, mean=(0,) * 3, std=(1,) * 3).clip(np.zeros((4, 8, 8), np.uint8))
+
+
+def test_shared_frames_are_preprocessed_once_and_gathered():
+    rng = np.random.default_rng(3)
+    fast = rng.integers(0, 256, size=(8, 60, 80, 3), dtype=np.uint8)
+    fast_seqs = np.arange(100, 108)
+    slow_seqs = fast_seqs[[0, 3, 7]]
+    slow = fast[[0, 3, 7]]
+    pre = Preprocessor(short_side=48, crop=48, mean=(0.45,) * 3, std=(0.225,) * 3)
+    s, f = pre([slow, fast], [slow_seqs, fast_seqs])
+    torch.testing.assert_close(s, pre.clip(slow))
+    torch.testing.assert_close(f, pre.clip(fast))
+    other = np.array([100, 999, 107])  # not a subset: preprocessed on its own
+    s2, _ = pre([slow, fast], [other, fast_seqs])
+    torch.testing.assert_close(s2, pre.clip(slow))
