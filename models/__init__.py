@@ -10,6 +10,9 @@
 sampling interval, crop, resize, mean/std) and what its outputs mean (labels).
 """
 
+from models import motionformer as _motionformer  # noqa: F401
+from models import mvit as _mvit  # noqa: F401
+from models import slowfast as _slowfast  # noqa: F401
 from models import x3d as _x3d  # noqa: F401  (registers the X3D variants)
 from models._registry import (
     AudioInput,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -125,7 +126,10 @@ class _Entry:
     # (num_classes, **options) -> model in train mode with `.meta` set.
     build: Callable[..., nn.Module]
     # checkpoint state dict -> (state dict in the model's layout, build options); options
-    # may hold `num_classes` read from the checkpoint's head. Raises ValueError.
+    # may hold `num_classes` read from the checkpoint's head, and `fresh_prefixes`: key
+    # prefixes of the model that this checkpoint may lack because it holds only part of
+    # the network (SlowFast weights for AVSlowFast's visual pathways); `create` leaves
+    # those tensors as initialised and warns. Raises ValueError.
     adapt: Callable[[dict[str, torch.Tensor]], tuple[dict[str, torch.Tensor], dict[str, Any]]]
     # File name of the official Kinetics-400 checkpoint under the zoo base URL.
     zoo_file: str | None
@@ -206,6 +210,7 @@ def create(
     except ValueError as exc:
         raise WeightsError(f"cannot use weights {source} for {name}: {exc}") from None
     ckpt_classes = options.pop("num_classes", None)
+    fresh_prefixes = tuple(options.pop("fresh_prefixes", ()))
     if num_classes is not None and ckpt_classes is not None and num_classes != ckpt_classes:
         raise WeightsError(
             f"weights {source} have a {ckpt_classes}-class head but num_classes={num_classes} "
@@ -213,6 +218,16 @@ def create(
             f"or pass a checkpoint with {num_classes} classes"
         )
     model = entry.build(num_classes=ckpt_classes or num_classes or KINETICS400_CLASSES, **options)
-    _weights.load_strict(model, state, source=source, name=name)
+    fresh = _weights.load_strict(
+        model, state, source=source, name=name, fresh_prefixes=fresh_prefixes
+    )
+    if fresh:
+        # A partial checkpoint is a start for fine-tuning, not a usable model: say so loudly.
+        warnings.warn(
+            f"weights {source} initialise {name} only in part: {len(fresh)} tensors under "
+            f"{', '.join(fresh_prefixes)} are newly initialised ({_weights._names(fresh)}); "
+            f"train them before use",
+            stacklevel=2,
+        )
     model.weights_id = weights_id
     return model.eval()

@@ -56,8 +56,13 @@ def resolve(
             raise WeightsError(
                 f"{model} has no official {ZOO_KEYWORD} checkpoint; pass a checkpoint path or URL"
             )
-        base = os.environ.get("AVSTREAM_WEIGHTS_BASE_URL") or ZOO_BASE_URL
-        spec = base.rstrip("/") + "/" + zoo_file
+        base = os.environ.get("AVSTREAM_WEIGHTS_BASE_URL")
+        if zoo_file.startswith(("http://", "https://")):
+            # A family hosted elsewhere (torchvision's MViT): a full URL. The override
+            # still applies: a mirror holds the file under the same name.
+            spec = zoo_file if not base else base.rstrip("/") + "/" + zoo_file.rsplit("/", 1)[1]
+        else:
+            spec = (base or ZOO_BASE_URL).rstrip("/") + "/" + zoo_file
     if spec.startswith(("http://", "https://")):
         path = download(spec)
         return path, f"{spec} (cached as {path})"
@@ -221,14 +226,24 @@ def read_state_dict(path: Path, source: str) -> tuple[dict[str, torch.Tensor], s
 
 
 def load_strict(
-    model: nn.Module, state: dict[str, torch.Tensor], *, source: str, name: str
-) -> None:
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    name: str,
+    fresh_prefixes: tuple[str, ...] = (),
+) -> list[str]:
     """Load `state` so that every checkpoint tensor lands and every model tensor is set.
 
     BatchNorm's `num_batches_tracked` counters may be absent (they do not affect eval).
+    Model tensors whose keys start with one of `fresh_prefixes` may be absent too (a
+    checkpoint of part of the network): they keep their initialisation and their keys are
+    returned; everything else stays strict.
     """
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
+    absent = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
+    fresh = [k for k in absent if fresh_prefixes and k.startswith(fresh_prefixes)]
+    missing = [k for k in absent if not (fresh_prefixes and k.startswith(fresh_prefixes))]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
         (k, tuple(state[k].shape), tuple(v.shape))
@@ -253,6 +268,7 @@ def load_strict(
             mismatched=mismatched,
         )
     model.load_state_dict(state, strict=False)
+    return fresh
 
 
 def _names(items: list[str]) -> str:

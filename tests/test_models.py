@@ -13,9 +13,25 @@ from models import x3d
 from models._registry import register
 
 NAMES = models.available()
+X3D_NAMES = [name for name in NAMES if name.startswith("x3d_")]
 
 # Parameters with the 400-class head (pytorchvideo's create_x3d gives the same counts).
 PARAMS = {"x3d_xs": 3_794_274, "x3d_s": 3_794_274, "x3d_m": 3_794_274, "x3d_l": 6_153_384}
+# torchvision's MViT_V1_B_Weights / MViT_V2_S_Weights meta "num_params".
+PARAMS.update({"mvit_v1_b": 36_610_672, "mvit_v2_s": 34_537_744})
+# The official Motionformer checkpoints hold 109,144,720 (b, hr); less their unused 2-D
+# patch embedding (768x3x16x16 + 768 = 590,592). The L variant's temporal table has 16
+# rows instead of 8 (+8x768).
+PARAMS.update(
+    {
+        "motionformer_b": 108_554_128,
+        "motionformer_b_hr": 108_554_128,
+        "motionformer_b_l": 108_560_272,
+    }
+)
+# SlowFast 8x8 R50: pytorchvideo's hub slowfast_r50 (the issue's count); AVSlowFast adds
+# the audio pathway, A->FS fusions after res3/res4 and the sync head (tests/test_slowfast.py).
+PARAMS.update({"slowfast_r50": 34_566_488, "avslowfast_r50": 41_581_144})
 # PySlowFast's extra BatchNorm on the first stage's shortcut: weight and bias of 24 channels.
 SHORTCUT_NORM_PARAMS = 48
 
@@ -37,13 +53,15 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_available_is_sorted_zoo():
-    assert NAMES == ["x3d_l", "x3d_m", "x3d_s", "x3d_xs"]
+    # Every registered model has its parameter count here, and nothing else does.
+    assert NAMES == sorted(PARAMS)
 
 
 def test_unknown_model_lists_choices():
     with pytest.raises(models.UnknownModelError) as info:
         models.create("foo")
-    assert str(info.value) == "unknown model 'foo': choose one of x3d_l, x3d_m, x3d_s, x3d_xs"
+    assert str(info.value) == f"unknown model 'foo': choose one of {', '.join(NAMES)}"
+    assert "x3d_l, x3d_m, x3d_s, x3d_xs" in str(info.value)
     assert isinstance(info.value, models.ModelError)
 
 
@@ -67,7 +85,7 @@ def test_param_count(name):
     assert model.weights_id is None
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", X3D_NAMES)
 def test_shortcut_norm_adds_pyslowfast_params(name):
     model = x3d._build(name, 400, shortcut_norm=True)
     assert sum(p.numel() for p in model.parameters()) == PARAMS[name] + SHORTCUT_NORM_PARAMS
@@ -76,18 +94,21 @@ def test_shortcut_norm_adds_pyslowfast_params(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_output_shape(name):
     model = models.create(name)
-    (clip,) = model.example_inputs(batch=2)
+    inputs = model.example_inputs(batch=2)
     meta = model.meta
-    frames = meta.video[0].frames
-    assert clip.shape == (2, 3, frames, meta.crop, meta.crop)
-    assert clip.dtype == torch.float32
+    # One clip per video pathway in meta.video's order, then the log-mel window if any.
+    shapes = [(2, 3, video.frames, meta.crop, meta.crop) for video in meta.video]
+    if meta.audio is not None:
+        shapes.append((2, 1, meta.audio.frames, meta.audio.n_mels))
+    assert [tuple(x.shape) for x in inputs] == shapes
+    assert all(x.dtype == torch.float32 for x in inputs)
     with torch.no_grad():
-        logits = model(clip)
+        logits = model(*inputs)
     assert logits.shape == (2, 400)
     assert torch.isfinite(logits).all()
     # Batch items are independent (eval-mode BatchNorm).
     with torch.no_grad():
-        single = model(clip[1:])
+        single = model(*(x[1:] for x in inputs))
     torch.testing.assert_close(single[0], logits[1], rtol=1e-4, atol=1e-5)
 
 
@@ -101,12 +122,14 @@ def test_meta(name):
     with pytest.raises(dataclasses.FrozenInstanceError):
         meta.crop = 1
     assert meta.name == name
-    assert len(meta.video) == 1 and isinstance(meta.video[0], models.VideoInput)
-    assert meta.video[0] == models.VideoInput(cfg.frames, cfg.interval_s)
-    assert meta.span_s == pytest.approx((cfg.frames - 1) * cfg.interval_s)
-    assert meta.crop == meta.short_side == cfg.test_crop
-    assert meta.crop >= cfg.train_crop
-    assert meta.mean == (0.45, 0.45, 0.45) and meta.std == (0.225, 0.225, 0.225)
+    assert meta.video and all(isinstance(v, models.VideoInput) for v in meta.video)
+    if len(meta.video) == 1:  # one pathway: the config's clip (SlowFast: test_slowfast.py)
+        assert meta.video[0] == models.VideoInput(cfg.frames, cfg.interval_s)
+        assert meta.span_s == pytest.approx((cfg.frames - 1) * cfg.interval_s)
+        assert meta.crop >= cfg.train_crop
+    if name in X3D_NAMES:  # other families check their meta against their references
+        assert meta.crop == meta.short_side == cfg.test_crop
+        assert meta.mean == (0.45, 0.45, 0.45) and meta.std == (0.225, 0.225, 0.225)
     assert len(meta.labels) == 400 and len(set(meta.labels)) == 400
     assert meta.labels[0] == "abseiling" and meta.labels[-1] == "zumba"
     hash(meta)  # frozen and hashable: usable as a cache key
@@ -135,17 +158,20 @@ def test_labels_match_torchvision():
 @pytest.mark.parametrize("name", NAMES)
 def test_wrong_input_shape_raises(name):
     model = models.create(name)
-    (clip,) = model.example_inputs()
+    clip, *rest = model.example_inputs()  # the first video pathway, the other inputs
     cfg = model.cfg
     with torch.no_grad():
         with pytest.raises(ValueError, match="expects"):
-            model(clip[0])  # no batch dimension
+            model(clip[0], *rest)  # no batch dimension
         with pytest.raises(ValueError, match="expects"):
-            model(clip[:, :2])  # two channels
-        with pytest.raises(ValueError, match="needs at least"):
+            model(clip[:, :2], *rest)  # two channels
+        if rest:  # several inputs (SlowFast: any crop; frame counts in test_slowfast.py)
+            return
+        # X3D needs at least its head pool's extent; the transformers' token grid is fixed.
+        with pytest.raises(ValueError, match="needs (at least|exactly)"):
             model(clip[:, :, : cfg.frames - 1])  # shorter than the head's pool
         small = (math.ceil(cfg.train_crop / 32) - 1) * 32
-        with pytest.raises(ValueError, match="needs at least"):
+        with pytest.raises(ValueError, match="needs (at least|exactly)"):
             model(clip[..., :small, :small])
 
 
@@ -162,12 +188,14 @@ def test_longer_clip_is_averaged_over_positions():
 def test_export(name):
     model = models.create(name)
     batch = torch.export.Dim("batch", min=1, max=64)
-    program = torch.export.export(model, model.example_inputs(2), dynamic_shapes=({0: batch},))
-    (clip,) = model.example_inputs(batch=1)  # another batch size than exported with
+    inputs = model.example_inputs(2)
+    program = torch.export.export(model, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs))
+    inputs = model.example_inputs(batch=1)  # another batch size than exported with
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(clip), model(clip), rtol=1e-5, atol=1e-6)
-    kernel = model.head.pool.kernel_size
-    assert all(type(k) is int for k in kernel)
+        torch.testing.assert_close(program.module()(*inputs), model(*inputs), rtol=1e-5, atol=1e-6)
+    if name in X3D_NAMES:
+        kernel = model.head.pool.kernel_size
+        assert all(type(k) is int for k in kernel)
 
 
 @pytest.mark.parametrize(
@@ -205,7 +233,7 @@ def reference_x3d(name: str) -> torch.nn.Module:
     return ref.eval()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", X3D_NAMES)
 def test_parity_with_pytorchvideo(name):
     ref = reference_x3d(name)
     state = x3d.remap_pytorchvideo(ref.state_dict())
