@@ -7,6 +7,7 @@ what to do, because the command line prints it as the user's only error line.
 from __future__ import annotations
 
 import hashlib
+import re
 import http.client
 import os
 import sys
@@ -64,7 +65,10 @@ def resolve(
         else:
             spec = (base or ZOO_BASE_URL).rstrip("/") + "/" + zoo_file
     if spec.startswith(("http://", "https://")):
-        path = download(spec)
+        # Official files whose publisher gives a hash (torchvision's file names carry the
+        # SHA-256 prefix, torch.hub's convention) are checked against it.
+        expected = published_sha256(zoo_file) if os.fspath(weights) == ZOO_KEYWORD else None
+        path = download(spec, sha256_prefix=expected) if expected else download(spec)
         return path, f"{spec} (cached as {path})"
     path = Path(spec).expanduser()
     if not path.is_file():
@@ -75,11 +79,21 @@ def resolve(
     return path, str(path)
 
 
-def download(url: str) -> Path:
+_HUB_HASH = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
+
+
+def published_sha256(zoo_file: str | None) -> str | None:
+    """The SHA-256 prefix an official file name carries (`mvit_v1_b-dbeb1030.pth`), if any."""
+    m = _HUB_HASH.search(zoo_file or "")
+    return m[1] if m else None
+
+
+def download(url: str, *, sha256_prefix: str | None = None) -> Path:
     """Download `url` into the cache once; later calls return the cached file unrequested.
 
     The body goes to a temporary file in the cache folder that is renamed only when
-    complete, so an interrupted download never leaves a file that looks finished.
+    complete (and, with `sha256_prefix`, only when its SHA-256 starts with it), so an
+    interrupted, corrupt or substituted download never leaves a file that looks finished.
     """
     name = Path(urllib.parse.urlsplit(url).path).name or "weights"
     # The URL's hash keeps two servers' X3D_XS.pyth apart.
@@ -95,6 +109,14 @@ def download(url: str) -> Path:
     try:
         with os.fdopen(fd, "wb") as out:
             _fetch(url, out, dest)
+        if sha256_prefix is not None:
+            got = _sha256(tmp)
+            if not got.startswith(sha256_prefix):
+                raise WeightsError(
+                    f"download of {url} is not the published file: its SHA-256 is {got[:16]}..., "
+                    f"the publisher's starts {sha256_prefix}; try again, or download it yourself "
+                    "and pass its path as weights (--weights PATH)"
+                )
         try:
             os.replace(tmp, dest)
         except OSError as exc:
@@ -188,6 +210,14 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_state_dict(path: Path, source: str) -> tuple[dict[str, torch.Tensor], str]:
     """Read `{"model_state": sd, ...}` or a plain state dict; also return the file's id.
 
@@ -197,10 +227,7 @@ def read_state_dict(path: Path, source: str) -> tuple[dict[str, torch.Tensor], s
     if _is_inside(path, cache_dir()):
         hint = f"delete {path} to download it again"
     try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(_CHUNK), b""):
-                digest.update(block)
+        digest = _sha256(path)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 (a corrupt file makes torch.load raise anything)
         raise WeightsError(f"cannot read weights {source}: {_load_failure(exc)}; {hint}") from None
@@ -222,7 +249,7 @@ def read_state_dict(path: Path, source: str) -> tuple[dict[str, torch.Tensor], s
     # A checkpoint saved from a DistributedDataParallel wrapper prefixes every key.
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state), digest.hexdigest()[:16]
+    return dict(state), digest[:16]
 
 
 def load_strict(

@@ -283,8 +283,11 @@ def test_kinetics400_base_url_override(monkeypatch, tmp_path):
         monkeypatch.setenv(
             "AVSTREAM_WEIGHTS_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}/zoo/"
         )
-        with pytest.raises(models.WeightsError, match="cannot read weights"):
+        # torchvision's file name carries the SHA-256 prefix: this body is refused
+        with pytest.raises(models.WeightsError, match="not the published file"):
             models.create("mvit_v2_s", weights="kinetics400")
+        assert requests == ["/zoo/mvit_v2_s-ae3be167.pth"]
+        assert not list((tmp_path / "cache" / "weights").glob("*mvit*"))  # nothing cached
     finally:
         httpd.shutdown()
         httpd.server_close()

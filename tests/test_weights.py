@@ -413,3 +413,20 @@ def test_downloaded_garbage_says_how_to_retry(server, isolated_cache):
         models.create("x3d_xs", weights=f"{server.url}/X3D_XS.pyth")
     (cached,) = isolated_cache.iterdir()
     assert f"delete {cached}" in one_line(info.value)
+
+
+def test_published_sha256_is_checked(server, ptv_file, isolated_cache):
+    from models import _weights
+
+    body = ptv_file.read_bytes()
+    good = hashlib.sha256(body).hexdigest()[:8]
+    server.files["/zoo/good.pth"] = body
+    path = _weights.download(f"{server.url}/zoo/good.pth", sha256_prefix=good)
+    assert path.read_bytes() == body
+    server.files["/zoo/substituted.pth"] = body
+    with pytest.raises(models.WeightsError, match="not the published file") as exc:
+        _weights.download(f"{server.url}/zoo/substituted.pth", sha256_prefix="00000000")
+    one_line(exc.value)
+    assert not [p for p in isolated_cache.iterdir() if "substituted" in p.name]  # nothing kept
+    assert _weights.published_sha256("mvit_v1_b-dbeb1030.pth") == "dbeb1030"
+    assert _weights.published_sha256("X3D_XS.pyth") is None
