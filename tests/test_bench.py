@@ -28,7 +28,7 @@ def _ordered(stat: dict) -> bool:
 def test_pipeline_bench_json_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    proc = _bench("--duration", "5", "--stride", "0.25,0.5", "--size", "320x240",
+    proc = _bench("--duration", "8", "--stride", "0.25,0.5", "--size", "320x240",
                   "--json", str(out), "--plot", str(png))
     assert proc.returncode == 0, proc.stderr
     assert "overhead" in proc.stdout and "windows" in proc.stderr  # table, live progress line
