@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import pytest
@@ -91,10 +92,22 @@ def test_shortcut_norm_adds_pyslowfast_params(name):
     assert sum(p.numel() for p in model.parameters()) == PARAMS[name] + SHORTCUT_NORM_PARAMS
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_output_shape(name):
+@functools.cache
+def _forward(name: str):
+    """Model, batch-2 inputs and logits, and the logits of its second item alone: the
+    full-size forwards that test_output_shape and test_export share (the big
+    transformers take seconds per clip on two cores)."""
     model = models.create(name)
     inputs = model.example_inputs(batch=2)
+    with torch.no_grad():
+        logits = model(*inputs)
+        single = model(*(x[1:] for x in inputs))
+    return model, inputs, logits, single
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shape(name):
+    model, inputs, logits, single = _forward(name)
     meta = model.meta
     # One clip per video pathway in meta.video's order, then the log-mel window if any.
     shapes = [(2, 3, video.frames, meta.crop, meta.crop) for video in meta.video]
@@ -102,13 +115,9 @@ def test_output_shape(name):
         shapes.append((2, 1, meta.audio.frames, meta.audio.n_mels))
     assert [tuple(x.shape) for x in inputs] == shapes
     assert all(x.dtype == torch.float32 for x in inputs)
-    with torch.no_grad():
-        logits = model(*inputs)
     assert logits.shape == (2, 400)
     assert torch.isfinite(logits).all()
     # Batch items are independent (eval-mode BatchNorm).
-    with torch.no_grad():
-        single = model(*(x[1:] for x in inputs))
     torch.testing.assert_close(single[0], logits[1], rtol=1e-4, atol=1e-5)
 
 
@@ -186,13 +195,12 @@ def test_longer_clip_is_averaged_over_positions():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_export(name):
-    model = models.create(name)
+    model, inputs, _, single = _forward(name)
     batch = torch.export.Dim("batch", min=1, max=64)
-    inputs = model.example_inputs(2)
     program = torch.export.export(model, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs))
-    inputs = model.example_inputs(batch=1)  # another batch size than exported with
+    one = tuple(x[1:] for x in inputs)  # another batch size than exported with
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(*inputs), model(*inputs), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(program.module()(*one), single, rtol=1e-5, atol=1e-6)
     if name in X3D_NAMES:
         kernel = model.head.pool.kernel_size
         assert all(type(k) is int for k in kernel)
