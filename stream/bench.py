@@ -437,39 +437,53 @@ def gflops(model, inputs) -> float:
     return counter.get_total_flops() / 1e9 / 2  # multiply-accumulates, as papers count "FLOPs"
 
 
-def run_engines(args) -> list[dict]:
+def _time_engine(name: str, backend: str, precision: str | None, runs: int) -> dict:
+    """One row of engine mode, run in its own process so that its peak memory is its own."""
+    import resource
+
     import torch
 
     import engines
     import models
 
+    model = models.create(name)
+    inputs = model.example_inputs()
+    row = {"model": name, "engine": backend, "precision": precision, "gflops": round(gflops(model, inputs), 2)}
+    try:
+        engine = engines.create(model, inputs, backend=backend, precision=precision)
+    except engines.EngineError as exc:
+        return {**row, "error": str(exc)}
+    engine.warmup(3)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        engine(*inputs)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    row.update(engine=engine.name, engine_ms=percentiles(times))
+    # ru_maxrss is KiB on Linux: the whole process (weights, activations, the runtime)
+    row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if torch.cuda.is_available():
+        row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return row
+
+
+def run_engines(args) -> list[dict]:
+    import concurrent.futures
+    import multiprocessing as mp
+
     rows = []
+    ctx = mp.get_context("spawn")
     for name in args.models:
-        model = models.create(name)
-        inputs = model.example_inputs()
-        flops = gflops(model, inputs)
         for backend in args.engines:
             for precision in args.precisions or [None]:
-                row = {"model": name, "engine": backend, "precision": precision, "gflops": round(flops, 2)}
-                try:
-                    engine = engines.create(model, inputs, backend=backend, precision=precision)
-                except engines.EngineError as exc:
-                    rows.append({**row, "error": str(exc)})
-                    print(f"{name} {backend} {precision}: {exc}", file=sys.stderr)
-                    continue
-                engine.warmup(3)
-                times = []
-                for _ in range(args.runs):
-                    t0 = time.perf_counter_ns()
-                    engine(*inputs)
-                    times.append((time.perf_counter_ns() - t0) / 1e6)
-                row.update(engine=engine.name, engine_ms=percentiles(times))
+                with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                    row = pool.submit(_time_engine, name, backend, precision, args.runs).result()
                 rows.append(row)
-                print(f"{name:18s} {engine.name:18s} {flops:7.2f} GFLOPs  median {row['engine_ms']['p50']:8.1f} ms",
-                      file=sys.stderr)
-                del engine
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                if "error" in row:
+                    print(f"{name} {backend} {precision}: {row['error']}", file=sys.stderr)
+                    continue
+                print(f"{name:18s} {row['engine']:18s} {row['gflops']:7.2f} GFLOPs  median "
+                      f"{row['engine_ms']['p50']:8.1f} ms  peak RSS {row['peak_rss_mb']:7.1f} MB", file=sys.stderr)
     return rows
 
 

@@ -67,6 +67,7 @@ def test_engine_only_mode(tmp_path):
     report = json.loads(out.read_text())
     ok, refused = report["engines"]
     assert ok["engine"] == "torch-cpu" and ok["gflops"] > 0.3 and _ordered(ok["engine_ms"])
+    assert ok["peak_rss_mb"] > 100  # measured in the row's own process
     assert "fp16" in refused["error"]  # fp16 on the CPU is refused with the engine's own message
     assert report["largest_fitting"] == {"10.0": "x3d_xs"}
     assert "largest model that fits a 10.0 s stride here: x3d_xs" in proc.stdout

@@ -118,7 +118,7 @@ def test_output_shape(name):
     assert logits.shape == (2, 400)
     assert torch.isfinite(logits).all()
     # Batch items are independent (eval-mode BatchNorm).
-    torch.testing.assert_close(single[0], logits[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(single[0], logits[1], rtol=1e-4, atol=1e-4)  # batch-size kernels differ
 
 
 @pytest.mark.parametrize("name", NAMES)

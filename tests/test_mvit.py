@@ -247,7 +247,7 @@ def test_kinetics400_is_torchvisions_url(name, monkeypatch, tmp_path):
     monkeypatch.delenv("AVSTREAM_WEIGHTS_BASE_URL", raising=False)
     asked = []
 
-    def fake_download(url):
+    def fake_download(url, **kwargs):
         asked.append(url)
         raise models.WeightsError(f"not downloading {url} in tests")
 
