@@ -119,7 +119,8 @@ class SyntheticSource(VideoSource):
         self._clock.start(start_ns)
 
     def read(self) -> tuple[np.ndarray, int]:
-        t_ns = self._clock.wait_next()
+        self._clock.wait_next()
+        t_ns = time.monotonic_ns()  # like a camera: when the frame is there, jitter included
         i, self._i = self._i, self._i + 1
         shift = (i * 4) % self.width
         np.copyto(self._frame, self._base[:, shift : shift + self.width])
