@@ -20,6 +20,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def perturb_batchnorm(module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine terms, so a mis-mapped key shows in a
+    parity test (random init leaves them at 0/1, where many mistakes cancel)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.1, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.1, 0.1, generator=g)
+
+
+def rel_err(a, b) -> float:
+    """Relative error of `a` against the reference `b` (Frobenius norms)."""
+    return float((a - b).detach().norm() / b.detach().norm())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

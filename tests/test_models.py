@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import models
+from conftest import perturb_batchnorm, rel_err
 from models import x3d
 from models._registry import register
 
@@ -35,22 +36,6 @@ PARAMS.update(
 PARAMS.update({"slowfast_r50": 34_566_488, "avslowfast_r50": 41_581_144})
 # PySlowFast's extra BatchNorm on the first stage's shortcut: weight and bias of 24 channels.
 SHORTCUT_NORM_PARAMS = 48
-
-
-def perturb_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics and affine terms, so a mis-mapped key shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.1, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.1, 0.1, generator=g)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def test_available_is_sorted_zoo():

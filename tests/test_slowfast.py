@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import models
+from conftest import perturb_batchnorm, rel_err
 from models import _weights
 from models import slowfast as sf
 
@@ -21,22 +22,6 @@ SLOWFAST_PARAMS = 34_566_488  # the issue; pytorchvideo's hub slowfast_r50 has t
 # AVSlowFast (a_fs) = SlowFast + audio pathway 5,830,848 + its classifier term 409,600 +
 # A->FS fusions at res3/res4 720,832 + sync head 53,376.
 AVSLOWFAST_PARAMS = {"a_fs": 41_581_144, "a_f_s": 41_116_888, "av_nonlocal": 44_456_984}
-
-
-def perturb_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics and affine terms, so a mis-mapped key shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.1, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.1, 0.1, generator=g)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).detach().norm() / b.detach().norm())
 
 
 def clips(slow_frames: int, side: int, batch: int = 1, seed: int = 1):

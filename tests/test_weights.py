@@ -13,19 +13,8 @@ import pytest
 import torch
 
 import models
+from conftest import perturb_batchnorm
 from models import x3d
-
-
-def perturb_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics and affine terms, so a mis-mapped key shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.1, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.1, 0.1, generator=g)
 
 
 # Our layout -> the official ones, written out independently of models/x3d.py's tables.
