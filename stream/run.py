@@ -1,11 +1,15 @@
 """`python -m stream.run`: start the pipeline and supervise it.
 
-The main process owns the shared memory and supervises two children (spawned, so no
+The main process owns the shared memory and supervises its children (spawned, so no
 torch state is forked):
   capture-video   opens --camera, writes frames into the FrameRing
+  capture-audio   for models that listen: opens --mic, writes samples into the AudioRing
   inference       builds the model and engine, cuts windows, publishes on ZeroMQ
-Start-up runs both in parallel (the camera opens while the model loads). The ring is
-sized once both the model's span and the source's size and rate are known.
+Start-up runs them in parallel (the camera opens while the model loads). The rings are
+made, sized from the model's span and the sources' sizes and rates, and handed out once
+the engine is ready, so a file starts playing when its frames can be used. A capture
+process that dies while running is restarted with backoff; its source's health goes to
+the inference process, which reports it on the status topic.
 
 Exit status: 0 after SIGINT/SIGTERM, --duration or the end of a file; 2 for bad input
 (one line on stderr that names the problem and what to do); 1 when a process fails
