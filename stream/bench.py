@@ -264,6 +264,7 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
     preds, statuses = [], []
     proc = subprocess.Popen(argv)
     watch = ProcessWatch(proc.pid)
+    load = SubscriberLoad(endpoint, args.load_subscribers) if args.load_subscribers else None
     kills: list[str] = []
     next_kill = None
     try:
@@ -316,6 +317,8 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                     break
         print(file=sys.stderr)
     finally:
+        if load is not None:
+            load.stop()
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
@@ -323,9 +326,66 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
             except subprocess.TimeoutExpired:
                 proc.kill()
     row, samples = summarise(preds, statuses, watch.summary(), model=model, engine=engine, stride=stride)
+    row["load_subscribers"] = args.load_subscribers
     if args.kill_every:
         row["soak"] = soak_summary(preds, statuses, kills, watch, model)
     return row, samples
+
+
+class SubscriberLoad:
+    """Bad subscribers beside the measured one: `count` that subscribe and never read, one
+    that reads a message now and then, and one thread that keeps connecting and leaving."""
+
+    def __init__(self, endpoint: str, count: int):
+        import threading
+
+        import zmq
+
+        self._zmq = zmq
+        ctx = zmq.Context.instance()
+        self.idle = []
+        for _ in range(count):
+            s = ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.RCVHWM, 1)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SUBSCRIBE, b"")
+            s.connect(endpoint)
+            self.idle.append(s)
+        self._halt = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._churn, args=(ctx, endpoint), daemon=True),
+            threading.Thread(target=self._stall, args=(ctx, endpoint), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _churn(self, ctx, endpoint: str) -> None:
+        zmq = self._zmq
+        while not self._halt.wait(0.02):
+            s = ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SUBSCRIBE, b"pred.")
+            s.connect(endpoint)
+            self._halt.wait(0.05)
+            s.close(0)
+
+    def _stall(self, ctx, endpoint: str) -> None:
+        zmq = self._zmq
+        s = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SUBSCRIBE, b"")
+        s.connect(endpoint)
+        while not self._halt.wait(5.0):  # one message every 5 s
+            if s.poll(0):
+                s.recv_multipart()
+        s.close(0)
+
+    def stop(self) -> None:
+        self._halt.set()
+        for t in self._threads:
+            t.join(6)
+        for s in self.idle:
+            s.close(0)
 
 
 def _kill_a_capture(status: dict, n: int) -> str:
@@ -510,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stride", default="0.5", help="seconds between windows, comma-separated to sweep")
     p.add_argument("--duration", type=float, default=30.0, help="seconds measured per row, after the first window")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds allowed for start-up")
+    p.add_argument("--load-subscribers", type=int, default=0,
+                   help="add N subscribers that never read, one that stalls, and one that keeps reconnecting")
     p.add_argument("--kill-every", type=float, default=0,
                    help="soak: SIGKILL a capture process every this many seconds (video and audio in turn)")
     p.add_argument("--engine-only", action="store_true", help="time the models alone (no pipeline)")

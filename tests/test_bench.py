@@ -85,3 +85,14 @@ def test_soak_short_form(tmp_path):
     assert soak["degraded_predictions"] >= 1  # windows across an outage say so
     shm = soak["shm_mb"]
     assert shm["last"] == shm["first"] == shm["max"] > 0  # the rings, nothing more
+
+
+def test_bench_under_subscriber_load(tmp_path):
+    out = tmp_path / "load.json"
+    proc = _bench("--duration", "5", "--stride", "0.25", "--size", "160x120", "--load-subscribers", "30",
+                  "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(out.read_text())["summary"][0]
+    assert row["load_subscribers"] == 30 and row["windows"]["measured"] > 0
+    # the send never waits on the idle, stalled or reconnecting subscribers
+    assert row["stages_ms"]["publish"]["max"] < 500
