@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from . import wire
+from .aggregate import softmax, top_k
 from .errors import UserError
 
 log = logging.getLogger("stream.inference")
@@ -309,8 +310,6 @@ class InferenceLoop:
         return True
 
     def _infer(self, window, window_ns: int, seq: int) -> tuple[dict, list]:
-        from .aggregate import softmax, top_k
-
         cfg, meta = self.cfg, self.meta
         read_end_ns = time.monotonic_ns()
         inputs = self.preprocess(window.clips, window.seqs)
