@@ -6,6 +6,11 @@
     logits = model(*model.example_inputs())              # (1, 400), no softmax
     model.meta.labels[int(logits.argmax())]
 
+    # fine-tuning for your own labels, on a reduced network:
+    model = models.create("avslowfast_r50", labels=["kettle", "nothing"],
+                          arch={"width": 16, "depths": (1, 1, 1, 1)})
+    models.save_checkpoint(model, "model.pt")     # models.create(name, weights="model.pt")
+
 `model.meta` (ModelMeta) is the one place that says what a model expects (frames,
 sampling interval, crop, resize, mean/std) and what its outputs mean (labels).
 """
@@ -21,9 +26,11 @@ from models._registry import (
     UnknownModelError,
     VideoInput,
     WeightsError,
+    arch_options,
     available,
     create,
 )
+from models._weights import save_checkpoint
 
 __all__ = [
     "AudioInput",
@@ -32,6 +39,8 @@ __all__ = [
     "UnknownModelError",
     "VideoInput",
     "WeightsError",
+    "arch_options",
     "available",
     "create",
+    "save_checkpoint",
 ]

@@ -8,10 +8,11 @@ does the same; timm only warns).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.resources
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -133,18 +134,32 @@ class _Entry:
     adapt: Callable[[dict[str, torch.Tensor]], tuple[dict[str, torch.Tensor], dict[str, Any]]]
     # File name of the official Kinetics-400 checkpoint under the zoo base URL.
     zoo_file: str | None
+    # Key prefixes of the classifier: the tensors whose size is the class count, newly
+    # initialised when weights are loaded for another set of labels.
+    classifier: tuple[str, ...]
+    # Build options that `create(arch=...)` may override (a reduced-width network).
+    arch: tuple[str, ...]
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register(name: str, *, adapt: Callable, zoo_file: str | None = None) -> Callable:
+def register(
+    name: str,
+    *,
+    adapt: Callable,
+    zoo_file: str | None = None,
+    classifier: tuple[str, ...] = ("head.proj.",),
+    arch: tuple[str, ...] = (),
+) -> Callable:
     """Decorator: register `build(num_classes, **options)` under `name`; duplicates raise."""
 
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = _Entry(name=name, build=build, adapt=adapt, zoo_file=zoo_file)
+        _REGISTRY[name] = _Entry(
+            name=name, build=build, adapt=adapt, zoo_file=zoo_file, classifier=classifier, arch=arch
+        )
         return build
 
     return decorator
@@ -176,16 +191,25 @@ def create(
     *,
     weights: str | os.PathLike[str] | None = None,
     num_classes: int | None = None,
+    labels: Sequence[str] | None = None,
+    arch: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build model `name` in eval mode.
 
     weights: None (random init), a local checkpoint path, an http(s) URL, or "kinetics400"
     (the official zoo checkpoint of the variant; base URL overridable with
     AVSTREAM_WEIGHTS_BASE_URL). Downloads are cached under $AVSTREAM_CACHE/weights.
-    num_classes: size of the classifier; with weights it must match the checkpoint.
+    num_classes: size of the classifier. When the weights' classifier has another size
+    (Kinetics-400 weights fine-tuned for your own labels), the classifier is newly
+    initialised and everything else loads, with a warning.
+    labels: the class names (their count is the class count); default: the checkpoint's
+    (`save_checkpoint` stores them), Kinetics-400's for 400 classes, else class_0...
+    arch: architecture overrides for a reduced network (SlowFast / AVSlowFast width,
+    depths, frames, crop...; `models.arch_options(name)` lists them). A checkpoint written
+    by `save_checkpoint` carries its own, so `create(name, weights=path)` rebuilds it.
 
-    The model carries `meta` (ModelMeta), `example_inputs(batch)` and `weights_id`
-    (sha256 prefix of the checkpoint file, None for random init).
+    The model carries `meta` (ModelMeta), `example_inputs(batch)`, `weights_id` (sha256
+    prefix of the checkpoint file, None for random init) and `arch` (the overrides).
     """
     entry = _REGISTRY.get(name)
     if entry is None:
@@ -194,40 +218,109 @@ def create(
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
         raise ModelError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if labels is not None:
+        labels = _check_labels(labels)
+        if num_classes is not None and num_classes != len(labels):
+            raise ModelError(f"{len(labels)} labels were given for num_classes={num_classes}: give one name per class")
+        num_classes = len(labels)
+    arch = _check_arch(entry, dict(arch or {}), "arch")
 
     if weights is None:
-        model = entry.build(num_classes=num_classes or KINETICS400_CLASSES)
+        model = _build(entry, num_classes or KINETICS400_CLASSES, arch)
         model.weights_id = None
+        if labels is not None:
+            model.meta = dataclasses.replace(model.meta, labels=labels)
         return model.eval()
 
     # Imported here: urllib and hashlib are only needed when weights are asked for.
     from models import _weights
 
     path, source = _weights.resolve(weights, model=name, zoo_file=entry.zoo_file)
-    state, weights_id = _weights.read_state_dict(path, source)
+    state, weights_id, extras = _weights.read_checkpoint(path, source)
     try:
         state, options = entry.adapt(state)
     except ValueError as exc:
         raise WeightsError(f"cannot use weights {source} for {name}: {exc}") from None
     ckpt_classes = options.pop("num_classes", None)
     fresh_prefixes = tuple(options.pop("fresh_prefixes", ()))
-    if num_classes is not None and ckpt_classes is not None and num_classes != ckpt_classes:
+    saved_arch = _check_arch(entry, extras.get("arch", {}), f"weights {source}: arch")
+    for key in saved_arch.keys() & arch.keys():
+        if _same(saved_arch[key], arch[key]):
+            continue
         raise WeightsError(
-            f"weights {source} have a {ckpt_classes}-class head but num_classes={num_classes} "
-            f"was asked for; replacing the head is not supported yet: leave num_classes unset "
-            f"or pass a checkpoint with {num_classes} classes"
+            f"weights {source} were trained with {key}={saved_arch[key]!r} but arch asks for "
+            f"{key}={arch[key]!r}: leave {key} out to use the checkpoint's"
         )
-    model = entry.build(num_classes=ckpt_classes or num_classes or KINETICS400_CLASSES, **options)
+    options.update(saved_arch)
+    options.update(arch)
+    classes = num_classes or ckpt_classes or KINETICS400_CLASSES
+    replaced = ckpt_classes is not None and classes != ckpt_classes
+    if replaced:
+        # Fine-tuning for other labels: the old classifier cannot be used; start it afresh.
+        state = {k: v for k, v in state.items() if not k.startswith(entry.classifier)}
+        fresh_prefixes += entry.classifier
+    if labels is None and not replaced and len(extras.get("labels", ())) == classes:
+        labels = tuple(extras["labels"])
+    model = _build(entry, classes, options)
     fresh = _weights.load_strict(
         model, state, source=source, name=name, fresh_prefixes=fresh_prefixes
     )
+    if replaced:
+        warnings.warn(
+            f"weights {source} have a {ckpt_classes}-class classifier: {name} gets a new "
+            f"{classes}-class one (newly initialised; train it before use)",
+            stacklevel=2,
+        )
+    fresh = [k for k in fresh if not k.startswith(entry.classifier)] if replaced else fresh
     if fresh:
         # A partial checkpoint is a start for fine-tuning, not a usable model: say so loudly.
         warnings.warn(
             f"weights {source} initialise {name} only in part: {len(fresh)} tensors under "
-            f"{', '.join(fresh_prefixes)} are newly initialised ({_weights._names(fresh)}); "
-            f"train them before use",
+            f"{', '.join(p for p in fresh_prefixes if p not in entry.classifier)} are newly "
+            f"initialised ({_weights._names(fresh)}); train them before use",
             stacklevel=2,
         )
     model.weights_id = weights_id
+    if labels is not None:
+        model.meta = dataclasses.replace(model.meta, labels=labels)
     return model.eval()
+
+
+def arch_options(name: str) -> tuple[str, ...]:
+    """The build options `create(name, arch=...)` accepts (empty: none)."""
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise UnknownModelError(f"unknown model {name!r}: choose one of {', '.join(available())}")
+    return entry.arch
+
+
+def _build(entry: _Entry, num_classes: int, options: dict[str, Any]) -> nn.Module:
+    try:
+        model = entry.build(num_classes=num_classes, **options)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"cannot build {entry.name} with {options}: {exc}") from None
+    model.arch = {k: options[k] for k in entry.arch if k in options}
+    return model
+
+
+def _check_arch(entry: _Entry, arch: dict[str, Any], what: str) -> dict[str, Any]:
+    unknown = sorted(set(arch) - set(entry.arch))
+    if unknown:
+        allowed = f"it takes {', '.join(entry.arch)}" if entry.arch else "it takes none"
+        raise ModelError(f"{what}: {entry.name} has no architecture option {', '.join(unknown)} ({allowed})")
+    # Saved checkpoints hold lists where the configs want tuples.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}
+
+
+def _same(a: object, b: object) -> bool:
+    norm = (lambda v: tuple(v) if isinstance(v, (list, tuple)) else v)
+    return norm(a) == norm(b)
+
+
+def _check_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(labels, str) or not all(isinstance(x, str) and x.strip() for x in labels) or not labels:
+        raise ModelError(f"labels must be a non-empty list of non-empty class names, got {labels!r}")
+    if len(set(labels)) != len(labels):
+        dup = sorted({x for x in labels if list(labels).count(x) > 1})
+        raise ModelError(f"labels name {', '.join(dup)} more than once: give each class its own name")
+    return tuple(labels)

@@ -7,9 +7,9 @@ what to do, because the command line prints it as the user's only error line.
 from __future__ import annotations
 
 import hashlib
-import re
 import http.client
 import os
+import re
 import sys
 import tempfile
 import time
@@ -218,10 +218,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_state_dict(path: Path, source: str) -> tuple[dict[str, torch.Tensor], str]:
-    """Read `{"model_state": sd, ...}` or a plain state dict; also return the file's id.
+def read_checkpoint(path: Path, source: str) -> tuple[dict[str, torch.Tensor], str, dict]:
+    """Read `{"model_state": sd, ...}` or a plain state dict.
 
-    The id is the first 16 hex digits of the file's sha256, for caches keyed on weights.
+    Returns the state dict, the file's id (the first 16 hex digits of its sha256, for
+    caches keyed on weights) and what a checkpoint written by `save_checkpoint` says
+    about the model: `{"arch": {...}, "labels": [...]}` (each only when present).
     """
     hint = "pass a PyTorch checkpoint saved with torch.save"
     if _is_inside(path, cache_dir()):
@@ -231,9 +233,9 @@ def read_state_dict(path: Path, source: str) -> tuple[dict[str, torch.Tensor], s
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 (a corrupt file makes torch.load raise anything)
         raise WeightsError(f"cannot read weights {source}: {_load_failure(exc)}; {hint}") from None
-    state = checkpoint
+    state, extras = checkpoint, {}
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model_state"), dict):
-        state = checkpoint["model_state"]
+        state, extras = checkpoint["model_state"], _checkpoint_extras(checkpoint, source)
     if not isinstance(state, dict) or not state:
         raise WeightsError(
             f"weights {source} hold no state dict (found {type(checkpoint).__name__}); "
@@ -249,7 +251,60 @@ def read_state_dict(path: Path, source: str) -> tuple[dict[str, torch.Tensor], s
     # A checkpoint saved from a DistributedDataParallel wrapper prefixes every key.
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state), digest[:16]
+    return dict(state), digest[:16], extras
+
+
+def _checkpoint_extras(checkpoint: dict, source: str) -> dict:
+    extras: dict = {}
+    arch = checkpoint.get("arch")
+    if arch is not None:
+        if not isinstance(arch, dict) or not all(isinstance(k, str) for k in arch):
+            raise WeightsError(f"weights {source}: 'arch' must be a dict of architecture options, got {arch!r}")
+        if arch:
+            extras["arch"] = dict(arch)
+    labels = checkpoint.get("labels")
+    if labels is not None:
+        if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) for x in labels):
+            raise WeightsError(f"weights {source}: 'labels' must be a list of class names")
+        extras["labels"] = list(labels)
+    return extras
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **extra: object) -> Path:
+    """Write `model` so that `models.create(meta.name, weights=path)` rebuilds it alone:
+    `{"model_state", "model", "arch", "labels", **extra}`, loadable with
+    `torch.load(weights_only=True)` (so `extra` holds only tensors, numbers, strings,
+    lists and dicts). The file appears complete or not at all."""
+    path = Path(path)
+    checkpoint = {
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": model.meta.name,
+        "arch": _plain(getattr(model, "arch", {}) or {}),
+        "labels": list(model.meta.labels),
+        **extra,
+    }
+    atomic_save(checkpoint, path)
+    return path
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """torch.save to a hidden name in the same folder, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _plain(value: object) -> object:
+    """Tuples to lists, recursively (what weights_only loading accepts)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def load_strict(

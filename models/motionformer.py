@@ -462,6 +462,9 @@ def adapt_checkpoint(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, tor
 # checkpoints of the repository's README model zoo table.
 _FPS = 30
 _ZOO = "https://dl.fbaipublicfiles.com/motionformer/"
+# The classifier: newly initialised when fine-tuning for other labels.
+_CLASSIFIER = ("head.",)
+
 _VARIANTS: dict[str, tuple[int, int, int, str]] = {
     "motionformer_b": (16, 4, 224, _ZOO + "k400_motionformer_224_16x4.pyth"),
     "motionformer_b_hr": (16, 8, 336, _ZOO + "k400_motionformer_336_16x8.pyth"),
@@ -500,16 +503,22 @@ def _build(
     return model
 
 
-@register("motionformer_b", adapt=adapt_checkpoint, zoo_file=_VARIANTS["motionformer_b"][3])
+@register(
+    "motionformer_b", adapt=adapt_checkpoint, zoo_file=_VARIANTS["motionformer_b"][3], classifier=_CLASSIFIER
+)
 def motionformer_b(num_classes: int = 400, **options) -> Motionformer:
     return _build("motionformer_b", num_classes, **options)
 
 
-@register("motionformer_b_hr", adapt=adapt_checkpoint, zoo_file=_VARIANTS["motionformer_b_hr"][3])
+@register(
+    "motionformer_b_hr", adapt=adapt_checkpoint, zoo_file=_VARIANTS["motionformer_b_hr"][3], classifier=_CLASSIFIER
+)
 def motionformer_b_hr(num_classes: int = 400, **options) -> Motionformer:
     return _build("motionformer_b_hr", num_classes, **options)
 
 
-@register("motionformer_b_l", adapt=adapt_checkpoint, zoo_file=_VARIANTS["motionformer_b_l"][3])
+@register(
+    "motionformer_b_l", adapt=adapt_checkpoint, zoo_file=_VARIANTS["motionformer_b_l"][3], classifier=_CLASSIFIER
+)
 def motionformer_b_l(num_classes: int = 400, **options) -> Motionformer:
     return _build("motionformer_b_l", num_classes, **options)

@@ -674,6 +674,9 @@ _VARIANTS: dict[str, dict] = {
     },
 }
 # torchvision `MViT_V1_B_Weights.KINETICS400_V1.url`, `MViT_V2_S_Weights.KINETICS400_V1.url`.
+# The classifier: newly initialised when fine-tuning for other labels.
+_CLASSIFIER = ("head.",)
+
 _ZOO_URLS = {
     "mvit_v1_b": "https://download.pytorch.org/models/mvit_v1_b-dbeb1030.pth",
     "mvit_v2_s": "https://download.pytorch.org/models/mvit_v2_s-ae3be167.pth",
@@ -698,11 +701,15 @@ def _build(name: str, num_classes: int) -> MViT:
     return MViT(cfg, meta)
 
 
-@register("mvit_v1_b", adapt=adapt_checkpoint, zoo_file=_ZOO_URLS["mvit_v1_b"])
+@register(
+    "mvit_v1_b", adapt=adapt_checkpoint, zoo_file=_ZOO_URLS["mvit_v1_b"], classifier=_CLASSIFIER
+)
 def mvit_v1_b(num_classes: int = 400) -> MViT:
     return _build("mvit_v1_b", num_classes)
 
 
-@register("mvit_v2_s", adapt=adapt_checkpoint, zoo_file=_ZOO_URLS["mvit_v2_s"])
+@register(
+    "mvit_v2_s", adapt=adapt_checkpoint, zoo_file=_ZOO_URLS["mvit_v2_s"], classifier=_CLASSIFIER
+)
 def mvit_v2_s(num_classes: int = 400) -> MViT:
     return _build("mvit_v2_s", num_classes)

@@ -996,8 +996,8 @@ def _meta(name: str, cfg: SlowFastConfig, audio: AudioInput | None = None) -> Mo
     )
 
 
-def _config(name: str, num_classes: int = 400) -> SlowFastConfig:
-    return dataclasses.replace(_VARIANTS[name], num_classes=num_classes)
+def _config(name: str, num_classes: int = 400, **visual) -> SlowFastConfig:
+    return dataclasses.replace(_VARIANTS[name], num_classes=num_classes, **visual)
 
 
 def build_slowfast(cfg: SlowFastConfig, name: str = "slowfast") -> SlowFast:
@@ -1012,24 +1012,49 @@ def build_avslowfast(cfg: AVSlowFastConfig, name: str = "avslowfast") -> AVSlowF
     return AVSlowFast(cfg, _meta(name, cfg.visual, audio))
 
 
-@register("slowfast_r50", adapt=adapt_slowfast, zoo_file="SLOWFAST_8x8_R50.pyth")
-def slowfast_r50(num_classes: int = 400) -> SlowFast:
-    return build_slowfast(_config("slowfast_r50", num_classes), "slowfast_r50")
+# What `models.create(..., arch={...})` may change for a reduced network (fine-tuning on
+# a CPU, tests): SlowFastConfig's and AVSlowFastConfig's fields of the same names.
+SLOWFAST_ARCH = (
+    "width", "depths", "slow_frames", "alpha", "beta_inv", "fusion_kernel", "crop", "short_side",
+)  # fmt: skip
+AVSLOWFAST_ARCH = SLOWFAST_ARCH + (
+    "fusion", "fusion_stages", "audio_frames", "n_mels", "drop_pathway", "sync_dim",
+)  # fmt: skip
+
+
+@register(
+    "slowfast_r50", adapt=adapt_slowfast, zoo_file="SLOWFAST_8x8_R50.pyth", arch=SLOWFAST_ARCH
+)
+def slowfast_r50(num_classes: int = 400, **visual) -> SlowFast:
+    return build_slowfast(_config("slowfast_r50", num_classes, **visual), "slowfast_r50")
 
 
 # "kinetics400" is the SlowFast-R50 zoo file: the visual pathways and classifier start from
 # it, the audio parts from scratch (no official AVSlowFast checkpoint exists).
-@register("avslowfast_r50", adapt=adapt_avslowfast, zoo_file="SLOWFAST_8x8_R50.pyth")
+@register(
+    "avslowfast_r50",
+    adapt=adapt_avslowfast,
+    zoo_file="SLOWFAST_8x8_R50.pyth",
+    classifier=("head.proj.", "head.audio_proj."),
+    arch=AVSLOWFAST_ARCH,
+)
 def avslowfast_r50(
     num_classes: int = 400,
     fusion: str = "a_fs",
     fusion_stages: tuple[int, ...] = (3, 4),
     drop_pathway: float = 0.8,
+    audio_frames: int = 128,
+    n_mels: int = 80,
+    sync_dim: int = 64,
+    **visual,
 ) -> AVSlowFast:
     cfg = AVSlowFastConfig(
-        visual=_config("avslowfast_r50", num_classes),
+        visual=_config("avslowfast_r50", num_classes, **visual),
         fusion=fusion,
         fusion_stages=tuple(fusion_stages),
+        audio_frames=audio_frames,
+        n_mels=n_mels,
         drop_pathway=drop_pathway,
+        sync_dim=sync_dim,
     )
     return build_avslowfast(cfg, "avslowfast_r50")

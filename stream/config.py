@@ -29,6 +29,7 @@ class RunConfig:
     model: str = "x3d_xs"
     weights: str | None = "kinetics400"
     num_classes: int | None = None
+    labels: list[str] | None = None  # class names (YAML only); default: the checkpoint's
     engine: str = "auto"
     device: str | None = None
     precision: str | None = None
@@ -59,6 +60,13 @@ class RunConfig:
             raise UserError(f"--fps {self.fps} must be > 0")
         if self.num_classes is not None and self.num_classes < 1:
             raise UserError(f"num_classes {self.num_classes} must be >= 1")
+        if self.labels is not None:
+            if not self.labels or not all(isinstance(x, str) and x.strip() for x in self.labels):
+                raise UserError("labels must be a non-empty list of class names (one per class)")
+            if len(set(self.labels)) != len(self.labels):
+                raise UserError("labels name a class more than once: give each class its own name")
+            if self.num_classes is not None and self.num_classes != len(self.labels):
+                raise UserError(f"{len(self.labels)} labels for num_classes {self.num_classes}: give one name per class")
         if self.engine not in ENGINES:
             raise UserError(f"--engine {self.engine!r} is not known: use one of {', '.join(ENGINES)}")
         if self.precision is not None and self.precision not in PRECISIONS:
@@ -91,7 +99,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 # What a YAML value may be, per key (None is allowed where the default is None).
 _TYPES: dict[str, tuple[type, ...]] = {
     "camera": (str, int), "mic": (str, int), "model": (str,), "weights": (str,),
-    "num_classes": (int,), "engine": (str,), "device": (str,), "precision": (str,),
+    "num_classes": (int,), "labels": (list,), "engine": (str,), "device": (str,), "precision": (str,),
     "stride": (int, float), "smoothing": (str,), "topk": (int,), "publish": (str,),
     "stream_id": (str,), "duration": (int, float), "loop": (bool,), "preview": (bool,),
     "size": (str,), "fps": (int, float), "log_level": (str,), "allow_remote": (bool,),
@@ -100,7 +108,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
 
 
 _NULLABLE = {
-    "weights", "num_classes", "device", "precision", "duration", "size", "fps", "curve_secret_key", "curve_clients",
+    "weights", "num_classes", "labels", "device", "precision", "duration", "size", "fps", "curve_secret_key", "curve_clients",
 }
 
 
@@ -169,7 +177,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
             raise UserError(
                 f"config file {str(path)!r}: {key} must be {expected}, got {type(value).__name__} {value!r}"
             )
+        if name == "labels" and not all(isinstance(x, str) for x in value):
+            raise UserError(f"config file {str(path)!r}: labels must be a list of class names (strings)")
         out[name] = str(value) if name in ("camera", "mic") else value
+    weights = out.get("weights")
+    if isinstance(weights, str) and not weights.startswith(("http://", "https://")) and not Path(weights).is_absolute():
+        # A checkpoint next to its config (what python -m stream.train writes) is found
+        # wherever the folder is moved to.
+        beside = path.parent / weights
+        if beside.is_file():
+            out["weights"] = str(beside)
     return out
 
 

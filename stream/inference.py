@@ -194,7 +194,9 @@ class InferenceLoop:
         cfg, stats = self.cfg, self.stats
         stats.state = "loading"
         try:
-            model = models.create(cfg.model, weights=cfg.weights, num_classes=cfg.num_classes)
+            model = models.create(
+                cfg.model, weights=cfg.weights, num_classes=cfg.num_classes, labels=cfg.labels
+            )
         except models.ModelError as exc:
             raise UserError(str(exc)) from None
         meta = self.meta = model.meta

@@ -217,11 +217,68 @@ def test_checkpoint_head_sets_num_classes(tmp_path, xs):
     assert models.create("x3d_xs", weights=path, num_classes=10).meta.labels[9] == "class_9"
 
 
-def test_num_classes_other_than_checkpoint_is_an_error(ptv_file):
-    with pytest.raises(models.WeightsError) as info:
-        models.create("x3d_xs", weights=ptv_file, num_classes=10)
-    text = one_line(info.value)
-    assert "400-class head" in text and "num_classes=10" in text and str(ptv_file) in text
+def test_other_labels_get_a_new_classifier_and_keep_the_rest(ptv_file, xs):
+    """Fine-tuning Kinetics weights for three labels: the 400-class classifier is dropped
+    and newly initialised, every other tensor is the checkpoint's."""
+    with pytest.warns(UserWarning, match="400-class classifier.*new 3-class one"):
+        model = models.create("x3d_xs", weights=ptv_file, labels=["kettle", "door", "nothing"])
+    assert model.meta.labels == ("kettle", "door", "nothing")
+    assert logits(model, xs.clip).shape == (1, 3)
+    reference = models.create("x3d_xs", weights=ptv_file)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    for key, value in ours.items():
+        if key.startswith("head.proj."):
+            assert value.shape[0] == 3
+        else:
+            assert torch.equal(value, theirs[key]), key
+    with pytest.warns(UserWarning, match="new 10-class one"):
+        assert models.create("x3d_xs", weights=ptv_file, num_classes=10).meta.labels[9] == "class_9"
+
+
+def test_labels_must_match_num_classes_and_be_distinct():
+    with pytest.raises(models.ModelError, match="2 labels were given for num_classes=3"):
+        models.create("x3d_xs", labels=["a", "b"], num_classes=3)
+    with pytest.raises(models.ModelError, match="name a more than once"):
+        models.create("x3d_xs", labels=["a", "a"])
+    with pytest.raises(models.ModelError, match="non-empty list"):
+        models.create("x3d_xs", labels="ab")
+
+
+TINY_AV = {
+    "width": 16, "beta_inv": 4, "depths": (1, 1, 1, 1), "slow_frames": 4, "alpha": 2,
+    "crop": 64, "short_side": 64, "audio_frames": 64, "n_mels": 40,
+}  # fmt: skip
+
+
+def test_saved_checkpoint_rebuilds_a_reduced_model_with_its_labels(tmp_path):
+    torch.manual_seed(0)
+    model = models.create("avslowfast_r50", labels=["clap", "whistle"], arch=TINY_AV)
+    perturb_batchnorm(model)
+    assert model.meta.crop == 64 and model.meta.audio.n_mels == 40 and model.meta.video[0].frames == 4
+    path = models.save_checkpoint(model, tmp_path / "model.pt", epoch=3)
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
+    saved = torch.load(path, weights_only=True)
+    assert saved["model"] == "avslowfast_r50" and saved["labels"] == ["clap", "whistle"]
+    assert saved["epoch"] == 3
+    again = models.create("avslowfast_r50", weights=path)
+    assert again.meta.labels == ("clap", "whistle")
+    assert again.arch["width"] == 16 and again.arch["depths"] == (1, 1, 1, 1)
+    inputs = model.example_inputs()
+    with torch.no_grad():
+        assert torch.equal(model(*inputs), again(*inputs))
+    # Names may be changed at load time (the run config's `labels`).
+    assert models.create("avslowfast_r50", weights=path, labels=["a", "b"]).meta.labels == ("a", "b")
+    with pytest.raises(models.WeightsError, match="trained with width=16 but arch asks for width=32"):
+        models.create("avslowfast_r50", weights=path, arch={"width": 32})
+
+
+def test_arch_options_are_checked():
+    assert "width" in models.arch_options("slowfast_r50")
+    assert models.arch_options("x3d_xs") == ()
+    with pytest.raises(models.ModelError, match="x3d_xs has no architecture option width"):
+        models.create("x3d_xs", arch={"width": 8})
+    with pytest.raises(models.ModelError, match="not divisible by beta_inv"):
+        models.create("slowfast_r50", arch={"width": 30})
 
 
 # -- checkpoints that do not fit -------------------------------------------------------
