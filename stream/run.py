@@ -62,7 +62,7 @@ def error_line(message: object) -> str:
 
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
-        self.exit(2, error_line(f"{message} (see python -m stream.run --help)") + "\n")
+        self.exit(2, error_line(f"{message} (see {self.prog} --help)") + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
