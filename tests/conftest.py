@@ -118,7 +118,7 @@ def video_file(tmp_path_factory) -> Path:
 class _MJPEGHandler(http.server.BaseHTTPRequestHandler):
     fps = 30.0
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         import cv2
 
         self.send_response(200)
@@ -262,3 +262,60 @@ def alsa_file_mic(tmp_path, monkeypatch):
     (tmp_path / ".asoundrc").write_text(ASOUNDRC % raw)
     monkeypatch.setenv("HOME", str(tmp_path))
     return "testmic"
+
+
+# -- weights -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh weights cache, no base-URL override, and no proxy for 127.0.0.1."""
+    monkeypatch.setenv("AVSTREAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("AVSTREAM_WEIGHTS_BASE_URL", raising=False)
+    # The test servers are local: never route them through a proxy from the environment.
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    return tmp_path / "cache" / "weights"
+
+
+@pytest.fixture
+def file_server(isolated_cache):
+    """HTTP server on 127.0.0.1 with a random port, standing in for a model zoo: `files`
+    maps paths to bodies (404 otherwise; a path ending in `.cut` announces its full size,
+    sends half and hangs up); `requests` lists the paths asked for."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from types import SimpleNamespace
+
+    files: dict[str, bytes] = {}
+    requests: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404, "Not Found")
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.path.endswith(".cut"):
+                self.wfile.write(body[: len(body) // 2])
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = httpd.server_address[1]
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", files=files, requests=requests)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+        assert not thread.is_alive()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -257,43 +255,15 @@ def test_kinetics400_is_torchvisions_url(name, monkeypatch, tmp_path):
     assert asked == [TV_WEIGHTS[name].url]
 
 
-def test_kinetics400_base_url_override(monkeypatch, tmp_path):
+def test_kinetics400_base_url_override(monkeypatch, file_server, isolated_cache):
     # A mirror (AVSTREAM_WEIGHTS_BASE_URL) serves the file under torchvision's file name.
-    requests: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            body = b"not a checkpoint"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    for var in ("no_proxy", "NO_PROXY"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    monkeypatch.setenv("AVSTREAM_CACHE", str(tmp_path / "cache"))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv(
-            "AVSTREAM_WEIGHTS_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}/zoo/"
-        )
-        # torchvision's file name carries the SHA-256 prefix: this body is refused
-        with pytest.raises(models.WeightsError, match="not the published file"):
-            models.create("mvit_v2_s", weights="kinetics400")
-        assert requests == ["/zoo/mvit_v2_s-ae3be167.pth"]
-        assert not list((tmp_path / "cache" / "weights").glob("*mvit*"))  # nothing cached
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
-    assert not thread.is_alive()
-    assert requests == ["/zoo/mvit_v2_s-ae3be167.pth"]
+    file_server.files["/zoo/mvit_v2_s-ae3be167.pth"] = b"not a checkpoint"
+    monkeypatch.setenv("AVSTREAM_WEIGHTS_BASE_URL", f"{file_server.url}/zoo/")
+    # torchvision's file name carries the SHA-256 prefix: this body is refused
+    with pytest.raises(models.WeightsError, match="not the published file"):
+        models.create("mvit_v2_s", weights="kinetics400")
+    assert file_server.requests == ["/zoo/mvit_v2_s-ae3be167.pth"]
+    assert not list(isolated_cache.glob("*mvit*"))  # nothing cached
 
 
 def test_block_table_matches_torchvision():

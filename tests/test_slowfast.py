@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import threading
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import perturb_batchnorm, rel_err
 
 import models
-from conftest import perturb_batchnorm, rel_err
 from models import _weights
 from models import slowfast as sf
 
@@ -54,12 +52,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("AVSTREAM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("AVSTREAM_WEIGHTS_BASE_URL", raising=False)
-    for var in ("no_proxy", "NO_PROXY"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 # Our layout -> the official ones, written out independently of models/slowfast.py.
@@ -251,36 +244,14 @@ def test_remap_rejects_swapped_pathways(visual):
         sf.remap_pyslowfast(swapped)
 
 
-def test_kinetics400_for_both_is_the_slowfast_zoo_file(tmp_path, visual, monkeypatch):
+def test_kinetics400_for_both_is_the_slowfast_zoo_file(tmp_path, visual, monkeypatch, file_server):
     body = save(tmp_path / "SLOWFAST_8x8_R50.pyth", visual.state, "pytorchvideo").read_bytes()
-    requests = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            if self.path != "/zoo/SLOWFAST_8x8_R50.pyth":
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("AVSTREAM_WEIGHTS_BASE_URL", f"http://127.0.0.1:{httpd.server_port}/zoo")
-        model = models.create("slowfast_r50", weights="kinetics400")
-        with pytest.warns(UserWarning, match="newly initialised"):
-            av = models.create("avslowfast_r50", weights="kinetics400")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
+    file_server.files["/zoo/SLOWFAST_8x8_R50.pyth"] = body
+    requests = file_server.requests
+    monkeypatch.setenv("AVSTREAM_WEIGHTS_BASE_URL", f"{file_server.url}/zoo")
+    model = models.create("slowfast_r50", weights="kinetics400")
+    with pytest.warns(UserWarning, match="newly initialised"):
+        av = models.create("avslowfast_r50", weights="kinetics400")
     assert requests == ["/zoo/SLOWFAST_8x8_R50.pyth"]  # the second came from the cache
     torch.testing.assert_close(run(model, *visual.inputs), visual.logits, rtol=0, atol=0)
     assert av.weights_id == model.weights_id

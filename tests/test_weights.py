@@ -5,17 +5,14 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import perturb_batchnorm
 
 import models
-from conftest import perturb_batchnorm
 from models import x3d
-
 
 # Our layout -> the official ones, written out independently of models/x3d.py's tables.
 # pytorchvideo: pytorchvideo/models/x3d.py (create_x3d); its stem's conv_t is the spatial
@@ -118,14 +115,7 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("AVSTREAM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("AVSTREAM_WEIGHTS_BASE_URL", raising=False)
-    # The test server is local: never route it through a proxy from the environment.
-    for var in ("no_proxy", "NO_PROXY"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    return tmp_path / "cache" / "weights"
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 # -- layouts ---------------------------------------------------------------------------
@@ -357,85 +347,46 @@ def test_not_an_x3d_checkpoint(tmp_path, content, match):
 # -- downloads -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server():
-    """HTTP server on 127.0.0.1 with a random port; `files` maps paths to bodies."""
-    files: dict[str, bytes] = {}
-    requests: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            body = files.get(self.path)
-            if body is None:
-                self.send_error(404, "Not Found")
-                return
-            self.send_response(200)
-            if self.path.endswith(".cut"):
-                # Announce the full size, send half, hang up.
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2])
-                self.close_connection = True
-                return
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        port = httpd.server_address[1]
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", files=files, requests=requests)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
-        assert not thread.is_alive()
 
 
-def test_download_url_then_cache(server, ptv_file, xs, isolated_cache, capfd):
+def test_download_url_then_cache(file_server, ptv_file, xs, isolated_cache, capfd):
     body = ptv_file.read_bytes()
-    server.files["/ckpt/X3D_XS.pyth"] = body
-    url = f"{server.url}/ckpt/X3D_XS.pyth"
+    file_server.files["/ckpt/X3D_XS.pyth"] = body
+    url = f"{file_server.url}/ckpt/X3D_XS.pyth"
 
     model = models.create("x3d_xs", weights=url)
     torch.testing.assert_close(logits(model, xs.clip), xs.logits, rtol=0, atol=0)
-    assert server.requests == ["/ckpt/X3D_XS.pyth"]
+    assert file_server.requests == ["/ckpt/X3D_XS.pyth"]
     assert f"{len(body)}/{len(body)} bytes" in capfd.readouterr().err
     cached = list(isolated_cache.iterdir())
     assert len(cached) == 1 and cached[0].read_bytes() == body  # no temporary left over
 
     again = models.create("x3d_xs", weights=url)
-    assert server.requests == ["/ckpt/X3D_XS.pyth"]  # served from the cache
+    assert file_server.requests == ["/ckpt/X3D_XS.pyth"]  # served from the cache
     assert again.weights_id == model.weights_id == hashlib.sha256(body).hexdigest()[:16]
 
 
-def test_kinetics400_uses_base_url(server, ptv_file, xs, monkeypatch):
-    server.files["/zoo/X3D_XS.pyth"] = ptv_file.read_bytes()
-    monkeypatch.setenv("AVSTREAM_WEIGHTS_BASE_URL", f"{server.url}/zoo/")
+def test_kinetics400_uses_base_url(file_server, ptv_file, xs, monkeypatch):
+    file_server.files["/zoo/X3D_XS.pyth"] = ptv_file.read_bytes()
+    monkeypatch.setenv("AVSTREAM_WEIGHTS_BASE_URL", f"{file_server.url}/zoo/")
     model = models.create("x3d_xs", weights="kinetics400")
     torch.testing.assert_close(logits(model, xs.clip), xs.logits, rtol=0, atol=0)
     models.create("x3d_xs", weights="kinetics400")
-    assert server.requests == ["/zoo/X3D_XS.pyth"]
+    assert file_server.requests == ["/zoo/X3D_XS.pyth"]
 
 
-def test_download_404(server, isolated_cache, monkeypatch):
-    monkeypatch.setenv("AVSTREAM_WEIGHTS_BASE_URL", server.url)
+def test_download_404(file_server, isolated_cache, monkeypatch):
+    monkeypatch.setenv("AVSTREAM_WEIGHTS_BASE_URL", file_server.url)
     with pytest.raises(models.WeightsError) as info:
         models.create("x3d_m", weights="kinetics400")
     text = one_line(info.value)
-    assert f"{server.url}/X3D_M.pyth" in text and "404" in text and "--weights" in text
+    assert f"{file_server.url}/X3D_M.pyth" in text and "404" in text and "--weights" in text
     assert not isolated_cache.exists() or not any(isolated_cache.iterdir())
 
 
-def test_download_cut_short_leaves_nothing(server, ptv_file, isolated_cache):
-    server.files["/X3D_XS.cut"] = ptv_file.read_bytes()
-    url = f"{server.url}/X3D_XS.cut"
+def test_download_cut_short_leaves_nothing(file_server, ptv_file, isolated_cache):
+    file_server.files["/X3D_XS.cut"] = ptv_file.read_bytes()
+    url = f"{file_server.url}/X3D_XS.cut"
     with pytest.raises(models.WeightsError) as info:
         models.create("x3d_xs", weights=url)
     assert url in one_line(info.value)
@@ -453,25 +404,25 @@ def test_download_closed_port():
     assert text.startswith(f"cannot download {url}:") and "--weights" in text
 
 
-def test_downloaded_garbage_says_how_to_retry(server, isolated_cache):
-    server.files["/X3D_XS.pyth"] = b"<html>not here</html>"
+def test_downloaded_garbage_says_how_to_retry(file_server, isolated_cache):
+    file_server.files["/X3D_XS.pyth"] = b"<html>not here</html>"
     with pytest.raises(models.WeightsError) as info:
-        models.create("x3d_xs", weights=f"{server.url}/X3D_XS.pyth")
+        models.create("x3d_xs", weights=f"{file_server.url}/X3D_XS.pyth")
     (cached,) = isolated_cache.iterdir()
     assert f"delete {cached}" in one_line(info.value)
 
 
-def test_published_sha256_is_checked(server, ptv_file, isolated_cache):
+def test_published_sha256_is_checked(file_server, ptv_file, isolated_cache):
     from models import _weights
 
     body = ptv_file.read_bytes()
     good = hashlib.sha256(body).hexdigest()[:8]
-    server.files["/zoo/good.pth"] = body
-    path = _weights.download(f"{server.url}/zoo/good.pth", sha256_prefix=good)
+    file_server.files["/zoo/good.pth"] = body
+    path = _weights.download(f"{file_server.url}/zoo/good.pth", sha256_prefix=good)
     assert path.read_bytes() == body
-    server.files["/zoo/substituted.pth"] = body
+    file_server.files["/zoo/substituted.pth"] = body
     with pytest.raises(models.WeightsError, match="not the published file") as exc:
-        _weights.download(f"{server.url}/zoo/substituted.pth", sha256_prefix="00000000")
+        _weights.download(f"{file_server.url}/zoo/substituted.pth", sha256_prefix="00000000")
     one_line(exc.value)
     assert not [p for p in isolated_cache.iterdir() if "substituted" in p.name]  # nothing kept
     assert _weights.published_sha256("mvit_v1_b-dbeb1030.pth") == "dbeb1030"
