@@ -7,9 +7,14 @@ monotonic clock (stream/wire.py names the timestamps):
 
   capture interval      time between consecutive captured frames (jitter = its spread)
   ring write            copying one frame into the FrameRing (capture process)
-  ring read / frame     copying one frame out of it (inference process)
-  window + preprocess   window_ns → infer_start: ring reads, resize, crop, normalise
-                        (and, for audio models, the wait for the audio and the log-mel)
+  ring read / frame     time in the ring per frame of a window: the inference reads
+                        frames in place, so this is choosing and checking them
+  capture → window      capture of the window's newest frame → its window starts (the
+                        frame made and written, the loop seeing it land; audio models:
+                        from the newest sample, which may come later)
+  preprocess            resize, crop, normalise, straight from the ring's slots
+  window + preprocess   window_ns → infer_start: choosing frames, preprocessing (and,
+                        for audio models, the wait for the audio and the log-mel)
   engine                infer_start → infer_end
   publish               infer_end → publish: smoothing, top-k, JSON, send
   subscriber receive    publish → received here
@@ -201,6 +206,7 @@ def summarise(preds: list, statuses: list, rss_cpu: tuple[dict, dict], *, model:
     slope = float(np.polyfit(minutes, c2p, 1)[0]) if len(rows) >= 2 and minutes[-1] > 0 else None
     frames = np.array([m.body["window"]["frames"] for m in rows], dtype=np.float64)
     read_per_frame = np.array([m.body.get("stages_ms", {}).get("ring_read", np.nan) for m in rows]) / np.maximum(frames, 1)
+    preprocess = np.array([m.body.get("stages_ms", {}).get("preprocess", np.nan) for m in rows])
     videos = [s.body["sources"]["video"] for s in statuses if s.body["state"] == "running"]
 
     def merged(key: str) -> dict:
@@ -230,6 +236,8 @@ def summarise(preds: list, statuses: list, rss_cpu: tuple[dict, dict], *, model:
             "capture_interval": merged("interval_ms"),
             "ring_write": merged("ring_write_ms"),
             "ring_read_per_frame": percentiles(read_per_frame[~np.isnan(read_per_frame)]),
+            "capture_to_window": percentiles((t["window_ns"] - t["capture_ns"]) / 1e6),
+            "preprocess": percentiles(preprocess[~np.isnan(preprocess)]),
             "window_and_preprocess": percentiles((t["infer_start_ns"] - t["window_ns"]) / 1e6),
             "engine": percentiles(engine_ms),
             "publish": percentiles((t["publish_ns"] - t["infer_end_ns"]) / 1e6),
@@ -245,6 +253,10 @@ def summarise(preds: list, statuses: list, rss_cpu: tuple[dict, dict], *, model:
         "overhead_ms": overhead.round(4).tolist(),
         "capture_to_publish_ms": c2p.round(4).tolist(),
         "capture_to_subscriber_ms": c2s.round(4).tolist(),
+        # the overhead's parts, per window: where a slow one lost its time
+        "capture_to_window_ms": ((t["window_ns"] - t["capture_ns"]) / 1e6).round(4).tolist(),
+        "window_and_preprocess_ms": ((t["infer_start_ns"] - t["window_ns"]) / 1e6).round(4).tolist(),
+        "publish_ms": ((t["publish_ns"] - t["infer_end_ns"]) / 1e6).round(4).tolist(),
     }
     return row, samples
 
@@ -437,9 +449,11 @@ def format_row(row: dict) -> str:
 
     w = row["windows"]
     lines = [
-        f"{row['model']} on {row['engine']}, stride {row['stride']} s ({row['fps_in']} fps in): "
-        f"windows run {w['run']}, skipped {w['skipped']}, measured {w['measured']}; "
-        f"capture→publish slope {row['latency_slope_ms_per_min']} ms/min",
+        (
+            f"{row['model']} on {row['engine']}, stride {row['stride']} s ({row['fps_in']} fps in): "
+            f"windows run {w['run']}, skipped {w['skipped']}, measured {w['measured']}; "
+            f"capture→publish slope {row['latency_slope_ms_per_min']} ms/min"
+        ),
         "  ms (p50 / p90 / p99 / max)",
     ]
     for name, stat in row["stages_ms"].items():

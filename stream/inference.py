@@ -18,6 +18,7 @@ its last sample, then runs with the gap zero-filled and says so (`degraded`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -250,12 +251,18 @@ class InferenceLoop:
         # (a source was down, or dropped frames): two frame periods, at least 50 ms.
         self.gap_limit_ns = round(max(2 * self.frame_period_s, 0.05) * 1e9)
         self.sampler = WindowSampler(self.ring, [PathwaySpec(v.frames, v.interval_s) for v in meta.video])
+        self.preprocess.warmup(*self.ring.shape[:2])  # plans this geometry, before the first window
         self.audio_sampler = None
         if self.logmel is not None:
             self.audio_ring = stats.audio_ring = AudioRing.attach(rings["audio"]["name"])
             stats.audio = {"source": rings["audio"]["kind"], "used": True}
             self.audio_sampler = AudioSampler(self.audio_ring, self.logmel.samples)
         self.scheduler = Scheduler(cfg.stride)
+        # What start-up built lives as long as the process: out of the collector's way, so
+        # that a full collection (about 100 ms over the model's and libraries' objects on
+        # 2 cores) never lands inside a window.
+        gc.collect()
+        gc.freeze()
         return True
 
     # -- running ---------------------------------------------------------------------
@@ -272,22 +279,26 @@ class InferenceLoop:
             if not self._tick_due():
                 continue
             window_ns = time.monotonic_ns()
-            window = self.sampler.sample()
-            if window is None or window.newest_seq == last_newest:  # warming up, or no new frame
-                if window is not None:
+            got = self.sampler.sample_in_place(lambda w, last=last_newest: self._preprocess(w, last))
+            if got is None or got[1] is None:  # warming up, or no new frame
+                if got is not None:
                     stats.stale += 1
                 self.scheduler.advance(count_skipped=False)
                 continue
+            window, (inputs, preprocess_ns) = got
             last_newest = window.newest_seq
             stats.state = "running"
-            body, labels = self._infer(window, window_ns, seq)
+            stages = {"ring_read": window.read_ns / 1e6, "preprocess": preprocess_ns / 1e6}
+            body, labels = self._infer(window, inputs, stages, window_ns, seq)
             self.publisher.send(topic, body, stamp_publish=True)
             seq += 1
             stats.windows_run = seq
             self.scheduler.advance()
             stats.skipped = self.scheduler.skipped
             if self.preview is not None:
-                self.preview.show(window.clips[0][-1], labels)
+                frame = window.newest_frame()
+                if frame is not None:
+                    self.preview.show(frame, labels)
                 if self.preview.closed:
                     log.info("preview window closed: stopping")
                     self.stop.set()
@@ -311,11 +322,17 @@ class InferenceLoop:
             time.sleep(0.0002)
         return True
 
-    def _infer(self, window, window_ns: int, seq: int) -> tuple[dict, list]:
+    def _preprocess(self, window, last_newest: int) -> tuple[tuple, int] | None:
+        """(model inputs, ns it took) from the window's frames where they lie in the ring;
+        None when the window has no new frame."""
+        if window.newest_seq == last_newest:
+            return None
+        started = time.monotonic_ns()
+        inputs = self.preprocess(window.in_ring, window.seqs)
+        return inputs, time.monotonic_ns() - started
+
+    def _infer(self, window, inputs: tuple, stages: dict, window_ns: int, seq: int) -> tuple[dict, list]:
         cfg, meta = self.cfg, self.meta
-        read_end_ns = time.monotonic_ns()
-        inputs = self.preprocess(window.clips, window.seqs)
-        stages = {"ring_read": window.read_ns / 1e6, "preprocess": (time.monotonic_ns() - read_end_ns) / 1e6}
         degraded: list[str] = []
         if window.max_gap_ns > self.gap_limit_ns:  # frames missing inside the window
             degraded.append(f"video gap: a frame {window.max_gap_ns / 1e6:.0f} ms from its target time")

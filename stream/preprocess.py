@@ -4,27 +4,107 @@ The transform is the one the Kinetics models were evaluated with (PySlowFast /
 pytorchvideo test pipeline): RGB in [0, 1], short side resized with bilinear
 interpolation (align_corners=False, no antialias, as pytorchvideo's ShortSideScale),
 a centre crop (torchvision's rounding of the offsets), then per-channel normalisation.
+
+Only the crop's pixels are computed, straight from the uint8 frames: per frame geometry,
+the source rows and columns of the crop and their bilinear weights are worked out once,
+as torch's `upsample_bilinear2d` works them out (see `bilinear_taps`), with the channel
+flip and the normalisation folded into the horizontal weights. Resizing whole frames in
+float and then cropping (what the reference does) converts and interpolates about three
+times as many pixels. Frames may lie anywhere in a flat buffer (`Frames`), so the capture
+ring's slots are read in place, without copying them out first.
+
+On the CPU the blend runs as one fused loop (numba, when installed: 0.7–0.9 ms of CPU for
+X3D-XS's 4×640×480 → 4×182² where the resize-then-crop took 4 ms); otherwise, and on
+GPUs, as a few torch operations. Either runs single-threaded on the CPU: the step is
+too small to gain from a second thread and, on a machine whose other core is busy with
+the capture process, waiting for that thread is what made its slow tail.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .ring import Frames
+
+log = logging.getLogger("stream.preprocess")
+
+#: Plans kept per Preprocessor (one per frame geometry; training crops vary it).
+_PLAN_CACHE = 16
 
 
 def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     """(new_h, new_w) with the short side = `short_side` (pytorchvideo's floor rounding)."""
     if width < height:
-        return int(math.floor(height / width * short_side)), short_side
-    return short_side, int(math.floor(width / height * short_side))
+        return math.floor(height / width * short_side), short_side
+    return short_side, math.floor(width / height * short_side)
+
+
+def bilinear_taps(in_size: int, out_size: int, start: int, count: int) -> tuple[np.ndarray, ...]:
+    """(i0, i1, w0, w1): source indices and weights of outputs `start` … `start + count - 1`
+    of a bilinear resize from `in_size` to `out_size` samples.
+
+    As torch's `upsample_bilinear2d` (align_corners=False) computes them
+    (aten/src/ATen/native/UpSample.h: `area_pixel_compute_source_index`,
+    `guard_index_and_lambda`): in float32, scale = in / out, source position
+    scale · (dst + 0.5) − 0.5 rounded once (the kernels compile it to a fused
+    multiply-add; rounding twice moves a weight by up to 3e-5 at 640 pixels), clamped at 0;
+    the last sample's second tap is itself. Equal sizes copy.
+    """
+    dst = np.arange(start, start + count, dtype=np.int64)
+    if in_size == out_size:
+        return dst, dst.copy(), np.ones(count, np.float32), np.zeros(count, np.float32)
+    scale = np.float32(in_size) / np.float32(out_size)
+    half = (dst.astype(np.float32) + np.float32(0.5)).astype(np.float64)
+    # float32 × float32 is exact in float64, and so is subtracting 0.5 from it here: one
+    # rounding to float32, as a fused multiply-add
+    src = np.maximum((np.float64(scale) * half - 0.5).astype(np.float32), np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    w1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
+    i1 = i0 + (i0 < in_size - 1)
+    return i0, i1, (np.float32(1) - w1).astype(np.float32), w1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Where the crop's pixels come from in frames of one geometry, and with what weights."""
+
+    rows: np.ndarray  # (2, crop) int64: the two source rows of each output row
+    wy: np.ndarray  # (2, crop) float32: their weights
+    col0: int  # first byte of each source row that is used
+    span: int  # bytes of each source row that are used
+    cols: np.ndarray  # (2, crop) int64: byte offset (from col0) of the two source pixels of each output column
+    wx: np.ndarray  # (2, 3, crop) float32: their weights per RGB channel, times 1 / (255 std)
+    shift: np.ndarray  # (3,) float32: -mean / std
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """torch's intra-op CPU threads down to one for small work (see the module docstring);
+    kernels on a GPU are not affected."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class Preprocessor:
-    """Per-pathway clip → (1, 3, T, crop, crop) tensor, on `device` in `dtype`."""
+    """Per-pathway clip → (1, 3, T, crop, crop) tensor, on `device` in `dtype`.
+
+    `fused`: blend with the numba kernel (CPU only); None (default) uses it when the
+    device is the CPU and numba is installed, else torch operations.
+    """
 
     def __init__(
         self,
@@ -35,6 +115,7 @@ class Preprocessor:
         std: Sequence[float],
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        fused: bool | None = None,
     ):
         if crop > short_side:
             raise ValueError(f"crop {crop} is larger than the short side {short_side}")
@@ -42,23 +123,33 @@ class Preprocessor:
         self.crop = crop
         self.device = torch.device(device)
         self.dtype = dtype
-        # x/255 then (x - mean)/std, folded into one multiply-add; (1, 3, 1, 1) so they
-        # broadcast over (T, 3, H, W).
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -mean_t / std_t
+        # x/255 then (x - mean)/std, folded into one multiply-add per channel (RGB)
+        std64 = np.asarray(std, dtype=np.float64)
+        self._scale = (1.0 / (255.0 * std64)).astype(np.float32)
+        self._shift = (-np.asarray(mean, dtype=np.float64) / std64).astype(np.float32)
+        if fused and self.device.type != "cpu":
+            raise ValueError("the fused preprocessing kernel runs on the CPU only")
+        self._kernel = _fused_kernel() if fused or (fused is None and self.device.type == "cpu") else None
+        if fused and self._kernel is None:
+            raise ValueError("the fused preprocessing kernel needs numba: pip install numba")
+        self._plans: dict[tuple[int, int], _Plan] = {}
+        self._device_plans: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+
+    @property
+    def fused(self) -> bool:
+        return self._kernel is not None
 
     def __call__(
-        self, clips: Sequence[np.ndarray], seqs: Sequence[np.ndarray] | None = None
+        self, clips: Sequence[np.ndarray | Frames], seqs: Sequence[np.ndarray] | None = None
     ) -> tuple[torch.Tensor, ...]:
         """One tensor per pathway. With the frames' ring sequence numbers, a pathway whose
         frames all appear in the longest one (SlowFast's slow in its fast) is gathered
         from that one's result instead of being preprocessed again."""
+        clips = [c if isinstance(c, Frames) else Frames.of(c) for c in clips]
         if seqs is None or len(clips) == 1:
-            return tuple(self.clip(c) for c in clips)
+            return tuple(self.frames(c) for c in clips)
         longest = max(range(len(clips)), key=lambda i: len(seqs[i]))
-        base = self.clip(clips[longest])
+        base = self.frames(clips[longest])
         where = {int(s): j for j, s in enumerate(seqs[longest])}
         out = []
         for i, clip in enumerate(clips):
@@ -66,33 +157,136 @@ class Preprocessor:
             if i == longest:
                 out.append(base)
             elif None in idx:
-                out.append(self.clip(clip))
+                out.append(self.frames(clip))
             else:
-                out.append(base[:, :, idx].contiguous())  # (1, 3, T_i, crop, crop)
+                with _one_thread():
+                    out.append(base[:, :, idx].contiguous())  # (1, 3, T_i, crop, crop)
         return tuple(out)
 
-    @torch.inference_mode()
     def clip(self, frames: np.ndarray) -> torch.Tensor:
-        """(T, H, W, 3) uint8 BGR → (1, 3, T, crop, crop).
+        """(T, H, W, 3) uint8 BGR → (1, 3, T, crop, crop)."""
+        return self.frames(Frames.of(frames))
 
-        The resize runs on the full frame in float, channels-last (a view of the
-        captured layout); the channel flip and normalisation run after the crop, on
-        the small tensor.
-        """
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
-        x = torch.from_numpy(frames).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float()  # (T, H, W, BGR) -> (T, BGR, H, W), channels-last memory
-        height, width = x.shape[-2:]
+    @torch.inference_mode()
+    def frames(self, frames: Frames) -> torch.Tensor:
+        """`Frames` (e.g. ring slots in place) → (1, 3, T, crop, crop)."""
+        plan = self._plan(frames.height, frames.width)
+        with _one_thread():
+            if self._kernel is not None:
+                x = torch.empty((1, 3, len(frames), self.crop, self.crop))  # torch's alignment (64 bytes)
+                tmp = np.empty(plan.span, dtype=np.float32)
+                self._kernel(
+                    frames.buffer, frames.offsets, frames.width * 3, plan.rows, plan.wy, plan.col0,
+                    plan.cols, plan.wx, plan.shift, tmp, x.numpy()[0],
+                )
+            else:
+                x = self._blend_torch(frames, plan)
+            return x.to(self.dtype) if x.dtype != self.dtype else x
+
+    def warmup(self, height: int, width: int) -> None:
+        """Plan this geometry (and touch what it allocates) now rather than in the first window."""
+        self.clip(np.zeros((1, height, width, 3), np.uint8))
+
+    # -- internals -------------------------------------------------------------------
+
+    def _plan(self, height: int, width: int) -> _Plan:
+        plan = self._plans.get((height, width))
+        if plan is not None:
+            return plan
         new_h, new_w = short_side_size(height, width, self.short_side)
-        if (new_h, new_w) != (height, width):
-            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
-        top = int(round((new_h - self.crop) / 2.0))
-        left = int(round((new_w - self.crop) / 2.0))
-        x = x[:, :, top : top + self.crop, left : left + self.crop]
-        x = x.flip(1) * self._scale + self._shift  # BGR -> RGB, then [0, 255] -> normalised
-        # (T, 3, crop, crop) -> (1, 3, T, crop, crop)
-        return x.permute(1, 0, 2, 3).unsqueeze(0).to(self.dtype).contiguous()
+        top = round((new_h - self.crop) / 2.0)
+        left = round((new_w - self.crop) / 2.0)
+        y0, y1, wy0, wy1 = bilinear_taps(height, new_h, top, self.crop)
+        x0, x1, wx0, wx1 = bilinear_taps(width, new_w, left, self.crop)
+        first = int(x0.min())
+        wx = np.stack([wx0, wx1])[:, None, :] * self._scale[None, :, None]  # (2, RGB, crop)
+        plan = _Plan(
+            rows=np.stack([y0, y1]), wy=np.stack([wy0, wy1]), col0=first * 3,
+            span=(int(x1.max()) - first + 1) * 3, cols=np.stack([x0, x1]) * 3 - first * 3,
+            wx=wx.astype(np.float32), shift=self._shift,
+        )
+        if len(self._plans) >= _PLAN_CACHE:
+            self._plans.pop(next(iter(self._plans)))
+            self._device_plans.clear()
+        self._plans[(height, width)] = plan
+        return plan
+
+    def _blend_torch(self, frames: Frames, plan: _Plan) -> torch.Tensor:
+        """The same blend as `_blend` in torch operations, on `device`."""
+        c, n, row = self.crop, len(frames), frames.width * 3
+        key = (frames.height, frames.width)
+        if key not in self._device_plans:
+            planar = plan.cols[:, None, :] + np.array([2, 1, 0])[None, :, None]  # (2, RGB, crop): BGR bytes
+            self._device_plans[key] = (
+                torch.from_numpy(plan.rows.reshape(-1)),
+                torch.from_numpy(plan.wy[1]).view(c, 1).to(self.device),
+                torch.from_numpy(planar.reshape(2, -1)).to(self.device),
+                torch.from_numpy(plan.wx.reshape(2, -1)).to(self.device),
+                torch.from_numpy(np.repeat(plan.shift, c)).to(self.device),
+            )
+        rows, wy1, cols, wx, shift = self._device_plans[key]
+        src = torch.from_numpy(frames.buffer)
+        picked = torch.empty((n, 2 * c, plan.span), dtype=torch.uint8)
+        for i, off in enumerate(frames.offsets.tolist()):
+            frame = src[off : off + frames.height * row].view(frames.height, row)
+            torch.index_select(frame[:, plan.col0 : plan.col0 + plan.span], 0, rows, out=picked[i])
+        x = picked.to(self.device, non_blocking=True).float()  # (T, 2 crop, span): rows y0 then y1
+        x = torch.lerp(x[:, :c], x[:, c:], wy1)  # (T, crop, span)
+        index = cols.view(2, 1, 1, 3 * c).expand(2, n, c, 3 * c)
+        out = torch.gather(x, 2, index[0]).mul_(wx[0])
+        out.addcmul_(torch.gather(x, 2, index[1]), wx[1]).add_(shift)  # (T, crop, RGB * crop)
+        # (T, crop, 3, crop) -> (1, 3, T, crop, crop)
+        return out.view(n, c, 3, c).permute(2, 0, 1, 3).unsqueeze(0).contiguous()
+
+
+def _blend(buffer, offsets, row_stride, rows, wy, col0, cols, wx, shift, tmp, out):
+    """out[ch, t, i, j] for the crop: per output row, the two source rows blended over the
+    used span (vectorised), then per output pixel the two columns, per RGB channel."""
+    span = tmp.shape[0]
+    crop_h, crop_w = rows.shape[1], cols.shape[1]
+    for t in range(offsets.shape[0]):
+        base = offsets[t] + col0
+        for i in range(crop_h):
+            r0 = buffer[base + rows[0, i] * row_stride : base + rows[0, i] * row_stride + span]
+            r1 = buffer[base + rows[1, i] * row_stride : base + rows[1, i] * row_stride + span]
+            v0, v1 = wy[0, i], wy[1, i]
+            for q in range(span):
+                tmp[q] = np.float32(r0[q]) * v0 + np.float32(r1[q]) * v1
+            for ch in range(3):
+                bgr = 2 - ch
+                sh = shift[ch]
+                for j in range(crop_w):
+                    out[ch, t, i, j] = (
+                        tmp[cols[0, j] + bgr] * wx[0, ch, j] + tmp[cols[1, j] + bgr] * wx[1, ch, j] + sh
+                    )
+
+
+_KERNEL: list = []  # [the compiled kernel, or None], filled on first use
+
+
+def _fused_kernel():
+    """`_blend` compiled by numba, or None without numba (or when it fails to compile).
+
+    Compiled once per process, on first use (importing numba and compiling take about a
+    second), for the one signature the Preprocessor calls it with.
+    """
+    if not _KERNEL:
+        try:
+            import numba
+        except ImportError:
+            _KERNEL.append(None)
+            return None
+        t = numba.types
+        signature = t.void(
+            t.uint8[::1], t.int64[::1], t.int64, t.int64[:, ::1], t.float32[:, ::1], t.int64,
+            t.int64[:, ::1], t.float32[:, :, ::1], t.float32[::1], t.float32[::1], t.float32[:, :, :, ::1],
+        )
+        try:
+            _KERNEL.append(numba.njit(signature, nogil=True, boundscheck=False, error_model="numpy")(_blend))
+        except Exception as exc:  # a numba that does not work here: the torch operations do  # noqa: BLE001
+            log.warning("numba could not compile the preprocessing kernel (%s): using torch operations", exc)
+            _KERNEL.append(None)
+    return _KERNEL[0]
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:

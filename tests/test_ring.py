@@ -103,6 +103,72 @@ def test_wrong_frame_is_refused(ring):
         ring.write(np.zeros(SHAPE, np.float32), 0)
 
 
+def _in_place_reader(name: str, result_queue) -> None:
+    """Reads frames where they lie (`frames` + `check` before and after); reports
+    (frames that passed the checks, frames refused, torn frames that passed)."""
+    ring = FrameRing.attach(name)
+    n = int(np.prod(ring.shape))
+    passed = refused = torn = 0
+    try:
+        while not ring.closed or passed + refused == 0:
+            seq = np.array([ring.next_seq - 1])
+            if seq[0] < 0:
+                continue
+            try:
+                ring.check(seq)
+                frames = ring.frames(seq)
+                off = int(frames.offsets[0])
+                values = frames.buffer[off : off + n : 97].copy()  # "use" the frame in place
+                ring.check(seq)
+            except FrameLost:
+                refused += 1
+                continue
+            passed += 1
+            torn += int((values != seq[0] % 251).any())
+    finally:
+        ring.close()
+    result_queue.put((passed, refused, torn))
+
+
+def test_in_place_reads_under_a_concurrent_writer_never_pass_torn():
+    ctx = mp.get_context("spawn")
+    ring = FrameRing.create(2, 240, 320, 3)  # two slots: the writer is always close behind
+    try:
+        queue = ctx.Queue()
+        reader = ctx.Process(target=_in_place_reader, args=(ring.name, queue))
+        reader.start()
+        time.sleep(0.5)
+        writer = ctx.Process(target=_writer, args=(ring.name, 3000, 0.0))
+        writer.start()
+        writer.join(60)
+        assert writer.exitcode == 0
+        passed, refused, torn = queue.get(timeout=30)
+        reader.join(10)
+        assert reader.exitcode == 0
+        assert torn == 0 and passed > 0
+        assert refused > 0, "the test did not create any pressure"
+    finally:
+        ring.close()
+
+
+def test_frames_in_place_point_at_the_slots(ring):
+    frame = np.zeros(SHAPE, dtype=np.uint8)
+    for seq in range(11):
+        frame.fill(seq)
+        ring.write(frame, seq)
+    frames = ring.frames(np.array([4, 10]))
+    n = int(np.prod(SHAPE))
+    for seq, off in zip((4, 10), frames.offsets.tolist()):
+        assert (frames.buffer[off : off + n] == seq).all()
+    assert (frames.height, frames.width) == SHAPE[:2]
+    ring.check(np.array([3, 10]))
+    with pytest.raises(FrameLost):
+        ring.check(np.array([2, 10]))  # overwritten by 10
+    with pytest.raises(FrameLost):
+        ring.check(np.array([11]))  # not written yet
+    del frames  # views of the segment must go before close()
+
+
 def test_concurrent_writer_several_readers_no_torn_reads():
     """A writer process at full speed against three reader processes on a small ring:
     readers lose frames (overwrite semantics) but never return a torn one."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stream.errors import FrameLost
 from stream.ring import FrameRing
 from stream.window import PathwaySpec, Scheduler, WindowSampler, nearest, target_times
 
@@ -110,3 +111,52 @@ def test_scheduler_counts_skipped_ticks_and_never_builds_up():
     assert s.next_tick_ns > 5000 * MS  # next tick always in the future: no backlog
     with pytest.raises(ValueError):
         Scheduler(0)
+
+
+def test_in_place_window_is_the_copied_window(ring):
+    _fill(ring, [i * 1000 / 30 for i in range(40)])
+    sampler = WindowSampler(ring, [PathwaySpec(2, 8 / 30), PathwaySpec(8, 2 / 30)])
+    copied = sampler.sample()
+    window, result = sampler.sample_in_place(lambda w: "used")
+    assert result == "used" and window.clips is None
+    assert [s.tolist() for s in window.seqs] == [s.tolist() for s in copied.seqs]
+    assert (window.start_ns, window.end_ns, window.frames) == (copied.start_ns, copied.end_ns, 8)
+    n = int(np.prod(ring.shape))
+    for frames, clip in zip(window.in_ring, copied.clips):
+        for off, frame in zip(frames.offsets.tolist(), clip):
+            assert (frames.buffer[off : off + n].reshape(ring.shape) == frame).all()
+    assert (window.newest_frame() == copied.clips[0][-1]).all()
+
+
+def test_in_place_window_overwritten_during_use_is_used_again_on_newer_frames(ring):
+    times = [i * 1000 / 30 for i in range(400)]
+    _fill(ring, times[:128])  # the ring is full: the next write takes the oldest slot
+    sampler = WindowSampler(ring, [PathwaySpec(4, 0.4)])
+    used = []
+
+    def use(w):
+        used.append(w.seqs[0].copy())
+        if len(used) == 1:  # the writer laps the window's oldest frame meanwhile
+            lapped = int(w.seqs[0][0]) + ring.slots
+            _write_from(ring, 128, times[128 : lapped + 1])
+        return len(used)
+
+    window, result = sampler.sample_in_place(use)
+    assert result == 2 and len(used) == 2
+    assert window.seqs[0][-1] > used[0][-1]  # the second try saw the newer frames
+    ring.check(window.seqs[0])
+
+    def always_lapped(w):  # a whole ring of newer frames, at 30 fps, every time
+        first = ring.next_seq
+        _write_from(ring, first, [(first + k) * 1000 / 30 for k in range(ring.slots)])
+
+    with pytest.raises(FrameLost):
+        sampler.sample_in_place(always_lapped, retries=2)
+    assert sampler.sample_in_place(lambda w: None)[0].frames == 4  # and reads on afterwards
+
+
+def _write_from(ring: FrameRing, first_seq: int, times_ms: list[float]) -> None:
+    frame = np.empty(ring.shape, dtype=np.uint8)
+    for i, t in enumerate(times_ms):
+        frame.fill((first_seq + i) % 256)
+        ring.write(frame, round(t * MS))
