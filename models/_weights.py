@@ -279,7 +279,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **extra: obj
     checkpoint = {
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": model.meta.name,
-        "arch": _plain(getattr(model, "arch", {}) or {}),
+        "arch": plain(getattr(model, "arch", {}) or {}),
         "labels": list(model.meta.labels),
         **extra,
     }
@@ -298,12 +298,12 @@ def atomic_save(obj: object, path: Path) -> None:
         raise
 
 
-def _plain(value: object) -> object:
+def plain(value: object) -> object:
     """Tuples to lists, recursively (what weights_only loading accepts)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 

@@ -65,6 +65,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from models._weights import plain
+
 from .errors import UserError
 
 log = logging.getLogger("stream.train")
@@ -127,7 +129,7 @@ class TrainOptions:
     def plain(self) -> dict:
         """What last.pt stores (loadable with weights_only)."""
         d = dataclasses.asdict(self)
-        d["arch"] = _plain(d["arch"])
+        d["arch"] = plain(d["arch"])
         return d
 
 
@@ -460,14 +462,6 @@ class Progress:
 # -- files -----------------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.part")
     try:
@@ -549,7 +543,7 @@ def train(
         fields = {f.name for f in dataclasses.fields(TrainOptions)}
         stored = TrainOptions(**{k: v for k, v in checkpoint["options"].items() if k in fields})
         for key in sorted(given - set(RESUME_MAY_CHANGE)):
-            if _norm(getattr(opts, key)) != _norm(getattr(stored, key)):
+            if plain(getattr(opts, key)) != plain(getattr(stored, key)):
                 raise UserError(
                     f"--{key.replace('_', '-')} {getattr(opts, key)!r} differs from the run being resumed "
                     f"({getattr(stored, key)!r}): leave it out when resuming, or start a new run with another --out"
@@ -855,10 +849,6 @@ def _create(name: str, weights: str | None, labels: tuple[str, ...], arch: dict)
     return model
 
 
-def _norm(value: Any) -> Any:
-    return _plain(value)
-
-
 def _split_names(split, root: str) -> dict[str, list[str]]:
     base = Path(root)
 
@@ -874,7 +864,7 @@ def _split_names(split, root: str) -> dict[str, list[str]]:
 def _get_rng() -> dict:
     import torch
 
-    state = {"torch": torch.get_rng_state(), "python": _plain(random.getstate())}
+    state = {"torch": torch.get_rng_state(), "python": plain(random.getstate())}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
