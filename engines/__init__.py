@@ -4,9 +4,11 @@
     logits = engine(*inputs)          # inputs on any device; logits float32 on engine.device
 
 Backends:
-  torch     PyTorch: eager fp32 on the CPU (`torch-cpu`); on CUDA fp16 (default), bf16 or
-            fp32, compiled with torch.compile and replayed as a CUDA graph, falling back to
-            eager when that fails (`torch-cuda-fp16`, ...). engines/torch_engine.py
+  torch     PyTorch. On the CPU fp32 (`torch-cpu`) or bf16 (`torch-cpu-bf16`), compiled
+            ahead of time with AOTInductor and cached on disk (engines/inductor.py). On
+            CUDA fp16 (default), bf16 or fp32, compiled with torch.compile and replayed as
+            a CUDA graph (`torch-cuda-fp16`, ...). Either falls back to eager when
+            compiling fails. engines/torch_engine.py
   tensorrt  torch-tensorrt on a torch.export program, fp16 (default) or fp32, cached on disk,
             checked against PyTorch before serving (`tensorrt-fp16`). engines/tensorrt.py
   auto      tensorrt when torch-tensorrt imports and a CUDA GPU is there, else torch on
@@ -71,10 +73,12 @@ def create(
 ) -> Engine:
     """Build an engine that runs `model` at the shapes of `example_inputs`.
 
-    compile, cudagraphs: the torch backend on CUDA (default on; off on the CPU), also used by
+    compile: the torch backend compiles (default on): ahead of time with AOTInductor on the
+        CPU, torch.compile on CUDA; False runs eager PyTorch.
+    cudagraphs: the torch backend on CUDA (default on). compile and cudagraphs also set up
         the tensorrt backend's PyTorch fallback.
-    cache_dir, tolerance: the tensorrt backend's engine cache (default
-        `$AVSTREAM_CACHE/engines`) and its largest relative error against PyTorch.
+    cache_dir: where compiled engines are kept (default `$AVSTREAM_CACHE/engines`).
+    tolerance: the tensorrt backend's largest relative error against PyTorch.
     """
     if backend == "auto":
         backend, reason = pick_backend(device, precision)
@@ -89,6 +93,7 @@ def create(
             precision=precision,
             compile=compile,
             cudagraphs=cudagraphs,
+            cache_dir=cache_dir,
         )
     if backend == "tensorrt":
         from . import tensorrt

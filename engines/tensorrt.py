@@ -27,19 +27,24 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 import re
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 from .base import TOLERANCE, EngineError, relative_error
+from .cache import (
+    CacheKey,
+    Progress,
+    default_cache_dir,
+    save_atomically,
+    weights_digest,
+    write_meta,
+)
 from .torch_engine import InputStager, TorchEngine, resolve_device, resolve_kind
 
 log = logging.getLogger(__name__)
@@ -95,7 +100,7 @@ def _release(version: str) -> tuple[int, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class EngineKey:
+class EngineKey(CacheKey):
     """Everything a compiled TensorRT program depends on; any change means a rebuild."""
 
     model: str
@@ -106,38 +111,6 @@ class EngineKey:
     torch: str
     torch_tensorrt: str
     tensorrt: str
-
-    @property
-    def digest(self) -> str:
-        fields = dataclasses.asdict(self)
-        fields["input_shapes"] = [list(s) for s in self.input_shapes]
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-    @property
-    def stem(self) -> str:
-        """File name (without suffix): readable, and unique through the digest."""
-        model = re.sub(r"[^A-Za-z0-9_.-]", "_", self.model)
-        return f"{model}-{self.precision}-{self.digest[:16]}"
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """`model.weights_id` when it came from a checkpoint, else a digest of its weights:
-    a randomly initialised model differs on every start, and its engine must too."""
-    weights_id = getattr(model, "weights_id", None)
-    if weights_id is not None:
-        return str(weights_id)
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "init-" + h.hexdigest()[:16]
-
-
-def default_cache_dir() -> Path:
-    """`$AVSTREAM_CACHE/engines`, default `~/.cache/avstream/engines`."""
-    root = os.environ.get("AVSTREAM_CACHE") or os.path.join("~", ".cache", "avstream")
-    return Path(root).expanduser() / "engines"
 
 
 # --- The engine ---------------------------------------------------------------------------
@@ -193,31 +166,6 @@ def _fp32_layer_norms(model: torch.nn.Module, dtype: torch.dtype) -> None:
             module.register_forward_hook(back)
 
 
-class _Progress:
-    """Logs `still building` every `every` seconds while the block runs."""
-
-    def __init__(self, what: str, every: float = 15.0):
-        self.what = what
-        self.every = every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="trt-progress", daemon=True)
-
-    def _run(self) -> None:
-        t0 = time.monotonic()
-        while not self._stop.wait(self.every):
-            log.info(
-                "TensorRT: still building %s (%.0f s so far)", self.what, time.monotonic() - t0
-            )
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def _build(torch_tensorrt, model, inputs, *, device, precision, what):
     """Export and compile; returns the compiled module."""
     dtype = _DTYPES[precision]
@@ -237,7 +185,7 @@ def _build(torch_tensorrt, model, inputs, *, device, precision, what):
     options = {"arg_inputs": list(inputs), "device": device, "min_block_size": 1}
     if precision == "fp16" and _release(torch_tensorrt.__version__) < (2, 10):
         options["enabled_precisions"] = {torch.float16}  # weak typing before 2.10
-    with _Progress(what):
+    with Progress(f"TensorRT: {what}"):
         module = torch_tensorrt.dynamo.compile(program, **options)
     log.info("TensorRT: built %s in %.1f s", what, time.perf_counter() - t0)
     return module
@@ -253,17 +201,13 @@ def _load(torch_tensorrt, path: Path, what: str):
 
 
 def _save(torch_tensorrt, module, inputs, path: Path, key: EngineKey, build_s: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")
-    try:
+    def write(tmp: Path) -> None:
         torch_tensorrt.save(
             module, str(tmp), output_format="exported_program", arg_inputs=list(inputs)
         )
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta = {**dataclasses.asdict(key), "build_s": round(build_s, 1), "created": time.time()}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+
+    save_atomically(write, path)
+    write_meta(path, key, build_s)
     log.info("TensorRT: step 3/3: saved to %s; the next start loads it", path)
 
 

@@ -14,17 +14,27 @@ and runs eager. So a failure shows at start-up, never in the middle of a stream.
 
 Inputs that arrive on the host go through pinned buffers (one per input, reused) with
 non-blocking copies; inputs already on the device (the stream's Preprocessor runs there)
-are only cast. On the CPU the engine is eager fp32, as before.
+are only cast.
+
+On the CPU, fp32 (default) or bf16 (on CPUs that compute it natively: AVX512-BF16 or AMX),
+`compile` (on by default) compiles the model ahead of time with AOTInductor and caches it
+on disk (engines/inductor.py); the first start compiles, later ones load in milliseconds.
+Its output is checked against eager PyTorch on every start, as on CUDA; a failure logs
+one warning and runs eager.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 
 import torch
 
+from . import inductor
 from .base import TOLERANCE, EngineError, relative_error
+from .cache import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -128,38 +138,83 @@ class TorchEngine:
         precision: str | None = None,
         compile: bool | None = None,
         cudagraphs: bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ):
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
         if precision is None:
             precision = "fp16" if cuda else "fp32"
-        supported = ("fp32", "fp16", "bf16") if cuda else ("fp32",)
+        supported = ("fp32", "fp16", "bf16") if cuda else ("fp32", "bf16")
         if precision not in supported:
             raise EngineError(
                 f"--precision {precision} is not supported by the torch engine on {self.device.type}: "
                 f"use {' or '.join(supported)}"
             )
-        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
             raise EngineError(
                 f"--precision bf16: {torch.cuda.get_device_name(self.device)} has no bfloat16 support: "
                 "use fp16"
+            )
+        if precision == "bf16" and not cuda and not inductor.bf16_native():
+            raise EngineError(
+                f"--precision bf16: this CPU ({inductor.cpu_name()}) has no native bfloat16 "
+                "(AVX512-BF16 or AMX), so bf16 would be slower than fp32: use fp32"
             )
         if cudagraphs and not cuda:
             raise EngineError("CUDA graphs need a CUDA device: leave cudagraphs off on the CPU")
         self.precision = precision
         self.dtype = _DTYPES[precision]
         self.model = model.to(self.device, self.dtype).eval()
-        self.name = "torch-cpu" if not cuda else f"torch-cuda-{precision}"
+        if cuda:
+            self.name = f"torch-cuda-{precision}"
+        else:
+            self.name = "torch-cpu" if precision == "fp32" else f"torch-cpu-{precision}"
         self._stage = InputStager(self.device, self.dtype)
         self.example_inputs = self._stage(tuple(example_inputs))
         self._run = self.model
         self._mark_step = False  # torch.compile's CUDA graphs want each call marked
         self._static_output = False  # the output tensor is reused by the next call
         self.mode = "eager"
-        compile = cuda if compile is None else compile
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        compile = True if compile is None else compile
         cudagraphs = cuda if cudagraphs is None else cudagraphs
-        if compile or cudagraphs:
+        if not cuda and compile:
+            self._compile_ahead_of_time()
+        elif compile or cudagraphs:
             self._optimise(compile, cudagraphs)
+
+    def _compile_ahead_of_time(self) -> None:
+        """CPU: the AOTInductor package for this model (cached), checked against eager."""
+        what = getattr(getattr(self.model, "meta", None), "name", type(self.model).__name__)
+        key = inductor.key_for(self.model, self.example_inputs, self.precision)
+        try:
+            with torch.inference_mode():
+                expected = self.model(*self.example_inputs).float()
+            compiled = inductor.load_or_build(
+                self.model, self.example_inputs, key=key, cache_dir=self._cache_dir, name=self.name
+            )
+            with torch.inference_mode():
+                actual = compiled(*self.example_inputs)
+            error = relative_error(actual, expected)
+            if not error <= TOLERANCE[self.precision]:
+                inductor.forget(key, self._cache_dir)  # the next start compiles afresh
+                raise RuntimeError(
+                    f"output differs from eager by {error:.3g} (> {TOLERANCE[self.precision]})"
+                )
+        except Exception as exc:  # no compiler, an op it cannot lower...: eager still works
+            log.debug("compile failure", exc_info=True)
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            log.warning(
+                "%s: compiling %s failed (%s: %s): running eager PyTorch instead",
+                self.name,
+                what,
+                type(exc).__name__,
+                reason,
+            )
+            return
+        self._run = compiled
+        self.mode = "aot-compiled"
+        log.info("%s: %s compiled ahead of time (relative error %.2g)", self.name, what, error)
 
     def _optimise(self, compile: bool, cudagraphs: bool) -> None:
         mode = "+".join(m for m, on in (("compiled", compile), ("cudagraphs", cudagraphs)) if on)

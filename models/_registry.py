@@ -193,6 +193,7 @@ def create(
     num_classes: int | None = None,
     labels: Sequence[str] | None = None,
     arch: Mapping[str, Any] | None = None,
+    seed: int | None = None,
 ) -> nn.Module:
     """Build model `name` in eval mode.
 
@@ -207,10 +208,20 @@ def create(
     arch: architecture overrides for a reduced network (SlowFast / AVSlowFast width,
     depths, frames, crop...; `models.arch_options(name)` lists them). A checkpoint written
     by `save_checkpoint` carries its own, so `create(name, weights=path)` rebuilds it.
+    seed: draw the random initialisation (all of it without weights, the new classifier
+    with them) from this seed, leaving torch's global generator as it was; the same seed
+    gives the same model, so an engine compiled for it is found in the cache next time.
+    None: from torch's global generator.
 
     The model carries `meta` (ModelMeta), `example_inputs(batch)`, `weights_id` (sha256
     prefix of the checkpoint file, None for random init) and `arch` (the overrides).
     """
+    if seed is not None:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create(name, weights=weights, num_classes=num_classes, labels=labels, arch=arch)
     entry = _REGISTRY.get(name)
     if entry is None:
         raise UnknownModelError(f"unknown model {name!r}: choose one of {', '.join(available())}")

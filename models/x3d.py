@@ -225,7 +225,11 @@ class _Head(nn.Module):
         self.proj = nn.Linear(dim_out, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.act_5(self.bn_5(self.conv_5(x))))
+        x = self.act_5(self.bn_5(self.conv_5(x)))
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+            x = self.pool(x.float()).to(x.dtype)  # the CPU has no bf16 avg_pool3d
+        else:
+            x = self.pool(x)
         x = self.act_lin(self.lin_5(x))
         x = x.permute(0, 2, 3, 4, 1)  # (B, C, T', H', W') -> (B, T', H', W', C)
         x = self.proj(self.dropout(x))  # (B, T', H', W', C) -> (B, T', H', W', K)

@@ -267,6 +267,10 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
             "--stride", str(stride), "--publish", endpoint, "--log-level", "warning", "--mic", args.mic]
     if args.config:
         argv += ["--config", args.config]
+    if args.precisions:
+        argv += ["--precision", args.precisions[0]]
+    if not args.compile:
+        argv += ["--no-compile"]
     if args.weights:
         argv += ["--weights", args.weights]
     if args.source == "synthetic":
@@ -511,7 +515,7 @@ def gflops(model, inputs) -> float:
     return counter.get_total_flops() / 1e9 / 2  # multiply-accumulates, as papers count "FLOPs"
 
 
-def _time_engine(name: str, backend: str, precision: str | None, runs: int) -> dict:
+def _time_engine(name: str, backend: str, precision: str | None, runs: int, compile: bool) -> dict:
     """One row of engine mode, run in its own process so that its peak memory is its own."""
     import resource
 
@@ -520,11 +524,11 @@ def _time_engine(name: str, backend: str, precision: str | None, runs: int) -> d
     import engines
     import models
 
-    model = models.create(name)
+    model = models.create(name, seed=0)  # seeded: a compiled engine is cached for the next run
     inputs = model.example_inputs()
     row = {"model": name, "engine": backend, "precision": precision, "gflops": round(gflops(model, inputs), 2)}
     try:
-        engine = engines.create(model, inputs, backend=backend, precision=precision)
+        engine = engines.create(model, inputs, backend=backend, precision=precision, compile=compile)
     except engines.EngineError as exc:
         return {**row, "error": str(exc)}
     engine.warmup(3)
@@ -533,7 +537,7 @@ def _time_engine(name: str, backend: str, precision: str | None, runs: int) -> d
         t0 = time.perf_counter_ns()
         engine(*inputs)
         times.append((time.perf_counter_ns() - t0) / 1e6)
-    row.update(engine=engine.name, engine_ms=percentiles(times))
+    row.update(engine=engine.name, mode=getattr(engine, "mode", None), engine_ms=percentiles(times))
     # ru_maxrss is KiB on Linux: the whole process (weights, activations, the runtime)
     row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if torch.cuda.is_available():
@@ -551,12 +555,12 @@ def run_engines(args) -> list[dict]:
         for backend in args.engines:
             for precision in args.precisions or [None]:
                 with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                    row = pool.submit(_time_engine, name, backend, precision, args.runs).result()
+                    row = pool.submit(_time_engine, name, backend, precision, args.runs, args.compile).result()
                 rows.append(row)
                 if "error" in row:
                     print(f"{name} {backend} {precision}: {row['error']}", file=sys.stderr)
                     continue
-                print(f"{name:18s} {row['engine']:18s} {row['gflops']:7.2f} GFLOPs  median "
+                print(f"{name:18s} {row['engine']:18s} {row['mode'] or '':13s} {row['gflops']:7.2f} GFLOPs  median "
                       f"{row['engine_ms']['p50']:8.1f} ms  peak RSS {row['peak_rss_mb']:7.1f} MB", file=sys.stderr)
     return rows
 
@@ -580,7 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML run config passed to stream.run")
     p.add_argument("--weights", default="none", help="weights (default none: timing does not need them)")
     p.add_argument("--engine", default="auto", help="engine(s), comma-separated to sweep")
-    p.add_argument("--precision", default="", help="--engine-only: precision(s), comma-separated")
+    p.add_argument("--precision", default="",
+                   help="fp32, fp16 or bf16 (default: the engine's); --engine-only: comma-separated to sweep")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="eager PyTorch: do not compile the model (see stream.run --no-compile)")
     p.add_argument("--stride", default="0.5", help="seconds between windows, comma-separated to sweep")
     p.add_argument("--duration", type=float, default=30.0, help="seconds measured per row, after the first window")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds allowed for start-up")
@@ -600,6 +607,10 @@ def main(argv: list[str] | None = None) -> int:
         strides = [float(s) for s in _csv(args.stride)]
     except ValueError:
         print(f"error: --stride {args.stride!r} must be seconds, e.g. 0.5 or 0.25,0.5", file=sys.stderr)
+        return 2
+    if len(args.precisions) > 1 and not args.engine_only:
+        print(f"error: --precision {args.precision!r}: the pipeline runs one precision; "
+              "sweep precisions with --engine-only", file=sys.stderr)
         return 2
     if args.engine_only:
         rows = run_engines(args)

@@ -33,6 +33,7 @@ class RunConfig:
     engine: str = "auto"
     device: str | None = None
     precision: str | None = None
+    compile: bool = True  # compile the model for this machine (cached); False: eager PyTorch
     stride: float = 0.25
     smoothing: str = "ema:0.5"
     topk: int = 5
@@ -100,6 +101,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TYPES: dict[str, tuple[type, ...]] = {
     "camera": (str, int), "mic": (str, int), "model": (str,), "weights": (str,),
     "num_classes": (int,), "labels": (list,), "engine": (str,), "device": (str,), "precision": (str,),
+    "compile": (bool,),
     "stride": (int, float), "smoothing": (str,), "topk": (int,), "publish": (str,),
     "stream_id": (str,), "duration": (int, float), "loop": (bool,), "preview": (bool,),
     "size": (str,), "fps": (int, float), "log_level": (str,), "allow_remote": (bool,),

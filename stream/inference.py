@@ -195,8 +195,10 @@ class InferenceLoop:
         cfg, stats = self.cfg, self.stats
         stats.state = "loading"
         try:
+            # seed: without weights the model is the same on every start, and so is the key
+            # of its compiled engine in the cache.
             model = models.create(
-                cfg.model, weights=cfg.weights, num_classes=cfg.num_classes, labels=cfg.labels
+                cfg.model, weights=cfg.weights, num_classes=cfg.num_classes, labels=cfg.labels, seed=0
             )
         except models.ModelError as exc:
             raise UserError(str(exc)) from None
@@ -218,7 +220,8 @@ class InferenceLoop:
             stats.audio = {"source": "none", "used": False, "note": f"{meta.name} is video-only"}
         try:
             engine = engines.create(
-                model, model.example_inputs(), backend=cfg.engine, device=cfg.device, precision=cfg.precision
+                model, model.example_inputs(), backend=cfg.engine, device=cfg.device, precision=cfg.precision,
+                compile=cfg.compile,
             )
         except engines.EngineError as exc:
             raise UserError(str(exc)) from None

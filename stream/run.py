@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--engine", choices=config.ENGINES, help=f"inference engine (default {d.engine})")
     a("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     a("--precision", choices=config.PRECISIONS, help="fp32 / fp16 / bf16 (default: fp16 on CUDA, fp32 on CPU)")
+    a("--no-compile", dest="compile", action="store_false", default=None,
+      help="run eager PyTorch instead of compiling the model for this machine (the first "
+      "start compiles and caches under $AVSTREAM_CACHE/engines; later ones load in a second)")
     a("--stride", type=float, help=f"seconds between windows (default {d.stride})")
     a("--smoothing", help=f"ema:ALPHA, mean:K or none (default {d.smoothing})")
     a("--topk", type=int, help=f"labels per prediction (default {d.topk})")

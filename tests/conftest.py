@@ -184,8 +184,36 @@ class StreamProcess:
             self.proc.communicate(timeout=10)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory):
+    """Compiled engines (and anything else under $AVSTREAM_CACHE) go to a cache of this
+    test session, shared by its tests and by the processes they start, never ~/.cache."""
+    root = tmp_path_factory.mktemp("avstream-cache")
+    old = os.environ.get("AVSTREAM_CACHE")
+    os.environ["AVSTREAM_CACHE"] = str(root)
+    yield root
+    if old is None:
+        del os.environ["AVSTREAM_CACHE"]
+    else:
+        os.environ["AVSTREAM_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def x3d_xs_compiled(engine_cache) -> Path:
+    """The CPU engine of x3d_xs without weights (seed 0, fp32), compiled once per session
+    exactly as `stream.run --weights none` builds it, so that every pipeline in the tests
+    loads it instead of compiling (about 25 s on 2 cores). Returns the engine cache."""
+    import engines
+    import models
+
+    model = models.create("x3d_xs", seed=0)
+    engine = engines.create(model, model.example_inputs(), backend="torch", device="cpu")
+    assert engine.mode == "aot-compiled", "x3d_xs did not compile (see the log): is g++ installed?"
+    return engine_cache / "engines"
+
+
 @pytest.fixture
-def run_stream():
+def run_stream(x3d_xs_compiled):
     started: list[StreamProcess] = []
 
     def start(*args: str, env: dict | None = None) -> StreamProcess:

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
+
 STAT_KEYS = {"p50", "p90", "p99", "max"}
 
 

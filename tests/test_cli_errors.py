@@ -13,6 +13,8 @@ import zmq
 
 from conftest import REPO, free_port, running, shm_segments
 
+pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
+
 FAST = ("--weights", "none", "--log-level", "warning")
 
 

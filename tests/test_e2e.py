@@ -85,6 +85,10 @@ def test_video_file_to_subscriber(run_stream, video_file, sig):
     assert not (segments_during & shm_segments()), "shared memory left in /dev/shm"
     assert "the microphone (--mic default) is not used" in err
     assert err.count("predictions are random") == 1
+    # The engine compiled for this CPU (once per test session, by the x3d_xs_compiled
+    # fixture, as stream.run builds it) is loaded from the cache, not compiled again.
+    assert "torch-cpu: loaded the compiled x3d_xs fp32 from " in err, err
+    assert "torch-cpu: x3d_xs compiled ahead of time" in err and "compiling" not in err
 
 
 def test_mjpeg_stream_over_http(run_stream, mjpeg_url):

@@ -19,6 +19,7 @@ def test_avslowfast_from_camera_and_alsa_microphone(run_stream, alsa_file_mic):
     stream = run_stream(
         "--camera", "synthetic", "--size", "320x240", "--mic", alsa_file_mic, "--model", "avslowfast_r50",
         "--weights", "none", "--stride", "1.0", "--log-level", "info",
+        "--no-compile",  # compiling AVSlowFast-R50 takes minutes; the engine has its own tests
     )
     preds, statuses = [], []
     with Subscriber(stream.endpoint, topics=("pred.", "status.")) as sub:

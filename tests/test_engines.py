@@ -7,15 +7,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import engines
 import models
-from engines import tensorrt
+from engines import inductor, tensorrt
 from engines.base import TOLERANCE, relative_error
 from engines.tensorrt import EngineKey, weights_digest
 from engines.torch_engine import TorchEngine
@@ -85,7 +87,7 @@ def test_cpu_engine_basics(no_cuda):
     inputs = model.example_inputs()
     with torch.no_grad():
         expected = model(*inputs)
-    engine = engines.create(model, inputs, backend="torch")
+    engine = engines.create(model, inputs, backend="torch", compile=False)
     assert isinstance(engine, engines.Engine)
     assert engine.name == "torch-cpu"
     assert engine.device == torch.device("cpu")
@@ -102,7 +104,7 @@ def test_cpu_engine_basics(no_cuda):
 def test_auto_picks_torch_cpu_and_says_why(no_cuda, caplog):
     model = models.create("x3d_xs")
     with caplog.at_level(logging.INFO, logger="engines"):
-        engine = engines.create(model, model.example_inputs(), backend="auto")
+        engine = engines.create(model, model.example_inputs(), backend="auto", compile=False)
     assert engine.name == "torch-cpu"
     assert "engine auto: PyTorch on the CPU: no CUDA GPU found" in caplog.messages
 
@@ -121,24 +123,144 @@ def test_cpu_rejects_gpu_only_options(no_cuda):
     _one_line(err.value)
 
 
-def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
-    def broken_compile(model, **kwargs):
-        def run(*args):
-            raise RuntimeError("inductor exploded\nsecond line")
+def test_compile_failure_falls_back_to_eager(monkeypatch, tmp_path, caplog):
+    def broken_compile(program, package_path, **kwargs):
+        Path(package_path).write_bytes(b"half a package")
+        raise RuntimeError("inductor exploded\nsecond line")
 
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
-    x = torch.randn(2, 4)
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", broken_compile)
+    model = _Tiny()
+    (x,) = model.example_inputs()
     with caplog.at_level(logging.WARNING, logger="engines"):
-        engine = TorchEngine(model, (x,), device="cpu", compile=True)
+        engine = TorchEngine(model, (x,), device="cpu", cache_dir=tmp_path)
     assert engine.mode == "eager"
-    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "torch.compile failed" in warning and "inductor exploded" in warning
+    (warning,) = _warnings(caplog)
+    assert "compiling tiny failed (RuntimeError: inductor exploded)" in warning
     assert "running eager" in warning and "\n" not in warning
+    assert list(tmp_path.iterdir()) == []  # no half-written package left in the cache
     with torch.no_grad():
         assert torch.equal(engine(x), model(x))
+
+
+# --- PyTorch on the CPU, compiled ahead of time (AOTInductor) ----------------------------
+
+
+def _infos(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+
+
+@pytest.fixture(scope="module")
+def tiny_package(tmp_path_factory) -> Path:
+    """An engine cache holding the compiled _Tiny (seed 0, fp32): compiled once here, and
+    copied by each test that needs it (a compile takes seconds)."""
+    cache = tmp_path_factory.mktemp("tiny-engines")
+    engine = TorchEngine(_Tiny(), _Tiny().example_inputs(), device="cpu", cache_dir=cache)
+    assert engine.mode == "aot-compiled"
+    return cache
+
+
+def test_cpu_engine_saves_its_package_with_the_key(no_cuda, tiny_package):
+    model = _Tiny()
+    (package,) = tiny_package.glob("cpu-tiny-fp32-*.pt2")
+    meta = json.loads(package.with_suffix(".json").read_text())
+    assert meta["model"] == "tiny" and meta["precision"] == "fp32"
+    assert meta["threads"] == torch.get_num_threads() and meta["torch"] == torch.__version__
+    assert meta["weights"] == weights_digest(model) and meta["build_s"] > 0
+    assert package.stem == f"cpu-{inductor.key_for(model, model.example_inputs(), 'fp32').stem}"
+    assert not [p for p in tiny_package.iterdir() if p.name.startswith(".")]  # no temporary file
+
+
+def test_cpu_engine_loads_a_compiled_package_without_compiling(no_cuda, tiny_package, tmp_path, caplog):
+    shutil.copytree(tiny_package, tmp_path, dirs_exist_ok=True)
+    model = _Tiny()
+    inputs = model.example_inputs()
+    with torch.no_grad():
+        expected = model(*inputs)
+    t0 = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="engines"):
+        engine = engines.create(model, inputs, backend="torch", cache_dir=tmp_path)
+    took = time.monotonic() - t0
+    assert engine.mode == "aot-compiled" and engine.name == "torch-cpu"
+    assert any("loaded the compiled tiny fp32" in m for m in _infos(caplog))
+    assert not any("compiling" in m for m in caplog.messages)
+    assert took < 5, took
+    assert relative_error(engine(*inputs), expected) < 1e-5
+    assert not torch.equal(engine(inputs[0] + 1), engine(*inputs))  # it computes, not replays
+
+
+def test_cpu_cache_key_changes_with_weights_precision_and_threads():
+    model, other = _Tiny(seed=0), _Tiny(seed=1)
+    inputs = model.example_inputs()
+    key = inductor.key_for(model, inputs, "fp32")
+    assert key == inductor.key_for(_Tiny(seed=0), inputs, "fp32")
+    assert key.stem != inductor.key_for(other, inputs, "fp32").stem
+    assert key.stem != inductor.key_for(model, inputs, "bf16").stem
+    assert key.stem != inductor.key_for(model, (torch.zeros(1, 3, 4, 9, 9),), "fp32").stem
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert key.stem != inductor.key_for(model, inputs, "fp32").stem
+    finally:
+        torch.set_num_threads(threads)
+    assert inductor.cpu_name().endswith(torch.backends.cpu.get_cpu_capability())
+
+
+def test_cached_package_that_disagrees_is_dropped(no_cuda, tiny_package, tmp_path, caplog):
+    other = _Tiny(seed=1)  # its key's file holds the seed-0 model: loads, but computes otherwise
+    (package,) = tiny_package.glob("cpu-tiny-fp32-*.pt2")
+    key = inductor.key_for(other, other.example_inputs(), "fp32")
+    stale = tmp_path / f"cpu-{key.stem}.pt2"
+    shutil.copy(package, stale)
+    with caplog.at_level(logging.WARNING, logger="engines"):
+        engine = engines.create(other, other.example_inputs(), backend="torch", cache_dir=tmp_path)
+    assert engine.mode == "eager"
+    (warning,) = _warnings(caplog)
+    assert "output differs from eager" in warning and "running eager" in warning
+    assert not stale.exists()  # the next start compiles afresh
+
+
+def test_corrupt_package_is_compiled_again(no_cuda, tiny_package, tmp_path, caplog):
+    shutil.copytree(tiny_package, tmp_path, dirs_exist_ok=True)
+    (package,) = tmp_path.glob("cpu-tiny-fp32-*.pt2")
+    package.write_bytes(b"not a zip file")
+    with caplog.at_level(logging.INFO, logger="engines"):
+        engine = engines.create(_Tiny(), _Tiny().example_inputs(), backend="torch", cache_dir=tmp_path)
+    assert engine.mode == "aot-compiled"
+    assert any("cannot load" in m and "compiling again" in m for m in _warnings(caplog))
+    assert any("compiling tiny fp32 ahead of time" in m for m in _infos(caplog))
+    assert any(m.startswith("torch-cpu: compiled tiny fp32 in") for m in _infos(caplog))
+    assert package.stat().st_size > 1000
+
+
+def test_a_long_build_says_it_is_still_going(caplog):
+    from engines.cache import Progress
+
+    with caplog.at_level(logging.INFO, logger="engines"), Progress("torch-cpu: big fp32", "compiling", every=0.05):
+        time.sleep(0.3)
+    ticks = [m for m in caplog.messages if m.startswith("torch-cpu: big fp32: still compiling (")]
+    assert len(ticks) >= 3, caplog.messages
+
+
+@pytest.mark.skipif(not inductor.bf16_native(), reason="this CPU has no native bf16")
+def test_cpu_bf16_compiled(no_cuda, tmp_path):
+    model = _Tiny()
+    inputs = model.example_inputs()
+    with torch.no_grad():
+        expected = model(*inputs)
+    engine = engines.create(model, inputs, backend="torch", precision="bf16", cache_dir=tmp_path)
+    assert engine.name == "torch-cpu-bf16" and engine.dtype == torch.bfloat16
+    assert engine.mode == "aot-compiled"
+    logits = engine(*inputs)
+    assert logits.dtype == torch.float32
+    assert relative_error(logits, expected) < 2e-2
+
+
+def test_cpu_bf16_refused_without_native_bf16(no_cuda, monkeypatch):
+    monkeypatch.setattr(inductor, "bf16_native", lambda: False)
+    with pytest.raises(engines.EngineError) as err:
+        engines.create(_Tiny(), _Tiny().example_inputs(), backend="torch", precision="bf16")
+    line = _one_line(err.value)
+    assert "no native bfloat16" in line and "use fp32" in line
 
 
 def test_relative_error():
@@ -361,7 +483,7 @@ def _serve(stand_in, model, cache_dir, tolerance=1e-3):
         precision="fp32",
         cache_dir=cache_dir,
         tolerance=tolerance,
-        compile=None,
+        compile=False,  # the PyTorch fallback, eager: compiling it has tests of its own
         cudagraphs=None,
     )
 

@@ -144,6 +144,30 @@ def test_other_num_classes_without_weights():
         assert model(*model.example_inputs()).shape == (1, 7)
 
 
+def test_seed_gives_the_same_model_and_leaves_the_global_generator_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = models.create("x3d_xs", seed=0)
+    assert torch.equal(torch.rand(1), expected_next)
+    b = models.create("x3d_xs", seed=0)
+    c = models.create("x3d_xs", seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert not torch.equal(a.head.proj.weight, c.head.proj.weight)
+
+
+def test_bf16_on_the_cpu():
+    """The head pool runs in fp32 inside a bf16 model (the CPU has no bf16 avg_pool3d)."""
+    model = models.create("x3d_xs", seed=0)
+    perturb_batchnorm(model)
+    (x,) = model.example_inputs()
+    with torch.no_grad():
+        expected = model(x)
+        actual = model.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert actual.dtype == torch.bfloat16
+    assert rel_err(actual.float(), expected) < 2e-2
+
+
 def test_labels_match_torchvision():
     meta_module = pytest.importorskip("torchvision.models._meta")
     assert models.create("x3d_xs").meta.labels == tuple(meta_module._KINETICS400_CATEGORIES)

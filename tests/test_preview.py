@@ -15,6 +15,8 @@ import pytest
 from conftest import REPO, free_port
 from stream.subscribe import Subscriber
 
+pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
+
 ARGS = ("--camera", "synthetic", "--size", "320x240", "--weights", "none", "--stride", "0.2", "--log-level", "warning")
 
 

@@ -9,11 +9,14 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import zmq
 
 from conftest import REPO
 from stream.keys import make_keys
 from stream.subscribe import Subscriber
+
+pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
 
 ARGS = ("--camera", "synthetic", "--size", "160x120", "--weights", "none", "--stride", "0.1", "--log-level", "warning")
 

@@ -493,6 +493,7 @@ def test_trained_model_runs_in_stream(av_run, data, run_stream):
         "0.5",
         "--log-level",
         "info",
+        "--no-compile",  # each trained model would compile afresh; the engine has its own tests
     )
     with Subscriber(stream.endpoint, topics=("pred.",)) as sub:
         while True:

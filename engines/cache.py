@@ -1,0 +1,97 @@
+"""On-disk cache of compiled engines, shared by the TensorRT engine (GPU) and the
+AOTInductor engine (CPU): where it lives, what a cache key is made of, how a file is
+written so that a reader never sees half of it, and the progress line of a long build."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """`$AVSTREAM_CACHE/engines`, default `~/.cache/avstream/engines`."""
+    root = os.environ.get("AVSTREAM_CACHE") or os.path.join("~", ".cache", "avstream")
+    return Path(root).expanduser() / "engines"
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """`model.weights_id` when it came from a checkpoint, else a digest of its weights:
+    a randomly initialised model differs on every start, and its engine must too."""
+    weights_id = getattr(model, "weights_id", None)
+    if weights_id is not None:
+        return str(weights_id)
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "init-" + h.hexdigest()[:16]
+
+
+class CacheKey:
+    """Mixin for a frozen dataclass of everything a compiled engine depends on, with
+    `model` and `precision` among its fields: any change of a field means a rebuild."""
+
+    @property
+    def digest(self) -> str:
+        fields = dataclasses.asdict(self)
+        fields = {k: [list(s) for s in v] if k == "input_shapes" else v for k, v in fields.items()}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def stem(self) -> str:
+        """File name (without suffix): readable, and unique through the digest."""
+        model = re.sub(r"[^A-Za-z0-9_.-]", "_", self.model)
+        return f"{model}-{self.precision}-{self.digest[:16]}"
+
+
+def save_atomically(write, path: Path) -> None:
+    """`write(tmp_path)`, then rename to `path`: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_meta(path: Path, key: CacheKey, build_s: float) -> None:
+    """The key and the build time beside the cached file, in `path.json`, for people."""
+    meta = {**dataclasses.asdict(key), "build_s": round(build_s, 1), "created": time.time()}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+
+
+class Progress:
+    """Logs `<what>: still <doing> (N s so far)` every `every` seconds while the block runs."""
+
+    def __init__(self, what: str, doing: str = "building", every: float = 15.0):
+        self.what = what
+        self.doing = doing
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-progress", daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.wait(self.every):
+            log.info("%s: still %s (%.0f s so far)", self.what, self.doing, time.monotonic() - t0)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,165 @@
+"""The CPU engine compiled ahead of time: AOTInductor on a `torch.export` program at the
+window's static shapes, fp32 or bf16, cached on disk.
+
+Compiling with inductor's freezing folds each BatchNorm into its convolution, pre-packs
+the weights in oneDNN's blocked layouts, fuses the activations into the convolutions and
+generates C++ loops for the rest (swish, the squeeze-excite gates, the residual adds);
+ahead of time, the model then runs as one shared library, with no Python between its
+layers. The package (`.pt2`) is written once under `$AVSTREAM_CACHE/engines`, keyed by
+model, weights, input shapes, precision, CPU, threads and torch version, and a later
+start loads it in milliseconds.
+
+A C++ compiler must be on the machine (`g++`, as torch.compile needs on the CPU); the
+torch engine catches any failure here and runs eager PyTorch instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from .cache import CacheKey, Progress, save_atomically, weights_digest, write_meta
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuKey(CacheKey):
+    """Everything an AOTInductor package for the CPU depends on."""
+
+    model: str
+    weights: str  # model.weights_id, or a digest of the randomly initialised weights
+    input_shapes: tuple[tuple[int, ...], ...]
+    precision: str
+    cpu: str  # model name and the instruction set torch dispatches to (AVX2, AVX512...)
+    threads: int  # the generated loops are parallelised for this many threads
+    torch: str
+
+
+@functools.cache
+def cpu_name() -> str:
+    """'Intel(R) Xeon(R) Processor AVX512': /proc/cpuinfo's model name and torch's ISA."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if not name:
+        import platform
+
+        name = platform.processor() or platform.machine()
+    return f"{name} {torch.backends.cpu.get_cpu_capability()}"
+
+
+def bf16_native() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX) through oneDNN."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def key_for(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], precision: str) -> CpuKey:
+    return CpuKey(
+        model=getattr(getattr(model, "meta", None), "name", type(model).__name__),
+        weights=weights_digest(model),
+        input_shapes=tuple(tuple(x.shape) for x in inputs),
+        precision=precision,
+        cpu=cpu_name(),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+    )
+
+
+class _Package:
+    """A compiled package, loaded: `package(*inputs)` returns the model's one output tensor.
+
+    It is loaded with the C++ loader that `torch._inductor.aoti_load_package` wraps, called
+    directly: importing `torch._inductor` (and with it dynamo) takes over a second, which
+    is most of a cached start; this also skips re-reading the call spec on every call."""
+
+    def __init__(self, path: Path):
+        loader = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+        if loader is None:  # another torch: the public entry point
+            compiled = torch._inductor.aoti_load_package(str(path))
+            self._run = lambda inputs: [compiled(*inputs)]
+        else:
+            self._run = loader(str(path), "model", False, 1, -1).boxed_run
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        (output,) = self._run(list(inputs))
+        return output
+
+
+def _path(key: CpuKey, cache_dir: Path) -> Path:
+    return cache_dir / f"cpu-{key.stem}.pt2"
+
+
+def forget(key: CpuKey, cache_dir: Path) -> None:
+    """Delete the package of `key` (it loaded but no longer agrees with eager PyTorch)."""
+    path = _path(key, cache_dir)
+    path.unlink(missing_ok=True)
+    path.with_suffix(".json").unlink(missing_ok=True)
+
+
+def load_or_build(
+    model: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    key: CpuKey,
+    cache_dir: Path,
+    name: str,
+):
+    """The compiled model for `key` (a callable taking the inputs), loaded from
+    `cache_dir` or built and saved there. `model` and `inputs` are already at the
+    precision of the key. Raises on a build failure; a file that does not load is rebuilt."""
+    what = f"{key.model} {key.precision}"
+    path = _path(key, cache_dir)
+    if path.exists():
+        t0 = time.perf_counter()
+        try:
+            compiled = _Package(path)
+        except Exception as exc:  # noqa: BLE001 (a stale or broken file: build again)
+            log.warning("%s: cannot load %s (%s): compiling again", name, path, type(exc).__name__)
+        else:
+            log.info(
+                "%s: loaded the compiled %s from %s in %.2f s",
+                name,
+                what,
+                path,
+                time.perf_counter() - t0,
+            )
+            return compiled
+    log.info(
+        "%s: compiling %s ahead of time for this CPU (once: about 20 s for x3d_xs, minutes "
+        "for the big models; the next start loads it from %s)",
+        name,
+        what,
+        cache_dir,
+    )
+    from torch._inductor import aoti_compile_and_package
+
+    from .tensorrt_ops import export
+
+    t0 = time.perf_counter()
+    # no_grad: inductor freezes (folds BN, pre-packs weights) only when grad is off.
+    with Progress(f"{name}: {what}", "compiling"), torch.no_grad():
+        program = export(model, inputs)
+        save_atomically(
+            lambda tmp: aoti_compile_and_package(
+                program, package_path=str(tmp), inductor_configs={"freezing": True}
+            ),
+            path,
+        )
+    write_meta(path, key, time.perf_counter() - t0)
+    log.info("%s: compiled %s in %.1f s, saved to %s", name, what, time.perf_counter() - t0, path)
+    return _Package(path)
