@@ -15,9 +15,13 @@ torch engine catches any failure here and runs eager PyTorch instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -100,6 +104,55 @@ class _Package:
         return output
 
 
+@contextlib.contextmanager
+def _unwind_on_sigterm():
+    """Within the block, SIGTERM raises SystemExit instead of ending the process at once.
+
+    `stream.run` stops a child that is still starting with SIGTERM. Mid-compile, the
+    default action would leave the compiler (g++ and its cc1plus) running as orphans and
+    a temporary package in the cache: the handler kills every process below this one,
+    and unwinding removes the temporary file (`save_atomically`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        _kill_descendants()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _kill_descendants() -> None:
+    """SIGKILL every process below this one (found through /proc; nothing elsewhere)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return
+    for pid in entries:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+    below, todo = [], [os.getpid()]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        below += kids
+        todo += kids
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _path(key: CpuKey, cache_dir: Path) -> Path:
     return cache_dir / f"cpu-{key.stem}.pt2"
 
@@ -152,7 +205,7 @@ def load_or_build(
 
     t0 = time.perf_counter()
     # no_grad: inductor freezes (folds BN, pre-packs weights) only when grad is off.
-    with Progress(f"{name}: {what}", "compiling"), torch.no_grad():
+    with _unwind_on_sigterm(), Progress(f"{name}: {what}", "compiling"), torch.no_grad():
         program = export(model, inputs)
         save_atomically(
             lambda tmp: aoti_compile_and_package(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,34 @@ def test_duration_ends_the_run(run_stream):
     code, err = stream.wait(timeout=60)
     assert code == 0, err
     assert "--duration reached" in err
+
+
+def test_stopping_while_the_engine_compiles_leaves_nothing_behind(run_stream, tmp_path):
+    """Ctrl-C during a cold start, while g++ compiles the engine: the compiler dies with
+    the run, and no half-written package stays in the cache."""
+    before = shm_segments()
+    stream = run_stream(
+        "--camera", "synthetic", "--size", "160x120", *MODEL_ARGS, env={"AVSTREAM_CACHE": str(tmp_path)},
+    )
+    seen: set[int] = set()
+    compilers: set[int] = set()
+    deadline = time.monotonic() + 120
+    while not compilers:
+        assert time.monotonic() < deadline, "no compiler process appeared"
+        assert stream.proc.poll() is None, stream.wait()[1]
+        seen |= descendants(stream.proc.pid)
+        for pid in seen:
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() in ("g++", "cc1plus", "c++"):
+                    compilers.add(pid)
+            except OSError:
+                pass
+        time.sleep(0.05)
+    code, err, took = stream.stop(signal.SIGINT)
+    assert code == 0, err
+    assert took < 2.5, f"took {took:.1f} s to stop"
+    assert "Traceback" not in err, err
+    time.sleep(0.5)
+    assert not running(seen | descendants(stream.proc.pid)), "processes outlived stream.run"
+    assert shm_segments() <= before
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
