@@ -278,6 +278,7 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
     elif not args.source.isdigit():
         argv += ["--loop"]
     preds, statuses = [], []
+    launched = time.monotonic()
     proc = subprocess.Popen(argv)
     watch = ProcessWatch(proc.pid)
     load = SubscriberLoad(endpoint, args.load_subscribers) if args.load_subscribers else None
@@ -342,6 +343,9 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
             except subprocess.TimeoutExpired:
                 proc.kill()
     row, samples = summarise(preds, statuses, watch.summary(), model=model, engine=engine, stride=stride)
+    # Launch to the first prediction received: start-up (imports, the model, loading or
+    # compiling the engine, opening the source) plus the first window's span of frames.
+    row["startup_s"] = None if first is None else round(first - launched, 2)
     row["load_subscribers"] = args.load_subscribers
     if args.kill_every:
         row["soak"] = soak_summary(preds, statuses, kills, watch, model)
@@ -456,7 +460,8 @@ def format_row(row: dict) -> str:
         (
             f"{row['model']} on {row['engine']}, stride {row['stride']} s ({row['fps_in']} fps in): "
             f"windows run {w['run']}, skipped {w['skipped']}, measured {w['measured']}; "
-            f"capture→publish slope {row['latency_slope_ms_per_min']} ms/min"
+            f"capture→publish slope {row['latency_slope_ms_per_min']} ms/min; "
+            f"first prediction {row['startup_s']} s after launch"
         ),
         "  ms (p50 / p90 / p99 / max)",
     ]

@@ -45,6 +45,7 @@ def test_pipeline_bench_json_and_plot(tmp_path):
         assert row["windows"]["run"] >= row["windows"]["measured"] > 0
         assert row["windows"]["skipped"] >= 0
         assert isinstance(row["latency_slope_ms_per_min"], float)
+        assert 0 < row["startup_s"] < 120  # launch to the first prediction
         names = " ".join(row["cpu_percent"])
         for process in ("main", "capture-video", "inference", "subscriber"):
             assert process in names and process in " ".join(row["peak_rss_mb"])
