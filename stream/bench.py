@@ -271,6 +271,8 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
         argv += ["--precision", args.precisions[0]]
     if not args.compile:
         argv += ["--no-compile"]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
     if args.weights:
         argv += ["--weights", args.weights]
     if args.source == "synthetic":
@@ -520,11 +522,16 @@ def gflops(model, inputs) -> float:
     return counter.get_total_flops() / 1e9 / 2  # multiply-accumulates, as papers count "FLOPs"
 
 
-def _time_engine(name: str, backend: str, precision: str | None, runs: int, compile: bool) -> dict:
+def _time_engine(
+    name: str, backend: str, precision: str | None, runs: int, compile: bool, threads: int | None
+) -> dict:
     """One row of engine mode, run in its own process so that its peak memory is its own."""
     import resource
 
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     import engines
     import models
@@ -560,7 +567,7 @@ def run_engines(args) -> list[dict]:
         for backend in args.engines:
             for precision in args.precisions or [None]:
                 with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                    row = pool.submit(_time_engine, name, backend, precision, args.runs, args.compile).result()
+                    row = pool.submit(_time_engine, name, backend, precision, args.runs, args.compile, args.threads).result()
                 rows.append(row)
                 if "error" in row:
                     print(f"{name} {backend} {precision}: {row['error']}", file=sys.stderr)
@@ -591,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", default="auto", help="engine(s), comma-separated to sweep")
     p.add_argument("--precision", default="",
                    help="fp32, fp16 or bf16 (default: the engine's); --engine-only: comma-separated to sweep")
+    p.add_argument("--threads", type=int, help="CPU threads of the engine (default: one per core)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="eager PyTorch: do not compile the model (see stream.run --no-compile)")
     p.add_argument("--stride", default="0.5", help="seconds between windows, comma-separated to sweep")

@@ -34,6 +34,7 @@ class RunConfig:
     device: str | None = None
     precision: str | None = None
     compile: bool = True  # compile the model for this machine (cached); False: eager PyTorch
+    threads: int | None = None  # CPU threads of the engine; None: torch's default (one per core)
     stride: float = 0.25
     smoothing: str = "ema:0.5"
     topk: int = 5
@@ -55,6 +56,8 @@ class RunConfig:
             raise UserError(f"--stride {self.stride} must be > 0 seconds (e.g. 0.25)")
         if self.topk < 1:
             raise UserError(f"--topk {self.topk} must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads {self.threads} must be >= 1 (leave it out for one per core)")
         if self.duration is not None and not self.duration > 0:
             raise UserError(f"--duration {self.duration} must be > 0 seconds")
         if self.fps is not None and not self.fps > 0:
@@ -101,7 +104,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TYPES: dict[str, tuple[type, ...]] = {
     "camera": (str, int), "mic": (str, int), "model": (str,), "weights": (str,),
     "num_classes": (int,), "labels": (list,), "engine": (str,), "device": (str,), "precision": (str,),
-    "compile": (bool,),
+    "compile": (bool,), "threads": (int,),
     "stride": (int, float), "smoothing": (str,), "topk": (int,), "publish": (str,),
     "stream_id": (str,), "duration": (int, float), "loop": (bool,), "preview": (bool,),
     "size": (str,), "fps": (int, float), "log_level": (str,), "allow_remote": (bool,),
@@ -110,7 +113,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
 
 
 _NULLABLE = {
-    "weights", "num_classes", "labels", "device", "precision", "duration", "size", "fps", "curve_secret_key", "curve_clients",
+    "weights", "num_classes", "labels", "device", "precision", "threads", "duration", "size", "fps", "curve_secret_key", "curve_clients",
 }
 
 

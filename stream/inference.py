@@ -194,6 +194,10 @@ class InferenceLoop:
 
         cfg, stats = self.cfg, self.stats
         stats.state = "loading"
+        if cfg.threads is not None:
+            import torch
+
+            torch.set_num_threads(cfg.threads)  # before the engine: a compiled one is built for it
         try:
             # seed: without weights the model is the same on every start, and so is the key
             # of its compiled engine in the cache.
@@ -227,6 +231,10 @@ class InferenceLoop:
             raise UserError(str(exc)) from None
         self.engine = engine
         stats.engine = engine.name
+        if engine.device.type == "cpu":
+            import torch
+
+            log.info("engine %s (%s) on %d CPU thread(s)", engine.name, engine.mode, torch.get_num_threads())
         engine.warmup()
         self.preprocess = Preprocessor(
             short_side=meta.short_side, crop=meta.crop, mean=meta.mean, std=meta.std,

@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-compile", dest="compile", action="store_false", default=None,
       help="run eager PyTorch instead of compiling the model for this machine (the first "
       "start compiles and caches under $AVSTREAM_CACHE/engines; later ones load in a second)")
+    a("--threads", type=int, help="CPU threads of the engine (default: one per core)")
     a("--stride", type=float, help=f"seconds between windows (default {d.stride})")
     a("--smoothing", help=f"ema:ALPHA, mean:K or none (default {d.smoothing})")
     a("--topk", type=int, help=f"labels per prediction (default {d.topk})")

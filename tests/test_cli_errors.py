@@ -68,6 +68,7 @@ CASES = {
     "unknown flag": (("--camra", "0"), "unrecognized arguments"),
     "tensorrt not yet": (("--camera", "synthetic", "--engine", "tensorrt"), "tensorrt"),
     "fp16 on cpu": (("--camera", "synthetic", "--precision", "fp16", "--device", "cpu"), "fp16"),
+    "no threads": (("--camera", "synthetic", "--threads", "0"), "--threads 0 must be >= 1"),
 }
 
 

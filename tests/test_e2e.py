@@ -129,6 +129,18 @@ def test_duration_ends_the_run(run_stream):
     code, err = stream.wait(timeout=60)
     assert code == 0, err
     assert "--duration reached" in err
+    assert "engine torch-cpu (aot-compiled) on " in err
+
+
+def test_threads_and_no_compile(run_stream):
+    stream = run_stream(
+        "--camera", "synthetic", "--size", "160x120", "--duration", "3", "--threads", "1", "--no-compile",
+        *MODEL_ARGS,
+    )
+    code, err = stream.wait(timeout=60)
+    assert code == 0, err
+    assert "engine torch-cpu (eager) on 1 CPU thread(s)" in err
+    assert "compil" not in err
 
 
 def test_stopping_while_the_engine_compiles_leaves_nothing_behind(run_stream, tmp_path):
