@@ -621,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --stride {args.stride!r} must be seconds, e.g. 0.5 or 0.25,0.5", file=sys.stderr)
         return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads {args.threads} must be >= 1 (leave it out for one per core)", file=sys.stderr)
+        return 2
     if len(args.precisions) > 1 and not args.engine_only:
         print(f"error: --precision {args.precision!r}: the pipeline runs one precision; "
               "sweep precisions with --engine-only", file=sys.stderr)

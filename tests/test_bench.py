@@ -99,3 +99,16 @@ def test_bench_under_subscriber_load(tmp_path):
     assert row["load_subscribers"] == 30 and row["windows"]["measured"] > 0
     # the send never waits on the idle, stalled or reconnecting subscribers
     assert row["stages_ms"]["publish"]["max"] < 500
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (("--precision", "fp32,bf16"), "error: --precision 'fp32,bf16': the pipeline runs one precision"),
+        (("--threads", "0"), "error: --threads 0 must be >= 1"),
+    ],
+)
+def test_bad_options_give_one_line(args, line):
+    proc = _bench(*args, "--duration", "1", timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(line), proc.stderr
