@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import os
 import signal
 import threading
 import time
@@ -46,22 +45,23 @@ class CpuKey(CacheKey):
 
 
 @functools.cache
-def cpu_name() -> str:
-    """'Intel(R) Xeon(R) Processor AVX512': /proc/cpuinfo's model name and torch's ISA."""
-    name = ""
+def cpu_model() -> str:
+    """'Intel(R) Xeon(R) Processor': /proc/cpuinfo's model name, else what platform says."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    if not name:
-        import platform
+    import platform
 
-        name = platform.processor() or platform.machine()
-    return f"{name} {torch.backends.cpu.get_cpu_capability()}"
+    return platform.processor() or platform.machine()
+
+
+def cpu_name() -> str:
+    """'Intel(R) Xeon(R) Processor AVX512': the model and the instruction set torch uses."""
+    return f"{cpu_model()} {torch.backends.cpu.get_cpu_capability()}"
 
 
 def bf16_native() -> bool:
@@ -128,28 +128,13 @@ def _unwind_on_sigterm():
 
 
 def _kill_descendants() -> None:
-    """SIGKILL every process below this one (found through /proc; nothing elsewhere)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
-    except OSError:
-        return
-    for pid in entries:
+    """SIGKILL every process below this one."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(pid)
-    below, todo = [], [os.getpid()]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        below += kids
-        todo += kids
-    for pid in below:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            child.kill()
+        except psutil.Error:  # gone already
             pass
 
 

@@ -71,16 +71,11 @@ def percentiles(values) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform()}
+    from engines.inductor import cpu_model
+
+    info = {
+        "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform(),
+    }
     try:
         import torch
 
