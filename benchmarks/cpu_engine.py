@@ -3,8 +3,9 @@
 with the same threads, interleaved.
 
 For each model, the reference is pytorchvideo's `create_x3d` for the variant (logits
-out, BatchNorm statistics perturbed so that folding them is exercised); ours loads the
-same weights through `x3d.remap_pytorchvideo`. Every round runs each variant once, so a
+out, BatchNorm statistics perturbed so that folding them is exercised), built by the
+model tests' own `tests/conftest.reference_x3d` (so this needs the `test` extra); ours
+loads the same weights through `x3d.remap_pytorchvideo`. Every round runs each variant once, so a
 busy machine slows them alike; the medians are over `--runs` rounds after `--warmup`.
 
 Columns: median ms, ratio to pytorchvideo's median, the relative error of the logits
@@ -29,39 +30,16 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # the reference model is the tests' own
+
+from conftest import reference_x3d
 
 import engines
 import models
 from engines import inductor
 from engines.base import relative_error
 from models import x3d
-
-
-def perturb_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.1, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.1, 0.1, generator=g)
-
-
-def pytorchvideo_x3d(name: str) -> torch.nn.Module:
-    from pytorchvideo.models.x3d import create_x3d
-
-    cfg = x3d._config(name)
-    torch.manual_seed(0)
-    ref = create_x3d(
-        input_clip_length=cfg.frames,
-        input_crop_size=cfg.train_crop,
-        depth_factor=cfg.depth_factor,
-        head_activation=None,
-    )
-    perturb_batchnorm(ref)
-    return ref.eval()
 
 
 def textures(n: int, frames: int, crop: int, seed: int = 0) -> list[torch.Tensor]:
@@ -83,7 +61,7 @@ def textures(n: int, frames: int, crop: int, seed: int = 0) -> list[torch.Tensor
 
 
 def bench(name: str, args) -> list[str]:
-    ref = pytorchvideo_x3d(name)
+    ref = reference_x3d(name)
     model = models.create(name)
     model.load_state_dict(x3d.remap_pytorchvideo(ref.state_dict()), strict=True)
     model.weights_id = f"bench-pytorchvideo-seed0-{name}"  # the compiled engines are cached under this

@@ -178,7 +178,7 @@ def load_or_build(
             )
             return compiled
     log.info(
-        "%s: compiling %s ahead of time for this CPU (once: about 20 s for x3d_xs, minutes "
+        "%s: compiling %s ahead of time for this CPU (once: about 25 s for x3d_xs on 2 cores, minutes "
         "for the big models; the next start loads it from %s)",
         name,
         what,

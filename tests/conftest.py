@@ -35,6 +35,26 @@ def perturb_batchnorm(module, seed: int = 0) -> None:
                 m.bias.uniform_(-0.1, 0.1, generator=g)
 
 
+def reference_x3d(name: str):
+    """pytorchvideo 0.1.5's X3D for the variant (logits out, BatchNorm perturbed): the
+    parity reference of the model tests and of benchmarks/cpu_engine.py."""
+    import torch
+    from pytorchvideo.models.x3d import create_x3d
+
+    from models import x3d
+
+    cfg = x3d._config(name)
+    torch.manual_seed(0)
+    ref = create_x3d(
+        input_clip_length=cfg.frames,
+        input_crop_size=cfg.train_crop,
+        depth_factor=cfg.depth_factor,
+        head_activation=None,
+    )
+    perturb_batchnorm(ref)
+    return ref.eval()
+
+
 def rel_err(a, b) -> float:
     """Relative error of `a` against the reference `b` (Frobenius norms)."""
     return float((a - b).detach().norm() / b.detach().norm())

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import models
+import conftest
 from conftest import perturb_batchnorm, rel_err
 from models import x3d
 from models._registry import register
@@ -236,18 +237,8 @@ def test_config_checks(changes):
 
 
 def reference_x3d(name: str) -> torch.nn.Module:
-    """pytorchvideo 0.1.5's X3D for the variant, logits out, perturbed BatchNorm."""
-    ptv_x3d = pytest.importorskip("pytorchvideo.models.x3d")
-    cfg = x3d._config(name)
-    torch.manual_seed(0)
-    ref = ptv_x3d.create_x3d(
-        input_clip_length=cfg.frames,
-        input_crop_size=cfg.train_crop,
-        depth_factor=cfg.depth_factor,
-        head_activation=None,
-    )
-    perturb_batchnorm(ref)
-    return ref.eval()
+    pytest.importorskip("pytorchvideo.models.x3d")
+    return conftest.reference_x3d(name)
 
 
 @pytest.mark.parametrize("name", X3D_NAMES)
