@@ -291,9 +291,11 @@ class InferenceLoop:
                 continue
             window_ns = time.monotonic_ns()
             got = self.sampler.sample_in_place(lambda w, last=last_newest: self._preprocess(w, last))
-            if got is None or got[1] is None:  # warming up, or no new frame
-                if got is not None:
-                    stats.stale += 1
+            if got is None:  # warming up: the span is not covered yet; again at the next frame
+                self.scheduler.restart(self.frame_period_s)
+                continue
+            if got[1] is None:  # no new frame since the last window
+                stats.stale += 1
                 self.scheduler.advance(count_skipped=False)
                 continue
             window, (inputs, preprocess_ns) = got

@@ -274,3 +274,12 @@ class Scheduler:
         if count_skipped:
             self.skipped += behind
         return behind
+
+    def restart(self, delay_s: float = 0.0, now_ns: int | None = None) -> None:
+        """Start the grid afresh, its next tick `delay_s` from now; nothing counts as skipped.
+
+        While the first window's span is still filling, the inference process ticks at
+        each new frame this way, so the first prediction comes as soon as the span is
+        covered instead of at the next tick of a grid started before the first frame."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        self.next_tick_ns = now_ns + round(delay_s * 1e9)

@@ -6,6 +6,9 @@ interpolation as torch's align_corners=False (without antialias)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -144,6 +147,34 @@ def test_frames_in_place_in_a_ring(fused):
         torch.testing.assert_close(fast, pre.clip(copies), rtol=0, atol=0)
         torch.testing.assert_close(slow, pre.clip(copies[[0, 3]]), rtol=0, atol=0)
         torch.testing.assert_close(fast, resize_then_crop(copies, 40, 32), rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not Preprocessor(short_side=8, crop=8, mean=MEAN, std=STD).fused, reason="numba is not installed")
+def test_fused_kernel_is_compiled_once_then_loaded_from_disk(tmp_path):
+    """A second process finds the kernel in numba's on-disk cache: no compile at start-up."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from stream.preprocess import Preprocessor, _KERNEL\n"
+        "Preprocessor(short_side=8, crop=8, mean=(0.5,) * 3, std=(0.5,) * 3).warmup(8, 8)\n"
+        "stats = _KERNEL[0].stats\n"
+        "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    root = Path(__file__).resolve().parent.parent
+
+    def hits_misses() -> list[int]:
+        out = subprocess.run(
+            [sys.executable, "-c", script], check=False, cwd=root, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        return [int(v) for v in out.stdout.split()]
+
+    first = hits_misses()
+    assert hits_misses() == [1, 0], first  # loaded, not compiled
+    assert any(tmp_path.rglob("*.nbc"))
 
 
 def test_frames_outside_their_buffer_are_refused():

@@ -113,6 +113,14 @@ def test_scheduler_counts_skipped_ticks_and_never_builds_up():
         Scheduler(0)
 
 
+def test_scheduler_restart_starts_a_new_grid_without_skips():
+    s = Scheduler(0.5, start_ns=0)
+    s.restart(0.033, now_ns=700 * MS)  # warming up at 700 ms: look again at the next frame
+    assert s.next_tick_ns == 733 * MS and s.due_in_s(733 * MS) == 0
+    assert s.advance(740 * MS) == 0 and s.next_tick_ns == 1233 * MS  # the grid runs from there
+    assert s.skipped == 0
+
+
 def test_in_place_window_is_the_copied_window(ring):
     _fill(ring, [i * 1000 / 30 for i in range(40)])
     sampler = WindowSampler(ring, [PathwaySpec(2, 8 / 30), PathwaySpec(8, 2 / 30)])
