@@ -6,8 +6,10 @@ torch state is forked):
   capture-audio   for models that listen: opens --mic, writes samples into the AudioRing
   inference       builds the model and engine, cuts windows, publishes on ZeroMQ
 Start-up runs them in parallel (the camera opens while the model loads). The rings are
-made, sized from the model's span and the sources' sizes and rates, and handed out once
-the engine is ready, so a file starts playing when its frames can be used. A capture
+made, sized from the model's span and the sources' sizes and rates, and handed out to
+the capture processes as soon as those are known when every source is live (so the
+first window fills while the engine loads), or once the engine is ready when one is a
+file (so a file starts playing when its frames can be used). A capture
 process that dies while running is restarted with backoff; its source's health goes to
 the inference process, which reports it on the status topic.
 
@@ -51,6 +53,19 @@ AUDIO_MAX_BLOCK = 8192
 #: back to the first once it has run for RESTART_RESET_S.
 RESTART_BACKOFF_S = (0.5, 10.0)
 RESTART_RESET_S = 30.0
+
+
+def rings_due(*, ready: bool, model: dict | None, video: dict | None, audio: dict | None, audio_ready: bool) -> bool:
+    """Whether start-up can make the rings and start capturing into them now.
+
+    Live sources (cameras, network streams, synthetic) start as soon as the model's span
+    and the sources' formats are known, so the first window's frames arrive while the
+    engine is still loading. A file (video or sound) starts only once the engine is
+    ready, so that none of it plays to nobody."""
+    if model is None or video is None or not audio_ready:
+        return False
+    live = video.get("live", False) and (audio is None or audio.get("live", False))
+    return ready or live
 
 
 def error_line(message: object) -> str:
@@ -312,8 +327,8 @@ class Supervisor:
                 else:
                     self._fail_on(name, kind, payload)
                 audio_ready = audio is not None or "capture-audio" not in self.children
-                if ready and video is not None and audio_ready and self.ring is None:
-                    # Only now: a file starts playing when the engine can take its frames.
+                if self.ring is None and rings_due(ready=ready, model=model, video=video, audio=audio,
+                                                   audio_ready=audio_ready):
                     self._make_rings(video, model, audio)
             self.conns["inference"].send((
                 "ring",

@@ -172,3 +172,22 @@ def test_stopping_while_the_engine_compiles_leaves_nothing_behind(run_stream, tm
     assert not running(seen | descendants(stream.proc.pid)), "processes outlived stream.run"
     assert shm_segments() <= before
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_live_sources_fill_the_first_window_while_the_engine_loads():
+    """The rings (and capture into them) start before the engine is ready when every
+    source is live; a file waits for the engine, so that none of it plays to nobody."""
+    from stream.run import rings_due
+
+    model = {"name": "x3d_xs", "span_s": 1.2, "audio": None}
+    camera, file = {"kind": "camera", "live": True}, {"kind": "file", "live": False}
+    mic, sound_file = {"kind": "device", "live": True}, {"kind": "file", "live": False}
+    assert rings_due(ready=False, model=model, video=camera, audio=None, audio_ready=True)
+    assert rings_due(ready=False, model=model, video=camera, audio=mic, audio_ready=True)
+    assert not rings_due(ready=False, model=model, video=file, audio=None, audio_ready=True)
+    assert not rings_due(ready=False, model=model, video=camera, audio=sound_file, audio_ready=True)
+    assert rings_due(ready=True, model=model, video=file, audio=sound_file, audio_ready=True)
+    # not before the model's span, the video's format and (for listening models) the sound's are known
+    assert not rings_due(ready=False, model=None, video=camera, audio=None, audio_ready=True)
+    assert not rings_due(ready=True, model=model, video=None, audio=None, audio_ready=True)
+    assert not rings_due(ready=False, model=model, video=camera, audio=None, audio_ready=False)
