@@ -25,6 +25,7 @@ one warning and runs eager.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -72,6 +73,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory in the process instead of handing it back.
 
@@ -80,8 +82,8 @@ def keep_freed_memory() -> bool:
     next call faults every page in again: about 3,500 page faults per X3D-XS window, which
     took X3D-XS compiled from 31 to 22 ms (median) on a 2-core Xeon. Raising the mmap and
     trim thresholds keeps those pages mapped; the process holds on to its peak memory,
-    which it needs again on the next window anyway. Process-wide, once; False where the
-    C library is not glibc."""
+    which it needs again on the next window anyway. Process-wide, set once per process
+    (cached); False where the C library is not glibc."""
     import ctypes
     import ctypes.util
 

@@ -156,7 +156,6 @@ def test_fused_kernel_is_compiled_once_then_loaded_from_disk(tmp_path):
     import sys
 
     script = (
-        "import numpy as np\n"
         "from stream.preprocess import Preprocessor, _KERNEL\n"
         "Preprocessor(short_side=8, crop=8, mean=(0.5,) * 3, std=(0.5,) * 3).warmup(8, 8)\n"
         "stats = _KERNEL[0].stats\n"
