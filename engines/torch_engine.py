@@ -25,7 +25,9 @@ one warning and runs eager.
 
 from __future__ import annotations
 
+import copy
 import functools
+import itertools
 import logging
 import os
 import time
@@ -190,6 +192,9 @@ class TorchEngine:
         self.dtype = _DTYPES[precision]
         if not cuda:
             keep_freed_memory()
+        tensors = itertools.chain(model.parameters(), model.buffers())
+        if any(t.device != self.device or (t.is_floating_point() and t.dtype != self.dtype) for t in tensors):
+            model = copy.deepcopy(model)  # the caller's model keeps its device and dtype
         self.model = model.to(self.device, self.dtype).eval()
         if cuda:
             self.name = f"torch-cuda-{precision}"
