@@ -15,11 +15,17 @@ no weights or videos can be downloaded where this was written; random weights ma
 top-1 margins small, so this is a harsh test).
 
     python benchmarks/cpu_engine.py --model x3d_xs,x3d_s,x3d_m --runs 12
+
+With `--without-rewrites`, each engine is also timed compiled from the graph as exported,
+without `engines.inductor`'s rewrites (what they are worth, side by side):
+
+    python benchmarks/cpu_engine.py --model x3d_xs --runs 150 --without-rewrites
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -38,6 +44,7 @@ import engines
 import models
 from engines import inductor
 from engines.base import relative_error
+from engines.cache import default_cache_dir
 from models import x3d
 
 
@@ -71,8 +78,16 @@ def bench(name: str, args) -> list[str]:
     for precision in args.precisions:
         t0 = time.perf_counter()
         engine = engines.create(model, (x,), backend="torch", device="cpu", precision=precision)
-        modes[precision] = f"{engine.mode}, ready in {time.perf_counter() - t0:.1f} s"
+        modes[f"engine {precision}"] = f"{engine.mode}, ready in {time.perf_counter() - t0:.1f} s"
         variants[f"engine {precision}"] = engine
+        if args.without_rewrites:  # compiled from the graph as exported: the rewrites' worth
+            key = dataclasses.replace(inductor.key_for(engine.model, (x,), precision), passes=0)
+            package = inductor.load_or_build(
+                engine.model, engine.example_inputs, key=key, cache_dir=default_cache_dir(), name="bench"
+            )
+            label = f"engine {precision} without rewrites"
+            variants[label] = lambda inputs, package=package, dtype=engine.dtype: package(inputs.to(dtype))
+            modes[label] = "aot-compiled from the graph as exported (passes=0)"
     with torch.inference_mode():
         expected = ref(x)
         outputs = {k: f(x).float() for k, f in variants.items()}
@@ -90,20 +105,19 @@ def bench(name: str, args) -> list[str]:
             same = 0
             for w in textures(args.windows, x.shape[2], x.shape[-1]):
                 same += int(variants["engine bf16"](w).argmax() == variants["engine fp32"](w).argmax())
-            agree["bf16"] = f"top-1 = fp32's on {same}/{args.windows} windows"
+            agree["engine bf16"] = f"top-1 = fp32's on {same}/{args.windows} windows"
     base = statistics.median(times["pytorchvideo eager"])
     target = TARGETS.get(name)
     lines = []
     for k, ts in times.items():
         med = statistics.median(ts)
-        precision = k.split()[-1]
-        note = modes.get(precision, "")
+        note = modes.get(k, "")
         if k == "engine fp32" and target:
             note += f"; target <= {target}: {'met' if med / base <= target else 'MISSED'}"
         if k == "engine bf16" and name == "x3d_m":
             note += f"; target <= 0.12: {'met' if med / base <= 0.12 else 'MISSED'}"
-        if precision in agree:
-            note += f"; {agree[precision]}"
+        if k in agree:
+            note += f"; {agree[k]}"
         lines.append(
             f"| {name} | {k} | {med * 1e3:.1f} | {med / base:.3f} | "
             f"{relative_error(outputs[k], expected):.1e} | {note.lstrip('; ')} |"
@@ -121,6 +135,11 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--windows", type=int, default=200, help="bf16 top-1 check (0: none)")
+    p.add_argument(
+        "--without-rewrites",
+        action="store_true",
+        help="also time each engine compiled without engines.inductor's graph rewrites",
+    )
     args = p.parse_args()
     args.precisions = args.precision.split(",")
     print(

@@ -3,10 +3,12 @@ window's static shapes, fp32 or bf16, cached on disk.
 
 Compiling with inductor's freezing folds each BatchNorm into its convolution, pre-packs
 the weights in oneDNN's blocked layouts, fuses the activations into the convolutions and
-generates C++ loops for the rest (swish, the squeeze-excite gates, the residual adds);
-ahead of time, the model then runs as one shared library, with no Python between its
-layers. The package (`.pt2`) is written once under `$AVSTREAM_CACHE/engines`, keyed by
-model, weights, input shapes, precision, CPU, threads and torch version, and a later
+generates C++ loops for the rest (swish, the squeeze-excite gates, the residual adds).
+Before that, the convolutions of a clip's mean (squeeze-excite's two layers) become sums,
+which inductor writes as C++ loops too (`tiny_convolutions_as_sums`). Ahead of time, the
+model then runs as one shared library, with no Python between its layers. The package
+(`.pt2`) is written once under `$AVSTREAM_CACHE/engines`, keyed by model, weights, input
+shapes, precision, CPU, threads, torch version and the rewrites' version, and a later
 start loads it in milliseconds.
 
 A C++ compiler must be on the machine (`g++`, as torch.compile needs on the CPU); the
@@ -42,6 +44,12 @@ class CpuKey(CacheKey):
     cpu: str  # model name and the instruction set torch dispatches to (AVX2, AVX512...)
     threads: int  # the generated loops are parallelised for this many threads
     torch: str
+    passes: int = 0  # GRAPH_PASSES: what this module does to the graph before inductor
+
+
+# Bumped whenever the graph handed to inductor changes, so that a package built before
+# is keyed apart. 1: convolutions of a (B, C, 1, ..., 1) tensor as sums.
+GRAPH_PASSES = 1
 
 
 @functools.cache
@@ -72,6 +80,72 @@ def bf16_native() -> bool:
         return False
 
 
+_CONVS = (torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default, torch.ops.aten.conv3d.default)
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+
+
+def tiny_convolutions_as_sums(gm: torch.fx.GraphModule) -> int:
+    """Rewrite, in place, each convolution whose input is (B, C, 1, ..., 1) (a clip's
+    mean: squeeze-excite's two layers) as a broadcast multiply and a sum over C. Returns
+    how many it rewrote.
+
+    A oneDNN convolution call costs about 45 us before any arithmetic on a 2-core Xeon
+    with torch 2.14 (ideep sets up descriptors, attributes and buffers on every call:
+    benchmarks/conv_call.py), while a 216 x 16 layer is 3,456 multiply-adds. As sums,
+    inductor fuses them with the mean and the sigmoid into its own loops. X3D-XS, S and
+    M have 30 of these per window, X3D-L 58."""
+    aten = torch.ops.aten
+    graph = gm.graph
+    rewritten = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _CONVS:
+            continue
+        a = {**_CONV_DEFAULTS, **dict(zip(_CONV_ARGS, node.args)), **node.kwargs}
+        x, w, bias, padding = a["input"], a["weight"], a["bias"], a["padding"]
+        padding = padding if isinstance(padding, (list, tuple)) else [padding]
+        xs, ws = x.meta["val"].shape, w.meta["val"].shape
+        if a["groups"] != 1 or any(n != 1 for n in (*xs[2:], *ws[2:])) or any(padding):
+            continue  # stride and dilation do nothing to a 1 x ... x 1 input and kernel
+        b, c, out = xs[0], xs[1], ws[0]
+        with graph.inserting_before(node):
+            products = graph.call_function(
+                aten.mul.Tensor,
+                (
+                    graph.call_function(aten.reshape.default, (x, [b, 1, c])),
+                    graph.call_function(aten.reshape.default, (w, [1, out, c])),
+                ),
+            )
+            y = graph.call_function(aten.sum.dim_IntList, (products, [-1]))
+            if bias is not None:
+                y = graph.call_function(aten.add.Tensor, (y, bias))
+            y = graph.call_function(aten.reshape.default, (y, [b, out, *[1] * (len(xs) - 2)]))
+        node.replace_all_uses_with(y)
+        graph.erase_node(node)
+        rewritten += 1
+    if rewritten:
+        graph.lint()
+        gm.recompile()
+    return rewritten
+
+
+def prepare(
+    model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], passes: int = GRAPH_PASSES
+) -> torch.export.ExportedProgram:
+    """The program inductor compiles: `model` exported at the inputs' shapes, rewritten
+    (`passes` 0: not rewritten, for side-by-side benchmarks)."""
+    from .tensorrt_ops import export
+
+    program = export(model, inputs)
+    if passes == 0:
+        return program
+    gm = program.module()
+    if tiny_convolutions_as_sums(gm):
+        with torch.no_grad():
+            program = torch.export.export(gm, tuple(inputs), strict=False)
+    return program
+
+
 def key_for(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], precision: str) -> CpuKey:
     return CpuKey(
         model=getattr(getattr(model, "meta", None), "name", type(model).__name__),
@@ -81,6 +155,7 @@ def key_for(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], precision:
         cpu=cpu_name(),
         threads=torch.get_num_threads(),
         torch=torch.__version__,
+        passes=GRAPH_PASSES,
     )
 
 
@@ -186,12 +261,10 @@ def load_or_build(
     )
     from torch._inductor import aoti_compile_and_package
 
-    from .tensorrt_ops import export
-
     t0 = time.perf_counter()
     # no_grad: inductor freezes (folds BN, pre-packs weights) only when grad is off.
     with _unwind_on_sigterm(), Progress(f"{name}: {what}", "compiling"), torch.no_grad():
-        program = export(model, inputs)
+        program = prepare(model, inputs, key.passes)
         save_atomically(
             lambda tmp: aoti_compile_and_package(
                 program, package_path=str(tmp), inductor_configs={"freezing": True}

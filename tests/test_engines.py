@@ -166,6 +166,7 @@ def test_cpu_engine_saves_its_package_with_the_key(no_cuda, tiny_package):
     assert meta["model"] == "tiny" and meta["precision"] == "fp32"
     assert meta["threads"] == torch.get_num_threads() and meta["torch"] == torch.__version__
     assert meta["weights"] == weights_digest(model) and meta["build_s"] > 0
+    assert meta["passes"] == inductor.GRAPH_PASSES  # a change of the rewrites means a rebuild
     assert package.stem == f"cpu-{inductor.key_for(model, model.example_inputs(), 'fp32').stem}"
     assert not [p for p in tiny_package.iterdir() if p.name.startswith(".")]  # no temporary file
 
@@ -203,6 +204,69 @@ def test_cpu_cache_key_changes_with_weights_precision_and_threads():
     finally:
         torch.set_num_threads(threads)
     assert inductor.cpu_name().endswith(torch.backends.cpu.get_cpu_capability())
+
+
+class _Gated(torch.nn.Module):
+    """A squeeze-excite gate beside convolutions that the rewrite must leave alone."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv3d(3, 8, 3, padding=1)
+        self.point = torch.nn.Conv3d(8, 8, 1)  # 1x1x1 over a clip: stays a convolution
+        self.fc1 = torch.nn.Conv3d(8, 4, 1)  # over the clip's mean: becomes a sum
+        self.fc2 = torch.nn.Conv3d(4, 8, 1, bias=False)  # the same, without a bias
+        self.padded = torch.nn.Conv2d(8, 8, 1, padding=1)  # a 1x1 input, but a 3x3 output
+
+    def forward(self, x):
+        y = self.point(self.conv(x))
+        s = y.mean((2, 3, 4), keepdim=True)
+        gate = torch.sigmoid(self.fc2(self.fc1(s).relu()))
+        return (y * gate).mean((2, 3, 4)) + self.padded(s[:, :, 0]).mean((2, 3))
+
+
+def _convolutions(gm: torch.fx.GraphModule) -> list[str]:
+    return [str(n.target) for n in gm.graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+
+
+def test_convolutions_of_a_mean_become_sums():
+    from engines.tensorrt_ops import export
+
+    model = _Gated().eval()
+    x = torch.randn(2, 3, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+    gm = export(model, (x,)).module()
+    assert len(_convolutions(gm)) == 5
+    assert inductor.tiny_convolutions_as_sums(gm) == 2  # fc1 and fc2 only
+    assert _convolutions(gm) == ["aten.conv3d.default", "aten.conv3d.default", "aten.conv2d.default"]
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-6)
+        other = torch.randn_like(x)  # it computes from its input, for each batch item
+        torch.testing.assert_close(gm(other), model(other), rtol=1e-5, atol=1e-6)
+    program = inductor.prepare(model, (x,))  # what the CPU engine compiles: exports again
+    assert len(_convolutions(program.graph_module)) == 3
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["x3d_xs", "x3d_l", "slowfast_r50", "avslowfast_r50"])
+def test_cpu_compile_graph_of_models_with_convolutions(name):
+    """What the CPU engine hands inductor for a registered model: X3D's squeeze-excite
+    layers (two per gated block) become sums, every other convolution stays."""
+    from engines.tensorrt_ops import export
+    from models.x3d import _SqueezeExcite
+
+    model = models.create(name).eval()
+    inputs = model.example_inputs()
+    before = _convolutions(export(model, inputs).module())
+    program = inductor.prepare(model, inputs)
+    after = _convolutions(program.graph_module)
+    gates = sum(isinstance(m, _SqueezeExcite) for m in model.modules())
+    assert len(before) - len(after) == 2 * gates
+    assert (gates > 0) == name.startswith("x3d")
+    if name == "x3d_xs":
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
 
 
 def test_cached_package_that_disagrees_is_dropped(no_cuda, tiny_package, tmp_path, caplog):
