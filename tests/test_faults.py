@@ -34,7 +34,9 @@ def test_killed_capture_is_restarted_and_reported(run_stream):
     stream = run_stream(*ARGS)
     with Subscriber(stream.endpoint, topics=("pred.", "status.")) as sub:
         preds, statuses = _collect(sub, 0)
-        while not preds:
+        # Until the inference attaches the rings, its heartbeat names no capture process;
+        # the first prediction can come before the next heartbeat.
+        while not (preds and statuses and "capture-video" in statuses[-1].body["processes"]):
             more = _collect(sub, 1.0)
             preds += more[0]
             statuses += more[1]
