@@ -270,7 +270,8 @@ def _fused_kernel():
     Compiled on first use, for the one signature the Preprocessor calls it with, and
     cached on disk by numba (`__pycache__` beside this file, or NUMBA_CACHE_DIR): a later
     process loads it instead of compiling, which took 1.1-1.3 s of every start against
-    0.6 s with the cache (import included, 2-core Xeon).
+    0.6 s with the cache (import included, 2-core Xeon). Where numba finds no writable
+    directory, it is compiled without the cache, with one warning.
     """
     if not _KERNEL:
         try:
@@ -283,11 +284,23 @@ def _fused_kernel():
             t.uint8[::1], t.int64[::1], t.int64, t.int64[:, ::1], t.float32[:, ::1], t.int64,
             t.int64[:, ::1], t.float32[:, :, ::1], t.float32[::1], t.float32[::1], t.float32[:, :, :, ::1],
         )
+        def compile(cache: bool):
+            return numba.njit(signature, nogil=True, boundscheck=False, error_model="numpy", cache=cache)(_blend)
+
         try:
-            _KERNEL.append(numba.njit(signature, nogil=True, boundscheck=False, error_model="numpy", cache=True)(_blend))
-        except Exception as exc:  # a numba that does not work here: the torch operations do  # noqa: BLE001
-            log.warning("numba could not compile the preprocessing kernel (%s): using torch operations", exc)
-            _KERNEL.append(None)
+            kernel = compile(cache=True)
+        except Exception as exc:  # noqa: BLE001 (no writable cache directory, or a numba that does not work)
+            try:
+                kernel = compile(cache=False)
+            except Exception:  # noqa: BLE001 (a numba that does not work here: the torch operations do)
+                log.warning("numba could not compile the preprocessing kernel (%s): using torch operations", exc)
+                kernel = None
+            else:
+                log.warning(
+                    "numba cannot cache the preprocessing kernel (%s): it is compiled at every start "
+                    "(about 1 s); set NUMBA_CACHE_DIR to a writable directory", exc,
+                )
+        _KERNEL.append(kernel)
     return _KERNEL[0]
 
 

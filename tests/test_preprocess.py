@@ -176,6 +176,29 @@ def test_fused_kernel_is_compiled_once_then_loaded_from_disk(tmp_path):
     assert any(tmp_path.rglob("*.nbc"))
 
 
+@pytest.mark.skipif(not Preprocessor(short_side=8, crop=8, mean=MEAN, std=STD).fused, reason="numba is not installed")
+def test_fused_kernel_without_a_writable_cache_is_compiled_without_it(monkeypatch, caplog):
+    """Where numba finds no directory to cache the kernel in (every locator fails, as on a
+    read-only install with no writable home), the kernel is still compiled, with one
+    warning, instead of falling back to the slower torch operations."""
+    import logging
+
+    import numba.core.caching
+
+    from stream import preprocess
+
+    monkeypatch.setattr(numba.core.caching.CacheImpl, "_locator_classes", [])  # nowhere to cache
+    monkeypatch.setattr(preprocess, "_KERNEL", [])  # compile afresh, in this state
+    with caplog.at_level(logging.WARNING, logger="stream.preprocess"):
+        pre = Preprocessor(short_side=40, crop=32, mean=MEAN, std=STD)
+    assert pre.fused and preprocess._KERNEL[0] is not None
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "cannot cache the preprocessing kernel" in warning and "NUMBA_CACHE_DIR" in warning
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 48, 64, 3), dtype=np.uint8)
+    expected = Preprocessor(short_side=40, crop=32, mean=MEAN, std=STD, fused=False).clip(frames)
+    torch.testing.assert_close(pre.clip(frames), expected, rtol=0, atol=1e-5)
+
+
 def test_frames_outside_their_buffer_are_refused():
     buf = np.zeros(4 * 5 * 3 * 2, np.uint8)
     Frames(buf, np.array([0, 60]), 4, 5)
