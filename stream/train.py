@@ -21,7 +21,8 @@ code (PySlowFast's AVSlowFast branch) do:
   it from P0 at the first step to `--drop-pathway` at the last. Evaluation always uses
   the audio (the model draws only in train mode).
 - Audiovisual synchronisation: the sync head's unit-norm visual and audio embeddings
-  (`model.sync_embeddings`, taken before audio is fused into the visual pathways) go
+  (taken before audio is fused into the visual pathways; `model.forward_with_sync`
+  gives them with the logits, from one pass of the visual pathways) go
   into the reference's contrastive loss (`AVS.contrastive_loss`, after Hadsell et al.):
   embeddings scaled by 1/2, squared distance for the in-sync pair, squared hinge
   max(0, 0.99 - distance) for the negative, averaged over the pairs that pass the
@@ -958,19 +959,17 @@ def _train_epoch(
         inputs = _inputs(batch, device)
         labels = batch["label"].to(device)
         with _autocast(device, amp_dtype):
-            logits = model(*inputs)
+            s_loss = None
+            if sync_weight > 0:  # one pass for both: the visual trunk below the fusions runs once
+                negative = batch["audio_neg"].to(device, non_blocking=True)
+                logits, visual, sound, sound_neg = model.forward_with_sync(*inputs, negative)
+                mask = batch["sync_ok"].to(device)
+                s_loss = sync_loss(visual.float(), sound.float(), sound_neg.float(), mask)
+            else:
+                logits = model(*inputs)
             cls_loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
             loss = cls_loss
-            s_loss = None
-            if sync_weight > 0:
-                b = labels.shape[0]
-                slow, fast, audio = inputs
-                negative = batch["audio_neg"].to(device, non_blocking=True)
-                visual, sound = model.sync_embeddings(
-                    torch.cat([slow, slow]), torch.cat([fast, fast]), torch.cat([audio, negative])
-                )
-                mask = batch["sync_ok"].to(device)
-                s_loss = sync_loss(visual[:b].float(), sound[:b].float(), sound[b:].float(), mask)
+            if s_loss is not None:
                 loss = loss + sync_weight * s_loss
                 sync_pairs += int(mask.sum())
                 hard_pairs += int((mask & batch["hard"].to(device)).sum())

@@ -359,6 +359,30 @@ def test_sync_embeddings():
     assert model.audio.stages[3][0].conv_a.weight.grad is None  # res5 is past the junction
 
 
+def test_forward_with_sync_is_forward_and_sync_embeddings_in_one_pass():
+    model = small_av("a_fs").eval()
+    slow, fast, audio = model.example_inputs(batch=2)
+    negative = torch.randn_like(audio)
+    stems = []
+    model.slow.stem.register_forward_hook(lambda *_: stems.append("slow"))
+    with torch.no_grad():
+        logits, visual, sound, sound_neg = model.forward_with_sync(slow, fast, audio, negative)
+        assert stems == ["slow"]  # the visual pathways ran once
+        torch.testing.assert_close(logits, model(slow, fast, audio))
+        v, a = model.sync_embeddings(torch.cat([slow, slow]), torch.cat([fast, fast]), torch.cat([audio, negative]))
+    torch.testing.assert_close(visual, v[:2])
+    torch.testing.assert_close(sound, a[:2])
+    torch.testing.assert_close(sound_neg, a[2:])
+    with pytest.raises(ValueError, match="expects"):
+        model.forward_with_sync(slow, fast, audio, negative[..., :8])
+    # In training, both losses reach the weights below the junction.
+    model.train()
+    logits, visual, sound, sound_neg = model.forward_with_sync(slow, fast, audio, negative)
+    (logits.sum() + (visual * (sound - sound_neg)).sum()).backward()
+    assert model.sync.visual.weight.grad.any() and model.head.proj.weight.grad.any()
+    assert model.slow.stem.conv.weight.grad.any() and model.audio.stem.conv_t.weight.grad.any()
+
+
 def test_av_wrong_inputs_raise():
     model = small_av("a_fs").eval()
     slow, fast, audio = model.example_inputs()
