@@ -284,14 +284,15 @@ def _fused_kernel():
             t.uint8[::1], t.int64[::1], t.int64, t.int64[:, ::1], t.float32[:, ::1], t.int64,
             t.int64[:, ::1], t.float32[:, :, ::1], t.float32[::1], t.float32[::1], t.float32[:, :, :, ::1],
         )
-        def compile(cache: bool):
+
+        def build(cache: bool):
             return numba.njit(signature, nogil=True, boundscheck=False, error_model="numpy", cache=cache)(_blend)
 
         try:
-            kernel = compile(cache=True)
+            kernel = build(cache=True)
         except Exception as exc:  # noqa: BLE001 (no writable cache directory, or a numba that does not work)
             try:
-                kernel = compile(cache=False)
+                kernel = build(cache=False)
             except Exception:  # noqa: BLE001 (a numba that does not work here: the torch operations do)
                 log.warning("numba could not compile the preprocessing kernel (%s): using torch operations", exc)
                 kernel = None
