@@ -608,7 +608,7 @@ def train(
     meta = model.meta
     audio = meta.audio is not None
     _check_av_options(opts, given, audio=audio, name=opts.model)
-    can_sync = audio and hasattr(model, "sync_embeddings") and opts.sync_weight > 0
+    can_sync = audio and hasattr(model, "forward_with_sync") and opts.sync_weight > 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model_state"])
     model.to(device)

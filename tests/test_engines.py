@@ -319,16 +319,16 @@ def test_cpu_bf16_compiled(no_cuda, tmp_path):
     assert relative_error(logits, expected) < 2e-2
 
 
-@pytest.mark.skipif(not inductor.bf16_native(), reason="this CPU has no native bf16")
 def test_engine_leaves_the_callers_model_as_it_was(no_cuda):
-    model = _Tiny()
+    # A float64 model, served in fp32: the engine must cast (on any CPU), and casts a copy.
+    model = _Tiny().double()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    engine = engines.create(model, model.example_inputs(), backend="torch", precision="bf16", compile=False)
-    assert next(engine.model.parameters()).dtype == torch.bfloat16
-    for k, v in model.state_dict().items():  # still fp32, unchanged
-        assert v.dtype == torch.float32 and torch.equal(v, before[k]), k
-    fp32 = engines.create(model, model.example_inputs(), backend="torch", compile=False)
-    assert fp32.model is model  # nothing to cast: no copy
+    engine = engines.create(model, model.example_inputs(), backend="torch", compile=False)
+    assert engine.model is not model and next(engine.model.parameters()).dtype == torch.float32
+    for k, v in model.state_dict().items():  # still float64, unchanged
+        assert v.dtype == torch.float64 and torch.equal(v, before[k]), k
+    fp32 = _Tiny()
+    assert engines.create(fp32, fp32.example_inputs(), backend="torch", compile=False).model is fp32  # no copy
 
 
 def test_cpu_bf16_refused_without_native_bf16(no_cuda, monkeypatch):
