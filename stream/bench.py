@@ -45,6 +45,7 @@ import time
 
 import numpy as np
 
+from . import malloc
 from .subscribe import Subscriber
 
 #: Windows at the start that are not counted (first-call allocations, caches).
@@ -268,6 +269,7 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
         argv += ["--no-compile"]
     if args.threads:
         argv += ["--threads", str(args.threads)]
+    argv += ["--malloc", args.malloc]
     if args.weights:
         argv += ["--weights", args.weights]
     if args.source == "synthetic":
@@ -533,7 +535,10 @@ def _time_engine(
 
     model = models.create(name, seed=0)  # seeded: a compiled engine is cached for the next run
     inputs = model.example_inputs()
-    row = {"model": name, "engine": backend, "precision": precision, "gflops": round(gflops(model, inputs), 2)}
+    row = {
+        "model": name, "engine": backend, "precision": precision, "gflops": round(gflops(model, inputs), 2),
+        "malloc": malloc.active(),
+    }
     try:
         engine = engines.create(model, inputs, backend=backend, precision=precision, compile=compile)
     except engines.EngineError as exc:
@@ -561,14 +566,15 @@ def run_engines(args) -> list[dict]:
     for name in args.models:
         for backend in args.engines:
             for precision in args.precisions or [None]:
-                with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                # the worker starts at submit, inside: it runs with the allocator stream.run gives
+                with malloc.preloaded(args.malloc), concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
                     row = pool.submit(_time_engine, name, backend, precision, args.runs, args.compile, args.threads).result()
                 rows.append(row)
                 if "error" in row:
                     print(f"{name} {backend} {precision}: {row['error']}", file=sys.stderr)
                     continue
                 print(f"{name:18s} {row['engine']:18s} {row['mode'] or '':13s} {row['gflops']:7.2f} GFLOPs  median "
-                      f"{row['engine_ms']['p50']:8.1f} ms  peak RSS {row['peak_rss_mb']:7.1f} MB", file=sys.stderr)
+                      f"{row['engine_ms']['p50']:8.1f} ms  peak RSS {row['peak_rss_mb']:7.1f} MB  malloc {row['malloc']}", file=sys.stderr)
     return rows
 
 
@@ -596,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="CPU threads of the engine (default: one per core)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="eager PyTorch: do not compile the model (see stream.run --no-compile)")
+    p.add_argument("--malloc", default="auto",
+                   help="allocator of the engine's process: auto (default), tcmalloc, glibc, or a library's path")
     p.add_argument("--stride", default="0.5", help="seconds between windows, comma-separated to sweep")
     p.add_argument("--duration", type=float, default=30.0, help="seconds measured per row, after the first window")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds allowed for start-up")
@@ -618,6 +626,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads is not None and args.threads < 1:
         print(f"error: --threads {args.threads} must be >= 1 (leave it out for one per core)", file=sys.stderr)
+        return 2
+    try:
+        malloc.resolve(args.malloc)
+    except ValueError as exc:
+        print(f"error: --malloc {args.malloc!r}: {exc}", file=sys.stderr)
         return 2
     if len(args.precisions) > 1 and not args.engine_only:
         print(f"error: --precision {args.precision!r}: the pipeline runs one precision; "

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from . import wire
+from . import malloc, wire
 from .aggregate import Smoother
 from .errors import UserError
 
@@ -35,6 +35,7 @@ class RunConfig:
     precision: str | None = None
     compile: bool = True  # compile the model for this machine (cached); False: eager PyTorch
     threads: int | None = None  # CPU threads of the engine; None: torch's default (one per core)
+    malloc: str = "auto"  # the inference process's allocator (stream.malloc)
     stride: float = 0.25
     smoothing: str = "ema:0.5"
     topk: int = 5
@@ -75,6 +76,10 @@ class RunConfig:
             raise UserError(f"--engine {self.engine!r} is not known: use one of {', '.join(ENGINES)}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise UserError(f"--precision {self.precision!r} is not known: use one of {', '.join(PRECISIONS)}")
+        try:
+            malloc.resolve(self.malloc)
+        except ValueError as exc:
+            raise UserError(f"--malloc {self.malloc!r}: {exc}") from None
         if self.log_level not in LOG_LEVELS:
             raise UserError(f"--log-level {self.log_level!r} is not known: use one of {', '.join(LOG_LEVELS)}")
         try:
@@ -104,7 +109,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TYPES: dict[str, tuple[type, ...]] = {
     "camera": (str, int), "mic": (str, int), "model": (str,), "weights": (str,),
     "num_classes": (int,), "labels": (list,), "engine": (str,), "device": (str,), "precision": (str,),
-    "compile": (bool,), "threads": (int,),
+    "compile": (bool,), "threads": (int,), "malloc": (str,),
     "stride": (int, float), "smoothing": (str,), "topk": (int,), "publish": (str,),
     "stream_id": (str,), "duration": (int, float), "loop": (bool,), "preview": (bool,),
     "size": (str,), "fps": (int, float), "log_level": (str,), "allow_remote": (bool,),

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from . import wire
+from . import malloc, wire
 from .aggregate import softmax, top_k
 from .errors import UserError
 
@@ -234,7 +234,10 @@ class InferenceLoop:
         if engine.device.type == "cpu":
             import torch
 
-            log.info("engine %s (%s) on %d CPU thread(s)", engine.name, engine.mode, torch.get_num_threads())
+            log.info(
+                "engine %s (%s) on %d CPU thread(s), malloc %s",
+                engine.name, engine.mode, torch.get_num_threads(), malloc.active(),
+            )
         engine.warmup()
         self.preprocess = Preprocessor(
             short_side=meta.short_side, crop=meta.crop, mean=meta.mean, std=meta.std,

@@ -8,8 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
+from stream import malloc
 
 pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
 
@@ -71,6 +72,7 @@ def test_engine_only_mode(tmp_path):
     ok, refused = report["engines"]
     assert ok["engine"] == "torch-cpu" and ok["gflops"] > 0.3 and _ordered(ok["engine_ms"])
     assert ok["peak_rss_mb"] > 100  # measured in the row's own process
+    assert ok["malloc"] == ("tcmalloc" if malloc.find_tcmalloc() else "glibc")  # as stream.run's inference
     assert "fp16" in refused["error"]  # fp16 on the CPU is refused with the engine's own message
     assert report["largest_fitting"] == {"10.0": "x3d_xs"}
     assert "largest model that fits a 10.0 s stride here: x3d_xs" in proc.stdout
@@ -106,6 +108,7 @@ def test_bench_under_subscriber_load(tmp_path):
     [
         (("--precision", "fp32,bf16"), "error: --precision 'fp32,bf16': the pipeline runs one precision"),
         (("--threads", "0"), "error: --threads 0 must be >= 1"),
+        (("--malloc", "/no/libjemalloc.so.2"), "error: --malloc '/no/libjemalloc.so.2': no such file"),
     ],
 )
 def test_bad_options_give_one_line(args, line):

@@ -69,6 +69,7 @@ CASES = {
     "tensorrt not yet": (("--camera", "synthetic", "--engine", "tensorrt"), "tensorrt"),
     "fp16 on cpu": (("--camera", "synthetic", "--precision", "fp16", "--device", "cpu"), "fp16"),
     "no threads": (("--camera", "synthetic", "--threads", "0"), "--threads 0 must be >= 1"),
+    "allocator that is not there": (("--camera", "synthetic", "--malloc", "/no/libjemalloc.so.2"), "--malloc"),
 }
 
 

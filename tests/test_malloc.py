@@ -1,0 +1,82 @@
+"""The inference process's allocator (`--malloc`, stream.malloc): tcmalloc where it is
+installed, glibc's malloc on request or where it is not, a library given by path; the
+process that `stream.run` spawns really runs with it, and nothing else changes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from stream import malloc
+
+TCMALLOC = malloc.find_tcmalloc()
+needs_tcmalloc = pytest.mark.skipif(TCMALLOC is None, reason="tcmalloc is not installed (libtcmalloc-minimal4)")
+
+
+def _allocator_of_a_child() -> str:
+    """What a Python process started now (as stream.run starts its inference) runs with."""
+    code = "from stream import malloc; print(malloc.active())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_this_process_runs_on_glibc_unless_preloaded():
+    expected = "glibc" if "malloc" not in os.environ.get("LD_PRELOAD", "") else malloc.active()
+    assert malloc.active() == expected
+    assert malloc.active(pid=2**22 + 12345) == "unknown"  # no such process
+
+
+@needs_tcmalloc
+def test_children_started_inside_preloaded_run_on_tcmalloc(monkeypatch):
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    with malloc.preloaded("auto"):
+        assert _allocator_of_a_child() == "tcmalloc"
+    assert "LD_PRELOAD" not in os.environ  # as before
+    assert _allocator_of_a_child() == "glibc"
+
+
+@needs_tcmalloc
+def test_glibc_takes_an_inherited_allocator_out_and_keeps_the_rest(monkeypatch, tmp_path):
+    other = tmp_path / "libother.so"  # not loaded: only the string is checked
+    monkeypatch.setenv("LD_PRELOAD", f"{TCMALLOC}:{other}")
+    assert malloc.child_preload("glibc", os.environ["LD_PRELOAD"]) == str(other)
+    monkeypatch.setenv("LD_PRELOAD", TCMALLOC)
+    with malloc.preloaded("glibc"):
+        assert _allocator_of_a_child() == "glibc"
+    assert os.environ["LD_PRELOAD"] == TCMALLOC  # restored
+
+
+def test_auto_keeps_an_allocator_the_user_preloaded():
+    assert malloc.child_preload("auto", "/opt/lib/libjemalloc.so.2") == "/opt/lib/libjemalloc.so.2"
+
+
+def test_an_allocator_given_by_path(tmp_path):
+    lib = tmp_path / "libmymalloc.so"
+    lib.write_bytes(b"")
+    assert malloc.child_preload(str(lib), "/opt/lib/libjemalloc.so.2 /x/libfoo.so") == f"{lib} /x/libfoo.so"
+    with pytest.raises(ValueError, match="no such file"):
+        malloc.resolve(str(tmp_path / "missing.so"))
+
+
+def test_tcmalloc_asked_for_where_it_is_not_installed(monkeypatch):
+    monkeypatch.setattr(malloc, "find_tcmalloc", lambda: None)
+    assert malloc.resolve("auto") is None  # auto falls back to glibc
+    with pytest.raises(ValueError, match="apt-get install libtcmalloc-minimal4"):
+        malloc.resolve("tcmalloc")
+
+
+@pytest.mark.parametrize("choice", ["auto", "glibc"])
+def test_the_inference_process_runs_with_the_chosen_allocator(run_stream, choice):
+    stream = run_stream(
+        "--camera", "synthetic", "--size", "160x120", "--duration", "3", "--weights", "none",
+        "--malloc", choice, "--log-level", "info",
+    )
+    code, err = stream.wait(timeout=90)
+    assert code == 0, err
+    expected = "tcmalloc" if choice == "auto" and TCMALLOC else "glibc"
+    [line] = [line for line in err.splitlines() if "engine torch-cpu (aot-compiled) on " in line]
+    assert line.endswith(f", malloc {expected}"), line
