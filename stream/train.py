@@ -525,49 +525,7 @@ def train(
     given = set(given if given is not None else ())
     out = opts.out_dir
     last_path = out / "last.pt"
-    checkpoint = None
-    if opts.resume:
-        if not last_path.is_file():
-            raise UserError(
-                f"--resume: {str(out)!r} holds no last.pt to resume from: start without --resume"
-            )
-        try:
-            checkpoint = torch.load(last_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 (a damaged file makes torch.load raise anything)
-            raise UserError(
-                f"--resume: {str(last_path)!r} cannot be read ({exc}): start a new run with another --out"
-            ) from None
-        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(
-                f"--resume: {str(last_path)!r} is not a stream.train checkpoint: start a new run with another --out"
-            )
-        fields = {f.name for f in dataclasses.fields(TrainOptions)}
-        stored = TrainOptions(**{k: v for k, v in checkpoint["options"].items() if k in fields})
-        for key in sorted(given - set(RESUME_MAY_CHANGE)):
-            if plain(getattr(opts, key)) != plain(getattr(stored, key)):
-                raise UserError(
-                    f"--{key.replace('_', '-')} {getattr(opts, key)!r} differs from the run being resumed "
-                    f"({getattr(stored, key)!r}): leave it out when resuming, or start a new run with another --out"
-                )
-        kept = {
-            k: getattr(opts, k)
-            for k in RESUME_MAY_CHANGE
-            if k in given or k in ("data", "out", "resume")
-        }
-        opts = dataclasses.replace(stored, **kept)
-        opts.arch = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(opts.arch).items()}
-        if int(checkpoint["epoch"]) >= opts.epochs:
-            raise UserError(
-                f"--resume: the run in {str(out)!r} has finished its {checkpoint['epoch']} epochs: "
-                f"pass --epochs larger than {checkpoint['epoch']} to train on"
-            )
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        what = (
-            "already holds a training run (last.pt): pass --resume to continue it, or"
-            if last_path.is_file()
-            else "exists and is not an empty folder:"
-        )
-        raise UserError(f"--out {str(out)!r} {what} choose another --out")
+    opts, checkpoint = _resume(opts, given, last_path)
 
     _check_options(opts)
     if opts.model not in models.available():
@@ -581,16 +539,7 @@ def train(
 
     split = split_dataset(opts.data, val_fraction=opts.val_fraction, seed=opts.seed)
     if checkpoint is not None:
-        if tuple(checkpoint["labels"]) != split.labels:
-            raise UserError(
-                f"the labels in {opts.data!r} ({', '.join(split.labels)}) are not those of the run being "
-                f"resumed ({', '.join(checkpoint['labels'])}): resume with the same dataset, or start a new run"
-            )
-        if _split_names(split, opts.data) != checkpoint["split"]:
-            raise UserError(
-                f"the clips in {opts.data!r} changed since the run in {str(out)!r} started: resume with the same "
-                "clips, or start a new run with another --out"
-            )
+        _check_same_clips(checkpoint, split, opts.data, out)
 
     weights = opts.weights
     if weights is None:
@@ -642,18 +591,9 @@ def train(
     warmup_steps = min(round(opts.warmup_epochs * steps_per_epoch), total_steps // 2)
 
     lr = opts.lr if opts.lr is not None else (0.01 if opts.optimizer == "sgd" else 0.001)
-    groups = param_groups(model, opts.weight_decay)
-    if opts.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total=total_steps, warmup=warmup_steps)
+    optimizer, scheduler, scaler, amp_dtype = _optimiser(
+        model, opts, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps, amp=amp
     )
-    amp_dtype = None
-    if amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     p_drop = (
         opts.drop_pathway
@@ -834,6 +774,92 @@ def train(
         best_accuracy=best_accuracy,
         best_epoch=best_epoch,
     )
+
+
+def _resume(opts: TrainOptions, given: set[str], last_path: Path) -> tuple[TrainOptions, dict | None]:
+    """With --resume: the options of the run in `last_path` (those in RESUME_MAY_CHANGE
+    as given now) and its checkpoint. Without: `opts`, None, once --out is free to use.
+    Raises UserError for a run that cannot be resumed or an --out already in use."""
+    import torch
+
+    out = last_path.parent
+    checkpoint = None
+    if opts.resume:
+        if not last_path.is_file():
+            raise UserError(
+                f"--resume: {str(out)!r} holds no last.pt to resume from: start without --resume"
+            )
+        try:
+            checkpoint = torch.load(last_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (a damaged file makes torch.load raise anything)
+            raise UserError(
+                f"--resume: {str(last_path)!r} cannot be read ({exc}): start a new run with another --out"
+            ) from None
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(
+                f"--resume: {str(last_path)!r} is not a stream.train checkpoint: start a new run with another --out"
+            )
+        fields = {f.name for f in dataclasses.fields(TrainOptions)}
+        stored = TrainOptions(**{k: v for k, v in checkpoint["options"].items() if k in fields})
+        for key in sorted(given - set(RESUME_MAY_CHANGE)):
+            if plain(getattr(opts, key)) != plain(getattr(stored, key)):
+                raise UserError(
+                    f"--{key.replace('_', '-')} {getattr(opts, key)!r} differs from the run being resumed "
+                    f"({getattr(stored, key)!r}): leave it out when resuming, or start a new run with another --out"
+                )
+        kept = {
+            k: getattr(opts, k)
+            for k in RESUME_MAY_CHANGE
+            if k in given or k in ("data", "out", "resume")
+        }
+        opts = dataclasses.replace(stored, **kept)
+        opts.arch = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(opts.arch).items()}
+        if int(checkpoint["epoch"]) >= opts.epochs:
+            raise UserError(
+                f"--resume: the run in {str(out)!r} has finished its {checkpoint['epoch']} epochs: "
+                f"pass --epochs larger than {checkpoint['epoch']} to train on"
+            )
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = (
+            "already holds a training run (last.pt): pass --resume to continue it, or"
+            if last_path.is_file()
+            else "exists and is not an empty folder:"
+        )
+        raise UserError(f"--out {str(out)!r} {what} choose another --out")
+    return opts, checkpoint
+
+
+def _check_same_clips(checkpoint: dict, split, data: str, out: Path) -> None:
+    """A resumed run trains on the labels and clips it started with."""
+    if tuple(checkpoint["labels"]) != split.labels:
+        raise UserError(
+            f"the labels in {data!r} ({', '.join(split.labels)}) are not those of the run being "
+            f"resumed ({', '.join(checkpoint['labels'])}): resume with the same dataset, or start a new run"
+        )
+    if _split_names(split, data) != checkpoint["split"]:
+        raise UserError(
+            f"the clips in {data!r} changed since the run in {str(out)!r} started: resume with the same "
+            "clips, or start a new run with another --out"
+        )
+
+
+def _optimiser(model, opts: TrainOptions, *, lr: float, total_steps: int, warmup_steps: int, amp: bool):
+    """(optimizer, LR schedule, gradient scaler, autocast dtype or None) for a run."""
+    import torch
+
+    groups = param_groups(model, opts.weight_decay)
+    if opts.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total=total_steps, warmup=warmup_steps)
+    )
+    amp_dtype = None
+    if amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return optimizer, scheduler, scaler, amp_dtype
 
 
 def _create(name: str, weights: str | None, labels: tuple[str, ...], arch: dict):
