@@ -113,4 +113,3 @@ def active(pid: int | str = "self") -> str:
         if f"lib{name}" in maps:
             return name
     return "glibc"
-
