@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +35,12 @@ _INSTALL = "apt-get install libtcmalloc-minimal4 (Debian/Ubuntu)"
 _QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}
 
 
+@functools.cache
 def find_tcmalloc() -> str | None:
     """The soname of an installed tcmalloc ('libtcmalloc_minimal.so.4'), or None.
-    The dynamic linker finds a soname in LD_PRELOAD as it finds any library."""
+    The dynamic linker finds a soname in LD_PRELOAD as it finds any library. Cached:
+    find_library runs `ldconfig -p`, and a start asks more than once (the config's
+    check, then the spawn)."""
     for name in _TCMALLOC:
         found = ctypes.util.find_library(name)
         if found:
