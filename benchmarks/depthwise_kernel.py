@@ -152,7 +152,6 @@ def main() -> None:
         if " avx512f" not in f.read():
             sys.exit("depthwise_kernel: this CPU has no AVX-512; the hand-written kernel needs it")
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # the kernel's OpenMP runtime
     with tempfile.TemporaryDirectory() as workdir:
         lib = build(workdir)
     print(f"# fp32, {args.threads} threads, medians of {args.rounds} interleaved rounds; torch {torch.__version__}")
