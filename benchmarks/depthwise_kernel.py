@@ -8,7 +8,9 @@ along the width (8 outputs × 16 channels per block, the 3 weight vectors and 10
 input columns of each (kd, kh) loaded once per block), masked loads for the zero padding,
 the last channel vector overlapping the one before it where the channels are not a
 multiple of 16, and OpenMP over the output rows. It is checked against
-`F.conv3d` before it is timed. It needs g++ and a CPU with AVX-512.
+`F.conv3d` before it is timed. It needs g++ and a CPU with AVX-512. glibc's malloc is set
+as a CPU engine sets it for its process (`keep_freed_memory`), so that oneDNN's output,
+allocated on every call, is not faulted in afresh each time (ours is allocated once).
 
     python benchmarks/depthwise_kernel.py --rounds 30
 """
@@ -26,6 +28,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from engines.torch_engine import keep_freed_memory
 
 KERNEL = r"""
 #include <immintrin.h>
@@ -152,6 +158,7 @@ def main() -> None:
         if " avx512f" not in f.read():
             sys.exit("depthwise_kernel: this CPU has no AVX-512; the hand-written kernel needs it")
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     with tempfile.TemporaryDirectory() as workdir:
         lib = build(workdir)
     print(f"# fp32, {args.threads} threads, medians of {args.rounds} interleaved rounds; torch {torch.__version__}")
