@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import platform
 import statistics
@@ -39,6 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # the reference model is the tests' own
 
 from conftest import reference_x3d
+from interleave import interleaved
 
 import engines
 import models
@@ -91,15 +93,7 @@ def bench(name: str, args) -> list[str]:
     with torch.inference_mode():
         expected = ref(x)
         outputs = {k: f(x).float() for k, f in variants.items()}
-        for _ in range(args.warmup):
-            for f in variants.values():
-                f(x)
-        times = {k: [] for k in variants}
-        for _ in range(args.runs):
-            for k, f in variants.items():
-                t0 = time.perf_counter()
-                f(x)
-                times[k].append(time.perf_counter() - t0)
+        times = interleaved({k: functools.partial(f, x) for k, f in variants.items()}, args.runs, args.warmup)
         agree = {}
         if "engine bf16" in variants and "engine fp32" in variants and args.windows:
             same = 0

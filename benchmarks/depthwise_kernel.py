@@ -24,12 +24,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from interleave import interleaved
 
 from engines.torch_engine import keep_freed_memory
 
@@ -109,13 +110,6 @@ def build(workdir: str) -> ctypes.CDLL:
     return ctypes.CDLL(lib)
 
 
-def timed_ms(fn, calls: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls * 1e3
-
-
 def compare(lib: ctypes.CDLL, c: int, t: int, side: int, s: int, rounds: int) -> tuple[float, float]:
     """Median ms of oneDNN's call and of the hand-written kernel, on one layer's shape."""
     x = torch.randn(1, c, t, side, side).contiguous(memory_format=torch.channels_last_3d)
@@ -139,13 +133,8 @@ def compare(lib: ctypes.CDLL, c: int, t: int, side: int, s: int, rounds: int) ->
     if err > 1e-5:
         sys.exit(f"depthwise_kernel: the hand-written kernel is wrong at {(c, t, side, s)}: {err:.1e}")
     calls = max(1, int(2e6 // (c * t * side * side)))  # a few ms per timing
-    times = {onednn: [], ours: []}
-    for _ in range(3):
-        onednn(), ours()
-    for _ in range(rounds):
-        for fn, got in times.items():
-            got.append(timed_ms(fn, calls))
-    return statistics.median(times[onednn]), statistics.median(times[ours])
+    times = interleaved({"onednn": onednn, "ours": ours}, rounds, calls=calls)
+    return statistics.median(times["onednn"]) * 1e3, statistics.median(times["ours"]) * 1e3
 
 
 def main() -> None:

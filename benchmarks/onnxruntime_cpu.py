@@ -18,11 +18,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from interleave import interleaved
 
 import engines
 import models
@@ -53,15 +54,7 @@ def bench(name: str, runs: int, folder: str) -> str:
     with torch.inference_mode():
         expected = model(x)
         errors = {k: relative_error(f().float(), expected) for k, f in variants.items()}
-        for _ in range(3):
-            for f in variants.values():
-                f()
-        times = {k: [] for k in variants}
-        for _ in range(runs):
-            for k, f in variants.items():
-                t0 = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t0)
+        times = interleaved(variants, runs)
     base = statistics.median(times[f"ours ({engine.mode})"])
     return "\n".join(
         f"| {name} | {k} | {statistics.median(ts) * 1e3:.1f} | {statistics.median(ts) / base:.2f}× | {errors[k]:.1e} |"
