@@ -33,6 +33,10 @@ time fits the stride on this machine.
 
 from __future__ import annotations
 
+from ._deps import require_pipeline
+
+require_pipeline("python -m stream.bench")  # before the imports that need the `run` extra
+
 import argparse
 import json
 import os

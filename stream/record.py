@@ -26,6 +26,10 @@ SIGTERM. Every exit path stops the children and unlinks the shared memory.
 
 from __future__ import annotations
 
+from ._deps import require_pipeline
+
+require_pipeline("python -m stream.record")  # before the imports that need the `run` extra
+
 import argparse
 import dataclasses
 import logging

@@ -20,6 +20,10 @@ while running. Every exit path stops the children and unlinks the shared memory.
 
 from __future__ import annotations
 
+from ._deps import require_pipeline
+
+require_pipeline("python -m stream.run")  # before the imports that need the `run` extra
+
 import argparse
 import logging
 import math

@@ -52,6 +52,10 @@ after Ctrl-C (continue with --resume).
 
 from __future__ import annotations
 
+from ._deps import require_pipeline
+
+require_pipeline("python -m stream.train")  # before the imports that need the `run` extra
+
 import argparse
 import dataclasses
 import json
