@@ -28,6 +28,9 @@ from .errors import UserError
 #: File name suffixes `list_dataset` takes as clips (FFmpeg reads many more, but a folder
 #: also holds notes, thumbnails and partial downloads).
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
+#: Time base of written video: MPEG's 90 kHz clock, so frame times keep 11 µs of the
+#: capture times and 24, 25, 30 and 60 fps periods are whole ticks.
+VIDEO_TIME_BASE = Fraction(1, 90_000)
 
 
 class ClipError(UserError):
@@ -165,13 +168,16 @@ def write_clip(
     # yuv420p needs even sizes: drop a last odd row or column.
     height, width = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
     tmp = path.with_name(f".{path.stem}.part{path.suffix}")
-    millis = Fraction(1, 1000)
     rate = round(1.0 / float(np.median(np.diff(times_s)))) if len(times_s) > 1 else 30
     try:
         with av.open(str(tmp), "w", format="mp4") as container:
             vstream = container.add_stream("libx264", rate=max(rate, 1))
             vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-            vstream.time_base = millis
+            # The encoder's time base would otherwise be 1/rate: two frames captured
+            # closer than a frame period (a capture that caught up after a stall) would
+            # get the same pts there, and the muxer refuses the repeated timestamp.
+            vstream.codec_context.time_base = VIDEO_TIME_BASE
+            vstream.time_base = VIDEO_TIME_BASE
             vstream.options = {"crf": "18", "preset": "veryfast"}
             astream = None
             if audio is not None:
@@ -180,8 +186,8 @@ def write_clip(
             last_pts = -1
             for image, t in zip(frames, times_s - times_s[0]):
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:height, :width]), format="bgr24")
-                frame.pts = max(round(t * 1000), last_pts + 1)
-                frame.time_base = millis
+                frame.pts = max(round(t / VIDEO_TIME_BASE), last_pts + 1)
+                frame.time_base = VIDEO_TIME_BASE
                 last_pts = frame.pts
                 container.mux(vstream.encode(frame))
             container.mux(vstream.encode())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import AV_CLIP_EVENT_S, REPO, descendants, running, shm_segments
 
-from stream.clips import list_dataset, read_clip
+from stream.clips import list_dataset, read_clip, write_clip
 
 CLIP_NAME = re.compile(r"(?P<label>.+)-\d{8}-\d{6}-\d{3}\.mp4")
 FAST = ("--countdown", "0", "--log-level", "warning")
@@ -219,3 +219,25 @@ def test_existing_clips_are_never_overwritten(tmp_path):
     second = clip_path(tmp_path, "clap", 1, wall)
     assert second != first and second.name.endswith("-002.mp4")
     assert first.read_bytes() == b"taken"
+
+
+def test_unevenly_captured_frames_are_written_at_their_times(tmp_path):
+    """A capture that catches up after a stall delivers frames much closer together than
+    a frame period (here 1 ms and 0.4 ms apart at 30 fps). At the encoder's default time
+    base of 1/30 s they got the same pts and the muxer failed ("Invalid argument")."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (30, 120, 160, 3), dtype=np.uint8)
+    times = np.arange(30) / 30
+    times[10] = times[9] + 0.001
+    times[20] = times[19] + 0.0004
+    times[21:] += 0.05  # and a stall: a late frame, the rest delayed with it
+    audio = np.zeros(16000, np.float32)
+    path = tmp_path / "uneven.mp4"
+    write_clip(path, frames, times, audio, 16000)
+    assert [p.name for p in tmp_path.iterdir()] == ["uneven.mp4"]  # no .part file left
+    clip = read_clip(path)
+    assert len(clip.frames) == 30
+    assert np.all(np.diff(clip.times_s) > 0)
+    np.testing.assert_allclose(clip.times_s, times, atol=2e-5)  # 90 kHz ticks
+    assert clip.duration_s == pytest.approx(times[-1] + 1 / 30, abs=1e-3)
+    assert len(clip.audio) == pytest.approx(16000, abs=1100)
