@@ -18,10 +18,11 @@ A clip is written only once it is complete (`clips.write_clip` writes a hidden f
 renames it): Ctrl-C, SIGTERM, a source that ends or fails during a clip drop that clip
 and keep the earlier ones. Existing files are never overwritten.
 
-Exit status: 0 when every clip was recorded; 1 when a source ended (a file without
---loop) or failed first, after a line saying how many clips were recorded and why; 2 for
-bad input (one `error:` line, nothing started or written); 130 after SIGINT, 143 after
-SIGTERM. Every exit path stops the children and unlinks the shared memory.
+Exit status: 0 when every clip was recorded, and after Ctrl-C or SIGTERM (an orderly stop:
+one line says how many clips were kept); 1 when a source ended (a file without --loop) or
+failed first, after a line saying how many clips were recorded and why; 2 for bad input
+(one `error:` line, nothing started or written). Every exit path stops the children and
+unlinks the shared memory.
 """
 
 from __future__ import annotations
@@ -78,7 +79,6 @@ AUDIO_END_SLACK_S = 0.1
 LABEL_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 BAR_WIDTH = 30
 BAR_UPDATE_S = 0.1
-EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
 @dataclasses.dataclass
@@ -229,11 +229,18 @@ class _Progress:
 
 
 class _Stop(Exception):
-    """Recording ends before every clip is done: why, and the exit status."""
+    """Recording ends before every clip is done: why, and the exit status (0: the user
+    asked for it)."""
 
     def __init__(self, reason: str, code: int):
         super().__init__(reason)
         self.reason, self.code = reason, code
+        self.dropped_clip = False  # a clip was being recorded and is not written
+
+
+def _interrupted(signal_name: str) -> _Stop:
+    """Ctrl-C or SIGTERM: an orderly stop (the clips finished so far are kept)."""
+    return _Stop(f"interrupted ({signal_name})", 0)
 
 
 class Recorder(Supervisor):
@@ -273,7 +280,7 @@ class Recorder(Supervisor):
         """Wait until every capture has opened its source (or raise its error)."""
         while self.video is None or (self.with_audio and self.audio is None):
             if self.signalled:
-                raise _Stop(f"interrupted ({self.signalled})", EXIT_SIGNAL[self.signalled])
+                raise _interrupted(self.signalled)
             msg = self._recv(0.1)
             if msg is None:
                 continue
@@ -323,7 +330,7 @@ class Recorder(Supervisor):
     def _check(self, timeout: float = 0.0) -> None:
         """Signals and messages of the children; raises _Stop when recording must end."""
         if self.signalled:
-            raise _Stop(f"interrupted ({self.signalled})", EXIT_SIGNAL[self.signalled])
+            raise _interrupted(self.signalled)
         while (msg := self._recv(timeout)) is not None:
             timeout = 0.0
             name, kind, payload = msg
@@ -360,8 +367,13 @@ class Recorder(Supervisor):
                 self._record_clip(number)
         except _Stop as stop:
             done = len(self.saved)
-            print(f"{stop.reason}: recorded {done} of {self._what(opts.count)} into {opts.folder}",
-                  file=sys.stderr, flush=True)
+            if stop.code == 0:
+                where = f"in {opts.folder}" if done else "(nothing was written)"
+                dropped = "; the clip being recorded was dropped" if stop.dropped_clip else ""
+                line = f"{stop.reason}: kept {done} of {self._what(opts.count)} {where}{dropped}"
+            else:
+                line = f"{stop.reason}: recorded {done} of {self._what(opts.count)} into {opts.folder}"
+            print(line, file=sys.stderr, flush=True)
             return stop.code
         print(f"recorded {self._what(len(self.saved))} into {opts.folder} ({self._format()})", flush=True)
         return 0
@@ -443,6 +455,7 @@ class Recorder(Supervisor):
             audio = self._cut_audio(number, t0) if self.with_audio else None
         except _Stop as stop:
             progress.abandon(f"dropped ({stop.reason})")
+            stop.dropped_clip = True
             raise
         progress.status(opts.seconds, "saving...")
         path = self._save(number, wall0, frames, times, t0, audio)
