@@ -29,6 +29,7 @@ from models._registry import (
     arch_options,
     available,
     create,
+    has_zoo_weights,
 )
 from models._weights import save_checkpoint
 
@@ -42,5 +43,6 @@ __all__ = [
     "arch_options",
     "available",
     "create",
+    "has_zoo_weights",
     "save_checkpoint",
 ]

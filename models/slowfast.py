@@ -1079,6 +1079,7 @@ def slowfast_r50(num_classes: int = 400, **visual) -> SlowFast:
     "avslowfast_r50",
     adapt=adapt_avslowfast,
     zoo_file="SLOWFAST_8x8_R50.pyth",
+    zoo_partial=True,  # SlowFast's checkpoint: the audio pathway and fusion are left as initialised
     classifier=("head.proj.", "head.audio_proj."),
     arch=AVSLOWFAST_ARCH,
 )
