@@ -122,54 +122,6 @@ class WeightsError(ModelError):
 
 
 @dataclass(frozen=True)
-class Option:
-    """A build option a model family takes: `create(name, **{option: value})`.
-
-    kind: int, float, bool, str (with `choices`) or tuple (of ints). `create` checks the
-    kind; ranges and combinations are checked by the family's config (`__post_init__`).
-    """
-
-    kind: type
-    choices: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        """What a value must be, for error lines and docs: 'an integer', 'one of a, b'."""
-        if self.choices:
-            return f"one of {', '.join(self.choices)}"
-        return _KIND_NAMES[self.kind]
-
-    def check(self, value: object) -> object:
-        """`value` in the form the builder takes (a number for float, a tuple for tuple);
-        ValueError when it is of another kind."""
-        if self.kind is tuple:
-            if isinstance(value, (list, tuple)) and all(_is_int(v) for v in value):
-                return tuple(value)
-        elif self.kind is float:
-            if _is_int(value) or isinstance(value, float):
-                return float(value)  # type: ignore[arg-type]
-        elif self.kind is int:
-            if _is_int(value):
-                return value
-        elif isinstance(value, self.kind):
-            if not self.choices or value in self.choices:
-                return value
-        raise ValueError(self.describe())
-
-
-_KIND_NAMES = {
-    int: "an integer",
-    float: "a number",
-    bool: "true or false",
-    str: "a string",
-    tuple: "a list of integers",
-}
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
 class _Entry:
     name: str
     # (num_classes, **options) -> model in train mode with `.meta` set.
@@ -182,12 +134,14 @@ class _Entry:
     adapt: Callable[[dict[str, torch.Tensor]], tuple[dict[str, torch.Tensor], dict[str, Any]]]
     # File name of the official Kinetics-400 checkpoint under the zoo base URL.
     zoo_file: str | None
+    # The zoo checkpoint holds only part of the model (another model's, a start for
+    # fine-tuning): no published weights give this model usable predictions.
+    zoo_partial: bool
     # Key prefixes of the classifier: the tensors whose size is the class count, newly
     # initialised when weights are loaded for another set of labels.
     classifier: tuple[str, ...]
-    # The build options `create(name, **options)` may pass (attention kind, a reduced
-    # width...), by name; the builder takes each as a keyword argument.
-    options: Mapping[str, Option]
+    # Build options that `create(arch=...)` may override (a reduced-width network).
+    arch: tuple[str, ...]
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -198,8 +152,9 @@ def register(
     *,
     adapt: Callable,
     zoo_file: str | None = None,
+    zoo_partial: bool = False,
     classifier: tuple[str, ...] = ("head.proj.",),
-    options: Mapping[str, Option] | None = None,
+    arch: tuple[str, ...] = (),
 ) -> Callable:
     """Decorator: register `build(num_classes, **options)` under `name`; duplicates raise."""
 
@@ -207,12 +162,8 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = _Entry(
-            name=name,
-            build=build,
-            adapt=adapt,
-            zoo_file=zoo_file,
-            classifier=classifier,
-            options=dict(options or {}),
+            name=name, build=build, adapt=adapt, zoo_file=zoo_file, zoo_partial=zoo_partial,
+            classifier=classifier, arch=arch,
         )
         return build
 
