@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 import models
-from conftest import AV_CLIP_EVENT_S
+from conftest import AV_CLIP_EVENT_S, REPO, shm_segments
 from stream.errors import FrameLost
 from stream.preprocess import LogMel
 from stream.ring import AudioRing, FrameRing
@@ -214,3 +217,225 @@ def test_video_and_audio_of_one_file_play_in_sync(av_clip):
         aproc.join(10)
         frames.close()
         audio.close()
+
+
+# -- files with damaged audio packets, and error lines ------------------------------------
+
+TONE_HZ = 440
+#: `_damaged_tone`: 440 Hz over [0, 0.5) and [1.0, 1.5) s, silence between; its AC3
+#: packets (1536 samples at 48 kHz: 32 ms) 0 and 8 are garbage, as the first packet of
+#: OpenCV's sample Megamind.avi is.
+DAMAGED_PACKETS = (0, 8)
+
+
+def _damaged_tone(path, bad=DAMAGED_PACKETS):
+    import av
+
+    rate, size = 48000, 1536
+    t = np.arange(round(1.5 * rate)) / rate
+    x = np.where((t < 0.5) | (t >= 1.0), 0.3 * np.sin(2 * np.pi * TONE_HZ * t), 0.0)
+    x = np.stack([x, x]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    count = 0
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("ac3", rate=rate)
+        stream.layout = "stereo"
+
+        def mux(packets):
+            nonlocal count
+            for p in packets:
+                if count in bad:
+                    garbage = av.Packet(rng.integers(0, 256, p.size, dtype=np.uint8).tobytes())
+                    garbage.pts, garbage.dts, garbage.duration = p.pts, p.dts, p.duration
+                    garbage.time_base, garbage.stream = p.time_base, p.stream
+                    p = garbage
+                count += 1
+                c.mux(p)
+
+        for i in range(0, x.shape[1], size):
+            chunk = np.ascontiguousarray(x[:, i : i + size])
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = rate, i
+            mux(stream.encode(frame))
+        mux(stream.encode())
+    return path
+
+
+def _play_file(spec: str, *, loop: bool = False, seconds: float | None = None):
+    """Plays `spec` through the audio capture process into a real AudioRing; returns the
+    samples and the capture's exit code. Without `seconds`, until the end of the file."""
+    proc, conn, stop, (kind, info) = _start_audio_capture(spec, loop)
+    assert kind == "opened", info
+    ring = AudioRing.create(RATE * 8, RATE, max_block=8192)
+    try:
+        conn.send(("ring", {"name": ring.name, "start_ns": time.monotonic_ns()}))
+        if seconds is None:
+            assert conn.poll(60), "no end of the file"
+            assert conn.recv()[0] == "eof"
+        else:
+            deadline = time.monotonic() + 60
+            while ring.clock()[0] < seconds * RATE:
+                assert time.monotonic() < deadline, "the capture did not deliver"
+                assert not conn.poll(0.05), conn.recv()
+        count = ring.clock()[0]
+        samples = np.empty(count, np.float32)
+        ring.read(0, samples)
+    finally:
+        stop.set()
+        proc.join(10)
+        ring.close()
+    return samples, proc.exitcode
+
+
+def _at(samples: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
+    """The samples over [start_s, end_s) of the paced timeline (sample i is at i / RATE)."""
+    return samples[round(start_s * RATE) : round(end_s * RATE)]
+
+
+def _assert_tone(x: np.ndarray) -> None:
+    assert np.sqrt(np.mean(x**2)) > 0.2, "no sound where the tone is"
+    hz = np.argmax(np.abs(np.fft.rfft(x))) * RATE / len(x)
+    assert abs(hz - TONE_HZ) <= RATE / len(x), hz
+
+
+def _onset_s(samples: np.ndarray, after_s: float) -> float:
+    """When the tone starts again after the silence that precedes `after_s`."""
+    return (round(after_s * RATE) + int(np.argmax(np.abs(_at(samples, after_s, 1e9)) > 0.1))) / RATE
+
+
+@pytest.mark.parametrize("container", ["mkv", "avi"])
+def test_undecodable_audio_packets_are_skipped_as_silence_in_place(tmp_path, capfd, container):
+    """Packets that do not decode (the first one among them) become silence of their
+    span: the rest of the track plays, and every later sample keeps its time (in sync
+    with the picture). In AVI the AC3 parser joins garbage to the packet before it, so
+    three packets' time is silent there, still two undecodable packets."""
+    path = _damaged_tone(tmp_path / f"damaged.{container}")
+    samples, code = _play_file(str(path))
+    assert code == 0
+    assert abs(len(samples) / RATE - 1.5) < 0.01, len(samples) / RATE  # not 64 ms short
+    assert np.abs(_at(samples, 0.0, 0.025)).max() == 0  # packet 0's span: silence
+    _assert_tone(_at(samples, 0.05, 0.22))
+    assert np.abs(_at(samples, 0.258, 0.28)).max() == 0  # packet 8's span: silence
+    _assert_tone(_at(samples, 0.30, 0.49))
+    assert np.abs(_at(samples, 0.55, 0.95)).max() < 0.02
+    assert abs(_onset_s(samples, 0.75) - 1.0) < 0.012  # AC3's 5.3 ms of priming stay in AVI
+    _assert_tone(_at(samples, 1.02, 1.48))
+    err = capfd.readouterr().err
+    assert f"skipped 2 undecodable audio packets in {path}" in err, err
+    assert err.count("undecodable audio packet") == 1, err  # one line per run
+
+
+def test_damaged_file_loops_with_its_timeline(tmp_path):
+    path = _damaged_tone(tmp_path / "damaged.mkv")
+    samples, code = _play_file(str(path), loop=True, seconds=2.9)
+    assert code == 0
+    first, second = _onset_s(samples, 0.75), _onset_s(samples, 2.25)
+    assert abs(first - 1.0) < 0.012 and abs(second - first - 1.5) < 0.012, (first, second)
+    assert np.abs(_at(samples, 1.505, 1.525)).max() == 0  # the second pass's packet 0
+    _assert_tone(_at(samples, 1.55, 1.72))
+
+
+def test_audio_track_of_which_nothing_decodes(tmp_path):
+    path = _damaged_tone(tmp_path / "garbage.mkv", bad=range(1000))
+    proc, conn, stop, (kind, message) = _start_audio_capture(str(path))
+    proc.join(10)
+    assert kind == "error", message
+    expected = (
+        f"the audio track of '{re.escape(str(path))}' cannot be decoded "
+        r"\(none of its 4[6-8] packets decode: [^)]+\): "
+        "pass a file with sound, a microphone or 'synthetic' to --mic"
+    )
+    assert re.fullmatch(expected, message), message
+
+
+MEGAMIND = "/usr/share/doc/opencv-doc/examples/data/Megamind.avi"
+
+
+@pytest.mark.skipif(not os.path.exists(MEGAMIND), reason="needs OpenCV's sample clip (opencv-doc)")
+def test_megamind_sample_clip_is_heard():
+    """Its first AC3 packet does not decode; the rest plays, from 32 ms on."""
+    samples, code = _play_file(MEGAMIND, seconds=1.5)
+    assert code == 0
+    assert np.abs(_at(samples, 0.0, 0.03)).max() == 0
+    assert np.sqrt(np.mean(_at(samples, 0.05, 1.5) ** 2)) > 0.01
+
+
+def test_folder_as_mic(tmp_path):
+    proc, conn, stop, (kind, message) = _start_audio_capture(str(tmp_path))
+    proc.join(10)
+    assert kind == "error"
+    assert message == (
+        f"--mic '{tmp_path}' is a folder: pass an audio or video file, a microphone name or index, "
+        "synthetic, or none"
+    )
+
+
+def _no_sound_home(tmp_path) -> dict:
+    """An environment whose ALSA configuration adds no device (no .asoundrc): on a machine
+    without sound hardware, as CI's, PortAudio then lists no input device."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+    count = "from stream.capture.audio import list_input_devices as d; print(len(d()))"
+    probe = subprocess.run(
+        [sys.executable, "-c", count],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert probe.returncode == 0, probe.stderr
+    if probe.stdout.strip() != "0":
+        pytest.skip("this machine has audio input devices: 'no microphone' needs one without")
+    return env
+
+
+NO_MIC = (
+    "no microphone: this machine has no audio input device (--mic default): pass --mic synthetic "
+    "for test beeps, --mic FILE for the sound of an audio or video file, or --mic none for a "
+    "video-only model"
+)
+
+
+def test_no_microphone_suggests_what_to_pass(tmp_path, monkeypatch):
+    for name, value in _no_sound_home(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    proc, conn, stop, (kind, message) = _start_audio_capture("default")
+    proc.join(10)
+    assert (kind, message) == ("error", NO_MIC)
+
+
+def _run_cli_with_mic(mic: str, env: dict | None = None) -> str:
+    """`python -m stream.run` with a model that listens; returns its one error line after
+    checking exit status 2, no traceback and nothing left in /dev/shm."""
+    before = shm_segments()
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.run", "--camera", "synthetic", "--model", "avslowfast_r50",
+         "--weights", "none", "--no-compile", "--log-level", "warning", "--mic", mic],
+        cwd=REPO, capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr
+    deadline = time.monotonic() + 10
+    while not shm_segments() <= before:  # the children unlink as they exit
+        assert time.monotonic() < deadline, "shared memory left behind"
+        time.sleep(0.1)
+    return lines[0]
+
+
+needs_av_model = pytest.mark.skipif(
+    "avslowfast_r50" not in models.available(), reason="needs the AVSlowFast model"
+)
+
+
+@needs_av_model
+def test_cli_folder_as_mic(tmp_path):
+    line = _run_cli_with_mic(str(tmp_path))
+    assert line == (
+        f"error: --mic '{tmp_path}' is a folder: pass an audio or video file, a microphone name "
+        "or index, synthetic, or none"
+    )
+
+
+@needs_av_model
+def test_cli_without_microphone(tmp_path):
+    assert _run_cli_with_mic("default", _no_sound_home(tmp_path)) == f"error: {NO_MIC}"

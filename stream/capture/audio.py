@@ -91,6 +91,13 @@ class _Resampler:
         return self._stream.resample_chunk(block, last=last)
 
 
+#: What to do on a machine without a microphone, for the error lines that say so.
+NO_MIC_HINT = (
+    "pass --mic synthetic for test beeps, --mic FILE for the sound of an audio or video file, "
+    "or --mic none for a video-only model"
+)
+
+
 def list_input_devices() -> list[tuple[int, str]]:
     import sounddevice as sd
 
@@ -110,7 +117,12 @@ class DeviceSource(AudioSource):
         self._sd = sd
         self.rate = rate
         devices = list_input_devices()
-        listing = "; ".join(f"{i}: {n}" for i, n in devices) or "none"
+        if not devices:
+            raise SourceError(
+                f"no microphone: this machine has no audio input device (--mic {spec}): "
+                f"{NO_MIC_HINT}"
+            )
+        listing = "; ".join(f"{i}: {n}" for i, n in devices)
         if spec == "default":
             device = None
         elif spec.isdigit():
@@ -129,7 +141,10 @@ class DeviceSource(AudioSource):
         try:
             info = sd.query_devices(device, "input")
         except (ValueError, sd.PortAudioError) as exc:
-            raise SourceError(f"microphone {spec} cannot be used ({exc}); input devices: {listing}") from None
+            raise SourceError(
+                f"microphone {spec} cannot be used ({exc}): pass --mic with the index or name of "
+                f"an input device ({listing}), or {NO_MIC_HINT.removeprefix('pass ')}"
+            ) from None
         self.description = info["name"]
         try:
             sd.check_input_settings(device, samplerate=rate, channels=1, dtype="float32")
@@ -263,7 +278,13 @@ class SyntheticSource(_PacedSource):
 
 
 class FileSource(_PacedSource):
-    """The audio track of a file (wav, flac, ogg, mp3, or a video), decoded with PyAV."""
+    """The audio track of a file (wav, flac, ogg, mp3, or a video), decoded with PyAV.
+
+    A packet that does not decode (a damaged frame, such as the first AC3 packet of
+    OpenCV's sample Megamind.avi) is skipped and its span becomes silence, placed by the
+    packets' timestamps, so that the samples after it keep their time and stay in sync
+    with the picture. Only a track of which no packet decodes is an error.
+    """
 
     kind = "file"
     live = False
@@ -276,13 +297,42 @@ class FileSource(_PacedSource):
             raise SourceError("reading audio files needs PyAV: pip install av") from None
         self._av = av
         path = Path(spec)
+        if path.is_dir():
+            raise SourceError(
+                f"--mic {spec!r} is a folder: pass an audio or video file, a microphone name or "
+                "index, synthetic, or none"
+            )
         if not path.is_file():
             raise SourceError(f"audio file {spec!r} does not exist: check the path (or pass a device name to --mic)")
         self.path = path
         self.loop = loop
         self.description = path.name
-        self._open()
+        self.skipped = 0  # undecodable packets, over all passes through the file
+        self._skipped_s = 0.0  # the silence put in their place
+        self._first_error: str | None = None
+        self._reported = False
         self._buffer = np.zeros(0, np.float32)
+        self._ended = False
+        self._open()
+        # Decode up to the first samples now, so that a track of which nothing decodes is
+        # an error at start-up (one line, exit 2), not a capture that restarts forever.
+        try:
+            while len(self._buffer) == 0 and self._decode_packet():
+                pass
+        except self._av.error.FFmpegError as exc:
+            self._container.close()
+            raise SourceError(
+                f"audio file {str(path)!r} cannot be read ({exc}): is it an audio or video file?"
+            ) from None
+        if self._pass_frames == 0:
+            self._container.close()
+            what = "pass a file with sound, a microphone or 'synthetic' to --mic"
+            if self._pass_skipped == 0:
+                raise SourceError(f"the audio track of {str(path)!r} is empty: {what}")
+            raise SourceError(
+                f"the audio track of {str(path)!r} cannot be decoded (none of its "
+                f"{self._pass_skipped} packets decode: {self._first_error}): {what}"
+            )
 
     def _open(self) -> None:
         av = self._av
@@ -294,20 +344,118 @@ class FileSource(_PacedSource):
             container.close()
             raise SourceError(f"file {str(self.path)!r} has no audio track: pass a file with sound, a microphone or 'synthetic' to --mic")
         self._container = container
-        self._frames = container.decode(audio=0)
+        self._track = container.streams.audio[0]
+        self._packets = container.demux(self._track)
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+        self._track_done = False
+        self._pass_frames = 0
+        self._pass_skipped = 0
+        self._pending = False  # packets were skipped since the last decoded frame
+        self._end_s: float | None = None  # track time just past the last decoded sample
+        self._gap_from_s: float | None = None  # where the packets skipped since then begin
+        self._gap_s = 0.0  # their durations, for packets without timestamps
+
+    def _skip(self, packet, exc) -> None:
+        """A packet that does not decode: remember where its span begins, to fill it."""
+        self._pass_skipped += 1
+        self.skipped += 1
+        self._pending = True
+        if self._first_error is None:
+            self._first_error = getattr(exc, "strerror", None) or str(exc)
+        if self._gap_from_s is None:
+            if self._end_s is not None:
+                self._gap_from_s = self._end_s
+            elif self._track.start_time is not None and self._track.time_base is not None:
+                self._gap_from_s = float(self._track.start_time * self._track.time_base)
+            elif packet.pts is not None and packet.time_base is not None:
+                self._gap_from_s = float(packet.pts * packet.time_base)
+        if packet.duration and packet.time_base is not None:
+            self._gap_s += float(packet.duration * packet.time_base)
+
+    def _silence_before(self, frame) -> float:
+        """Seconds of silence that put `frame` at its time after skipped packets."""
+        if self._gap_from_s is not None and frame.pts is not None and frame.time_base is not None:
+            gap = float(frame.pts * frame.time_base) - self._gap_from_s
+        else:
+            gap = self._gap_s
+        self._pending, self._gap_from_s, self._gap_s = False, None, 0.0
+        return max(0.0, gap)
+
+    def _resample(self, frame) -> None:
+        """Convert `frame` (None: what the resampler holds) into the buffer."""
+        if frame is not None:
+            frame.pts = None  # the timeline is kept here; the filter graph only converts
+        chunks = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        if chunks:
+            self._buffer = np.concatenate([self._buffer, *chunks]).astype(np.float32)
+
+    def _take(self, frame) -> None:
+        if self._pending:
+            silence = round(self._silence_before(frame) * frame.sample_rate)
+            if silence:
+                zeros = self._av.AudioFrame(
+                    format=frame.format.name, layout=frame.layout.name, samples=silence
+                )
+                for plane in zeros.planes:
+                    plane.update(bytes(plane.buffer_size))
+                zeros.sample_rate = frame.sample_rate
+                self._resample(zeros)
+                self._skipped_s += silence / frame.sample_rate
+        duration = frame.samples / frame.sample_rate
+        if frame.pts is not None and frame.time_base is not None:
+            self._end_s = float(frame.pts * frame.time_base) + duration
+        elif self._end_s is not None:
+            self._end_s += duration
+        self._pass_frames += 1
+        self._resample(frame)
+
+    def _decode_packet(self) -> bool:
+        """Decode the next packet into the buffer; False at the end of the track."""
+        if self._track_done:
+            return False
+        packet = next(self._packets, None)
+        if packet is None:
+            self._track_done = True
+            self._resample(None)
+            return False
+        try:
+            frames = packet.decode()
+        except self._av.error.FFmpegError as exc:
+            self._skip(packet, exc)
+            return True
+        for frame in frames:
+            self._take(frame)
+        return True
+
+    def _report(self) -> None:
+        """One warning per run about skipped packets (after the first pass, or at close)."""
+        if self._reported or not self.skipped:
+            return
+        self._reported = True
+        n = self.skipped
+        log.warning(
+            "skipped %d undecodable audio packet%s in %s (%s): %.3f s of silence in their place",
+            n, "" if n == 1 else "s", self.path, self._first_error, self._skipped_s,
+        )
 
     def _decode_more(self) -> bool:
-        for frame in self._frames:
-            chunks = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
-            if chunks:
-                self._buffer = np.concatenate([self._buffer, *chunks]).astype(np.float32)
+        """Decode until the buffer grows; False once the track (with --loop: never) ends."""
+        while not self._ended:
+            before = len(self._buffer)
+            more = self._decode_packet()
+            if len(self._buffer) > before:
                 return True
+            if not more:
+                self._end_pass()
+        return False
+
+    def _end_pass(self) -> None:
+        self._report()
         self._container.close()
-        if not self.loop:
-            return False
-        self._open()
-        return True
+        if self.loop and self._pass_frames:
+            self._open()
+        else:
+            self._ended = True
 
     def _next_block(self) -> np.ndarray | None:
         while len(self._buffer) < self._block:
@@ -320,6 +468,7 @@ class FileSource(_PacedSource):
 
     def close(self) -> None:
         super().close()
+        self._report()
         try:
             self._container.close()
         except Exception:  # already closed
