@@ -30,7 +30,9 @@ ENTRY_MODULES = ("run", "record", "train", "bench")
 
 def _clean_env() -> dict[str, str]:
     # The venv's python must not be pointed back at the checkout or the test venv.
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+    }
     env["PYTHONNOUSERSITE"] = "1"
     return env
 
@@ -43,14 +45,26 @@ def wheel(tmp_path_factory) -> Path:
         REPO,
         src,
         ignore=shutil.ignore_patterns(
-            ".venv", ".git", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache",
-            ".hypothesis", ".ruff_cache", ".whl", ".gl",
+            ".venv",
+            ".git",
+            "__pycache__",
+            "*.egg-info",
+            "build",
+            "dist",
+            ".pytest_cache",
+            ".hypothesis",
+            ".ruff_cache",
+            ".whl",
+            ".gl",
         ),
     )
     out = work / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
-        cwd=work, env=_clean_env(), check=True, timeout=240,
+        cwd=work,
+        env=_clean_env(),
+        check=True,
+        timeout=240,
     )
     (built,) = out.glob("avstream-*.whl")
     return built
@@ -65,14 +79,25 @@ def light_python(wheel, tmp_path_factory) -> Path:
     python = venv / "bin" / "python"
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", str(wheel)],
-        cwd=venv.parent, env=env, check=True, timeout=240,
+        cwd=venv.parent,
+        env=env,
+        check=True,
+        timeout=240,
     )
     return python
 
 
-def _run_light(python: Path, cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def _run_light(
+    python: Path, cwd: Path, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(python), *args], cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=timeout
+        [str(python), *args],
+        check=False,  # the callers check the status
+        cwd=cwd,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -106,23 +131,31 @@ def test_light_install_imports_the_wire_side_without_the_pipeline(light_python, 
     done = _run_light(light_python, tmp_path, "-c", probe)
     assert done.returncode == 0, done.stderr
     where, heavy = done.stdout.splitlines()
-    assert Path(where).is_relative_to(light_python.parent.parent)  # the wheel's copy, not the checkout
+    assert Path(where).is_relative_to(
+        light_python.parent.parent
+    )  # the wheel's copy, not the checkout
     assert heavy == "[]"
     # The console scripts come with the light install; CURVE keys need pyzmq alone.
-    keys = _run_light(light_python, tmp_path, str(light_python.parent / "avstream-keys"), str(tmp_path / "keys"))
+    keys = _run_light(
+        light_python, tmp_path, str(light_python.parent / "avstream-keys"), str(tmp_path / "keys")
+    )
     assert keys.returncode == 0, keys.stderr
     assert (tmp_path / "keys" / "server.key_secret").is_file()
 
 
 @pytest.mark.parametrize("command", ENTRY_MODULES)
-def test_pipeline_commands_without_the_run_extra_say_what_to_install(light_python, tmp_path, command):
+def test_pipeline_commands_without_the_run_extra_say_what_to_install(
+    light_python, tmp_path, command
+):
     before = shm_segments()
     done = _run_light(light_python, tmp_path, "-m", f"stream.{command}", "--camera", "synthetic")
+    missing = "torch, numpy, cv2, sounddevice, yaml, av, soxr, psutil, numba, einops"
     assert done.returncode == 2
-    assert done.stderr.splitlines() == [
-        f"error: python -m stream.{command} needs the pipeline's packages (missing: torch, numpy, cv2, "
-        "sounddevice, yaml, av, soxr, psutil, numba, einops): pip install 'avstream[run]'"
-    ]
+    expected = (
+        f"error: python -m stream.{command} needs the pipeline's packages (missing: {missing}): "
+        "pip install 'avstream[run]'"
+    )
+    assert done.stderr.splitlines() == [expected]
     assert done.stdout == ""
     assert shm_segments() - before == set()
 
@@ -147,8 +180,12 @@ def test_light_subscriber_receives_from_a_publisher(light_python, tmp_path):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     publisher = Publisher(endpoint)
     sub = subprocess.Popen(
-        [str(light_python), str(script), endpoint], cwd=tmp_path, env=_clean_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [str(light_python), str(script), endpoint],
+        cwd=tmp_path,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         # A SUB socket misses what is sent before it has connected (ZeroMQ's slow joiner), so
@@ -158,8 +195,14 @@ def test_light_subscriber_receives_from_a_publisher(light_python, tmp_path):
         while sub.poll() is None and time.monotonic() < deadline:
             # Every field a running stream's heartbeat has, so the body stays valid.
             body = wire.status(
-                seq=seq, stream="light", model="x3d_xs", engine="cpu-inductor", state="running",
-                mono_ns=time.monotonic_ns(), wall_ns=time.time_ns(), fps_in=30.0,
+                seq=seq,
+                stream="light",
+                model="x3d_xs",
+                engine="cpu-inductor",
+                state="running",
+                mono_ns=time.monotonic_ns(),
+                wall_ns=time.time_ns(),
+                fps_in=30.0,
                 windows={"run": seq, "skipped": 0, "stale": 0},
                 sources={"video": {}, "audio": {}},
                 publish={"sent": publisher.sent, "dropped": publisher.dropped, "subscriptions": 1},
@@ -179,4 +222,6 @@ def test_light_subscriber_receives_from_a_publisher(light_python, tmp_path):
     assert len(received) == 3
     seqs = [m["body"]["seq"] for m in received]
     assert seqs == sorted(seqs) and seqs[-1] < seq
-    assert all(m["topic"] == "status.light" and m["body"]["schema"] == wire.STATUS_SCHEMA for m in received)
+    assert all(
+        m["topic"] == "status.light" and m["body"]["schema"] == wire.STATUS_SCHEMA for m in received
+    )
