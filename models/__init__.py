@@ -1,18 +1,22 @@
 """Video recognition models behind one registry.
 
     import models
-    models.available()                                   # ["x3d_l", "x3d_m", "x3d_s", "x3d_xs"]
+    models.available()       # every registered name: X3D, SlowFast, AVSlowFast, MViT, Motionformer
     model = models.create("x3d_xs", weights="kinetics400")  # eval mode
     logits = model(*model.example_inputs())              # (1, 400), no softmax
     model.meta.labels[int(logits.argmax())]
 
+    # a family's build options, by keyword (models.build_options(name) lists them):
+    model = models.create("motionformer_b", weights="kinetics400", attention="orthoformer")
+
     # fine-tuning for your own labels, on a reduced network:
     model = models.create("avslowfast_r50", labels=["kettle", "nothing"],
-                          arch={"width": 16, "depths": (1, 1, 1, 1)})
+                          width=16, depths=(1, 1, 1, 1))
     models.save_checkpoint(model, "model.pt")     # models.create(name, weights="model.pt")
 
 `model.meta` (ModelMeta) is the one place that says what a model expects (frames,
-sampling interval, crop, resize, mean/std) and what its outputs mean (labels).
+sampling interval, crop, resize, mean/std) and what its outputs mean (labels);
+`model.options` holds the build options it was made with.
 """
 
 from models import motionformer as _motionformer  # noqa: F401
@@ -23,11 +27,12 @@ from models._registry import (
     AudioInput,
     ModelError,
     ModelMeta,
+    Option,
     UnknownModelError,
     VideoInput,
     WeightsError,
-    arch_options,
     available,
+    build_options,
     create,
     has_zoo_weights,
 )
@@ -37,11 +42,12 @@ __all__ = [
     "AudioInput",
     "ModelError",
     "ModelMeta",
+    "Option",
     "UnknownModelError",
     "VideoInput",
     "WeightsError",
-    "arch_options",
     "available",
+    "build_options",
     "create",
     "has_zoo_weights",
     "save_checkpoint",

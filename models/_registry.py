@@ -122,6 +122,53 @@ class WeightsError(ModelError):
 
 
 @dataclass(frozen=True)
+class Option:
+    """A build option a model family takes: `create(name, **{option: value})`.
+
+    kind: int, float, bool, str (with `choices`) or tuple (of ints). `create` checks the
+    kind; ranges and combinations are checked by the family's config (`__post_init__`).
+    """
+
+    kind: type
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """What a value must be, for error lines and docs: 'an integer', 'one of a, b'."""
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        return _KIND_NAMES[self.kind]
+
+    def check(self, value: object) -> object:
+        """`value` in the form the builder takes (a number for float, a tuple for tuple);
+        ValueError when it is of another kind."""
+        if self.kind is tuple:
+            if isinstance(value, (list, tuple)) and all(_is_int(v) for v in value):
+                return tuple(value)
+        elif self.kind is float:
+            if _is_int(value) or isinstance(value, float):
+                return float(value)  # type: ignore[arg-type]
+        elif self.kind is int:
+            if _is_int(value):
+                return value
+        elif isinstance(value, self.kind) and (not self.choices or value in self.choices):
+            return value
+        raise ValueError(self.describe())
+
+
+_KIND_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    tuple: "a list of integers",
+}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
 class _Entry:
     name: str
     # (num_classes, **options) -> model in train mode with `.meta` set.
@@ -140,8 +187,9 @@ class _Entry:
     # Key prefixes of the classifier: the tensors whose size is the class count, newly
     # initialised when weights are loaded for another set of labels.
     classifier: tuple[str, ...]
-    # Build options that `create(arch=...)` may override (a reduced-width network).
-    arch: tuple[str, ...]
+    # The build options `create(name, **options)` may pass (attention kind, a reduced
+    # width...), by name; the builder takes each as a keyword argument.
+    options: Mapping[str, Option]
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -154,7 +202,7 @@ def register(
     zoo_file: str | None = None,
     zoo_partial: bool = False,
     classifier: tuple[str, ...] = ("head.proj.",),
-    arch: tuple[str, ...] = (),
+    options: Mapping[str, Option] | None = None,
 ) -> Callable:
     """Decorator: register `build(num_classes, **options)` under `name`; duplicates raise."""
 
@@ -162,8 +210,13 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = _Entry(
-            name=name, build=build, adapt=adapt, zoo_file=zoo_file, zoo_partial=zoo_partial,
-            classifier=classifier, arch=arch,
+            name=name,
+            build=build,
+            adapt=adapt,
+            zoo_file=zoo_file,
+            zoo_partial=zoo_partial,
+            classifier=classifier,
+            options=dict(options or {}),
         )
         return build
 
@@ -197,8 +250,8 @@ def create(
     weights: str | os.PathLike[str] | None = None,
     num_classes: int | None = None,
     labels: Sequence[str] | None = None,
-    arch: Mapping[str, Any] | None = None,
     seed: int | None = None,
+    **options: Any,
 ) -> nn.Module:
     """Build model `name` in eval mode.
 
@@ -210,23 +263,27 @@ def create(
     initialised and everything else loads, with a warning.
     labels: the class names (their count is the class count); default: the checkpoint's
     (`save_checkpoint` stores them), Kinetics-400's for 400 classes, else class_0...
-    arch: architecture overrides for a reduced network (SlowFast / AVSlowFast width,
-    depths, frames, crop...; `models.arch_options(name)` lists them). A checkpoint written
-    by `save_checkpoint` carries its own, so `create(name, weights=path)` rebuilds it.
     seed: draw the random initialisation (all of it without weights, the new classifier
     with them) from this seed, leaving torch's global generator as it was; the same seed
     gives the same model, so an engine compiled for it is found in the cache next time.
     None: from torch's global generator.
+    options: the family's build options (`models.build_options(name)` lists them), e.g.
+    Motionformer's `attention="orthoformer", landmarks=128`, AVSlowFast's
+    `fusion="a_f_s"`, a reduced SlowFast's `width=16, depths=(1, 1, 1, 1)`, X3D's
+    expansion factors. An unknown option, or a value of the wrong kind, raises ModelError.
+    A checkpoint written by `save_checkpoint` carries its options, so
+    `create(name, weights=path)` rebuilds it; an option that contradicts them raises.
 
     The model carries `meta` (ModelMeta), `example_inputs(batch)`, `weights_id` (sha256
-    prefix of the checkpoint file, None for random init) and `arch` (the overrides).
+    prefix of the checkpoint file, None for random init) and `options` (the build options
+    it was made with, as checked: tuples for lists).
     """
     if seed is not None:
         import torch
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return create(name, weights=weights, num_classes=num_classes, labels=labels, arch=arch)
+            return create(name, weights=weights, num_classes=num_classes, labels=labels, **options)
     entry = _REGISTRY.get(name)
     if entry is None:
         raise UnknownModelError(f"unknown model {name!r}: choose one of {', '.join(available())}")
@@ -237,12 +294,15 @@ def create(
     if labels is not None:
         labels = _check_labels(labels)
         if num_classes is not None and num_classes != len(labels):
-            raise ModelError(f"{len(labels)} labels were given for num_classes={num_classes}: give one name per class")
+            raise ModelError(
+                f"{len(labels)} labels were given for num_classes={num_classes}: "
+                "give one name per class"
+            )
         num_classes = len(labels)
-    arch = _check_arch(entry, dict(arch or {}), "arch")
+    options = _check_options(entry, options, "")
 
     if weights is None:
-        model = _build(entry, num_classes or KINETICS400_CLASSES, arch)
+        model = _build(entry, num_classes or KINETICS400_CLASSES, options)
         model.weights_id = None
         if labels is not None:
             model.meta = dataclasses.replace(model.meta, labels=labels)
@@ -254,21 +314,19 @@ def create(
     path, source = _weights.resolve(weights, model=name, zoo_file=entry.zoo_file)
     state, weights_id, extras = _weights.read_checkpoint(path, source)
     try:
-        state, options = entry.adapt(state)
+        state, adapted = entry.adapt(state)
     except ValueError as exc:
         raise WeightsError(f"cannot use weights {source} for {name}: {exc}") from None
-    ckpt_classes = options.pop("num_classes", None)
-    fresh_prefixes = tuple(options.pop("fresh_prefixes", ()))
-    saved_arch = _check_arch(entry, extras.get("arch", {}), f"weights {source}: arch")
-    for key in saved_arch.keys() & arch.keys():
-        if _same(saved_arch[key], arch[key]):
-            continue
-        raise WeightsError(
-            f"weights {source} were trained with {key}={saved_arch[key]!r} but arch asks for "
-            f"{key}={arch[key]!r}: leave {key} out to use the checkpoint's"
-        )
-    options.update(saved_arch)
-    options.update(arch)
+    ckpt_classes = adapted.pop("num_classes", None)
+    fresh_prefixes = tuple(adapted.pop("fresh_prefixes", ()))
+    saved = _check_options(entry, extras.get("options", {}), f"weights {source}: ")
+    for key in saved.keys() & options.keys():
+        if saved[key] != options[key]:
+            raise WeightsError(
+                f"weights {source} were built with {key}={saved[key]!r} but the options ask "
+                f"for {key}={options[key]!r}: leave {key} out to use the checkpoint's"
+            )
+    options = {**saved, **options}
     classes = num_classes or ckpt_classes or KINETICS400_CLASSES
     replaced = ckpt_classes is not None and classes != ckpt_classes
     if replaced:
@@ -277,7 +335,7 @@ def create(
         fresh_prefixes += entry.classifier
     if labels is None and not replaced and len(extras.get("labels", ())) == classes:
         labels = tuple(extras["labels"])
-    model = _build(entry, classes, options)
+    model = _build(entry, classes, options, adapted)
     fresh = _weights.load_strict(
         model, state, source=source, name=name, fresh_prefixes=fresh_prefixes
     )
@@ -302,6 +360,14 @@ def create(
     return model.eval()
 
 
+def build_options(name: str) -> dict[str, Option]:
+    """The build options `create(name, **options)` accepts, by name (empty: none)."""
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise UnknownModelError(f"unknown model {name!r}: choose one of {', '.join(available())}")
+    return dict(entry.options)
+
+
 def has_zoo_weights(name: str) -> bool:
     """Whether a published checkpoint (`weights="kinetics400"`) gives the whole of model
     `name` trained weights: False when there is none, or when it covers only part of the
@@ -312,41 +378,54 @@ def has_zoo_weights(name: str) -> bool:
     return entry.zoo_file is not None and not entry.zoo_partial
 
 
-def arch_options(name: str) -> tuple[str, ...]:
-    """The build options `create(name, arch=...)` accepts (empty: none)."""
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        raise UnknownModelError(f"unknown model {name!r}: choose one of {', '.join(available())}")
-    return entry.arch
-
-
-def _build(entry: _Entry, num_classes: int, options: dict[str, Any]) -> nn.Module:
+def _build(
+    entry: _Entry,
+    num_classes: int,
+    options: dict[str, Any],
+    adapted: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """`adapted`: what the family's `adapt` read from a checkpoint's layout (PySlowFast's
+    shortcut BatchNorm...): passed to the builder, not the user's to set."""
     try:
-        model = entry.build(num_classes=num_classes, **options)
+        model = entry.build(num_classes=num_classes, **{**(adapted or {}), **options})
     except (ValueError, TypeError) as exc:
-        raise ModelError(f"cannot build {entry.name} with {options}: {exc}") from None
-    model.arch = {k: options[k] for k in entry.arch if k in options}
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        with_options = f" with {given}" if given else ""
+        raise ModelError(f"cannot build {entry.name}{with_options}: {exc}") from None
+    model.options = dict(options)
     return model
 
 
-def _check_arch(entry: _Entry, arch: dict[str, Any], what: str) -> dict[str, Any]:
-    unknown = sorted(set(arch) - set(entry.arch))
+def _check_options(entry: _Entry, options: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """`options` checked against the entry's declarations; `what` prefixes the error."""
+    unknown = [k for k in options if k not in entry.options]
     if unknown:
-        allowed = f"it takes {', '.join(entry.arch)}" if entry.arch else "it takes none"
-        raise ModelError(f"{what}: {entry.name} has no architecture option {', '.join(unknown)} ({allowed})")
-    # Saved checkpoints hold lists where the configs want tuples.
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}
-
-
-def _same(a: object, b: object) -> bool:
-    norm = (lambda v: tuple(v) if isinstance(v, (list, tuple)) else v)
-    return norm(a) == norm(b)
+        valid = f"options: {', '.join(sorted(entry.options))}" if entry.options else "it takes none"
+        names = " or ".join(repr(k) for k in unknown)
+        raise ModelError(f"{what}{entry.name} has no option {names} ({valid})")
+    checked = {}
+    for key, value in options.items():
+        try:
+            checked[key] = entry.options[key].check(value)
+        except ValueError as exc:
+            raise ModelError(
+                f"{what}{entry.name} option {key!r} must be {exc}, got {value!r}"
+            ) from None
+    return checked
 
 
 def _check_labels(labels: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(labels, str) or not all(isinstance(x, str) and x.strip() for x in labels) or not labels:
-        raise ModelError(f"labels must be a non-empty list of non-empty class names, got {labels!r}")
+    if (
+        isinstance(labels, str)
+        or not all(isinstance(x, str) and x.strip() for x in labels)
+        or not labels
+    ):
+        raise ModelError(
+            f"labels must be a non-empty list of non-empty class names, got {labels!r}"
+        )
     if len(set(labels)) != len(labels):
         dup = sorted({x for x in labels if list(labels).count(x) > 1})
-        raise ModelError(f"labels name {', '.join(dup)} more than once: give each class its own name")
+        raise ModelError(
+            f"labels name {', '.join(dup)} more than once: give each class its own name"
+        )
     return tuple(labels)

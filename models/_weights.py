@@ -35,7 +35,12 @@ _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
 _SHOWN_KEYS = 3  # names shown per list in a "does not fit" message
 
-_FETCH_HINT = "download the file another way and pass its local path as weights (--weights PATH)"
+# Offline, a user can still bring the file over, or try the whole pipeline with random weights.
+_FETCH_HINT = (
+    "download the file another way and pass its path with --weights PATH, "
+    "or try the pipeline with random weights: --weights none"
+)
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pyth", ".ckpt", ".bin")
 
 
 def cache_dir() -> Path:
@@ -68,9 +73,12 @@ def resolve(
         # Official files whose publisher gives a hash (torchvision's file names carry the
         # SHA-256 prefix, torch.hub's convention) are checked against it.
         expected = published_sha256(zoo_file) if os.fspath(weights) == ZOO_KEYWORD else None
-        path = download(spec, sha256_prefix=expected) if expected else download(spec)
+        official = os.fspath(weights) == ZOO_KEYWORD
+        path = download(spec, sha256_prefix=expected, official=official)
         return path, f"{spec} (cached as {path})"
     path = Path(spec).expanduser()
+    if path.is_dir():
+        raise WeightsError(f"weights {path} is a folder: {_folder_hint(path)}")
     if not path.is_file():
         raise WeightsError(
             f"weights file {path} not found; pass an existing checkpoint file, "
@@ -88,12 +96,13 @@ def published_sha256(zoo_file: str | None) -> str | None:
     return m[1] if m else None
 
 
-def download(url: str, *, sha256_prefix: str | None = None) -> Path:
+def download(url: str, *, sha256_prefix: str | None = None, official: bool = False) -> Path:
     """Download `url` into the cache once; later calls return the cached file unrequested.
 
     The body goes to a temporary file in the cache folder that is renamed only when
     complete (and, with `sha256_prefix`, only when its SHA-256 starts with it), so an
     interrupted, corrupt or substituted download never leaves a file that looks finished.
+    `official`: the URL is the zoo's, not the user's (an error line does not ask to check it).
     """
     name = Path(urllib.parse.urlsplit(url).path).name or "weights"
     # The URL's hash keeps two servers' X3D_XS.pyth apart.
@@ -108,7 +117,7 @@ def download(url: str, *, sha256_prefix: str | None = None) -> Path:
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            _fetch(url, out, dest)
+            _fetch(url, out, dest, official)
         if sha256_prefix is not None:
             got = _sha256(tmp)
             if not got.startswith(sha256_prefix):
@@ -126,7 +135,7 @@ def download(url: str, *, sha256_prefix: str | None = None) -> Path:
     return dest
 
 
-def _fetch(url: str, out: BinaryIO, dest: Path) -> None:
+def _fetch(url: str, out: BinaryIO, dest: Path, official: bool = False) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "avstream"})
     try:
         response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
@@ -135,7 +144,7 @@ def _fetch(url: str, out: BinaryIO, dest: Path) -> None:
             f"cannot download {url}: HTTP {exc.code} {exc.reason}; check the URL, or {_FETCH_HINT}"
         ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise _network_error(url, exc) from None
+        raise _network_error(url, exc, official) from None
     with response:
         total = int(response.headers.get("Content-Length") or 0) or None
         progress = _Progress(url, total)
@@ -145,7 +154,7 @@ def _fetch(url: str, out: BinaryIO, dest: Path) -> None:
                 chunk = response.read(_CHUNK)
             except (OSError, http.client.HTTPException) as exc:
                 progress.abort()
-                raise _network_error(url, exc) from None
+                raise _network_error(url, exc, official) from None
             if not chunk:
                 break
             try:
@@ -163,12 +172,27 @@ def _fetch(url: str, out: BinaryIO, dest: Path) -> None:
     progress.finish(received)
 
 
-def _network_error(url: str, exc: BaseException) -> WeightsError:
+def _network_error(url: str, exc: BaseException, official: bool = False) -> WeightsError:
     reason = getattr(exc, "reason", None) or exc
+    check = "the network connection" if official else "the network connection and the URL"
     return WeightsError(
-        f"cannot download {url}: {_one_line(reason)}; check the network connection and the URL, "
-        f"or {_FETCH_HINT}"
+        f"cannot download {url}: {_one_line(reason)}; check {check}, or {_FETCH_HINT}"
     )
+
+
+def _folder_hint(folder: Path) -> str:
+    """What to pass instead of a folder: its checkpoint files, if it holds any."""
+    try:
+        found = sorted(
+            p.name for p in folder.iterdir() if p.suffix in _CHECKPOINT_SUFFIXES and p.is_file()
+        )
+    except OSError:
+        found = []
+    hint = "pass a checkpoint file, not a folder (--weights PATH/TO/FILE.pt)"
+    if found:
+        shown = ", ".join(found[:_SHOWN_KEYS]) + (" ..." if len(found) > _SHOWN_KEYS else "")
+        hint = f"pass one of its checkpoint files ({shown}), e.g. --weights {folder / found[0]}"
+    return hint
 
 
 def _cache_error(folder: Path, exc: OSError) -> WeightsError:
@@ -223,7 +247,8 @@ def read_checkpoint(path: Path, source: str) -> tuple[dict[str, torch.Tensor], s
 
     Returns the state dict, the file's id (the first 16 hex digits of its sha256, for
     caches keyed on weights) and what a checkpoint written by `save_checkpoint` says
-    about the model: `{"arch": {...}, "labels": [...]}` (each only when present).
+    about the model: `{"options": {...}, "labels": [...]}` (each only when present; the
+    options of an older checkpoint's "arch" entry).
     """
     hint = "pass a PyTorch checkpoint saved with torch.save"
     if _is_inside(path, cache_dir()):
@@ -256,12 +281,17 @@ def read_checkpoint(path: Path, source: str) -> tuple[dict[str, torch.Tensor], s
 
 def _checkpoint_extras(checkpoint: dict, source: str) -> dict:
     extras: dict = {}
-    arch = checkpoint.get("arch")
-    if arch is not None:
-        if not isinstance(arch, dict) or not all(isinstance(k, str) for k in arch):
-            raise WeightsError(f"weights {source}: 'arch' must be a dict of architecture options, got {arch!r}")
-        if arch:
-            extras["arch"] = dict(arch)
+    # "arch": what checkpoints written before build options had a name of their own held
+    # (SlowFast / AVSlowFast reduced-network options, all of them options today).
+    key = "options" if "options" in checkpoint else "arch"
+    options = checkpoint.get(key)
+    if options is not None:
+        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+            raise WeightsError(
+                f"weights {source}: {key!r} must be a dict of build options, got {options!r}"
+            )
+        if options:
+            extras["options"] = dict(options)
     labels = checkpoint.get("labels")
     if labels is not None:
         if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) for x in labels):
@@ -272,14 +302,15 @@ def _checkpoint_extras(checkpoint: dict, source: str) -> dict:
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **extra: object) -> Path:
     """Write `model` so that `models.create(meta.name, weights=path)` rebuilds it alone:
-    `{"model_state", "model", "arch", "labels", **extra}`, loadable with
-    `torch.load(weights_only=True)` (so `extra` holds only tensors, numbers, strings,
-    lists and dicts). The file appears complete or not at all."""
+    `{"model_state", "model", "options", "labels", **extra}` (`options`: the build options
+    it was created with), loadable with `torch.load(weights_only=True)` (so `extra` holds
+    only tensors, numbers, strings, lists and dicts). The file appears complete or not at
+    all."""
     path = Path(path)
     checkpoint = {
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": model.meta.name,
-        "arch": plain(getattr(model, "arch", {}) or {}),
+        "options": plain(getattr(model, "options", {}) or {}),
         "labels": list(model.meta.labels),
         **extra,
     }

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._registry import ModelMeta, VideoInput, class_labels, register
+from models._registry import ModelMeta, Option, VideoInput, class_labels, register
 
 # configs/K400/motionformer_*.yaml: DATA.MEAN = DATA.STD = [0.5, 0.5, 0.5].
 _MEAN = (0.5, 0.5, 0.5)
@@ -503,22 +503,46 @@ def _build(
     return model
 
 
+# What `models.create(name, **options)` may change: MotionformerConfig's fields of the same
+# names. Orthoformer attention (with its landmarks) runs the zoo weights approximately;
+# depth, width and heads make a reduced network (random weights, or a saved checkpoint).
+OPTIONS = {
+    "attention": Option(str, _ATTENTIONS),
+    "landmarks": Option(int),
+    "depth": Option(int),
+    "embed_dim": Option(int),
+    "heads": Option(int),
+}
+
+
 @register(
-    "motionformer_b", adapt=adapt_checkpoint, zoo_file=_VARIANTS["motionformer_b"][3], classifier=_CLASSIFIER
+    "motionformer_b",
+    adapt=adapt_checkpoint,
+    zoo_file=_VARIANTS["motionformer_b"][3],
+    classifier=_CLASSIFIER,
+    options=OPTIONS,
 )
 def motionformer_b(num_classes: int = 400, **options) -> Motionformer:
     return _build("motionformer_b", num_classes, **options)
 
 
 @register(
-    "motionformer_b_hr", adapt=adapt_checkpoint, zoo_file=_VARIANTS["motionformer_b_hr"][3], classifier=_CLASSIFIER
+    "motionformer_b_hr",
+    adapt=adapt_checkpoint,
+    zoo_file=_VARIANTS["motionformer_b_hr"][3],
+    classifier=_CLASSIFIER,
+    options=OPTIONS,
 )
 def motionformer_b_hr(num_classes: int = 400, **options) -> Motionformer:
     return _build("motionformer_b_hr", num_classes, **options)
 
 
 @register(
-    "motionformer_b_l", adapt=adapt_checkpoint, zoo_file=_VARIANTS["motionformer_b_l"][3], classifier=_CLASSIFIER
+    "motionformer_b_l",
+    adapt=adapt_checkpoint,
+    zoo_file=_VARIANTS["motionformer_b_l"][3],
+    classifier=_CLASSIFIER,
+    options=OPTIONS,
 )
 def motionformer_b_l(num_classes: int = 400, **options) -> Motionformer:
     return _build("motionformer_b_l", num_classes, **options)

@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._registry import AudioInput, ModelMeta, VideoInput, class_labels, register
+from models._registry import AudioInput, ModelMeta, Option, VideoInput, class_labels, register
 
 # PySlowFast `_TEMPORAL_KERNEL_BASIS["slowfast"]`: temporal kernel of conv1 and of the
 # first conv of every res2..res5 block, for the slow and the fast pathway.
@@ -1056,18 +1056,35 @@ def build_avslowfast(cfg: AVSlowFastConfig, name: str = "avslowfast") -> AVSlowF
     return AVSlowFast(cfg, _meta(name, cfg.visual, audio))
 
 
-# What `models.create(..., arch={...})` may change for a reduced network (fine-tuning on
-# a CPU, tests): SlowFastConfig's and AVSlowFastConfig's fields of the same names.
-SLOWFAST_ARCH = (
-    "width", "depths", "slow_frames", "alpha", "beta_inv", "fusion_kernel", "crop", "short_side",
-)  # fmt: skip
-AVSLOWFAST_ARCH = SLOWFAST_ARCH + (
-    "fusion", "fusion_stages", "audio_frames", "n_mels", "drop_pathway", "sync_dim",
-)  # fmt: skip
+# What `models.create(name, **options)` may change: SlowFastConfig's and AVSlowFastConfig's
+# fields of the same names. A reduced network (width, depths...) is for fine-tuning on a CPU
+# and for tests; AVSlowFast's `fusion` picks among the paper's fusion variants (FUSIONS).
+SLOWFAST_OPTIONS = {
+    "width": Option(int),
+    "depths": Option(tuple),
+    "slow_frames": Option(int),
+    "alpha": Option(int),
+    "beta_inv": Option(int),
+    "fusion_kernel": Option(int),
+    "crop": Option(int),
+    "short_side": Option(int),
+}
+AVSLOWFAST_OPTIONS = {
+    **SLOWFAST_OPTIONS,
+    "fusion": Option(str, FUSIONS),
+    "fusion_stages": Option(tuple),
+    "audio_frames": Option(int),
+    "n_mels": Option(int),
+    "drop_pathway": Option(float),
+    "sync_dim": Option(int),
+}
 
 
 @register(
-    "slowfast_r50", adapt=adapt_slowfast, zoo_file="SLOWFAST_8x8_R50.pyth", arch=SLOWFAST_ARCH
+    "slowfast_r50",
+    adapt=adapt_slowfast,
+    zoo_file="SLOWFAST_8x8_R50.pyth",
+    options=SLOWFAST_OPTIONS,
 )
 def slowfast_r50(num_classes: int = 400, **visual) -> SlowFast:
     return build_slowfast(_config("slowfast_r50", num_classes, **visual), "slowfast_r50")
@@ -1081,7 +1098,7 @@ def slowfast_r50(num_classes: int = 400, **visual) -> SlowFast:
     zoo_file="SLOWFAST_8x8_R50.pyth",
     zoo_partial=True,  # SlowFast's checkpoint: the audio pathway and fusion are left as initialised
     classifier=("head.proj.", "head.audio_proj."),
-    arch=AVSLOWFAST_ARCH,
+    options=AVSLOWFAST_OPTIONS,
 )
 def avslowfast_r50(
     num_classes: int = 400,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models._registry import ModelMeta, VideoInput, class_labels, register
+from models._registry import ModelMeta, Option, VideoInput, class_labels, register
 
 # X3D paper Table 1 / pytorchvideo `create_x3d`: the X2D base network before expansion.
 _BASE_STEM_WIDTH = 12  # conv1 width before the width factor (PySlowFast X3D.DIM_C1)
@@ -477,22 +477,21 @@ _VARIANTS: dict[str, tuple[int, int, int, int, float]] = {
 _FPS = 30
 
 
-def _config(name: str, num_classes: int = 400, shortcut_norm: bool = False) -> X3DConfig:
+def _config(name: str, num_classes: int = 400, shortcut_norm: bool = False, **factors) -> X3DConfig:
     frames, rate, train_crop, test_crop, depth_factor = _VARIANTS[name]
+    base = {"frames": frames, "interval_s": rate / _FPS, "depth_factor": depth_factor}
     return X3DConfig(
-        interval_s=rate / _FPS,
-        frames=frames,
         train_crop=train_crop,
         test_crop=test_crop,
         short_side=test_crop,
-        depth_factor=depth_factor,
         num_classes=num_classes,
         shortcut_norm=shortcut_norm,
+        **{**base, **factors},
     )
 
 
-def _build(name: str, num_classes: int, shortcut_norm: bool) -> X3D:
-    cfg = _config(name, num_classes, shortcut_norm)
+def _build(name: str, num_classes: int, shortcut_norm: bool, **factors) -> X3D:
+    cfg = _config(name, num_classes, shortcut_norm, **factors)
     meta = ModelMeta(
         name=name,
         video=(VideoInput(frames=cfg.frames, interval_s=cfg.interval_s),),
@@ -505,21 +504,34 @@ def _build(name: str, num_classes: int, shortcut_norm: bool) -> X3D:
     return X3D(cfg, meta)
 
 
-@register("x3d_xs", adapt=adapt_checkpoint, zoo_file="X3D_XS.pyth")
-def x3d_xs(num_classes: int = 400, shortcut_norm: bool = False) -> X3D:
-    return _build("x3d_xs", num_classes, shortcut_norm)
+# What `models.create(name, **options)` may change: the paper's expansion factors (X3DConfig's
+# fields of the same names) but resolution, whose train crop, test crop and resize go together.
+# Another value than the variant's makes another network: random weights, or a checkpoint
+# saved from one (`models.save_checkpoint` keeps the options).
+OPTIONS = {
+    "frames": Option(int),  # gamma_t
+    "interval_s": Option(float),  # gamma_tau
+    "depth_factor": Option(float),  # gamma_d
+    "width_factor": Option(float),  # gamma_w
+    "bottleneck_factor": Option(float),  # gamma_b
+}
 
 
-@register("x3d_s", adapt=adapt_checkpoint, zoo_file="X3D_S.pyth")
-def x3d_s(num_classes: int = 400, shortcut_norm: bool = False) -> X3D:
-    return _build("x3d_s", num_classes, shortcut_norm)
+@register("x3d_xs", adapt=adapt_checkpoint, zoo_file="X3D_XS.pyth", options=OPTIONS)
+def x3d_xs(num_classes: int = 400, shortcut_norm: bool = False, **factors) -> X3D:
+    return _build("x3d_xs", num_classes, shortcut_norm, **factors)
 
 
-@register("x3d_m", adapt=adapt_checkpoint, zoo_file="X3D_M.pyth")
-def x3d_m(num_classes: int = 400, shortcut_norm: bool = False) -> X3D:
-    return _build("x3d_m", num_classes, shortcut_norm)
+@register("x3d_s", adapt=adapt_checkpoint, zoo_file="X3D_S.pyth", options=OPTIONS)
+def x3d_s(num_classes: int = 400, shortcut_norm: bool = False, **factors) -> X3D:
+    return _build("x3d_s", num_classes, shortcut_norm, **factors)
 
 
-@register("x3d_l", adapt=adapt_checkpoint, zoo_file="X3D_L.pyth")
-def x3d_l(num_classes: int = 400, shortcut_norm: bool = False) -> X3D:
-    return _build("x3d_l", num_classes, shortcut_norm)
+@register("x3d_m", adapt=adapt_checkpoint, zoo_file="X3D_M.pyth", options=OPTIONS)
+def x3d_m(num_classes: int = 400, shortcut_norm: bool = False, **factors) -> X3D:
+    return _build("x3d_m", num_classes, shortcut_norm, **factors)
+
+
+@register("x3d_l", adapt=adapt_checkpoint, zoo_file="X3D_L.pyth", options=OPTIONS)
+def x3d_l(num_classes: int = 400, shortcut_norm: bool = False, **factors) -> X3D:
+    return _build("x3d_l", num_classes, shortcut_norm, **factors)

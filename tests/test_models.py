@@ -58,6 +58,136 @@ def test_registry_refuses_duplicates():
     assert NAMES == models.available()
 
 
+# -- build options ------------------------------------------------------------------------
+
+# A value other than the default for every option a model declares; a new option fails
+# test_every_option_has_a_test_value until it gets one here.
+OTHER_VALUE = {
+    # X3D's expansion factors
+    "frames": 8,
+    "interval_s": 0.25,
+    "depth_factor": 1.0,
+    "width_factor": 1.0,
+    "bottleneck_factor": 1.5,
+    # SlowFast and AVSlowFast
+    "width": 32,
+    "depths": [1, 1, 2, 1],  # a list, as a config file gives it: taken as a tuple
+    "slow_frames": 4,
+    "alpha": 2,
+    "beta_inv": 4,
+    "fusion_kernel": 5,
+    "crop": 128,
+    "short_side": 320,
+    "fusion": "a_f_s",
+    "fusion_stages": (4,),
+    "audio_frames": 64,
+    "n_mels": 40,
+    "drop_pathway": 0.5,
+    "sync_dim": 32,
+    # Motionformer
+    "attention": "orthoformer",
+    "landmarks": 8,
+    "depth": 2,
+    "embed_dim": 32,
+    "heads": 4,
+}
+# Reduced networks the options are varied from: building the full SlowFasts and
+# Motionformers thirty times over would take minutes.
+SMALL = {
+    "slowfast_r50": {"width": 16, "depths": (1, 1, 1, 1)},
+    "avslowfast_r50": {"width": 16, "depths": (1, 1, 1, 1)},
+    **{
+        name: {"depth": 1, "embed_dim": 16, "heads": 2}
+        for name in NAMES
+        if name.startswith("motionformer_")
+    },
+}
+OPTIONS = [(name, option) for name in NAMES for option in models.build_options(name)]
+
+
+def test_every_option_has_a_test_value():
+    assert {option for _, option in OPTIONS} <= set(OTHER_VALUE)
+    assert models.build_options("motionformer_b")["attention"].choices == ("trajectory", "orthoformer")
+    assert set(models.build_options("avslowfast_r50")["fusion"].choices) == {"a_f_s", "a_fs", "av_nonlocal"}
+
+
+@functools.cache
+def _small_config(name: str):
+    return models.create(name, seed=0, **SMALL.get(name, {})).cfg
+
+
+@pytest.mark.parametrize("name, option", OPTIONS)
+def test_each_option_is_taken_and_changes_the_model(name, option):
+    base = SMALL.get(name, {})
+    value = OTHER_VALUE[option]
+    model = models.create(name, seed=0, **{**base, option: value})
+    expected = tuple(value) if isinstance(value, list) else value
+    assert model.options == {**base, option: expected}
+    assert model.cfg != _small_config(name)
+    assert model.meta.name == name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_option_is_refused_naming_the_valid_ones(name):
+    with pytest.raises(models.ModelError) as info:
+        models.create(name, atention="orthoformer")
+    valid = ", ".join(sorted(models.build_options(name)))
+    expected = f"(options: {valid})" if valid else "(it takes none)"
+    assert _one_line(info.value) == f"{name} has no option 'atention' {expected}"
+
+
+def test_unknown_option_line_for_motionformer():
+    with pytest.raises(models.ModelError) as info:
+        models.create("motionformer_b", atention="orthoformer")
+    assert _one_line(info.value) == (
+        "motionformer_b has no option 'atention' "
+        "(options: attention, depth, embed_dim, heads, landmarks)"
+    )
+    # The keyword that options replaced is refused like any other unknown one.
+    with pytest.raises(models.ModelError, match="x3d_xs has no option 'arch' .options: bottleneck"):
+        models.create("x3d_xs", arch={"width_factor": 1.0})
+
+
+# A value of the wrong kind for each kind of option.
+WRONG_KIND = {int: "many", float: "fast", tuple: [1, "2"], str: 3}
+
+
+@pytest.mark.parametrize("name, option", OPTIONS)
+def test_option_of_the_wrong_kind_is_refused(name, option):
+    declared = models.build_options(name)[option]
+    bad = WRONG_KIND[declared.kind]
+    with pytest.raises(models.ModelError) as info:
+        models.create(name, **{option: bad})
+    assert _one_line(info.value) == f"{name} option {option!r} must be {declared.describe()}, got {bad!r}"
+
+
+def test_option_kinds_in_words():
+    options = models.build_options("avslowfast_r50")
+    with pytest.raises(models.ModelError, match="'width' must be an integer, got True"):
+        models.create("slowfast_r50", width=True)  # a bool is not a width
+    assert options["fusion"].describe() == "one of a_f_s, a_fs, av_nonlocal"
+    assert options["depths"].describe() == "a list of integers"
+    assert options["drop_pathway"].describe() == "a number"
+    with pytest.raises(models.ModelError) as info:
+        models.create("avslowfast_r50", fusion="afs")
+    assert _one_line(info.value) == (
+        "avslowfast_r50 option 'fusion' must be one of a_f_s, a_fs, av_nonlocal, got 'afs'"
+    )
+    # Ranges and combinations are the config's to check, in one line too.
+    with pytest.raises(models.ModelError) as info:
+        models.create("slowfast_r50", width=30)
+    assert _one_line(info.value) == (
+        "cannot build slowfast_r50 with width=30: "
+        "SlowFastConfig.width 30 is not divisible by beta_inv 8"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert text and "\n" not in text, repr(text)
+    return text
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "400"])
 def test_num_classes_must_be_positive_int(bad):
     with pytest.raises(models.ModelError, match="num_classes"):

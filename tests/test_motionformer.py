@@ -224,6 +224,26 @@ def test_orthoformer_model_switch():
     assert zoo.cfg.attention == "orthoformer" and zoo.cfg.landmarks == 128
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_create_takes_orthoformer_and_runs_it_small(name):
+    """`models.create` passes the build options: Orthoformer attention on a reduced
+    network (two blocks of 16 channels: the class token reads the patch tokens exactly, so
+    the approximation shows from the second block on) at the variant's own clip size."""
+    small = {"depth": 2, "embed_dim": 16, "heads": 2}
+    exact = models.create(name, seed=0, **small)
+    approx = models.create(name, seed=0, attention="orthoformer", landmarks=32, **small)
+    assert approx.cfg.attention == "orthoformer" and approx.cfg.landmarks == 32
+    assert approx.options == {"attention": "orthoformer", "landmarks": 32, **small}
+    assert exact.cfg.attention == "trajectory" and exact.meta == approx.meta
+    randomise(exact)
+    approx.load_state_dict(exact.state_dict())  # the same weights: only the attention differs
+    (clip,) = exact.example_inputs()
+    with torch.no_grad():
+        a, b = exact(clip), approx(clip)
+    assert b.shape == (1, 400) and torch.isfinite(b).all()
+    assert rel_err(b, a) > 1e-4  # it took the other attention
+
+
 # -- official checkpoints --------------------------------------------------------------
 
 OFFICIAL_TENSORS = 205

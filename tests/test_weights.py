@@ -242,33 +242,63 @@ TINY_AV = {
 
 def test_saved_checkpoint_rebuilds_a_reduced_model_with_its_labels(tmp_path):
     torch.manual_seed(0)
-    model = models.create("avslowfast_r50", labels=["clap", "whistle"], arch=TINY_AV)
+    model = models.create("avslowfast_r50", labels=["clap", "whistle"], **TINY_AV)
     perturb_batchnorm(model)
     assert model.meta.crop == 64 and model.meta.audio.n_mels == 40 and model.meta.video[0].frames == 4
     path = models.save_checkpoint(model, tmp_path / "model.pt", epoch=3)
     assert not list(tmp_path.glob(".*"))  # no temporary file left
     saved = torch.load(path, weights_only=True)
     assert saved["model"] == "avslowfast_r50" and saved["labels"] == ["clap", "whistle"]
-    assert saved["epoch"] == 3
+    assert saved["epoch"] == 3 and saved["options"]["depths"] == [1, 1, 1, 1]
     again = models.create("avslowfast_r50", weights=path)
     assert again.meta.labels == ("clap", "whistle")
-    assert again.arch["width"] == 16 and again.arch["depths"] == (1, 1, 1, 1)
+    assert again.options == model.options == TINY_AV
     inputs = model.example_inputs()
     with torch.no_grad():
         assert torch.equal(model(*inputs), again(*inputs))
     # Names may be changed at load time (the run config's `labels`).
     assert models.create("avslowfast_r50", weights=path, labels=["a", "b"]).meta.labels == ("a", "b")
-    with pytest.raises(models.WeightsError, match="trained with width=16 but arch asks for width=32"):
-        models.create("avslowfast_r50", weights=path, arch={"width": 32})
+    with pytest.raises(models.WeightsError) as info:
+        models.create("avslowfast_r50", weights=path, width=32)
+    assert one_line(info.value) == (
+        f"weights {path} were built with width=16 but the options ask for width=32: "
+        "leave width out to use the checkpoint's"
+    )
+    # An option equal to the checkpoint's may be given (here a list for its tuple).
+    assert models.create("avslowfast_r50", weights=path, depths=[1, 1, 1, 1]).options == TINY_AV
 
 
-def test_arch_options_are_checked():
-    assert "width" in models.arch_options("slowfast_r50")
-    assert models.arch_options("x3d_xs") == ()
-    with pytest.raises(models.ModelError, match="x3d_xs has no architecture option width"):
-        models.create("x3d_xs", arch={"width": 8})
+def test_options_are_checked():
+    assert "width" in models.build_options("slowfast_r50")
+    assert models.build_options("mvit_v1_b") == {}
+    with pytest.raises(models.ModelError, match="x3d_xs has no option 'width' .options: "):
+        models.create("x3d_xs", width=8)
     with pytest.raises(models.ModelError, match="not divisible by beta_inv"):
-        models.create("slowfast_r50", arch={"width": 30})
+        models.create("slowfast_r50", width=30)
+
+
+def test_orthoformer_checkpoint_round_trips(tmp_path):
+    small = {"attention": "orthoformer", "landmarks": 16, "depth": 1, "embed_dim": 16, "heads": 2}
+    model = models.create("motionformer_b", seed=0, labels=["a", "b"], **small)
+    path = models.save_checkpoint(model, tmp_path / "model.pt")
+    again = models.create("motionformer_b", weights=path)
+    assert again.options == small and again.cfg == model.cfg
+    (clip,) = model.example_inputs()
+    with torch.no_grad():
+        assert torch.equal(model(clip), again(clip))
+
+
+def test_checkpoint_options_under_the_old_arch_key_still_load(tmp_path):
+    """Checkpoints written before build options were general keep them under "arch"."""
+    model = models.create("slowfast_r50", seed=0, width=16, depths=(1, 1, 1, 1), crop=64, short_side=64)
+    old = {"model_state": model.state_dict(), "model": "slowfast_r50", "labels": list(model.meta.labels)}
+    save(tmp_path / "old.pt", {**old, "arch": {"width": 16, "depths": [1, 1, 1, 1], "crop": 64, "short_side": 64}})
+    again = models.create("slowfast_r50", weights=tmp_path / "old.pt")
+    assert again.options == model.options and again.meta.crop == 64
+    save(tmp_path / "bad.pt", {**old, "arch": {"widht": 16}})
+    with pytest.raises(models.ModelError) as info:
+        models.create("slowfast_r50", weights=tmp_path / "bad.pt")
+    assert one_line(info.value).startswith(f"weights {tmp_path / 'bad.pt'}: slowfast_r50 has no option 'widht'")
 
 
 # -- checkpoints that do not fit -------------------------------------------------------
@@ -326,6 +356,24 @@ def test_missing_file(tmp_path):
     with pytest.raises(models.WeightsError) as info:
         models.create("x3d_xs", weights=tmp_path / "nope.pyth")
     assert "not found" in one_line(info.value)
+
+
+def test_folder_is_called_a_folder(tmp_path):
+    with pytest.raises(models.WeightsError) as info:
+        models.create("x3d_xs", weights=tmp_path)
+    assert one_line(info.value) == (
+        f"weights {tmp_path} is a folder: pass a checkpoint file, not a folder "
+        "(--weights PATH/TO/FILE.pt)"
+    )
+    (tmp_path / "best.pt").write_bytes(b"")
+    (tmp_path / "last.pt").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(models.WeightsError) as info:
+        models.create("x3d_xs", weights=tmp_path)
+    assert one_line(info.value) == (
+        f"weights {tmp_path} is a folder: pass one of its checkpoint files (best.pt, last.pt), "
+        f"e.g. --weights {tmp_path / 'best.pt'}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -401,7 +449,31 @@ def test_download_closed_port():
     with pytest.raises(models.WeightsError) as info:
         models.create("x3d_xs", weights=url)
     text = one_line(info.value)
-    assert text.startswith(f"cannot download {url}:") and "--weights" in text
+    assert text.startswith(f"cannot download {url}:")
+    assert text.endswith(
+        "; check the network connection and the URL, or download the file another way and "
+        "pass its path with --weights PATH, or try the pipeline with random weights: --weights none"
+    )
+
+
+def test_offline_default_weights_say_how_to_go_on(isolated_cache, monkeypatch):
+    """The default weights cannot be fetched (offline: nothing listens there): the line
+    says how to bring the file, and how to try the pipeline without it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AVSTREAM_WEIGHTS_BASE_URL", f"http://127.0.0.1:{port}/zoo")
+    with pytest.raises(models.WeightsError) as info:
+        models.create("x3d_xs", weights="kinetics400")
+    text = one_line(info.value)
+    url = f"http://127.0.0.1:{port}/zoo/X3D_XS.pyth"
+    assert re.fullmatch(
+        rf"cannot download {re.escape(url)}: .+; check the network connection, or download "
+        r"the file another way and pass its path with --weights PATH, or try the pipeline "
+        r"with random weights: --weights none",
+        text,
+    ), text
+    assert not isolated_cache.exists() or not any(isolated_cache.iterdir())
 
 
 def test_downloaded_garbage_says_how_to_retry(file_server, isolated_cache):
