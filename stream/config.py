@@ -9,9 +9,12 @@ from the model's metadata (`model.meta`), the one place they live.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import ipaddress
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ class RunConfig:
     labels: list[str] | None = None  # class names (YAML only); default: the checkpoint's
     engine: str = "auto"
     device: str | None = None
-    precision: str | None = None
+    precision: str = "auto"  # engines.create picks fp16 / bf16 / fp32 for the device and says why
     compile: bool = True  # compile the model for this machine (cached); False: eager PyTorch
     threads: int | None = None  # CPU threads of the engine; None: torch's default (one per core)
     malloc: str = "auto"  # the inference process's allocator (stream.malloc)
@@ -50,6 +53,15 @@ class RunConfig:
     allow_remote: bool = False
     curve_secret_key: str | None = None  # server's *.key_secret: encrypt with CURVE
     curve_clients: str | None = None  # folder of client public keys: only they may subscribe
+    # The model's build options, passed to models.create (YAML only), e.g. {fusion: a_f_s}.
+    model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Not an option: where each value came from ("--stride", "configs/x3d_xs.yaml", ...),
+    # for log lines that say why a value is what it is. Filled by `resolve`.
+    origins: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def origin(self, name: str) -> str:
+        """Where option `name` came from: a flag, a config file, or the built-in default."""
+        return self.origins.get(name, "the built-in default")
 
     def validate(self) -> RunConfig:
         """Check every value; raises UserError with the flag's name and what to do."""
@@ -59,6 +71,12 @@ class RunConfig:
             raise UserError(f"--topk {self.topk} must be >= 1")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads {self.threads} must be >= 1 (leave it out for one per core)")
+        if self.threads is not None and self.threads > (cores := usable_cores()):
+            # More threads than cores only make the engine's threads wait for each other.
+            raise UserError(
+                f"--threads {self.threads} is more than the {cores} CPU core(s) this process "
+                f"may use: give at most {cores}, or leave --threads out for one per core"
+            )
         if self.duration is not None and not self.duration > 0:
             raise UserError(f"--duration {self.duration} must be > 0 seconds")
         if self.fps is not None and not self.fps > 0:
@@ -74,7 +92,7 @@ class RunConfig:
                 raise UserError(f"{len(self.labels)} labels for num_classes {self.num_classes}: give one name per class")
         if self.engine not in ENGINES:
             raise UserError(f"--engine {self.engine!r} is not known: use one of {', '.join(ENGINES)}")
-        if self.precision is not None and self.precision not in PRECISIONS:
+        if self.precision not in PRECISIONS:
             raise UserError(f"--precision {self.precision!r} is not known: use one of {', '.join(PRECISIONS)}")
         try:
             malloc.resolve(self.malloc)
@@ -86,6 +104,17 @@ class RunConfig:
             wire.check_stream_id(self.stream_id)
         except ValueError as exc:
             raise UserError(f"--stream-id: {exc}") from None
+        options = self.model_options
+        if not isinstance(options, dict) or not all(isinstance(k, str) and k for k in options):
+            raise UserError(
+                "model_options must map option names (strings) to values, "
+                "e.g. model_options: {fusion: a_f_s}"
+            )
+        if self.preview and not display_available():
+            raise UserError(
+                "--preview needs a display but neither DISPLAY nor WAYLAND_DISPLAY is set: "
+                "run without --preview, or from a desktop session"
+            )
         Smoother(self.smoothing)  # raises UserError when malformed
         parse_size(self.size)
         check_endpoint(self.publish, allow_remote=self.allow_remote)
@@ -101,10 +130,10 @@ class RunConfig:
 
 
 ENGINES = ("auto", "torch", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name != "origins"}
 # What a YAML value may be, per key (None is allowed where the default is None).
 _TYPES: dict[str, tuple[type, ...]] = {
     "camera": (str, int), "mic": (str, int), "model": (str,), "weights": (str,),
@@ -113,8 +142,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "stride": (int, float), "smoothing": (str,), "topk": (int,), "publish": (str,),
     "stream_id": (str,), "duration": (int, float), "loop": (bool,), "preview": (bool,),
     "size": (str,), "fps": (int, float), "log_level": (str,), "allow_remote": (bool,),
-    "curve_secret_key": (str,), "curve_clients": (str,),
+    "curve_secret_key": (str,), "curve_clients": (str,), "model_options": (dict,),
 }
+#: Options that name a file, a folder or a device: the OS takes no NUL character in them.
+_PATHS = ("config", "camera", "mic", "weights", "malloc", "curve_secret_key", "curve_clients")
 
 
 _NULLABLE = {
@@ -149,6 +180,45 @@ def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> None:
         )
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or taskset's limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def display_available() -> bool:
+    """Whether a window can open: on Linux an X11 or Wayland display must be named."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def check_path_text(option: str, value: object) -> None:
+    """A NUL character cannot be part of a file name, a device or a URL the OS is given:
+    say so here instead of as a ValueError wherever the path is first opened."""
+    if isinstance(value, str) and "\0" in value:
+        flag = "--" + option.replace("_", "-")
+        raise UserError(
+            f"{flag} {value!r} contains a NUL character (\\0): "
+            "give a file, device or URL without it"
+        )
+
+
+@functools.cache
+def model_defaults(option: str) -> dict[str, Any]:
+    """{model: value} of `option` in each shipped configs/<model>.yaml that sets it (for --help)."""
+    out: dict[str, Any] = {}
+    for entry in sorted(importlib.resources.files("configs").iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        data = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
+        if isinstance(data, dict) and option in data:
+            out[entry.name.removesuffix(".yaml")] = data[option]
+    return out
+
+
 def builtin_config(model: str) -> Path | None:
     """configs/<model>.yaml shipped with the package, if there is one."""
     path = importlib.resources.files("configs").joinpath(f"{model}.yaml")
@@ -157,6 +227,7 @@ def builtin_config(model: str) -> Path | None:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read and check a config file; every problem is one UserError line."""
+    check_path_text("config", str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -189,6 +260,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
             )
         if name == "labels" and not all(isinstance(x, str) for x in value):
             raise UserError(f"config file {str(path)!r}: labels must be a list of class names (strings)")
+        if name == "model_options" and not all(isinstance(k, str) and k for k in value):
+            raise UserError(
+                f"config file {str(path)!r}: model_options must map option names to values, "
+                f"got keys {sorted(map(repr, value))}"
+            )
         out[name] = str(value) if name in ("camera", "mic") else value
     weights = out.get("weights")
     if isinstance(weights, str) and not weights.startswith(("http://", "https://")) and not Path(weights).is_absolute():
@@ -203,15 +279,27 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def resolve(flags: dict[str, Any]) -> RunConfig:
     """Merge defaults ← YAML ← flags (flags with value None were not given)."""
     given = {k: v for k, v in flags.items() if v is not None}
+    for name in _PATHS:
+        check_path_text(name, given.get(name))
     config_path = given.pop("config", None)
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     if config_path is not None:
-        values.update(read_yaml(Path(config_path)))
+        path, shown = Path(config_path), config_path
     else:
-        path = builtin_config(given.get("model", RunConfig.model))
-        if path is not None:
-            values.update(read_yaml(path))
+        model = given.get("model", RunConfig.model)
+        path = builtin_config(model)
+        shown = f"configs/{model}.yaml"
+    if path is not None:
+        from_file = read_yaml(path)
+        for name in _PATHS:
+            check_path_text(name, from_file.get(name))
+        values.update(from_file)
+        origins.update(dict.fromkeys(from_file, shown))
     values.update(given)
+    origins.update({k: "--" + k.replace("_", "-") for k in given})
     if isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
         values["weights"] = None
-    return RunConfig(**values).validate()
+    if values.get("precision", "auto") is None:  # `precision: null` in a YAML file of before auto
+        values["precision"] = "auto"
+    return RunConfig(**values, origins=origins).validate()

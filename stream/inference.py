@@ -3,7 +3,8 @@
 Start-up, over the pipe to the parent:
   child → parent  ("model", info)   the model is built; info has its span and audio
                                     needs (the parent sizes the rings from them)
-  child → parent  ("ready", info)   publisher bound, engine built and warmed up
+  child → parent  ("ready", info)   publisher bound, engine built and warmed up; info has
+                                    the warm-up window's seconds (the parent's stop grace)
   parent → child  ("ring", info)    the rings to read
   child → parent  ("error", line)   a user error at start-up (the run ends, exit 2)
 A heartbeat thread publishes `status.<stream-id>` twice a second from the moment the
@@ -20,9 +21,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
+import statistics
 import threading
 import time
+from collections import deque
 
 import numpy as np
 
@@ -33,6 +37,56 @@ from .errors import UserError
 log = logging.getLogger("stream.inference")
 
 HEARTBEAT_S = 0.5
+#: The "not keeping up" warning: counted over the last PACE_TICKS ticks, at most once
+#: every PACE_WARN_EVERY_S seconds.
+PACE_TICKS = 20
+PACE_WARN_EVERY_S = 30.0
+
+
+def keeping_stride(seconds: float) -> float:
+    """A round stride of at least `seconds`: 0.05, 0.1, 0.25, 0.5, then 1, 2, 4, 8..."""
+    for step in (0.05, 0.1, 0.25, 0.5):
+        if seconds <= step:
+            return step
+    return float(2 ** math.ceil(math.log2(seconds)))
+
+
+class PaceWatch:
+    """Notices ticks skipped because windows take longer than the stride, and says what
+    would keep up: the engine's time (median of the recent windows) and a stride that
+    leaves 20 % headroom over a whole window's work (reading, preprocessing, engine)."""
+
+    def __init__(
+        self, stride_s: float, *, ticks: int = PACE_TICKS, every_s: float = PACE_WARN_EVERY_S
+    ):
+        self.stride_s = stride_s
+        self.every_s = every_s
+        self.ticks: deque[bool] = deque(maxlen=ticks)  # per tick, newest last: True = skipped
+        self.engine_s: deque[float] = deque(maxlen=ticks)
+        self.work_s: deque[float] = deque(maxlen=ticks)
+        self.warned_at: float | None = None
+
+    def window(self, *, skipped: int, engine_s: float, work_s: float, now: float) -> str | None:
+        """Record one window run and the ticks that passed while it ran; the warning to
+        log, or None (nothing skipped, too few windows yet, or warned recently)."""
+        self.ticks.append(False)
+        self.ticks.extend([True] * min(skipped, self.ticks.maxlen))
+        self.engine_s.append(engine_s)
+        self.work_s.append(work_s)
+        missed = sum(self.ticks)
+        if missed < 2 or len(self.engine_s) < 3:  # one late tick is a hiccup, not a pace
+            return None
+        if self.warned_at is not None and now - self.warned_at < self.every_s:
+            return None
+        self.warned_at = now
+        engine, work = statistics.median(self.engine_s), statistics.median(self.work_s)
+        stride = keeping_stride(max(1.2 * work, self.stride_s * 1.01))
+        return (
+            f"not keeping up: {missed} of the last {len(self.ticks)} windows were skipped at "
+            f"--stride {self.stride_s:g}; the engine takes {engine * 1e3:.0f} ms per window and "
+            f"the whole window {work * 1e3:.0f} ms (medians of the last {len(self.engine_s)}): "
+            f"--stride {stride:g} would keep up"
+        )
 
 
 def _ms_stats(values_ns: np.ndarray) -> dict | None:
@@ -164,6 +218,18 @@ def inference_main(cfg, parent_pid: int, conn, stop) -> None:
             loop.close()
 
 
+def _weights_hint(model: str) -> str:
+    """What to pass for trained weights: the published checkpoint where one exists."""
+    import models
+
+    if models.has_zoo_weights(model):
+        return "pass --weights kinetics400 for its published checkpoint, a checkpoint path or a URL"
+    return (
+        f"no published checkpoint exists for {model}: record clips with python -m stream.record, "
+        "train with python -m stream.train and pass the checkpoint it writes with --weights PATH"
+    )
+
+
 class InferenceLoop:
     def __init__(self, cfg, conn, stop):
         from .publish import Publisher
@@ -202,7 +268,8 @@ class InferenceLoop:
             # seed: without weights the model is the same on every start, and so is the key
             # of its compiled engine in the cache.
             model = models.create(
-                cfg.model, weights=cfg.weights, num_classes=cfg.num_classes, labels=cfg.labels, seed=0
+                cfg.model, weights=cfg.weights, num_classes=cfg.num_classes, labels=cfg.labels,
+                seed=0, **cfg.model_options,
             )
         except models.ModelError as exc:
             raise UserError(str(exc)) from None
@@ -216,8 +283,8 @@ class InferenceLoop:
         ))
         if cfg.weights is None:
             log.warning(
-                "no weights: %s is randomly initialised and its predictions are random "
-                "(pass --weights kinetics400, a checkpoint path or a URL)", meta.name,
+                "no weights: %s is randomly initialised and its predictions are random (%s)",
+                meta.name, _weights_hint(cfg.model),
             )
         if audio is None and cfg.mic != "none":
             log.info("%s is a video-only model: the microphone (--mic %s) is not used", meta.name, cfg.mic)
@@ -238,7 +305,12 @@ class InferenceLoop:
                 "engine %s (%s) on %d CPU thread(s), malloc %s",
                 engine.name, engine.mode, torch.get_num_threads(), malloc.active(),
             )
-        engine.warmup()
+        # Each warm-up window timed: the last one (past first-call set-up) tells the parent
+        # how long a window in progress may hold up a stop.
+        for _ in range(2):
+            started = time.monotonic()
+            engine.warmup(1)
+            window_s = time.monotonic() - started
         self.preprocess = Preprocessor(
             short_side=meta.short_side, crop=meta.crop, mean=meta.mean, std=meta.std,
             device=engine.device, dtype=engine.dtype,
@@ -249,7 +321,7 @@ class InferenceLoop:
             from .preview import Preview
 
             self.preview = Preview(f"avstream {cfg.stream_id}")
-        self.conn.send(("ready", {"engine": engine.name}))
+        self.conn.send(("ready", {"engine": engine.name, "window_s": window_s}))
 
         while not self.conn.poll(0.05):
             if self.stop.is_set() or not parent_alive():
@@ -272,6 +344,7 @@ class InferenceLoop:
             stats.audio = {"source": rings["audio"]["kind"], "used": True}
             self.audio_sampler = AudioSampler(self.audio_ring, self.logmel.samples)
         self.scheduler = Scheduler(cfg.stride)
+        self.pace = PaceWatch(cfg.stride)
         # What start-up built lives as long as the process: out of the collector's way, so
         # that a full collection (about 100 ms over the model's and libraries' objects on
         # 2 cores) never lands inside a window.
@@ -309,8 +382,15 @@ class InferenceLoop:
             self.publisher.send(topic, body, stamp_publish=True)
             seq += 1
             stats.windows_run = seq
-            self.scheduler.advance()
+            behind = self.scheduler.advance()
             stats.skipped = self.scheduler.skipped
+            work_ns = time.monotonic_ns() - window_ns - stages.get("audio_wait", 0.0) * 1e6
+            warning = self.pace.window(
+                skipped=behind, engine_s=self.engine_ns / 1e9, work_s=work_ns / 1e9,
+                now=time.monotonic(),
+            )
+            if warning is not None:
+                log.warning("%s", warning)
             if self.preview is not None:
                 frame = window.newest_frame()
                 if frame is not None:
@@ -373,6 +453,7 @@ class InferenceLoop:
         infer_start_ns = time.monotonic_ns()
         logits = self.engine(*inputs)
         infer_end_ns = time.monotonic_ns()
+        self.engine_ns = infer_end_ns - infer_start_ns
         probs = softmax(logits[0].detach().cpu().numpy().astype(np.float64))
         labels = top_k(self.smoother.update(probs), meta.labels, cfg.topk)
         body = wire.prediction(

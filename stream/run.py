@@ -44,7 +44,9 @@ from .ring import AudioRing, FrameRing, sweep_stale_segments
 
 log = logging.getLogger("stream.run")
 
-#: How long children get to stop after the stop event before they are terminated.
+#: How long children get to stop after the stop event before they are terminated; the
+#: inference process gets twice its warm-up window time on top, so that a window in
+#: progress when the stop came can finish (a slow model's takes seconds).
 STOP_GRACE_S = 1.5
 #: Ring slots beyond the model's span: a late tick, the window read itself.
 RING_MARGIN_S = 1.0
@@ -84,6 +86,26 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, error_line(f"{message} (see {self.prog} --help)") + "\n")
 
 
+def model_default(option: str) -> str:
+    """The help's default of an option each model's shipped config may set: one value, or
+    which model's config says what."""
+    base = getattr(config.RunConfig, option)
+    shown = {}
+    for m in config.model_defaults("model"):
+        v = config.model_defaults(option).get(m, base)
+        shown[m] = "none" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+    values = sorted(set(shown.values()))
+    if len(values) <= 1:
+        return f"default {values[0] if values else base}"
+    common = max(values, key=list(shown.values()).count)
+    if list(shown.values()).count(common) * 2 > len(shown):
+        rest = "; ".join(
+            f"{v} for {', '.join(m for m in shown if shown[m] == v)}" for v in values if v != common
+        )
+        return f"default: the model's config: {rest}; {common} for the others"
+    return "default: the model's config: " + ", ".join(f"{m} {v}" for m, v in shown.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = config.RunConfig
     p = _ArgumentParser(
@@ -93,13 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     # Every default is None so that the YAML config can fill what a flag does not set.
     a("--camera", help=f"camera index, video file, URL (http/rtsp/udp...) or 'synthetic' (default {d.camera})")
-    a("--mic", help=f"microphone: default, a device name or index, or none (default {d.mic})")
+    a("--mic", help="microphone: default, a device name or index, or none "
+      f"({model_default('mic')})")
     a("--model", help=f"model name (default {d.model}); see models.available()")
     a("--config", help="YAML file of run options (default: configs/<model>.yaml)")
-    a("--weights", help="checkpoint path, http(s) URL, kinetics400, or none for random weights")
+    a("--weights", help="checkpoint path, http(s) URL, kinetics400 (the model's published "
+      f"checkpoint), or none for random weights ({model_default('weights')})")
     a("--engine", choices=config.ENGINES, help=f"inference engine (default {d.engine})")
     a("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
-    a("--precision", choices=config.PRECISIONS, help="fp32 / fp16 / bf16 (default: fp16 on CUDA, fp32 on CPU)")
+    a("--precision", choices=config.PRECISIONS,
+      help="auto (the default: fp16 on CUDA, bf16 on a CPU with AMX, else fp32; the log says "
+      "which and why), fp32, fp16 or bf16")
     a("--no-compile", dest="compile", action="store_false", default=None,
       help="run eager PyTorch instead of compiling the model for this machine (the first "
       "start compiles and caches under $AVSTREAM_CACHE/engines; later ones load in a second)")
@@ -107,13 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--malloc", help="memory allocator of the inference process: auto (tcmalloc where installed, "
       "which makes the CPU engine faster), tcmalloc, glibc, or the path of an allocator's .so "
       f"(default {d.malloc})")
-    a("--stride", type=float, help=f"seconds between windows (default {d.stride})")
-    a("--smoothing", help=f"ema:ALPHA, mean:K or none (default {d.smoothing})")
-    a("--topk", type=int, help=f"labels per prediction (default {d.topk})")
+    a("--stride", type=float, help=f"seconds between windows ({model_default('stride')})")
+    a("--smoothing", help=f"ema:ALPHA, mean:K or none ({model_default('smoothing')})")
+    a("--topk", type=int, help=f"labels per prediction ({model_default('topk')})")
     a("--publish", help=f"ZeroMQ endpoint to bind (default {d.publish})")
     a("--allow-remote", action="store_true", default=None, help="allow a --publish address other hosts can reach")
     a("--stream-id", help=f"name of this stream in topics and messages (default {d.stream_id})")
-    a("--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)")
+    a("--duration", type=float, help="seconds of running, after start-up: counted from the "
+      "'running' log line, so loading and compiling the model do not count (default: run until "
+      "Ctrl-C)")
     a("--loop", action="store_true", default=None, help="repeat a video file instead of stopping at its end")
     a("--preview", action="store_true", default=None, help="show the frames and the current top-k in a window")
     a("--size", help="capture size WIDTHxHEIGHT for cameras and synthetic (e.g. 640x480)")
@@ -151,6 +179,7 @@ class Supervisor:
         self.ring: FrameRing | None = None
         self.audio_ring: AudioRing | None = None
         self.running = False  # past start-up: children get a grace period to stop
+        self.stop_grace_s = STOP_GRACE_S
         self.children: dict[str, mp.process.BaseProcess] = {}
         self.conns: dict[str, mp.connection.Connection] = {}
         # supervision of the capture processes
@@ -332,6 +361,7 @@ class Supervisor:
                     self._start_audio(model)
                 elif kind == "ready":
                     ready = True
+                    self.stop_grace_s = STOP_GRACE_S + 2 * float(payload.get("window_s", 0.0))
                 else:
                     self._fail_on(name, kind, payload)
                 audio_ready = audio is not None or "capture-audio" not in self.children
@@ -349,7 +379,11 @@ class Supervisor:
                 },
             ))
             self.running = True
-            log.info("running: publishing on %s (pred.%s, status.%s)", cfg.publish, cfg.stream_id, cfg.stream_id)
+            log.info(
+                "running: publishing on %s (pred.%s, status.%s); %s",
+                cfg.publish, cfg.stream_id, cfg.stream_id,
+                "until Ctrl-C" if cfg.duration is None else f"stopping after {cfg.duration:g} s",
+            )
             # -- running
             deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
             while True:
@@ -390,7 +424,7 @@ class Supervisor:
         self.stop.set()
         # A child still starting (importing torch, loading weights) has nothing to save:
         # after a failed start-up it is terminated at once.
-        grace = STOP_GRACE_S if self.running else 0.2
+        grace = self.stop_grace_s if self.running else 0.2
         deadline = time.monotonic() + grace
         for proc in self.children.values():
             proc.join(max(0.0, deadline - time.monotonic()))
@@ -427,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(exc), file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
+    log.info("windows every %g s (from %s)", cfg.stride, cfg.origin("stride"))
     for name in sweep_stale_segments():
         log.info("removed shared memory %s left by a crashed run", name)
     return Supervisor(cfg).run()

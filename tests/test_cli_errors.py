@@ -3,6 +3,8 @@ traceback, and nothing left behind (processes, /dev/shm)."""
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,11 +20,11 @@ pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, no
 FAST = ("--weights", "none", "--log-level", "warning")
 
 
-def _run(*args: str, timeout: float = 90) -> tuple[int, str, set[int]]:
+def _run(*args: str, timeout: float = 90, env: dict | None = None) -> tuple[int, str, set[int]]:
     before = shm_segments()
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream.run", *args], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     _, err = proc.communicate(timeout=timeout)
     time.sleep(0.2)
@@ -99,7 +101,13 @@ def test_unknown_yaml_key(tmp_path):
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("stride: [1, 2]\n", "stride must be"), ("model: [\n", "not valid YAML"), ("- a\n- b\n", "mapping")],
+    [
+        ("stride: [1, 2]\n", "stride must be"),
+        ("model: [\n", "not valid YAML"),
+        ("- a\n- b\n", "mapping"),
+        ("model_options: [fusion]\n", "model_options must be dict"),
+        ("model_options: {1: 2}\n", "model_options must map option names to values"),
+    ],
 )
 def test_malformed_yaml(tmp_path, text, expected):
     cfg = tmp_path / "run.yaml"
@@ -151,3 +159,69 @@ def test_no_process_outlives_a_failed_start():
         time.sleep(0.05)
     assert not running(seen)
     assert shm_segments() <= before
+
+
+def _without_display() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+
+
+CORES = len(os.sched_getaffinity(0))
+BEFORE_THE_MODEL = {
+    "preview without a display": (
+        ("--preview",), _without_display,
+        (
+            "error: --preview needs a display but neither DISPLAY nor WAYLAND_DISPLAY is set: "
+            "run without --preview, or from a desktop session"
+        ),
+    ),
+    "more threads than cores": (
+        ("--threads", str(CORES + 1)), lambda: None,
+        (
+            f"error: --threads {CORES + 1} is more than the {CORES} CPU core(s) this process may "
+            f"use: give at most {CORES}, or leave --threads out for one per core"
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BEFORE_THE_MODEL))
+def test_checks_that_need_no_model_come_first(case):
+    """Found while reading the options, before any process starts: the error line is all
+    stderr holds (no model was built, so no 'no weights' warning and no engine line, even
+    at --log-level debug)."""
+    args, env, expected = BEFORE_THE_MODEL[case]
+    code, err, _ = _run(
+        "--camera", "synthetic", "--weights", "none", "--log-level", "debug", *args, env=env()
+    )
+    assert code == 2, err
+    assert err.splitlines() == [expected]
+
+
+def _help() -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "stream.run", "--help"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return re.sub(r"\s+", " ", out.stdout)  # argparse wraps lines anywhere
+
+
+def test_help_gives_each_models_own_defaults():
+    from stream import config
+
+    text = _help()
+    strides = config.model_defaults("stride")
+    assert len(set(strides.values())) > 1 and len(strides) == len(list(REPO.glob("configs/*.yaml")))
+    for model, stride in strides.items():
+        assert f"{model} {stride:g}" in text, (model, text)
+    assert "none for avslowfast_r50; kinetics400 for the others" in text
+    assert "{auto,fp32,fp16,bf16}" in text and "auto (the default:" in text
+    assert "seconds of running, after start-up" in text
+
+
+def test_unknown_model_option(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: x3d_xs\nmodel_options: {nonsense: 1}\n")
+    code, err, _ = _run("--config", str(cfg), "--camera", "synthetic", *FAST)
+    assert code == 2, err
+    assert "nonsense" in _one_error_line(err)

@@ -8,6 +8,7 @@ import io
 import subprocess
 import sys
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -85,3 +86,22 @@ def test_bad_sources_in_real_runs(flag, value):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert shm_segments() <= before
+
+
+PATH_FLAGS = [
+    "--config", "--camera", "--mic", "--weights", "--malloc", "--curve-secret-key",
+    "--curve-clients",
+]
+
+
+@pytest.mark.parametrize("flag", PATH_FLAGS)
+def test_nul_in_a_path_is_one_line(flag, tmp_path):
+    """A NUL character cannot be in a path the OS is given (the fuzzer's `--config '\\x00'`
+    was a ValueError traceback): one line naming the flag, from a flag or from YAML."""
+    with pytest.raises(UserError, match=f"^{flag} .* contains a NUL character"):
+        run.parse_config([flag, "clip\x00.mp4"])
+    if flag != "--config":
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump({flag[2:].replace("-", "_"): "a\x00b"}), encoding="utf-8")
+        with pytest.raises(UserError, match=f"^{flag} .* contains a NUL character"):
+            config.resolve({"config": str(path)})

@@ -1,5 +1,5 @@
-"""--preview: a real OpenCV window on a virtual X display (Xvfb), and the clear error
-without a display."""
+"""--preview: a real OpenCV window on a virtual X display (Xvfb). Without a display it is
+one error line before anything starts (tests/test_cli_errors.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import free_port
 from stream.subscribe import Subscriber
 
 pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
@@ -50,13 +49,3 @@ def test_preview_window_shows_while_predicting(run_stream, xvfb_display):
     assert code == 0, err
     assert "Traceback" not in err
 
-
-def test_preview_without_display_is_one_clear_error():
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "stream.run", *ARGS, "--preview", "--publish", f"tcp://127.0.0.1:{free_port()}"],
-        env=env, capture_output=True, text=True, timeout=120, cwd=REPO,
-    )
-    assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: --preview needs a display and DISPLAY is not set: run without --preview"]

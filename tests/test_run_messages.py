@@ -1,0 +1,155 @@
+"""What `python -m stream.run` tells its user while it runs: the stride in use and where it
+came from, a warning when windows are skipped because the engine is slower than the
+stride, `--duration` counted from "running", a slow model stopping without being
+terminated, and a no-weights warning that suggests what exists for the model."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import REPO, free_port, shm_segments
+from stream import config
+from stream.inference import PaceWatch, _weights_hint, keeping_stride
+
+
+class _Run:
+    """`python -m stream.run` with its stderr read line by line as it comes."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.run", "--publish", f"tcp://127.0.0.1:{free_port()}",
+             *args],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 180.0) -> str:
+        """The first stderr line (from now on) matching `pattern`; fails if the run ends first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no line matching {pattern!r} in {timeout} s:\n{self.text}")
+            if line is None:
+                code = self.proc.wait()
+                pytest.fail(f"the run ended (exit {code}) before {pattern!r}:\n{self.text}")
+            self.lines.append(line)
+            if re.search(pattern, line):
+                return line
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def finish(self, sig: int | None = None, timeout: float = 120.0) -> tuple[int, str]:
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        while (line := self._queue.get_nowait()) is not None:
+            self.lines.append(line)
+        return code, self.text
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def start_run():
+    runs: list[_Run] = []
+
+    def start(*args: str) -> _Run:
+        runs.append(_Run(*args))
+        return runs[-1]
+
+    yield start
+    for r in runs:
+        r.kill()
+
+
+def test_a_stride_too_short_for_the_engine_is_warned_about(start_run):
+    run = start_run(
+        "--camera", "synthetic", "--size", "160x120", "--model", "x3d_xs", "--weights", "none",
+        "--no-compile", "--stride", "0.01", "--log-level", "info",
+    )
+    assert run.wait_for("windows every").endswith("windows every 0.01 s (from --stride)")
+    warning = run.wait_for("not keeping up")
+    m = re.search(
+        r"not keeping up: (\d+) of the last (\d+) windows were skipped at --stride 0\.01; "
+        r"the engine takes (\d+) ms per window and the whole window (\d+) ms "
+        r"\(medians of the last \d+\): --stride ([\d.]+) would keep up",
+        warning,
+    )
+    assert m, warning
+    skipped, ticks, engine_ms, window_ms = (int(x) for x in m.groups()[:4])
+    stride = float(m[5])
+    assert 2 <= skipped <= ticks and 0 < engine_ms <= window_ms
+    assert stride >= 1.2 * window_ms / 1e3 and stride == keeping_stride(stride)
+    code, err = run.finish(signal.SIGINT)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert not [n for n in shm_segments() if f"_{run.proc.pid}_" in n], "shared memory left behind"
+
+
+def test_the_stride_says_where_it_comes_from(tmp_path):
+    assert config.resolve({"model": "x3d_m"}).origin("stride") == "configs/x3d_m.yaml"
+    assert config.resolve({"model": "x3d_m", "stride": 0.75}).origin("stride") == "--stride"
+    own = tmp_path / "run.yaml"
+    own.write_text("model: x3d_xs\nstride: 0.5\n")
+    assert config.resolve({"config": str(own)}).origin("stride") == str(own)
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("model: x3d_xs\n")
+    assert config.resolve({"config": str(bare)}).origin("stride") == "the built-in default"
+
+
+def test_pace_warning_is_rate_limited():
+    pace = PaceWatch(0.25, ticks=20, every_s=30.0)
+    seen = [pace.window(skipped=1, engine_s=0.3, work_s=0.35, now=t) for t in range(40)]
+    warned = [t for t, w in enumerate(seen) if w is not None]
+    assert warned == [2, 32]  # from the third window with two skips; then not for 30 s
+    assert "--stride 0.5 would keep up" in seen[2]  # 1.2 × 0.35 s, rounded up to a round stride
+    # keeping up: never a warning
+    steady = PaceWatch(0.25)
+    assert not any(steady.window(skipped=0, engine_s=0.1, work_s=0.12, now=t) for t in range(100))
+
+
+def test_slow_model_stops_without_being_terminated(start_run):
+    """A stop while a slow window runs (eager X3D-M takes seconds per window on 2 cores):
+    the inference process gets time to finish it, so no 'terminating it' on a normal stop."""
+    run = start_run(
+        "--camera", "synthetic", "--size", "160x120", "--model", "x3d_m", "--weights", "none",
+        "--no-compile", "--duration", "2", "--log-level", "info",
+    )
+    assert run.wait_for("running: publishing on").endswith("stopping after 2 s")
+    code, err = run.finish(timeout=300)
+    assert code == 0, err
+    assert "--duration reached" in err
+    assert "terminating" not in err, err
+
+
+def test_no_weights_warning_suggests_what_exists():
+    assert "--weights kinetics400" in _weights_hint("x3d_xs")
+    hint = _weights_hint("avslowfast_r50")  # SlowFast's checkpoint gives only its visual pathways
+    assert "kinetics400" not in hint
+    for part in ("python -m stream.record", "python -m stream.train", "--weights PATH"):
+        assert part in hint, hint
+
