@@ -45,9 +45,10 @@ per epoch), `model.pt` (the weights of the epoch with the best validation accura
 --config` (model, weights, labels and run defaults). Every file is written under a
 temporary name and renamed; a run that fails to start leaves nothing.
 
-Exit status: 0 when training finished; 2 for bad input (one `error:` line naming the
-file or option and what to do); 1 when training failed (e.g. the loss diverged); 130
-after Ctrl-C (continue with --resume).
+Exit status: 0 when training finished, and after Ctrl-C or SIGTERM (an orderly stop: one
+line names the best checkpoint so far, or says that nothing was saved; continue with
+--resume); 2 for bad input (one `error:` line naming the file or option and what to do);
+1 when training failed (e.g. the loss diverged).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -149,6 +152,19 @@ class TrainResult:
 
 class TrainingFailed(Exception):
     """Training started but could not go on (e.g. the loss diverged): exit status 1."""
+
+
+@dataclasses.dataclass
+class Kept:
+    """What a stopped run leaves (set on the KeyboardInterrupt that stopped `train`)."""
+
+    out: Path
+    best_epoch: int  # 0: no epoch finished
+    best_accuracy: float
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.out / "model.pt" if self.best_epoch > 0 else None
 
 
 # -- command line ------------------------------------------------------------------------
@@ -467,6 +483,30 @@ class Progress:
 # -- files -----------------------------------------------------------------------------------
 
 
+class _SignalsDeferred:
+    """SIGINT and SIGTERM wait while an epoch's files are written, so that model.pt,
+    last.pt and metrics.jsonl always belong to the same epoch; a signal that came
+    meanwhile is raised again on leaving (to the handlers there were before)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.pending: list[int] = []
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._hold) for s in self.SIGNALS}
+        return self
+
+    def _hold(self, signum, frame) -> None:
+        self.pending.append(signum)
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        for signum in dict.fromkeys(self.pending):
+            signal.raise_signal(signum)
+
+
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.part")
     try:
@@ -632,8 +672,6 @@ def train(
             best_epoch,
         )
 
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
     log.info(
         "training %s on %s%s for %d epochs (%d steps of %d clips each), %s lr %g, weights %s%s",
         opts.model,
@@ -658,7 +696,9 @@ def train(
             else "off",
         )
     completed = start_epoch - 1
+    created = not out.exists()
     try:
+        out.mkdir(parents=True, exist_ok=True)
         for epoch in range(start_epoch, opts.epochs + 1):
             started = time.monotonic()
             hard = can_sync and epoch >= hard_from
@@ -713,29 +753,31 @@ def train(
                 "seconds": round(time.monotonic() - started, 2),
             }
             history.append(record)
-            improved = result["accuracy"] >= best_accuracy
-            if improved:
-                best_accuracy, best_epoch = result["accuracy"], epoch
+            # A tie keeps the earlier epoch: a later one is no better, only trained longer.
+            improved = result["accuracy"] > best_accuracy
+            with _SignalsDeferred():
+                if improved:
+                    best_accuracy, best_epoch = result["accuracy"], epoch
+                    models.save_checkpoint(
+                        model, out / "model.pt", val_accuracy=best_accuracy, epoch=epoch
+                    )
                 models.save_checkpoint(
-                    model, out / "model.pt", val_accuracy=best_accuracy, epoch=epoch
+                    model,
+                    last_path,
+                    format=CHECKPOINT_FORMAT,
+                    epoch=epoch,
+                    options=opts.plain(),
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    scaler=scaler.state_dict() if scaler.is_enabled() else {},
+                    best_accuracy=best_accuracy,
+                    best_epoch=best_epoch,
+                    history=history,
+                    split=_split_names(split, opts.data),
+                    rng=_get_rng(),
                 )
-            models.save_checkpoint(
-                model,
-                last_path,
-                format=CHECKPOINT_FORMAT,
-                epoch=epoch,
-                options=opts.plain(),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict() if scaler.is_enabled() else {},
-                best_accuracy=best_accuracy,
-                best_epoch=best_epoch,
-                history=history,
-                split=_split_names(split, opts.data),
-                rng=_get_rng(),
-            )
-            _write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-            completed = epoch
+                _write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+                completed = epoch
             log.info(
                 "epoch %d/%d: loss %.3f%s, train accuracy %.3f, validation accuracy %.3f%s%s (%.1f s)",
                 epoch,
@@ -752,10 +794,12 @@ def train(
             )
             if on_epoch is not None:
                 on_epoch(record)
-    except BaseException:  # Ctrl-C included: last.pt holds every finished epoch
+    except BaseException as exc:  # Ctrl-C included: last.pt holds every finished epoch
         progress.clear()
         if created and completed < start_epoch:
             _remove_empty(out)
+        if isinstance(exc, KeyboardInterrupt):
+            exc.kept = Kept(out, best_epoch, best_accuracy)
         raise
 
     summary = (
@@ -1070,6 +1114,21 @@ def evaluate(
     }
 
 
+def stopped_line(signal_name: str, kept: Kept | None, out: Path | None) -> str:
+    """The one line after Ctrl-C or SIGTERM: what the run keeps."""
+    head = f"interrupted ({signal_name})"
+    resume = "continue with the same command and --resume"
+    if kept is not None and kept.checkpoint is not None:
+        return (
+            f"{head}: the best checkpoint so far is {kept.checkpoint} (epoch {kept.best_epoch}, "
+            f"validation accuracy {kept.best_accuracy:.3f}); {resume}"
+        )
+    if kept is None and out is not None and (out / "model.pt").is_file():
+        # stopped before the first epoch of a resumed run: its files are as they were
+        return f"{head}: the best checkpoint so far is {out / 'model.pt'}; {resume}"
+    return f"{head}: no epoch finished, nothing was saved"
+
+
 def main(argv: list[str] | None = None) -> int:
     from .proc import setup_logging
     from .run import error_line
@@ -1079,6 +1138,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("stream").setLevel(ns.log_level.upper())
     else:
         setup_logging(ns.log_level)
+    received: list[str] = []
+
+    def stop(signum, frame) -> None:
+        received.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM are an orderly stop, as for every command (stream.run too).
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    opts = None
     try:
         opts, given = options_from_args(ns)
         train(opts, given)
@@ -1088,13 +1156,14 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingFailed as exc:
         print(error_line(exc), file=sys.stderr, flush=True)
         return 1
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: continue with the same command and --resume",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 130
+    except KeyboardInterrupt as exc:
+        name = received[0] if received else "SIGINT"
+        out = opts.out_dir if opts is not None else None
+        print(stopped_line(name, getattr(exc, "kept", None), out), file=sys.stderr, flush=True)
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return 0
 
 

@@ -631,3 +631,138 @@ def test_command_line_exit_status_and_existing_run(av_run, data, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --out ")
     assert "pass --resume to continue it" in proc.stderr
+
+
+# -- best epoch, Ctrl-C ---------------------------------------------------------------------
+
+
+def _two_labels(root: Path, per_label: int = 3, seed: int = 6) -> Path:
+    rng = np.random.default_rng(seed)
+    for label, (motion, sound) in list(CLASSES.items())[:2]:
+        (root / label).mkdir(parents=True)
+        for i in range(per_label):
+            make_clip(root / label / f"{i}.mp4", motion, sound, rng, seconds=1.0, with_audio=False)
+    return root
+
+
+def _video_args(data: Path, out: Path, epochs: int) -> list[str]:
+    return [
+        str(data), "--model", "slowfast_r50", "--weights", "none", *arch_args(TINY), "--out", str(out),
+        "--epochs", str(epochs), "--batch-size", "2", "--val-fraction", "0.3", "--seed", "0",
+    ]  # fmt: skip
+
+
+def test_a_tied_epoch_is_not_a_new_best(tmp_path):
+    """A learning rate too small to change a prediction: every epoch scores what the
+    first did, so only the first is the best (a tie keeps the earlier checkpoint)."""
+    data = _two_labels(tmp_path / "data")
+    out = tmp_path / "run"
+    result, lines, _ = _train([*_video_args(data, out, 3), "--lr", "1e-9"])
+    accuracy = [h["val_accuracy"] for h in result.history]
+    assert any(accuracy[i] == max(accuracy[:i]) for i in range(1, len(accuracy))), accuracy  # a tie
+    strictly_better = [
+        e for e, a in enumerate(accuracy, 1) if a > max(accuracy[: e - 1], default=-1.0)
+    ]
+    marked = [
+        int(line.split()[1].split("/")[0])
+        for line in lines
+        if line.startswith("epoch ") and "*best*" in line
+    ]
+    assert marked == strictly_better == [1], (accuracy, lines)
+    assert result.best_epoch == 1
+    assert torch.load(out / "model.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(out / "last.pt", weights_only=True)["best_epoch"] == 1
+
+
+def test_ctrl_c_keeps_the_best_checkpoint_and_exits_0(tmp_path):
+    """A real process, SIGINT once an epoch has finished: exit 0, one line naming the
+    best checkpoint, which loads; no partial file left."""
+    import os
+    import queue
+    import re
+    import signal
+    import threading
+
+    data = _two_labels(tmp_path / "data")
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.train", *_video_args(data, out, 200)],
+        cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
+    err = []
+    try:
+        deadline = time.monotonic() + 300
+        while not any(re.search(r"\bepoch 1/200: ", x) for x in err):
+            assert proc.poll() is None, "".join(err)
+            err.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, "".join(err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0)  # let the reader thread drain
+    while True:
+        try:
+            err.append(lines.get(timeout=5))
+        except queue.Empty:
+            break
+    last = err[-1].strip()
+    match = re.fullmatch(
+        rf"interrupted \(SIGINT\): the best checkpoint so far is {re.escape(str(out / 'model.pt'))} "
+        r"\(epoch (\d+), validation accuracy [0-9.]+\); continue with the same command and --resume",
+        last,
+    )
+    assert match, "".join(err)
+    assert "Traceback" not in "".join(err)
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt", "metrics.jsonl", "model.pt"]  # no .part
+    model = models.create("slowfast_r50", weights=out / "model.pt")
+    assert model.meta.labels == ("bounce_beep", "bounce_crash")
+    assert torch.load(out / "model.pt", weights_only=True)["epoch"] == int(match[1])
+
+
+def test_sigterm_before_the_first_epoch_saves_nothing(tmp_path, capsys):
+    import os
+    import signal
+
+    data = _two_labels(tmp_path / "data")
+    out = tmp_path / "run"
+
+    class StopAtStart(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("training "):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    logger = logging.getLogger("stream.train")
+    handler = StopAtStart()
+    logger.addHandler(handler)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        code = T.main(_video_args(data, out, 2))
+    finally:
+        logger.removeHandler(handler)
+    assert code == 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "interrupted (SIGTERM): no epoch finished, nothing was saved"
+    )
+    assert not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # main puts the handlers back
+
+
+def test_signals_wait_while_an_epoch_is_written():
+    """A signal during the epoch's writes reaches its handler after them, not halfway."""
+    import os
+    import signal
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with T._SignalsDeferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0)  # a point where Python runs pending handlers
+            assert got == []
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
