@@ -29,6 +29,10 @@ leak or a backlog). Comma lists in --model, --engine and --stride sweep, one row
 Engine mode (--engine-only) times the models alone at their window shapes over
 models × engines × precisions, and names the largest model (by FLOPs) whose engine
 time fits the stride on this machine.
+
+Ctrl-C or SIGTERM is an orderly stop: the row being measured is dropped, the finished
+rows are written (--json, --plot) and one line says what was kept; exit status 0.
+Bad options: one `error:` line and exit status 2, before anything starts.
 """
 
 from __future__ import annotations
@@ -55,6 +59,51 @@ from .subscribe import Subscriber
 #: Windows at the start that are not counted (first-call allocations, caches).
 WARMUP_WINDOWS = 3
 STATS = ("p50", "p90", "p99", "max")
+#: The plot's names for the per-window series (stream/wire.py and DESIGN.md define them).
+SERIES = {
+    "engine_ms": "engine",
+    "overhead_ms": "pipeline overhead",
+    "capture_to_publish_ms": "capture→publish",
+    "capture_to_subscriber_ms": "capture→subscriber",
+}
+CAPTION = (
+    "overhead = capture→publish − engine: what the pipeline adds to the model. "
+    "Dashed: the stride, each window's time budget."
+)
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM while measuring: the row under way is dropped."""
+
+
+class _Signals:
+    """SIGINT and SIGTERM set `name`; the loops check it and stop in order."""
+
+    def __init__(self):
+        self.name: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._on) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _on(self, signum, frame) -> None:
+        self.name = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def check(self) -> None:
+        if self.name:
+            raise Interrupted(self.name)
+
+
+def _check_stop(args) -> None:
+    """Raise Interrupted after Ctrl-C or SIGTERM (main sets args.signals)."""
+    signals = getattr(args, "signals", None)
+    if signals is not None:
+        signals.check()
 
 
 def _free_port() -> int:
@@ -293,6 +342,8 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
             give_up = time.monotonic() + args.startup_timeout
             next_sample = 0.0
             while first is None or time.monotonic() - first < args.duration:
+                # before the pipeline's exit: Ctrl-C in a terminal stops it too
+                _check_stop(args)
                 if time.monotonic() > give_up or proc.poll() is not None:
                     raise SystemExit(f"error: the pipeline did not run ({model}, {engine}): exit code {proc.poll()}")
                 if time.monotonic() >= next_sample:
@@ -482,33 +533,44 @@ def format_row(row: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(path: str, rows: list[dict], samples: dict) -> None:
-    try:
-        import matplotlib
+PLOT_NEEDS = "error: --plot needs matplotlib: pip install 'avstream[bench]'"
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("error: --plot needs matplotlib: pip install matplotlib") from None
-    series = ("engine_ms", "overhead_ms", "capture_to_publish_ms", "capture_to_subscriber_ms")
-    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 3.6 * len(rows)), squeeze=False)
+
+def figure(rows: list[dict], samples: dict):
+    """The benchmark's figure: per row, latency over time and the distributions, on
+    linear millisecond axes with the stride drawn as the budget."""
+    from matplotlib.figure import Figure  # not pyplot: no display, no global figures
+
+    fig = Figure(figsize=(13, 3.8 * len(rows) + 0.6), layout="constrained")
+    axes = fig.subplots(len(rows), 2, squeeze=False)
     for (over_time, dist), row in zip(axes, rows):
         s = samples[_row_key(row)]
-        for name in series:
-            over_time.plot(s["t_s"], s[name], ".", markersize=2, label=name.removesuffix("_ms"))
-        over_time.set_title(f"{row['model']} on {row['engine']}, stride {row['stride']} s: latency over time")
+        budget_ms = row["stride"] * 1000
+        budget = f"stride = budget ({budget_ms:g} ms)"
+        top = max([budget_ms, *(max(s[k], default=0.0) for k in SERIES)]) * 1.05
+        for key, name in SERIES.items():
+            over_time.plot(s["t_s"], s[key], ".", markersize=2, label=name)
+        over_time.axhline(budget_ms, color="black", linestyle="--", linewidth=1, label=budget)
+        over_time.set_title(
+            f"{row['model']} on {row['engine']}, stride {row['stride']} s: latency per window"
+        )
         over_time.set_xlabel("s since the first measured window")
-        over_time.set_ylabel("ms (log)")
-        over_time.set_yscale("log")
-        over_time.legend(fontsize=7, markerscale=4)
-        dist.boxplot([s[n] for n in series], tick_labels=[n.removesuffix("_ms") for n in series], whis=(1, 99))
-        dist.set_title("distributions (whiskers: p1-p99)")
-        dist.set_ylabel("ms (log)")
-        dist.set_yscale("log")
+        over_time.set_ylabel("ms")
+        over_time.set_ylim(0, top)
+        over_time.legend(fontsize=7, markerscale=4, loc="best")
+        dist.boxplot([s[k] for k in SERIES], tick_labels=list(SERIES.values()), whis=(1, 99))
+        dist.axhline(budget_ms, color="black", linestyle="--", linewidth=1, label=budget)
+        dist.set_title("distributions (box: p25-p75, whiskers: p1-p99)")
+        dist.set_ylabel("ms")
+        dist.set_ylim(0, top)
         dist.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    fig.suptitle(CAPTION, fontsize=9)
+    return fig
+
+
+def plot(path: str, rows: list[dict], samples: dict) -> None:
+    """Write `figure(rows, samples)` as a PNG (needs matplotlib: main checks at start)."""
+    figure(rows, samples).savefig(path, dpi=90)
 
 
 # -- engine mode -------------------------------------------------------------------------
@@ -561,18 +623,78 @@ def _time_engine(
     return row
 
 
-def run_engines(args) -> list[dict]:
-    import concurrent.futures
+def _child(conn, fn, args) -> None:
+    try:
+        conn.send(("row", fn(*args)))
+    except BaseException as exc:  # noqa: BLE001 (sent to the parent, which raises it)
+        conn.send(("exception", f"{type(exc).__name__}: {exc}"))
+
+
+def _in_child(ctx, fn, args: tuple, check_stop):
+    """fn(*args) in a process of its own; ended at once when check_stop() raises."""
+    parent, child_end = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child_end, fn, args), name="bench-engine")
+    # The child ignores Ctrl-C (the terminal sends it to the whole group): this process
+    # decides, and ends the child itself.
+    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    child_end.close()
+    try:
+        while not parent.poll(0.2):
+            check_stop()
+            if not proc.is_alive() and not parent.poll():
+                raise RuntimeError(f"the engine's process exited (exit code {proc.exitcode})")
+        kind, value = parent.recv()
+        if kind == "exception":
+            raise RuntimeError(value)
+        return value
+    finally:
+        parent.close()
+        if proc.is_alive():
+            _end_tree(proc.pid)
+        proc.join(10)
+
+
+def _end_tree(pid: int) -> None:
+    """SIGTERM a process and its descendants (a compiling engine runs compiler
+    processes), SIGKILL what is left after 10 s."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def run_engines(args, rows: list[dict] | None = None) -> list[dict]:
+    """One row per model × engine × precision, appended to `rows` as each finishes."""
     import multiprocessing as mp
 
-    rows = []
+    rows = [] if rows is None else rows
     ctx = mp.get_context("spawn")
     for name in args.models:
         for backend in args.engines:
             for precision in args.precisions or [None]:
-                # the worker starts at submit, inside: it runs with the allocator stream.run gives
-                with malloc.preloaded(args.malloc), concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                    row = pool.submit(_time_engine, name, backend, precision, args.runs, args.compile, args.threads).result()
+                # the child starts inside: it runs with the allocator stream.run gives
+                with malloc.preloaded(args.malloc):
+                    row = _in_child(ctx, _time_engine, (
+                        name, backend, precision, args.runs, args.compile, args.threads,
+                    ), lambda: _check_stop(args))
                 rows.append(row)
                 if "error" in row:
                     print(f"{name} {backend} {precision}: {row['error']}", file=sys.stderr)
@@ -618,7 +740,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine-only", action="store_true", help="time the models alone (no pipeline)")
     p.add_argument("--runs", type=int, default=10, help="--engine-only: timed runs per row after warm-up")
     p.add_argument("--json", help="write the results to this file")
-    p.add_argument("--plot", help="--pipeline: write a PNG of latency over time and the distributions")
+    p.add_argument("--plot", help="pipeline mode: write a PNG of latency over time and the distributions "
+                   "(needs matplotlib: pip install 'avstream[bench]')")
     args = p.parse_args(argv)
     try:
         args.models = _csv(args.model)
@@ -640,30 +763,89 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --precision {args.precision!r}: the pipeline runs one precision; "
               "sweep precisions with --engine-only", file=sys.stderr)
         return 2
-    if args.engine_only:
-        rows = run_engines(args)
-        fits = {str(s): largest_fitting(rows, s) for s in strides}
+    if args.plot and args.engine_only:
+        print("error: --plot draws the pipeline's latencies and --engine-only measures none: "
+              "leave out --plot (or --engine-only)", file=sys.stderr)
+        return 2
+    if args.plot:
+        # Checked before anything starts: the plot is drawn after the whole benchmark.
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(PLOT_NEEDS, file=sys.stderr)
+            return 2
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):
+            print(f"error: {flag} {path!r}: the folder {folder!r} does not exist: create it or "
+                  "write the file elsewhere", file=sys.stderr)
+            return 2
+    with _Signals() as args.signals:
+        if args.engine_only:
+            return _engines_main(args, strides)
+        return _pipeline_main(args, strides)
+
+
+def _stopped(name: str, done: int, total: int, written: list[str]) -> None:
+    """The one line after Ctrl-C or SIGTERM: what was kept."""
+    if not done:
+        line = f"interrupted ({name}): no row finished, nothing was written"
+        print(line, file=sys.stderr, flush=True)
+        return
+    where = f", written to {' and '.join(written)}" if written else " (printed above)"
+    print(f"interrupted ({name}): kept the {done} of {total} rows that finished{where}; "
+          "the row being measured was dropped", file=sys.stderr, flush=True)
+
+
+def _engines_main(args, strides: list[float]) -> int:
+    total = len(args.models) * len(args.engines) * max(1, len(args.precisions))
+    rows: list[dict] = []
+    stopped = None
+    try:
+        run_engines(args, rows)
+    except Interrupted as exc:
+        stopped = exc.args[0]
+    fits = {str(s): largest_fitting(rows, s) for s in strides}
+    if stopped is None:
         for s, row in fits.items():
             verdict = "none of these" if row is None else f"{row['model']} on {row['engine']} ({row['gflops']} GFLOPs)"
             print(f"largest model that fits a {s} s stride here: {verdict}")
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump({"machine": machine(), "engines": rows,
-                           "largest_fitting": {s: r and r["model"] for s, r in fits.items()}}, fh, indent=1)
-        return 0
+    written = []
+    if args.json and rows:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine(), "engines": rows,
+                       "largest_fitting": {s: r and r["model"] for s, r in fits.items()}}, fh, indent=1)
+        written.append(args.json)
+    if stopped is not None:
+        _stopped(stopped, len(rows), total, written)
+    return 0
+
+
+def _pipeline_main(args, strides: list[float]) -> int:
+    total = len(args.models) * len(args.engines) * len(strides)
     rows, samples = [], {}
-    for model in args.models:
-        for engine in args.engines:
-            for stride in strides:
-                row, s = run_pipeline(args, model, engine, stride)
-                rows.append(row)
-                samples[_row_key(row)] = s
-                print(format_row(row), flush=True)
-    if args.json:
+    stopped = None
+    try:
+        for model in args.models:
+            for engine in args.engines:
+                for stride in strides:
+                    row, s = run_pipeline(args, model, engine, stride)
+                    rows.append(row)
+                    samples[_row_key(row)] = s
+                    print(format_row(row), flush=True)
+    except Interrupted as exc:
+        print(file=sys.stderr)  # end the progress line
+        stopped = exc.args[0]
+    written = []
+    if args.json and rows:
         with open(args.json, "w") as fh:
             json.dump({"machine": machine(), "summary": rows, "samples": samples}, fh, indent=1)
-    if args.plot:
+        written.append(args.json)
+    if args.plot and rows:
         plot(args.plot, rows, samples)
+        written.append(args.plot)
+    if stopped is not None:
+        _stopped(stopped, len(rows), total, written)
     return 0
 
 
