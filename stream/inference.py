@@ -464,10 +464,10 @@ class InferenceLoop:
                 "audio_start_ns": audio_span[0], "audio_end_ns": audio_span[1],
             },
             capture_ns=capture_ns, infer_start_ns=infer_start_ns, infer_end_ns=infer_end_ns,
-            publish_ns=0, wall_ns=0, smoothing=cfg.smoothing, degraded=degraded,
+            publish_ns=0, wall_ns=0, window_ns=window_ns, smoothing=cfg.smoothing,
+            random_weights=cfg.weights is None, stride_s=cfg.stride, skipped=self.scheduler.skipped,
+            degraded=degraded, stages_ms=stages,
         )
-        body["t"]["window_ns"] = window_ns
-        body["stages_ms"] = {k: round(v, 3) for k, v in stages.items()}  # diagnostics (bench)
         return body, labels
 
     # -- shutdown --------------------------------------------------------------------

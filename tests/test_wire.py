@@ -14,11 +14,42 @@ from stream.errors import UserError
 
 def _prediction(**over):
     body = wire.prediction(
-        seq=3, stream="cam0", model="x3d_xs", engine="torch-cpu",
+        seq=3,
+        stream="cam0",
+        model="x3d_xs",
+        engine="torch-cpu",
         labels=[{"label": "whistling", "index": 398, "score": 0.5}],
         window={"start_ns": 10, "end_ns": 20, "frames": 4, "audio_s": 0.0},
-        capture_ns=20, infer_start_ns=25, infer_end_ns=45, publish_ns=50, wall_ns=1_700_000_000_000_000_000,
+        capture_ns=20,
+        infer_start_ns=25,
+        infer_end_ns=45,
+        publish_ns=50,
+        wall_ns=1_700_000_000_000_000_000,
+        window_ns=21,
         smoothing="ema:0.5",
+        random_weights=False,
+        stride_s=0.25,
+        skipped=0,
+        stages_ms={"ring_read": 0.12345, "preprocess": 2.0},
+    )
+    body.update(over)
+    return body
+
+
+def _status(**over):
+    body = wire.status(
+        seq=0,
+        stream="cam0",
+        model="x3d_xs",
+        engine="torch-cpu",
+        state="running",
+        mono_ns=1,
+        wall_ns=2,
+        fps_in=30.0,
+        windows={"run": 1, "skipped": 0, "stale": 0},
+        sources={"video": {"source": "synthetic"}, "audio": {"source": "none", "used": False}},
+        publish={"sent": 1, "dropped": 0, "subscriptions": 1},
+        processes={"main": 100},
     )
     body.update(over)
     return body
@@ -27,6 +58,16 @@ def _prediction(**over):
 def test_prediction_round_trip():
     body = _prediction()
     assert body["latency_ms"] == {"engine": 20 / 1e6, "capture_to_publish": 30 / 1e6}
+    assert body["t"]["window_ns"] == 21 and body["stages_ms"] == {
+        "ring_read": 0.123,
+        "preprocess": 2.0,
+    }
+    assert (body["random_weights"], body["stride_s"], body["skipped"], body["degraded"]) == (
+        False,
+        0.25,
+        0,
+        [],
+    )
     frames = wire.encode(wire.topic(wire.PRED_TOPIC, "cam0"), body)
     assert frames[0] == b"pred.cam0"
     topic, decoded = wire.decode(frames)
@@ -34,10 +75,7 @@ def test_prediction_round_trip():
 
 
 def test_status_round_trip():
-    body = wire.status(
-        seq=0, stream="cam0", model="x3d_xs", engine="torch-cpu", state="running", mono_ns=1, wall_ns=2,
-        fps_in=30.0, windows={"run": 1, "skipped": 0, "stale": 0}, sources={"video": {}}, publish={"dropped": 0},
-    )
+    body = _status()
     assert wire.decode(wire.encode("status.cam0", body)) == ("status.cam0", body)
 
 
@@ -52,6 +90,18 @@ def test_status_round_trip():
         [b"pred.cam0", json.dumps(_prediction(seq=True)).encode()],
         [b"pred.cam0", json.dumps(_prediction(labels=[{"label": "x"}])).encode()],
         [b"pred.cam0", json.dumps({**_prediction(), "t": {"capture_ns": 1}}).encode()],
+        [b"pred.cam0", json.dumps(_prediction(random_weights=1)).encode()],
+        [b"pred.cam0", json.dumps(_prediction(random_weights=None)).encode()],
+        [b"pred.cam0", json.dumps(_prediction(stride_s="0.25")).encode()],
+        [b"pred.cam0", json.dumps(_prediction(skipped=2.5)).encode()],
+        [b"pred.cam0", json.dumps(_prediction(degraded=[3])).encode()],
+        [b"pred.cam0", json.dumps(_prediction(stages_ms={"preprocess": "slow"})).encode()],
+        [
+            b"pred.cam0",
+            json.dumps({k: v for k, v in _prediction().items() if k != "skipped"}).encode(),
+        ],
+        [b"status.cam0", json.dumps(_status(windows={"run": 1})).encode()],
+        [b"status.cam0", json.dumps(_status(processes={"main": "x"})).encode()],
         [b"status.cam0", json.dumps(_prediction()).encode()],  # schema does not match the topic
     ],
 )
