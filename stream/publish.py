@@ -14,6 +14,9 @@ subscribe (ZeroMQ's ZAP authentication). `python -m stream.keys DIR` makes the k
 from __future__ import annotations
 
 import errno
+import os
+import shlex
+import stat
 import threading
 import time
 from pathlib import Path
@@ -25,7 +28,11 @@ from .errors import UserError
 
 
 def load_curve_keys(path: str, *, secret: bool) -> tuple[bytes, bytes | None]:
-    """(public, secret) from a ZeroMQ certificate file; one clear UserError otherwise."""
+    """(public, secret) from a ZeroMQ certificate file; one clear UserError otherwise.
+
+    A secret key that other users of the host can read or write is refused, as ssh
+    refuses such a private key: whoever reads it can impersonate the publisher or client.
+    """
     import zmq.auth
 
     try:
@@ -34,6 +41,14 @@ def load_curve_keys(path: str, *, secret: bool) -> tuple[bytes, bytes | None]:
         raise UserError(f"CURVE key file {path!r} cannot be read ({exc}): make keys with python -m stream.keys DIR") from None
     if secret and secret_key is None:
         raise UserError(f"CURVE key file {path!r} has no secret key: pass the *.key_secret file")
+    if secret and os.name == "posix":
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o066:
+            what = "readable" if mode & 0o044 else "writable"
+            raise UserError(
+                f"CURVE secret key {path} is {what} by other users (mode {mode:04o}): "
+                f"run chmod 600 {shlex.quote(str(path))}"
+            )
     return public, secret_key
 
 
