@@ -1,0 +1,156 @@
+"""docs/schemas/*.json (JSON Schema 2020-12) describe the messages a real stream.run sends,
+and refuse what stream.wire.validate refuses."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jsonschema
+import pytest
+import zmq
+
+from conftest import REPO, StreamProcess
+from stream import wire
+from test_wire import _prediction, _status
+
+SCHEMAS = REPO / "docs" / "schemas"
+
+
+def _validator(kind: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads((SCHEMAS / f"{kind}.v1.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+VALIDATORS = {
+    wire.PREDICTION_SCHEMA: _validator("prediction"),
+    wire.STATUS_SCHEMA: _validator("status"),
+}
+
+
+def test_real_messages_match_the_schemas():
+    stream = StreamProcess(
+        "--camera",
+        "synthetic",
+        "--size",
+        "160x120",
+        "--mic",
+        "none",
+        "--weights",
+        "none",
+        "--no-compile",
+        "--duration",
+        "5",
+        "--log-level",
+        "warning",
+    )
+    sub = zmq.Context.instance().socket(zmq.SUB)  # a plain socket: nothing of ours decodes for us
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(stream.endpoint)
+    got: dict[str, list[dict]] = {wire.PREDICTION_SCHEMA: [], wire.STATUS_SCHEMA: []}
+    deadline = time.monotonic() + 300
+    try:
+        while stream.proc.poll() is None:  # --duration ends it
+            assert time.monotonic() < deadline, "stream.run did not stop after --duration"
+            if not sub.poll(1000):
+                continue
+            topic, body = sub.recv_multipart()
+            body = json.loads(body)
+            assert (
+                topic.decode()
+                == f"{'pred' if body['schema'] == wire.PREDICTION_SCHEMA else 'status'}.cam0"
+            )
+            got[body["schema"]].append(body)
+        code, err = stream.wait()
+    finally:
+        sub.close(0)
+        stream.kill()
+    assert code == 0, err
+    preds, statuses = got[wire.PREDICTION_SCHEMA], got[wire.STATUS_SCHEMA]
+    assert preds and any(s["state"] == "running" for s in statuses), (
+        len(preds),
+        [s["state"] for s in statuses],
+    )
+    for body in preds + statuses:
+        errors = [e.message for e in VALIDATORS[body["schema"]].iter_errors(body)]
+        assert not errors, (errors, body)
+        wire.validate(body)
+    assert all(p["random_weights"] is True and p["stride_s"] > 0 for p in preds)
+
+
+def _without(body: dict, path: str) -> dict:
+    body = json.loads(json.dumps(body))
+    *parents, last = path.split(".")
+    inner = body
+    for name in parents:
+        inner = inner[name]
+    del inner[last]
+    return body
+
+
+def _with(body: dict, path: str, value) -> dict:
+    body = json.loads(json.dumps(body))
+    *parents, last = path.split(".")
+    inner = body
+    for name in parents:
+        inner = inner[name]
+    inner[last] = value
+    return body
+
+
+P, S = _prediction(), _status()
+GOOD = [
+    P,
+    S,
+    _with(P, "random_weights", True),
+    _with(P, "degraded", ["audio gap: 1 of 2 samples missing"]),
+    _with(P, "stages_ms", {}),
+    _with(P, "window.audio_start_ns", 5),
+    _with(P, "extra_field_of_a_later_v1", {"any": "thing"}),
+    _with(S, "processes", {}),
+]
+BAD = [
+    _without(P, "random_weights"),
+    _without(P, "stride_s"),
+    _without(P, "skipped"),
+    _without(P, "stages_ms"),
+    _without(P, "t.window_ns"),
+    _without(P, "labels"),
+    _without(P, "window.frames"),
+    _with(P, "random_weights", 1),
+    _with(P, "random_weights", "true"),
+    _with(P, "stride_s", "0.25"),
+    _with(P, "skipped", True),
+    _with(P, "skipped", 1.5),
+    _with(P, "t.window_ns", "21"),
+    _with(P, "stages_ms", {"preprocess": "2"}),
+    _with(P, "stages_ms", [1.0]),
+    _with(P, "degraded", [3]),
+    _with(P, "degraded", "audio gap"),
+    _with(P, "labels", [{"label": "x", "index": 1}]),
+    _with(P, "window.audio_start_ns", 0.5),
+    _with(P, "seq", "3"),
+    _without(S, "windows"),
+    _without(S, "windows.skipped"),
+    _without(S, "publish.subscriptions"),
+    _without(S, "sources.audio"),
+    _without(S, "t.mono_ns"),
+    _with(S, "processes", {"main": "100"}),
+    _with(S, "fps_in", None),
+    _with(S, "state", 1),
+]
+
+
+@pytest.mark.parametrize("body", GOOD)
+def test_schemas_and_wire_accept_the_same_bodies(body):
+    wire.validate(body)
+    VALIDATORS[body["schema"]].validate(body)
+
+
+@pytest.mark.parametrize("body", BAD)
+def test_schemas_and_wire_refuse_the_same_bodies(body):
+    with pytest.raises(wire.WireError):
+        wire.validate(body)
+    assert not VALIDATORS[body["schema"]].is_valid(body)
