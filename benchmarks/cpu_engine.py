@@ -75,7 +75,7 @@ def bench(name: str, args) -> list[str]:
     model.weights_id = f"bench-pytorchvideo-seed0-{name}"  # the compiled engines are cached under this
     (x,) = model.example_inputs()
     variants = {"pytorchvideo eager": ref}
-    variants["ours eager"] = engines.create(model, (x,), backend="torch", device="cpu", compile=False)
+    variants["ours eager"] = engines.create(model, (x,), backend="torch", device="cpu", precision="fp32", compile=False)
     modes = {}
     for precision in args.precisions:
         t0 = time.perf_counter()

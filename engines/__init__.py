@@ -13,6 +13,9 @@ Backends:
             checked against PyTorch before serving (`tensorrt-fp16`). engines/tensorrt.py
   auto      tensorrt when torch-tensorrt imports and a CUDA GPU is there, else torch on
             CUDA, else torch on the CPU; logs which and why.
+Precision `auto` (or None): fp16 on CUDA; bf16 on a CPU with AMX or AVX512-BF16 when its
+top-1 equals fp32's on the model's example windows (else fp32, with a warning); fp32 on
+other CPUs; logs which and why. engines/precision.py
 `engines.tensorrt_ops` checks without torch-tensorrt that a model exports and uses only
 operators torch-tensorrt converts. Optional backends are imported lazily inside their
 module, so a CPU-only machine imports everything else.
@@ -25,11 +28,13 @@ import os
 
 import torch
 
+from . import precision as _precision
 from .base import Engine, EngineError
 
-__all__ = ["BACKENDS", "Engine", "EngineError", "create", "pick_backend"]
+__all__ = ["BACKENDS", "PRECISIONS", "Engine", "EngineError", "create", "pick_backend"]
 
 BACKENDS = ("auto", "torch", "tensorrt")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,7 @@ def create(
 ) -> Engine:
     """Build an engine that runs `model` at the shapes of `example_inputs`.
 
+    precision: fp32, fp16, bf16, or "auto" (None too): see the module docstring.
     compile: the torch backend compiles (default on): ahead of time with AOTInductor on the
         CPU, torch.compile on CUDA; False runs eager PyTorch.
     cudagraphs: the torch backend on CUDA (default on). compile and cudagraphs also set up
@@ -80,22 +86,32 @@ def create(
     cache_dir: where compiled engines are kept (default `$AVSTREAM_CACHE/engines`).
     tolerance: the tensorrt backend's largest relative error against PyTorch.
     """
+    auto = precision in (None, _precision.AUTO)
+    if auto:
+        # The tensorrt engine runs on CUDA only: its auto precision is CUDA's on any machine
+        # (it then says itself what is missing, rather than refusing a CPU's bf16).
+        where = (device or "cuda") if backend == "tensorrt" else device
+        precision, reason = _precision.pick(where)
+        log.info("precision %s: %s", precision, reason)
     if backend == "auto":
         backend, reason = pick_backend(device, precision)
         log.info("engine auto: %s", reason)
-    if backend == "torch":
-        from .torch_engine import TorchEngine
+    if backend not in ("torch", "tensorrt"):
+        raise EngineError(f"unknown engine {backend!r}: use one of {', '.join(BACKENDS)}")
 
-        return TorchEngine(
-            model,
-            example_inputs,
-            device=device,
-            precision=precision,
-            compile=compile,
-            cudagraphs=cudagraphs,
-            cache_dir=cache_dir,
-        )
-    if backend == "tensorrt":
+    def build(precision: str) -> Engine:
+        if backend == "torch":
+            from .torch_engine import TorchEngine
+
+            return TorchEngine(
+                model,
+                example_inputs,
+                device=device,
+                precision=precision,
+                compile=compile,
+                cudagraphs=cudagraphs,
+                cache_dir=cache_dir,
+            )
         from . import tensorrt
 
         return tensorrt.create(
@@ -108,4 +124,7 @@ def create(
             compile=compile,
             cudagraphs=cudagraphs,
         )
-    raise EngineError(f"unknown engine {backend!r}: use one of {', '.join(BACKENDS)}")
+
+    if auto and precision == "bf16" and backend == "torch":
+        return _precision.checked_bf16(model, example_inputs, build)
+    return build(precision)

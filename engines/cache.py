@@ -39,6 +39,14 @@ def weights_digest(model: torch.nn.Module) -> str:
     return "init-" + h.hexdigest()[:16]
 
 
+def model_options(model: torch.nn.Module) -> str:
+    """The build options the model was created with (`model.options`: Motionformer's
+    attention, a reduced width...), as canonical JSON: two models of one name and one
+    checkpoint may still differ by them, and so must their engines."""
+    options = getattr(model, "options", None) or {}
+    return json.dumps(options, sort_keys=True, default=repr)
+
+
 class CacheKey:
     """Mixin for a frozen dataclass of everything a compiled engine depends on, with
     `model` and `precision` among its fields: any change of a field means a rebuild."""

@@ -7,9 +7,9 @@ generates C++ loops for the rest (swish, the squeeze-excite gates, the residual 
 Before that, the convolutions of a clip's mean (squeeze-excite's two layers) become sums,
 which inductor writes as C++ loops too (`tiny_convolutions_as_sums`). Ahead of time, the
 model then runs as one shared library, with no Python between its layers. The package
-(`.pt2`) is written once under `$AVSTREAM_CACHE/engines`, keyed by model, weights, input
-shapes, precision, CPU, threads, torch version and the rewrites' version, and a later
-start loads it in milliseconds.
+(`.pt2`) is written once under `$AVSTREAM_CACHE/engines`, keyed by model, weights, build
+options, input shapes, precision, CPU, threads, torch version and the rewrites' version,
+and a later start loads it in milliseconds.
 
 A C++ compiler must be on the machine (`g++`, as torch.compile needs on the CPU); the
 torch engine catches any failure here and runs eager PyTorch instead.
@@ -28,7 +28,14 @@ from pathlib import Path
 
 import torch
 
-from .cache import CacheKey, Progress, save_atomically, weights_digest, write_meta
+from .cache import (
+    CacheKey,
+    Progress,
+    model_options,
+    save_atomically,
+    weights_digest,
+    write_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,7 @@ class CpuKey(CacheKey):
     threads: int  # the generated loops are parallelised for this many threads
     torch: str
     passes: int = 0  # GRAPH_PASSES: what this module does to the graph before inductor
+    options: str = "{}"  # the model's build options (cache.model_options)
 
 
 # Bumped whenever the graph handed to inductor changes, so that a package built before
@@ -156,6 +164,7 @@ def key_for(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], precision:
         threads=torch.get_num_threads(),
         torch=torch.__version__,
         passes=GRAPH_PASSES,
+        options=model_options(model),
     )
 
 
@@ -213,6 +222,24 @@ def _kill_descendants() -> None:
             pass
 
 
+class _NoCudaRuntimeNotice(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." warning.
+
+    `torch.utils.cpp_extension` logs it when imported (inductor imports it to compile) by a
+    CUDA build of torch that finds a CUDA toolkit (an nvcc on PATH, /usr/local/cuda) but no
+    GPU. The CPU compiler needs neither, so on a CPU machine it is noise on every start
+    that compiles. Only that record is dropped; the logger's other messages stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+@functools.cache
+def _quiet_cuda_runtime_notice() -> None:
+    """Installed once, before the first compile imports the module that logs it."""
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaRuntimeNotice())
+
+
 def _path(key: CpuKey, cache_dir: Path) -> Path:
     return cache_dir / f"cpu-{key.stem}.pt2"
 
@@ -259,6 +286,7 @@ def load_or_build(
         what,
         cache_dir,
     )
+    _quiet_cuda_runtime_notice()
     from torch._inductor import aoti_compile_and_package
 
     t0 = time.perf_counter()

@@ -41,6 +41,7 @@ from .cache import (
     CacheKey,
     Progress,
     default_cache_dir,
+    model_options,
     save_atomically,
     weights_digest,
     write_meta,
@@ -111,6 +112,30 @@ class EngineKey(CacheKey):
     torch: str
     torch_tensorrt: str
     tensorrt: str
+    options: str = "{}"  # the model's build options (cache.model_options)
+
+
+def key_for(
+    model: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    *,
+    precision: str,
+    gpu: str,
+    versions: tuple[str, str, str],
+) -> EngineKey:
+    """The cache key of `model`'s engine; `versions`: torch, torch-tensorrt, TensorRT."""
+    torch_version, torch_tensorrt_version, tensorrt_version = versions
+    return EngineKey(
+        model=getattr(getattr(model, "meta", None), "name", type(model).__name__),
+        weights=weights_digest(model),
+        input_shapes=tuple(tuple(x.shape) for x in example_inputs),
+        precision=precision,
+        gpu=gpu,
+        torch=torch_version,
+        torch_tensorrt=torch_tensorrt_version,
+        tensorrt=tensorrt_version,
+        options=model_options(model),
+    )
 
 
 # --- The engine ---------------------------------------------------------------------------
@@ -284,16 +309,8 @@ def _serve(
     as an argument and runs on any device, so that tests can drive it with a stand-in."""
     name = getattr(getattr(model, "meta", None), "name", type(model).__name__)
     what = f"{name} {precision}"
-    torch_version, torch_tensorrt_version, tensorrt_version = _versions(torch_tensorrt)
-    key = EngineKey(
-        model=name,
-        weights=weights_digest(model),
-        input_shapes=tuple(tuple(x.shape) for x in example_inputs),
-        precision=precision,
-        gpu=gpu,
-        torch=torch_version,
-        torch_tensorrt=torch_tensorrt_version,
-        tensorrt=tensorrt_version,
+    key = key_for(
+        model, example_inputs, precision=precision, gpu=gpu, versions=_versions(torch_tensorrt)
     )
     path = cache_dir / f"{key.stem}.pt2"  # torch.export.save wants .pt2
     # Eager PyTorch at the same precision: the reference, and the model a fallback serves.

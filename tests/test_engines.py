@@ -4,6 +4,7 @@ skipped without CUDA or torch-tensorrt)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -17,7 +18,7 @@ import torch
 
 import engines
 import models
-from engines import inductor, tensorrt
+from engines import inductor, precision, tensorrt
 from engines.base import TOLERANCE, relative_error
 from engines.tensorrt import EngineKey, weights_digest
 from engines.torch_engine import TorchEngine
@@ -87,7 +88,7 @@ def test_cpu_engine_basics(no_cuda):
     inputs = model.example_inputs()
     with torch.no_grad():
         expected = model(*inputs)
-    engine = engines.create(model, inputs, backend="torch", compile=False)
+    engine = engines.create(model, inputs, backend="torch", precision="fp32", compile=False)
     assert isinstance(engine, engines.Engine)
     assert engine.name == "torch-cpu"
     assert engine.device == torch.device("cpu")
@@ -104,7 +105,7 @@ def test_cpu_engine_basics(no_cuda):
 def test_auto_picks_torch_cpu_and_says_why(no_cuda, caplog):
     model = models.create("x3d_xs")
     with caplog.at_level(logging.INFO, logger="engines"):
-        engine = engines.create(model, model.example_inputs(), backend="auto", compile=False)
+        engine = engines.create(model, model.example_inputs(), backend="auto", precision="fp32", compile=False)
     assert engine.name == "torch-cpu"
     assert "engine auto: PyTorch on the CPU: no CUDA GPU found" in caplog.messages
 
@@ -179,7 +180,7 @@ def test_cpu_engine_loads_a_compiled_package_without_compiling(no_cuda, tiny_pac
         expected = model(*inputs)
     t0 = time.monotonic()
     with caplog.at_level(logging.INFO, logger="engines"):
-        engine = engines.create(model, inputs, backend="torch", cache_dir=tmp_path)
+        engine = engines.create(model, inputs, backend="torch", precision="fp32", cache_dir=tmp_path)
     took = time.monotonic() - t0
     assert engine.mode == "aot-compiled" and engine.name == "torch-cpu"
     assert any("loaded the compiled tiny fp32" in m for m in _infos(caplog))
@@ -276,7 +277,7 @@ def test_cached_package_that_disagrees_is_dropped(no_cuda, tiny_package, tmp_pat
     stale = tmp_path / f"cpu-{key.stem}.pt2"
     shutil.copy(package, stale)
     with caplog.at_level(logging.WARNING, logger="engines"):
-        engine = engines.create(other, other.example_inputs(), backend="torch", cache_dir=tmp_path)
+        engine = engines.create(other, other.example_inputs(), backend="torch", precision="fp32", cache_dir=tmp_path)
     assert engine.mode == "eager"
     (warning,) = _warnings(caplog)
     assert "output differs from eager" in warning and "running eager" in warning
@@ -288,7 +289,7 @@ def test_corrupt_package_is_compiled_again(no_cuda, tiny_package, tmp_path, capl
     (package,) = tmp_path.glob("cpu-tiny-fp32-*.pt2")
     package.write_bytes(b"not a zip file")
     with caplog.at_level(logging.INFO, logger="engines"):
-        engine = engines.create(_Tiny(), _Tiny().example_inputs(), backend="torch", cache_dir=tmp_path)
+        engine = engines.create(_Tiny(), _Tiny().example_inputs(), backend="torch", precision="fp32", cache_dir=tmp_path)
     assert engine.mode == "aot-compiled"
     assert any("cannot load" in m and "compiling again" in m for m in _warnings(caplog))
     assert any("compiling tiny fp32 ahead of time" in m for m in _infos(caplog))
@@ -323,12 +324,12 @@ def test_engine_leaves_the_callers_model_as_it_was(no_cuda):
     # A float64 model, served in fp32: the engine must cast (on any CPU), and casts a copy.
     model = _Tiny().double()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    engine = engines.create(model, model.example_inputs(), backend="torch", compile=False)
+    engine = engines.create(model, model.example_inputs(), backend="torch", precision="fp32", compile=False)
     assert engine.model is not model and next(engine.model.parameters()).dtype == torch.float32
     for k, v in model.state_dict().items():  # still float64, unchanged
         assert v.dtype == torch.float64 and torch.equal(v, before[k]), k
     fp32 = _Tiny()
-    assert engines.create(fp32, fp32.example_inputs(), backend="torch", compile=False).model is fp32  # no copy
+    assert engines.create(fp32, fp32.example_inputs(), backend="torch", precision="fp32", compile=False).model is fp32  # no copy
 
 
 def test_cpu_bf16_refused_without_native_bf16(no_cuda, monkeypatch):
@@ -377,6 +378,38 @@ def test_cpu_engine_keeps_freed_memory_mapped(no_cuda):
 
     assert last_window_faults("plain") > 10000  # glibc's default: unmapped on free, faulted in again
     assert last_window_faults("engine") < 100
+
+
+_COMPILE_SCRIPT = """
+import sys
+import engines
+from tests.test_engines import _Tiny
+
+engine = engines.create(
+    _Tiny(), _Tiny().example_inputs(), backend="torch", device="cpu", precision="fp32",
+    cache_dir=sys.argv[1],
+)
+print(engine.mode)
+"""
+
+
+@pytest.mark.skipif(not torch.version.cuda, reason="a CPU-only torch build never looks for CUDA")
+def test_cpu_compile_says_nothing_about_a_missing_cuda_runtime(tmp_path):
+    """A CUDA build of torch on a machine without a GPU logs "No CUDA runtime is found,
+    using CUDA_HOME=..." when the compiler imports torch.utils.cpp_extension: noise on
+    every start that compiles. CUDA_HOME set and no GPU visible make torch log it."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT, str(tmp_path / "engines")],
+        check=False, cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "aot-compiled", out.stdout + out.stderr
+    assert "CUDA" not in out.stderr, out.stderr
 
 
 def test_relative_error():
@@ -449,6 +482,112 @@ def test_tensorrt_argument_errors():
         assert expected in _one_line(err.value)
 
 
+# --- --precision auto ------------------------------------------------------------------------
+
+
+def test_auto_precision_follows_the_machine(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    assert precision.pick("cpu") == ("bf16", "this CPU has AMX")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert precision.pick("cpu") == ("bf16", "this CPU has AVX512-BF16")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx2"}))
+    assert precision.pick("cpu") == (
+        "fp32",
+        "this CPU has neither AMX nor AVX512-BF16 (bf16 would be emulated or slow)",
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert precision.pick(None)[0] == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert precision.pick(None)[0] == precision.pick("cuda:0")[0] == "fp16"
+    assert precision.pick("cpu")[0] == "fp32"  # --device cpu on a GPU machine (no bf16 flag)
+
+
+def test_auto_precision_is_logged_with_its_reason(no_cuda, caplog):
+    model = _Cancels(1.25)  # the same top-1 in bf16: kept where bf16 is picked
+    chosen, reason = precision.pick("cpu")
+    for asked in (None, "auto"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="engines"):
+            engine = engines.create(model, model.example_inputs(), backend="torch", precision=asked, compile=False)
+        assert f"precision {chosen}: {reason}" in caplog.messages
+        assert engine.precision == chosen
+
+
+class _Cancels(torch.nn.Module):
+    """Class 0's logit is (x * scale - x) * 1000, class 1's is 1, class 2's is 0.
+
+    With scale = 1 + 2**-9, fp32 gives class 0 about 1.95 x, a clear top-1 for x >= 1,
+    while bf16's 8 significant bits round the scale to exactly 1, so class 0 gets 0 and
+    class 1 wins: a model whose bf16 top-1 differs from fp32's. With scale = 1.25
+    (exact in bf16) both agree."""
+
+    class meta:  # stands in for ModelMeta
+        name = "cancels"
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(scale))
+        self.weights_id = f"cancels-{scale}"
+
+    def example_inputs(self, batch: int = 1):
+        return (1.0 + 0.25 * torch.arange(batch, dtype=torch.float32)[:, None],)  # (B, 1)
+
+    def forward(self, x):
+        class0 = (x * self.scale - x) * 1000
+        return torch.cat([class0, torch.ones_like(x), torch.zeros_like(x)], dim=1)  # (B, 3)
+
+
+def test_top1_check_compares_clear_calls_only():
+    flips = _Cancels(1 + 2**-9)
+    bf16 = copy.deepcopy(flips).to(torch.bfloat16)
+    windows = precision.example_windows(flips, flips.example_inputs())
+    assert len(windows) == precision.WINDOWS and all(w[0].shape == (1, 1) for w in windows)
+
+    def run_bf16(x):
+        return bf16(x.to(torch.bfloat16)).float()
+
+    problem, summary, compared = precision.top1_disagreement(run_bf16, flips, windows)
+    assert compared == 4 and problem == "its top-1 differs from fp32's on 4 of them (4 of 4 example windows compared)"
+    agrees = _Cancels(1.25)
+    agrees_bf16 = copy.deepcopy(agrees).to(torch.bfloat16)
+    problem, summary, _ = precision.top1_disagreement(lambda x: agrees_bf16(x.bfloat16()), agrees, windows)
+    assert problem is None and summary == "4 of 4 example windows compared"
+    # A near tie in fp32 (1.1 against 1.0: the top class under 1.5 times as likely) that
+    # the candidate breaks the other way is not counted against it.
+    tie, flipped = torch.tensor([[1.1, 1.0, 0.0]]), torch.tensor([[1.0, 1.1, 0.0]])
+    problem, summary, compared = precision.top1_disagreement(lambda x: flipped, lambda x: tie, windows[:2])
+    assert problem is None and compared == 0
+    assert summary == "0 of 2 example windows compared, 2 too close to call in fp32"
+
+
+@pytest.mark.skipif(not inductor.bf16_native(), reason="this CPU has no native bf16")
+def test_auto_bf16_falls_back_to_fp32_when_top1_changes(no_cuda, monkeypatch, caplog):
+    """Under auto on a CPU with AMX (pretended: the flag), a bf16 engine whose top-1
+    differs from fp32's is replaced by fp32, with one warning; one that agrees is kept;
+    an explicit bf16 is not checked."""
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    flips = _Cancels(1 + 2**-9)
+    with caplog.at_level(logging.INFO, logger="engines"):
+        engine = engines.create(flips, flips.example_inputs(), backend="torch", compile=False)
+    assert engine.precision == "fp32" and engine.name == "torch-cpu"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        (
+            "precision bf16: its top-1 differs from fp32's on 4 of them "
+            "(4 of 4 example windows compared): running fp32 instead"
+        )
+    ]
+    assert int(engine(*flips.example_inputs()).argmax()) == 0
+    caplog.clear()
+    agrees = _Cancels(1.25)
+    with caplog.at_level(logging.INFO, logger="engines"):
+        engine = engines.create(agrees, agrees.example_inputs(), backend="torch", compile=False)
+    assert engine.precision == "bf16"
+    assert "precision bf16: top-1 equals fp32's (4 of 4 example windows compared)" in caplog.messages
+    explicit = engines.create(flips, flips.example_inputs(), backend="torch", precision="bf16", compile=False)
+    assert explicit.precision == "bf16" and int(explicit(*flips.example_inputs()).argmax()) == 1
+
+
 # --- Cache key --------------------------------------------------------------------------------
 
 _KEY = EngineKey(
@@ -470,6 +609,7 @@ _OTHER = {
     "torch": "2.14.2+cu130",
     "torch_tensorrt": "2.14.1",
     "tensorrt": "11.1.1",
+    "options": '{"attention": "orthoformer"}',
 }
 
 
@@ -485,6 +625,23 @@ def test_cache_key_changes_with_each_component(component):
     changed = dataclasses.replace(_KEY, **{component: _OTHER[component]})
     assert changed.digest != _KEY.digest
     assert changed.stem != _KEY.stem
+
+
+def test_cache_keys_differ_by_model_options():
+    """Orthoformer attention changes no weight: only the options tell the engines apart."""
+    small = {"depth": 1, "embed_dim": 16, "heads": 2, "seed": 0}
+    exact = models.create("motionformer_b", **small)
+    approx = models.create("motionformer_b", attention="orthoformer", landmarks=8, **small)
+    assert weights_digest(exact) == weights_digest(approx)
+    inputs = exact.example_inputs()
+    cpu = [inductor.key_for(m, inputs, "fp32") for m in (exact, approx)]
+    assert cpu[0].stem != cpu[1].stem and json.loads(cpu[1].options)["attention"] == "orthoformer"
+    versions = ("2.14.1+cu130", "2.14.0", "11.1.0")
+    gpu = [tensorrt.key_for(m, inputs, precision="fp16", gpu="GPU", versions=versions) for m in (exact, approx)]
+    assert gpu[0].stem != gpu[1].stem
+    # The same options, in another order or as a list: the same key.
+    again = models.create("motionformer_b", landmarks=8, attention="orthoformer", **small)
+    assert inductor.key_for(again, inputs, "fp32") == cpu[1]
 
 
 def test_weights_digest():
