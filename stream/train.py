@@ -916,7 +916,7 @@ def _create(name: str, weights: str | None, labels: tuple[str, ...], arch: dict)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = models.create(name, weights=weights, labels=labels, arch=arch or None)
+            model = models.create(name, weights=weights, labels=labels, **arch)
         except models.ModelError as exc:
             raise UserError(str(exc)) from None
     for w in caught:

@@ -262,7 +262,7 @@ def test_video_only_model_cannot_hear_the_difference(video_run, data):
 
 def _tiny_av():
     torch.manual_seed(0)
-    return models.create("avslowfast_r50", labels=["a", "b", "c"], arch=TINY_AV)
+    return models.create("avslowfast_r50", labels=["a", "b", "c"], **TINY_AV)
 
 
 def test_drop_pathway_is_active_only_in_training():
@@ -328,7 +328,7 @@ def test_sync_loss_and_curriculum_in_training(av_run):
     assert sum(h["hard_pairs"] for h in history if h["epoch"] >= HARD_FROM) > 0
     # the sync head is used by nothing but the sync loss: it moved, so the loss trained it
     torch.manual_seed(0)  # the run's seed: the same initial weights
-    start = models.create("avslowfast_r50", labels=list(CLASSES), arch=TINY_AV)
+    start = models.create("avslowfast_r50", labels=list(CLASSES), **TINY_AV)
     trained = models.create("avslowfast_r50", weights=av_run["out"] / "model.pt")
     for name in ("sync.visual.weight", "sync.audio.weight"):
         assert not torch.allclose(start.state_dict()[name], trained.state_dict()[name]), name
@@ -408,7 +408,7 @@ def test_outputs(av_run):
     assert config["model"] == "avslowfast_r50" and config["weights"] == "model.pt"
     assert config["labels"] == list(CLASSES) and config["mic"] == "default" and config["topk"] == 3
     ckpt = torch.load(out / "model.pt", weights_only=True)
-    assert ckpt["labels"] == list(CLASSES) and ckpt["arch"]["width"] == 16
+    assert ckpt["labels"] == list(CLASSES) and ckpt["options"]["width"] == 16
     model = models.create("avslowfast_r50", weights=out / "model.pt")  # model.pt alone is enough
     assert model.meta.labels == tuple(CLASSES) and model.meta.audio.frames == 64
     last = torch.load(out / "last.pt", weights_only=True)  # resumable, and safe to load
@@ -599,7 +599,7 @@ def test_bad_dataset_gives_one_line_and_writes_nothing(tmp_path, capsys, case):
             ("--model", "x3d_xs", "--sync-weight", "0.5"),
             "--sync-weight: it applies to audiovisual models only",
         ),
-        (("--model", "x3d_xs", "--arch", "width=16"), "x3d_xs has no architecture option width"),
+        (("--model", "x3d_xs", "--arch", "width=16"), "x3d_xs has no option 'width'"),
         (("--model", "x3d_xxl"), "unknown model 'x3d_xxl'"),
         (
             ("--model", "avslowfast_r50", "--drop-pathway", "1.5", *arch_args(TINY_AV)),
