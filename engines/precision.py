@@ -5,12 +5,12 @@ the CPU, the check that it keeps fp32's predictions.
     auto on a CPU with AMX or AVX512-BF16 bf16, if its top-1 equals fp32's (else fp32, one warning)
     auto on any other CPU                 fp32 (bf16 would be emulated, slower than fp32)
 
-Both instruction sets compute bf16 in hardware through oneDNN. AMX's tile multiplies are
-the faster; AVX512-BF16 alone pays too: on a 2-core AMD EPYC with AVX512-BF16 and no AMX,
-the compiled X3D-XS took 0.69 to 0.70 of its fp32 time in bf16 (benchmarks/cpu_engine.py,
-two runs of 40 and 60 interleaved rounds) and AVSlowFast-R50 about a third (issue 17:
-170 against 516 ms per window), which is what lets the audiovisual model keep up at a
-0.5 s stride on two cores.
+Both instruction sets compute bf16 in hardware through oneDNN; AMX's tile multiplies are
+the faster. AVX512-BF16 alone pays too on a 2-core AMD EPYC (no AMX): the compiled X3D-XS
+took 0.66 to 0.70 of its fp32 time in bf16 (benchmarks/cpu_engine.py, three runs of 30
+to 60 interleaved rounds on a busy machine, 2026-12-06). An earlier measurement on a 2-core Intel Xeon with
+AVX512-BF16 and no AMX, before the CPU engine's malloc setting and graph rewrite, had
+bf16 slower than fp32 (docs/performance.md); `--precision fp32` is the way out there.
 """
 
 from __future__ import annotations
