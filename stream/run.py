@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     # Every default is None so that the YAML config can fill what a flag does not set.
     a("--camera", help=f"camera index, video file, URL (http/rtsp/udp...) or 'synthetic' (default {d.camera})")
-    a("--mic", help="microphone: default, a device name or index, or none "
-      f"({model_default('mic')})")
+    a("--mic", help="microphone: default, a device name or index, an audio/video file, "
+      f"synthetic (a beep every second), or none ({model_default('mic')})")
     a("--model", help=f"model name (default {d.model}); see models.available()")
     a("--config", help="YAML file of run options (default: configs/<model>.yaml)")
     a("--weights", help="checkpoint path, http(s) URL, kinetics400 (the model's published "
@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--engine", choices=config.ENGINES, help=f"inference engine (default {d.engine})")
     a("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     a("--precision", choices=config.PRECISIONS,
-      help="auto (the default: fp16 on CUDA, bf16 on a CPU with AMX, else fp32; the log says "
-      "which and why), fp32, fp16 or bf16")
+      help="auto (the default: fp16 on CUDA, bf16 on a CPU with AMX or AVX512-BF16, else fp32; "
+      "the log says which and why), fp32, fp16 or bf16")
     a("--no-compile", dest="compile", action="store_false", default=None,
       help="run eager PyTorch instead of compiling the model for this machine (the first "
       "start compiles and caches under $AVSTREAM_CACHE/engines; later ones load in a second)")
