@@ -290,11 +290,8 @@ class InferenceLoop:
             log.info("%s is a video-only model: the microphone (--mic %s) is not used", meta.name, cfg.mic)
             stats.audio = {"source": "none", "used": False, "note": f"{meta.name} is video-only"}
         try:
-            # --precision auto goes as None, which engines.create reads as its own choice for
-            # the device (also before it took the word "auto"): the one place that maps it.
-            precision = None if cfg.precision == "auto" else cfg.precision
             engine = engines.create(
-                model, model.example_inputs(), backend=cfg.engine, device=cfg.device, precision=precision,
+                model, model.example_inputs(), backend=cfg.engine, device=cfg.device, precision=cfg.precision,
                 compile=cfg.compile,
             )
         except engines.EngineError as exc:
