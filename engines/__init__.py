@@ -14,8 +14,9 @@ Backends:
   auto      tensorrt when torch-tensorrt imports and a CUDA GPU is there, else torch on
             CUDA, else torch on the CPU; logs which and why.
 Precision `auto` (or None): fp16 on CUDA; bf16 on a CPU with AMX or AVX512-BF16 when its
-top-1 equals fp32's on the model's example windows (else fp32, with a warning); fp32 on
-other CPUs; logs which and why. engines/precision.py
+top-1 equals fp32's on the model's example windows (else fp32, with a warning; checked
+when the engine is compiled, the verdict cached with it); fp32 on other CPUs; logs which
+and why. engines/precision.py
 `engines.tensorrt_ops` checks without torch-tensorrt that a model exports and uses only
 operators torch-tensorrt converts. Optional backends are imported lazily inside their
 module, so a CPU-only machine imports everything else.

@@ -5,6 +5,7 @@ written so that a reader never sees half of it, and the progress line of a long 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
@@ -79,6 +80,18 @@ def write_meta(path: Path, key: CacheKey, build_s: float) -> None:
     """The key and the build time beside the cached file, in `path.json`, for people."""
     meta = {**dataclasses.asdict(key), "build_s": round(build_s, 1), "created": time.time()}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+
+
+def beside(path: Path, what: str) -> Path:
+    """`<stem of path>.<what>.json`: a file about the cached engine at `path` (the bf16
+    check's verdict), kept beside it and deleted with it (`remove_beside`)."""
+    return path.with_name(f"{path.stem}.{what}.json")
+
+
+def remove_beside(path: Path) -> None:
+    """Delete the files `beside` names for `path`: their engine is gone or being rebuilt."""
+    for found in path.parent.glob(f"{glob.escape(path.stem)}.*.json"):
+        found.unlink(missing_ok=True)
 
 
 class Progress:

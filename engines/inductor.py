@@ -32,6 +32,7 @@ from .cache import (
     CacheKey,
     Progress,
     model_options,
+    remove_beside,
     save_atomically,
     weights_digest,
     write_meta,
@@ -175,7 +176,9 @@ class _Package:
     directly: importing `torch._inductor` (and with it dynamo) takes over a second, which
     is most of a cached start; this also skips re-reading the call spec on every call."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, cached: bool = False):
+        self.path = path
+        self.cached = cached  # loaded from the cache, not built by this process
         loader = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
         if loader is None:  # another torch: the public entry point
             compiled = torch._inductor.aoti_load_package(str(path))
@@ -249,6 +252,7 @@ def forget(key: CpuKey, cache_dir: Path) -> None:
     path = _path(key, cache_dir)
     path.unlink(missing_ok=True)
     path.with_suffix(".json").unlink(missing_ok=True)
+    remove_beside(path)
 
 
 def load_or_build(
@@ -267,7 +271,7 @@ def load_or_build(
     if path.exists():
         t0 = time.perf_counter()
         try:
-            compiled = _Package(path)
+            compiled = _Package(path, cached=True)
         except Exception as exc:  # noqa: BLE001 (a stale or broken file: build again)
             log.warning("%s: cannot load %s (%s): compiling again", name, path, type(exc).__name__)
         else:
@@ -286,6 +290,7 @@ def load_or_build(
         what,
         cache_dir,
     )
+    remove_beside(path)  # what was said about a package that this build replaces
     _quiet_cuda_runtime_notice()
     from torch._inductor import aoti_compile_and_package
 

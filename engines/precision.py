@@ -5,6 +5,11 @@ the CPU, the check that it keeps fp32's predictions.
     auto on a CPU with AMX or AVX512-BF16 bf16, if its top-1 equals fp32's (else fp32, one warning)
     auto on any other CPU                 fp32 (bf16 would be emulated, slower than fp32)
 
+The check runs when the bf16 engine is compiled; its verdict (bf16 kept, or fp32 instead)
+is saved beside the compiled engine in the cache, and a start that loads the engine from
+the cache reuses it. An engine that runs eager (`compile=False`, or a failed compile) has
+nothing cached: it is checked on every start.
+
 Both instruction sets compute bf16 in hardware through oneDNN; AMX's tile multiplies are
 the faster. AVX512-BF16 alone pays too on a 2-core AMD EPYC (no AMX): the compiled X3D-XS
 took 0.66 to 0.70 of its fp32 time in bf16 (benchmarks/cpu_engine.py, three runs of 30
@@ -17,13 +22,17 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 import math
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from .base import Engine
+from .cache import beside, save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,9 @@ CLEAR_MARGIN = math.log(1.5)
 
 #: How many of the model's example windows (`model.example_inputs(batch)`) are compared.
 WINDOWS = 4
+
+#: What a saved verdict was reached with: one reached by another check is not reused.
+CHECK = {"version": 1, "windows": WINDOWS, "margin": round(CLEAR_MARGIN, 6)}
 
 
 @functools.cache
@@ -119,15 +131,44 @@ def top1_disagreement(
     return None, summary, compared
 
 
-def checked_bf16(
-    model: torch.nn.Module,
-    example_inputs: tuple[torch.Tensor, ...],
-    build: Callable[[str], Engine],
-) -> Engine:
-    """`build("bf16")` when its top-1 equals eager fp32's on the model's example windows,
-    else (with one warning line) `build("fp32")`. For `--precision auto` on the CPU; an
-    explicit `--precision bf16` is taken as asked, without this check."""
-    engine = build("bf16")
+def verdict_path(engine: Engine) -> Path | None:
+    """Where the bf16 check's verdict on `engine` is kept: beside its compiled package in
+    the cache (None for an engine with no package, such as eager PyTorch)."""
+    package = getattr(engine, "package", None)
+    return None if package is None else beside(Path(package), "bf16-check")
+
+
+def load_verdict(path: Path) -> dict | None:
+    """The verdict saved at `path`, or None when there is none this check can reuse."""
+    try:
+        verdict = json.loads(path.read_text())
+        if verdict["check"] != CHECK or verdict["precision"] not in ("bf16", "fp32"):
+            return None
+        return {k: verdict[k] for k in ("precision", "problem", "summary", "compared")}
+    except (OSError, ValueError, TypeError, KeyError):  # none, half-copied, another format
+        return None
+
+
+def save_verdict(verdict: dict, path: Path) -> None:
+    """Write `verdict` to `path` atomically; a cache that cannot be written only means
+    that the check runs again at the next start."""
+    text = json.dumps({**verdict, "check": CHECK, "created": time.time()}, indent=1)
+    try:
+        save_atomically(lambda tmp: tmp.write_text(text), path)
+    except OSError as exc:
+        log.warning(
+            "precision bf16: cannot save the check's verdict to %s (%s): "
+            "it runs again at the next start",
+            path,
+            exc.strerror or type(exc).__name__,
+        )
+
+
+def check_bf16(
+    engine: Engine, model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]
+) -> dict:
+    """Compare `engine`'s top-1 with eager fp32 `model`'s on the model's example windows:
+    {"precision": "bf16" or "fp32", "problem", "summary", "compared"}."""
     windows = example_windows(model, example_inputs)
     reference = model
     if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in model.parameters()):
@@ -138,13 +179,42 @@ def checked_bf16(
         problem, summary, compared = top1_disagreement(engine, reference, windows)
     finally:
         reference.train(was_training)
-    if problem is not None:
-        log.warning("precision bf16: %s: running fp32 instead", problem)
+    precision = "bf16" if problem is None else "fp32"
+    return {"precision": precision, "problem": problem, "summary": summary, "compared": compared}
+
+
+def checked_bf16(
+    model: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    build: Callable[[str], Engine],
+) -> Engine:
+    """`build("bf16")` when its top-1 equals eager fp32's on the model's example windows,
+    else (with one warning line) `build("fp32")`. For `--precision auto` on the CPU; an
+    explicit `--precision bf16` is taken as asked, without this check.
+
+    The check runs when the engine is built; a bf16 engine loaded from the cache comes
+    with the verdict saved beside it then (see the module docstring)."""
+    engine = build("bf16")
+    path = verdict_path(engine)
+    verdict = None
+    if path is not None and getattr(engine, "from_cache", False):
+        verdict = load_verdict(path)
+    if verdict is None:
+        verdict = check_bf16(engine, model, example_inputs)
+        if path is not None:
+            save_verdict(verdict, path)
+        when = ""
+    else:
+        when = ", checked before and saved with the compiled engine"
+    if verdict["precision"] == "fp32":
+        log.warning("precision bf16: %s%s: running fp32 instead", verdict["problem"], when)
         return build("fp32")
-    if compared:
-        log.info("precision bf16: top-1 equals fp32's (%s)", summary)
+    if verdict["compared"]:
+        log.info("precision bf16: top-1 equals fp32's (%s)%s", verdict["summary"], when)
     else:
         log.info(
-            "precision bf16: no example window has a clear fp32 top-1 to compare (%s)", summary
+            "precision bf16: no example window has a clear fp32 top-1 to compare (%s)%s",
+            verdict["summary"],
+            when,
         )
     return engine

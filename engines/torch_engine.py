@@ -206,6 +206,10 @@ class TorchEngine:
         self._mark_step = False  # torch.compile's CUDA graphs want each call marked
         self._static_output = False  # the output tensor is reused by the next call
         self.mode = "eager"
+        # The compiled package (CPU) and whether this start found it in the cache or built
+        # it: engines.precision keeps its bf16 check's verdict beside the package.
+        self.package: Path | None = None
+        self.from_cache = False
         self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         compile = True if compile is None else compile
         cudagraphs = cuda if cudagraphs is None else cudagraphs
@@ -245,6 +249,7 @@ class TorchEngine:
             return
         self._run = compiled
         self.mode = "aot-compiled"
+        self.package, self.from_cache = compiled.path, compiled.cached
         log.info("%s: %s compiled ahead of time (relative error %.2g)", self.name, what, error)
 
     def _optimise(self, compile: bool, cudagraphs: bool) -> None:
