@@ -218,17 +218,41 @@ def engine_cache(tmp_path_factory):
         os.environ["AVSTREAM_CACHE"] = old
 
 
+def auto_cpu_precision() -> str:
+    """The precision `--precision auto` picks for the CPU on this machine: bf16 on a CPU
+    with AMX or AVX512-BF16, else fp32 (engines.precision.pick)."""
+    from engines import precision
+
+    return precision.pick("cpu")[0]
+
+
+def expected_cpu_engine_name() -> str:
+    """The CPU engine a pipeline runs under the default `--precision auto` on this
+    machine: `torch-cpu` (fp32) or `torch-cpu-bf16`. The `x3d_xs_compiled` fixture holds
+    x3d_xs to it (its bf16 check must keep bf16 where bf16 is picked)."""
+    chosen = auto_cpu_precision()
+    return "torch-cpu" if chosen == "fp32" else f"torch-cpu-{chosen}"
+
+
 @pytest.fixture(scope="session")
 def x3d_xs_compiled(engine_cache) -> Path:
-    """The CPU engine of x3d_xs without weights (seed 0, fp32), compiled once per session
-    exactly as `stream.run --weights none` builds it, so that every pipeline in the tests
-    loads it instead of compiling (about 25 s on 2 cores). Returns the engine cache."""
+    """The CPU engine of x3d_xs without weights (seed 0), compiled once per session
+    exactly as `stream.run --weights none` builds it (under --precision auto: the
+    precision `auto_cpu_precision()` names, with the bf16 check's verdict saved beside
+    it), so that every pipeline in the tests loads it instead of compiling (about 25 s on
+    2 cores). Returns the engine cache."""
     import engines
     import models
 
     model = models.create("x3d_xs", seed=0)
-    engine = engines.create(model, model.example_inputs(), backend="torch", device="cpu")
+    engine = engines.create(
+        model, model.example_inputs(), backend="torch", device="cpu", precision="auto"
+    )
     assert engine.mode == "aot-compiled", "x3d_xs did not compile (see the log): is g++ installed?"
+    assert engine.name == expected_cpu_engine_name(), (
+        f"--precision auto gave {engine.name} here, not {expected_cpu_engine_name()} "
+        f"({auto_cpu_precision()} is picked): see the bf16 check's line in the log"
+    )
     return engine_cache / "engines"
 
 

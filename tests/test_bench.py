@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, descendants, running
+from conftest import REPO, auto_cpu_precision, descendants, expected_cpu_engine_name, running
 
 from stream import malloc
 
@@ -44,7 +44,7 @@ def test_pipeline_bench_json_and_plot(tmp_path):
     rows = report["summary"]
     assert [r["stride"] for r in rows] == [0.25, 0.5]
     for row in rows:
-        assert row["model"] == "x3d_xs" and row["engine"] == "torch-cpu"
+        assert row["model"] == "x3d_xs" and row["engine"] == expected_cpu_engine_name()
         for key in ("overhead_ms", "engine_ms", "capture_to_publish_ms", "capture_to_subscriber_ms"):
             assert set(row[key]) == STAT_KEYS and _ordered(row[key]), (key, row[key])
         assert row["windows"]["run"] >= row["windows"]["measured"] > 0
@@ -70,12 +70,15 @@ def test_pipeline_bench_json_and_plot(tmp_path):
 @pipelines
 def test_engine_only_mode(tmp_path):
     out = tmp_path / "engines.json"
-    proc = _bench("--engine-only", "--model", "x3d_xs", "--engine", "torch", "--precision", "fp32,fp16",
+    # auto's CPU precision by name: the engine the session compiled (fp32 would compile anew)
+    proc = _bench("--engine-only", "--model", "x3d_xs", "--engine", "torch",
+                  "--precision", f"{auto_cpu_precision()},fp16",
                   "--runs", "3", "--stride", "10", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     ok, refused = report["engines"]
-    assert ok["engine"] == "torch-cpu" and ok["gflops"] > 0.3 and _ordered(ok["engine_ms"])
+    assert ok["engine"] == expected_cpu_engine_name()
+    assert ok["gflops"] > 0.3 and _ordered(ok["engine_ms"])
     assert ok["peak_rss_mb"] > 100  # measured in the row's own process
     assert ok["malloc"] == ("tcmalloc" if malloc.find_tcmalloc() else "glibc")  # as stream.run's inference
     assert "fp16" in refused["error"]  # fp16 on the CPU is refused with the engine's own message

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, expected_cpu_engine_name
 
 from stream import malloc
 
@@ -79,5 +79,6 @@ def test_the_inference_process_runs_with_the_chosen_allocator(run_stream, choice
     code, err = stream.wait(timeout=90)
     assert code == 0, err
     expected = "tcmalloc" if choice == "auto" and TCMALLOC else "glibc"
-    [line] = [line for line in err.splitlines() if "engine torch-cpu (aot-compiled) on " in line]
+    engine = f"engine {expected_cpu_engine_name()} (aot-compiled) on "
+    [line] = [line for line in err.splitlines() if engine in line]
     assert line.endswith(f", malloc {expected}"), line
