@@ -282,8 +282,10 @@ def read_checkpoint(path: Path, source: str) -> tuple[dict[str, torch.Tensor], s
 def _checkpoint_extras(checkpoint: dict, source: str) -> dict:
     extras: dict = {}
     # "arch": what checkpoints written before build options had a name of their own held
-    # (SlowFast / AVSlowFast reduced-network options, all of them options today).
-    key = "options" if "options" in checkpoint else "arch"
+    # (SlowFast / AVSlowFast reduced-network options, all of them options today). Such a
+    # file may have an "options" key of another meaning beside it (stream.train's last.pt
+    # kept its training options there), so "arch" wins where both are present.
+    key = "arch" if "arch" in checkpoint else "options"
     options = checkpoint.get(key)
     if options is not None:
         if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
@@ -312,8 +314,11 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **extra: obj
         "model": model.meta.name,
         "options": plain(getattr(model, "options", {}) or {}),
         "labels": list(model.meta.labels),
-        **extra,
     }
+    clash = sorted(checkpoint.keys() & extra.keys())
+    if clash:  # an extra under one of these names would make the file unloadable as weights
+        raise ValueError(f"save_checkpoint: {', '.join(clash)} are the checkpoint's own keys")
+    checkpoint.update(extra)
     atomic_save(checkpoint, path)
     return path
 

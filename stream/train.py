@@ -40,8 +40,8 @@ CUDA, mixed precision (bf16 where the GPU has it, else fp16 with loss scaling).
 
 Output in `--out` (default runs/<model>): `last.pt` after every epoch (model, optimiser,
 schedule, RNG states, history; `--resume` continues from it), `metrics.jsonl` (one line
-per epoch), `model.pt` (the weights of the epoch with the best validation accuracy, a
-`models.save_checkpoint` file) and, at the end, `config.yaml` for `python -m stream.run
+per epoch), `model.pt` (the weights of the epoch with the best validation accuracy, ties
+going to a clearly lower validation loss; a `models.save_checkpoint` file) and, at the end, `config.yaml` for `python -m stream.run
 --config` (model, weights, labels and run defaults). Every file is written under a
 temporary name and renamed; a run that fails to start leaves nothing.
 
@@ -424,6 +424,22 @@ def sync_loss(visual, audio_pos, audio_neg, mask):
     return ((pos + neg) * m).sum() / (2 * m.sum() + 1e-8)
 
 
+#: A tie in validation accuracy goes to the later epoch only when its validation loss is
+#: this much lower (relative): more confident on the same clips, not the noise of a few
+#: steps that changed nothing.
+TIE_LOSS_GAIN = 0.01
+
+
+def is_better(accuracy: float, loss: float, best_accuracy: float, best_loss: float) -> bool:
+    """Whether an epoch beats the best so far: a higher validation accuracy, or the same
+    accuracy with a validation loss lower by TIE_LOSS_GAIN. The accuracy of a small
+    validation set saturates early (every clip right from some epoch on); the loss still
+    tells a model trained on from one that merely equals the first lucky epoch."""
+    if accuracy != best_accuracy:
+        return accuracy > best_accuracy
+    return loss < best_loss * (1 - TIE_LOSS_GAIN)
+
+
 def lr_factor(step: int, *, total: int, warmup: int) -> float:
     """Linear warm-up from 0.1 to 1, then cosine to 0 (PySlowFast's cosine policy)."""
     if step < warmup:
@@ -651,6 +667,7 @@ def train(
 
     history: list[dict] = []
     best_accuracy, best_epoch, start_epoch = -1.0, 0, 1
+    best_loss = math.inf  # the validation loss of the best epoch: breaks accuracy ties
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -661,6 +678,7 @@ def train(
             float(checkpoint["best_accuracy"]),
             int(checkpoint["best_epoch"]),
         )
+        best_loss = float(checkpoint.get("best_loss", math.inf))  # absent before tie-breaks
         start_epoch = int(checkpoint["epoch"]) + 1
         _set_rng(checkpoint["rng"])
         log.info(
@@ -753,11 +771,11 @@ def train(
                 "seconds": round(time.monotonic() - started, 2),
             }
             history.append(record)
-            # A tie keeps the earlier epoch: a later one is no better, only trained longer.
-            improved = result["accuracy"] > best_accuracy
+            improved = is_better(result["accuracy"], result["loss"], best_accuracy, best_loss)
             with _SignalsDeferred():
                 if improved:
                     best_accuracy, best_epoch = result["accuracy"], epoch
+                    best_loss = result["loss"]
                     models.save_checkpoint(
                         model, out / "model.pt", val_accuracy=best_accuracy, epoch=epoch
                     )
@@ -766,12 +784,13 @@ def train(
                     last_path,
                     format=CHECKPOINT_FORMAT,
                     epoch=epoch,
-                    options=opts.plain(),
+                    train_options=opts.plain(),
                     optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(),
                     scaler=scaler.state_dict() if scaler.is_enabled() else {},
                     best_accuracy=best_accuracy,
                     best_epoch=best_epoch,
+                    best_loss=best_loss,
                     history=history,
                     split=_split_names(split, opts.data),
                     rng=_get_rng(),
@@ -848,7 +867,9 @@ def _resume(opts: TrainOptions, given: set[str], last_path: Path) -> tuple[Train
                 f"--resume: {str(last_path)!r} is not a stream.train checkpoint: start a new run with another --out"
             )
         fields = {f.name for f in dataclasses.fields(TrainOptions)}
-        stored = TrainOptions(**{k: v for k, v in checkpoint["options"].items() if k in fields})
+        # "options": where a last.pt of before the model's build options took that name kept them
+        saved = checkpoint.get("train_options", checkpoint.get("options"))
+        stored = TrainOptions(**{k: v for k, v in saved.items() if k in fields})
         for key in sorted(given - set(RESUME_MAY_CHANGE)):
             if plain(getattr(opts, key)) != plain(getattr(stored, key)):
                 raise UserError(

@@ -38,8 +38,8 @@ TINY = {
     "crop": 64, "short_side": 64,
 }  # fmt: skip
 TINY_AV = {**TINY, "audio_frames": 64, "n_mels": 40}
-EPOCHS = 14
-HARD_FROM = 8
+EPOCHS = 20
+HARD_FROM = 11
 INTERRUPT_AFTER = 7
 FIT = (
     "--epochs",
@@ -413,6 +413,14 @@ def test_outputs(av_run):
     assert model.meta.labels == tuple(CLASSES) and model.meta.audio.frames == 64
     last = torch.load(out / "last.pt", weights_only=True)  # resumable, and safe to load
     assert last["epoch"] == EPOCHS and len(last["history"]) == EPOCHS
+    # last.pt is weights as well: the last epoch, rebuilt with the model's own options
+    assert models.create("avslowfast_r50", weights=out / "last.pt").options["width"] == 16
+    # model.pt holds the best epoch by the rule: accuracy, then a clearly lower loss
+    best, best_accuracy, best_loss = 0, -1.0, float("inf")
+    for h in last["history"]:
+        if T.is_better(h["val_accuracy"], h["val_loss"], best_accuracy, best_loss):
+            best, best_accuracy, best_loss = h["epoch"], h["val_accuracy"], h["val_loss"]
+    assert ckpt["epoch"] == best == last["best_epoch"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == EPOCHS
     assert ckpt["epoch"] == av_run["result"].best_epoch
 
@@ -652,9 +660,21 @@ def _video_args(data: Path, out: Path, epochs: int) -> list[str]:
     ]  # fmt: skip
 
 
+def test_is_better_breaks_accuracy_ties_on_a_clearly_lower_loss():
+    from stream.train import is_better
+
+    assert is_better(0.9, 5.0, 0.8, 0.1)  # accuracy first
+    assert not is_better(0.7, 0.01, 0.8, 0.5)
+    assert is_better(1.0, 0.40, 1.0, 0.50)  # a saturated accuracy: the loss decides
+    assert not is_better(1.0, 0.499, 1.0, 0.50)  # 0.2 % lower: noise, a tie
+    assert not is_better(1.0, 0.50, 1.0, 0.50)
+    assert is_better(0.5, 0.7, -1.0, float("inf"))  # the first epoch
+
+
 def test_a_tied_epoch_is_not_a_new_best(tmp_path):
     """A learning rate too small to change a prediction: every epoch scores what the
-    first did, so only the first is the best (a tie keeps the earlier checkpoint)."""
+    first did (accuracy and loss), so only the first is the best (a tie keeps the earlier
+    checkpoint)."""
     data = _two_labels(tmp_path / "data")
     out = tmp_path / "run"
     result, lines, _ = _train([*_video_args(data, out, 3), "--lr", "1e-9"])
