@@ -411,7 +411,7 @@ def test_kinetics400_is_the_readme_url(name, monkeypatch, tmp_path):
     monkeypatch.delenv("AVSTREAM_WEIGHTS_BASE_URL", raising=False)
     asked = []
 
-    def fake_download(url):
+    def fake_download(url, **how):  # how: the checksum and whether it is the official file
         asked.append(url)
         raise models.WeightsError(f"not downloading {url} in tests")
 
