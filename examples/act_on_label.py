@@ -4,7 +4,8 @@
         --run 'notify-send "guitar!"'
 
 Prints one line per action and runs --run (a shell command) if given; acts again only
-after the score has dropped below the threshold. Needs only `pip install avstream`.
+after the score has dropped below the threshold. Needs only the base package
+(`pip install PATH/TO/avstream`: pyzmq).
 """
 
 import argparse

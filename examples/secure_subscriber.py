@@ -6,7 +6,8 @@
     python examples/secure_subscriber.py keys
 
 On another host, this client needs keys/server.key and keys/subscriber.key_secret only
-(keep that one private: mode 0600). Needs only `pip install avstream`.
+(keep that one private: mode 0600). Needs only the base package
+(`pip install PATH/TO/avstream`: pyzmq).
 """
 
 import argparse
