@@ -54,6 +54,7 @@ import time
 import numpy as np
 
 from . import malloc
+from .proc import start_ignoring_sigint
 from .subscribe import Subscriber
 
 #: Windows at the start that are not counted (first-call allocations, caches).
@@ -634,13 +635,7 @@ def _in_child(ctx, fn, args: tuple, check_stop):
     """fn(*args) in a process of its own; ended at once when check_stop() raises."""
     parent, child_end = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child_end, fn, args), name="bench-engine")
-    # The child ignores Ctrl-C (the terminal sends it to the whole group): this process
-    # decides, and ends the child itself.
-    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        proc.start()
-    finally:
-        signal.signal(signal.SIGINT, sigint)
+    start_ignoring_sigint(proc)  # this process decides on Ctrl-C, and ends the child itself
     child_end.close()
     try:
         while not parent.poll(0.2):

@@ -43,5 +43,16 @@ def init_child(log_level: str, parent_pid: int) -> None:
         sys.exit(1)
 
 
+def start_ignoring_sigint(proc) -> None:
+    """`proc.start()` with SIGINT ignored meanwhile: a spawned child inherits the ignored
+    SIGINT across exec, so Ctrl-C in a terminal, which reaches the whole process group,
+    is acted on by the parent alone, which stops its children itself."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def parent_alive() -> bool:
     return _parent_pid is None or os.getppid() == _parent_pid

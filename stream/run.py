@@ -39,7 +39,7 @@ from .capture import audio as audio_capture
 from .capture import video as video_capture
 from .errors import UserError
 from .inference import inference_main
-from .proc import setup_logging
+from .proc import setup_logging, start_ignoring_sigint
 from .ring import AudioRing, FrameRing, sweep_stale_segments
 
 log = logging.getLogger("stream.run")
@@ -223,13 +223,7 @@ class Supervisor:
     def _start_child(self, name: str, target, args: tuple) -> None:
         parent_end, child_end = self.ctx.Pipe()
         proc = self.ctx.Process(target=target, args=(*args, child_end, self.stop), name=name)
-        # Spawned children inherit an ignored SIGINT across exec: Ctrl-C in a terminal
-        # reaches the whole process group, and only this process must act on it.
-        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            proc.start()
-        finally:
-            signal.signal(signal.SIGINT, sigint)
+        start_ignoring_sigint(proc)
         child_end.close()
         self.children[name] = proc
         self.conns[name] = parent_end

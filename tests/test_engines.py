@@ -23,6 +23,8 @@ from engines.base import TOLERANCE, relative_error
 from engines.tensorrt import EngineKey, weights_digest
 from engines.torch_engine import TorchEngine
 
+from cancels import Cancels as _Cancels
+
 
 def _perturbed(name: str = "x3d_xs", seed: int = 0) -> torch.nn.Module:
     """A registered model with non-trivial BatchNorm statistics (random init gives
@@ -511,30 +513,6 @@ def test_auto_precision_is_logged_with_its_reason(no_cuda, caplog):
             engine = engines.create(model, model.example_inputs(), backend="torch", precision=asked, compile=False)
         assert f"precision {chosen}: {reason}" in caplog.messages
         assert engine.precision == chosen
-
-
-class _Cancels(torch.nn.Module):
-    """Class 0's logit is (x * scale - x) * 1000, class 1's is 1, class 2's is 0.
-
-    With scale = 1 + 2**-9, fp32 gives class 0 about 1.95 x, a clear top-1 for x >= 1,
-    while bf16's 8 significant bits round the scale to exactly 1, so class 0 gets 0 and
-    class 1 wins: a model whose bf16 top-1 differs from fp32's. With scale = 1.25
-    (exact in bf16) both agree."""
-
-    class meta:  # stands in for ModelMeta
-        name = "cancels"
-
-    def __init__(self, scale: float):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(scale))
-        self.weights_id = f"cancels-{scale}"
-
-    def example_inputs(self, batch: int = 1):
-        return (1.0 + 0.25 * torch.arange(batch, dtype=torch.float32)[:, None],)  # (B, 1)
-
-    def forward(self, x):
-        class0 = (x * self.scale - x) * 1000
-        return torch.cat([class0, torch.ones_like(x), torch.zeros_like(x)], dim=1)  # (B, 3)
 
 
 def test_top1_check_compares_clear_calls_only():
