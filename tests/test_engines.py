@@ -23,7 +23,10 @@ from engines.base import TOLERANCE, relative_error
 from engines.tensorrt import EngineKey, weights_digest
 from engines.torch_engine import TorchEngine
 
-from cancels import Cancels as _Cancels
+try:
+    from cancels import Cancels as _Cancels  # tests/ on sys.path: under pytest
+except ModuleNotFoundError:  # imported as tests.test_engines by the subprocess scripts below
+    from tests.cancels import Cancels as _Cancels
 
 
 def _perturbed(name: str = "x3d_xs", seed: int = 0) -> torch.nn.Module:
