@@ -210,22 +210,34 @@ def test_ctrl_c_keeps_the_finished_rows(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, err.decode()
             seen |= descendants(proc.pid)
             err += os.read(proc.stderr.fileno(), 4096)
-        proc.send_signal(signal.SIGINT)
-        stdout, rest = proc.communicate(timeout=60)
+        stdout, err = _interrupt(proc, err, out)
     finally:
         if proc.poll() is None:
             proc.kill()
-    err = (err + rest).decode()
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (
-        f"interrupted (SIGINT): kept the 1 of 2 rows that finished, written to {out}; "
-        "the row being measured was dropped"
-    )
     assert [r["stride"] for r in json.loads(out.read_text())["summary"]] == [0.25]
     table = stdout.decode()  # the finished row's table; none for the dropped one
     assert ", stride 0.25 s (" in table and ", stride 0.5 s (" not in table
-    deadline = time.monotonic() + 60  # the resource tracker sees its parent gone and exits
+    _assert_gone(seen)
+
+
+def _interrupt(proc, err: bytes, out) -> tuple[bytes, str]:
+    """SIGINT to a bench run measuring its second of two rows: it exits 0 and its last
+    line says the first row was kept in `out`. Returns (stdout, all of stderr)."""
+    proc.send_signal(signal.SIGINT)
+    stdout, rest = proc.communicate(timeout=60)
+    text = (err + rest).decode()
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text
+    assert text.strip().splitlines()[-1] == (
+        f"interrupted (SIGINT): kept the 1 of 2 rows that finished, written to {out}; "
+        "the row being measured was dropped"
+    )
+    return stdout, text
+
+
+def _assert_gone(seen: set[int]) -> None:
+    """Every process the run started ends (the resource tracker sees its parent gone)."""
+    deadline = time.monotonic() + 60
     while running(seen) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not running(seen), running(seen)
@@ -251,25 +263,14 @@ def test_ctrl_c_in_engine_mode_ends_the_row_being_timed(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, err.decode()
             time.sleep(0.01)  # the fp32 row's process is being started
         seen |= descendants(proc.pid)
-        proc.send_signal(signal.SIGINT)
-        stdout, rest = proc.communicate(timeout=60)
+        stdout, err = _interrupt(proc, err, out)
     finally:
         if proc.poll() is None:
             proc.kill()
-    err = (err + rest).decode()
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (
-        f"interrupted (SIGINT): kept the 1 of 2 rows that finished, written to {out}; "
-        "the row being measured was dropped"
-    )
     assert stdout == b""  # no verdict from a cut-short sweep
     (row,) = json.loads(out.read_text())["engines"]
     assert row["precision"] == "fp16" and "error" in row
-    deadline = time.monotonic() + 60
-    while running(seen) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not running(seen), running(seen)
+    _assert_gone(seen)
 
 
 def _cmdline(pid: int) -> list[str]:
