@@ -2,8 +2,8 @@
 
   resize-then-crop   the whole frames to float, F.interpolate to the short side, crop,
                      flip, normalise (the transform as pytorchvideo writes it; what
-                     stream.preprocess did before it computed the crop only)
-  crop-only          stream.preprocess.Preprocessor: the crop's pixels only, from uint8,
+                     stream.pipeline.preprocess did before it computed the crop only)
+  crop-only          stream.pipeline.preprocess.Preprocessor: the crop's pixels only, from uint8,
                      fused kernel (numba) or torch operations
 
 Wall time and the thread's CPU time per call, p50 / p90 / p99 / max, over `--runs` rounds
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stream.preprocess import Preprocessor, short_side_size
+from stream.pipeline.preprocess import Preprocessor, short_side_size
 
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stream.ring import FrameRing
+from stream.pipeline.ring import FrameRing
 
 
 def main(argv: list[str] | None = None) -> int:

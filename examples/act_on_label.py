@@ -12,7 +12,7 @@ import argparse
 import subprocess
 import sys
 
-from stream.subscribe import DEFAULT_ENDPOINT, Subscriber
+from stream.transport import DEFAULT_ENDPOINT, Subscriber
 
 
 def main() -> int:

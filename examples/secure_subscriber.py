@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from stream.subscribe import DEFAULT_ENDPOINT, Subscriber, UserError, format_message
+from stream.transport import DEFAULT_ENDPOINT, Subscriber, UserError, format_message
 
 
 def main() -> int:

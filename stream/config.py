@@ -20,9 +20,10 @@ from typing import Any
 
 import yaml
 
-from . import malloc, wire
-from .aggregate import Smoother
-from .errors import UserError
+from stream.pipeline import malloc
+from stream.transport import wire
+from stream.pipeline.aggregate import Smoother
+from stream.errors import UserError
 
 
 @dataclasses.dataclass
@@ -38,7 +39,7 @@ class RunConfig:
     precision: str = "auto"  # engines.create picks fp16 / bf16 / fp32 for the device and says why
     compile: bool = True  # compile the model for this machine (cached); False: eager PyTorch
     threads: int | None = None  # CPU threads of the engine; None: torch's default (one per core)
-    malloc: str = "auto"  # the inference process's allocator (stream.malloc)
+    malloc: str = "auto"  # the inference process's allocator (stream.pipeline.malloc)
     stride: float = 0.25
     smoothing: str = "ema:0.5"
     topk: int = 5
@@ -121,7 +122,7 @@ class RunConfig:
         if self.curve_clients is not None and self.curve_secret_key is None:
             raise UserError("--curve-clients needs --curve-secret-key (the server's *.key_secret file)")
         if self.curve_secret_key is not None:
-            from .publish import load_curve_keys
+            from stream.transport.publish import load_curve_keys
 
             load_curve_keys(self.curve_secret_key, secret=True)
         if self.curve_clients is not None and not Path(self.curve_clients).is_dir():

@@ -20,7 +20,7 @@ while running. Every exit path stops the children and unlinks the shared memory.
 
 from __future__ import annotations
 
-from ._deps import require_pipeline
+from stream._deps import require_pipeline
 
 require_pipeline("python -m stream.run")  # before the imports that need the `run` extra
 
@@ -34,13 +34,14 @@ import signal
 import sys
 import time
 
-from . import config, malloc
-from .capture import audio as audio_capture
-from .capture import video as video_capture
-from .errors import UserError
-from .inference import inference_main
-from .proc import setup_logging, start_ignoring_sigint
-from .ring import AudioRing, FrameRing, sweep_stale_segments
+from stream import config
+from stream.pipeline import malloc
+from stream.capture import audio as audio_capture
+from stream.capture import video as video_capture
+from stream.errors import UserError
+from stream.pipeline.inference import inference_main
+from stream.pipeline.proc import setup_logging, start_ignoring_sigint
+from stream.pipeline.ring import AudioRing, FrameRing, sweep_stale_segments
 
 log = logging.getLogger("stream.run")
 

@@ -16,9 +16,9 @@ import pytest
 import models
 from conftest import AV_CLIP_EVENT_S, REPO, shm_segments
 from stream.errors import FrameLost
-from stream.preprocess import LogMel
-from stream.ring import AudioRing, FrameRing
-from stream.window import AudioSampler
+from stream.pipeline.preprocess import LogMel
+from stream.pipeline.ring import AudioRing, FrameRing
+from stream.pipeline.window import AudioSampler
 
 RATE = 16000
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, auto_cpu_precision, descendants, expected_cpu_engine_name, running
 
-from stream import malloc
+from stream.pipeline import malloc
 
 pipelines = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
 
@@ -154,7 +154,7 @@ def test_plot_without_matplotlib_fails_before_anything_starts(tmp_path):
 def test_plot_figure():
     """Linear millisecond axes, the stride as the budget, readable names, the caption."""
     pytest.importorskip("matplotlib")
-    from stream import bench
+    from stream.bench import latency as bench
 
     t = np.linspace(0, 10, 40)
     samples = {
@@ -184,7 +184,7 @@ def test_plot_figure():
 
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    from stream import bench
+    from stream.bench import latency as bench
 
     samples = {k: [1.0, 2.0, 3.0] for k in ("t_s", *bench.SERIES)}
     row = {"model": "x3d_xs", "engine": "torch-cpu", "stride": 0.5}

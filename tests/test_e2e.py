@@ -17,8 +17,8 @@ from conftest import (
     running,
     shm_segments,
 )
-from stream import wire
-from stream.subscribe import Subscriber
+from stream.transport import wire
+from stream.transport.subscribe import Subscriber
 
 MODEL_ARGS = ("--model", "x3d_xs", "--weights", "none", "--stride", "0.1", "--log-level", "info")
 

@@ -9,7 +9,7 @@ import pytest
 
 import models
 from conftest import shm_segments
-from stream.subscribe import Subscriber
+from stream.transport.subscribe import Subscriber
 
 pytestmark = pytest.mark.skipif("avslowfast_r50" not in models.available(), reason="needs the AVSlowFast model")
 

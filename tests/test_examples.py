@@ -1,6 +1,6 @@
 """examples/: each client runs as a subprocess against a real publisher and does what its
 docstring says; each imports only the light part of the package (stream.subscribe,
-stream.wire), which `pip install avstream` provides without the pipeline's packages."""
+stream.transport.wire), which `pip install avstream` provides without the pipeline's packages."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import sys
 import pytest
 
 from conftest import REPO
-from stream.keys import make_keys
+from stream.transport.keys import make_keys
 from test_subscribers import Sending
 from test_wire import _prediction
 
 EXAMPLES = sorted((REPO / "examples").glob("*.py"))
-LIGHT = {"stream.subscribe", "stream.wire"}
+LIGHT = {"stream.transport", "stream.transport.wire"}
 
 
 def _example(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:

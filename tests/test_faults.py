@@ -12,8 +12,8 @@ from multiprocessing import resource_tracker, shared_memory
 import pytest
 
 from conftest import descendants, running, shm_segments
-from stream.ring import sweep_stale_segments
-from stream.subscribe import Subscriber
+from stream.pipeline.ring import sweep_stale_segments
+from stream.transport.subscribe import Subscriber
 
 ARGS = ("--camera", "synthetic", "--size", "320x240", "--weights", "none", "--stride", "0.2", "--log-level", "info")
 

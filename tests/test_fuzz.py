@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, shm_segments
-from stream import config, run
+from stream import config
+from stream import run
 from stream.errors import UserError
 
 FLAGS = [

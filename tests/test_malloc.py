@@ -1,4 +1,4 @@
-"""The inference process's allocator (`--malloc`, stream.malloc): tcmalloc where it is
+"""The inference process's allocator (`--malloc`, stream.pipeline.malloc): tcmalloc where it is
 installed, glibc's malloc on request or where it is not, a library given by path; the
 process that `stream.run` spawns really runs with it, and nothing else changes."""
 
@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import REPO, expected_cpu_engine_name
 
-from stream import malloc
+from stream.pipeline import malloc
 
 TCMALLOC = malloc.find_tcmalloc()
 needs_tcmalloc = pytest.mark.skipif(TCMALLOC is None, reason="tcmalloc is not installed (libtcmalloc-minimal4)")

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, free_port, shm_segments
-from stream import wire
-from stream.publish import Publisher
+from stream.transport import wire
+from stream.transport.publish import Publisher
 
 PACKAGE_ROOTS = ("stream", "engines", "models", "configs")
 ENTRY_MODULES = ("run", "record", "train", "bench")
@@ -123,8 +123,8 @@ def test_light_install_imports_the_wire_side_without_the_pipeline(light_python, 
     no_torch = _run_light(light_python, tmp_path, "-c", "import torch")
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     probe = (
-        "import sys, stream, stream.errors, stream.wire, stream.subscribe, stream.keys\n"
-        "from stream.publish import Publisher, load_curve_keys\n"
+        "import sys, stream, stream.errors, stream.transport.wire, stream.subscribe, stream.keys\n"
+        "from stream.transport.publish import Publisher, load_curve_keys\n"
         "print(stream.__file__)\n"
         "print(sorted(m for m in ('numpy', 'torch', 'yaml', 'cv2', 'numba') if m in sys.modules))\n"
     )
@@ -162,7 +162,7 @@ def test_pipeline_commands_without_the_run_extra_say_what_to_install(
 
 LIGHT_SUBSCRIBER = """
 import json, sys
-from stream.subscribe import Subscriber
+from stream.transport.subscribe import Subscriber
 
 with Subscriber(sys.argv[1], topics=("status.",)) as sub:
     for _ in range(3):

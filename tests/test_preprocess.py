@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stream.preprocess import Preprocessor, bilinear_taps, short_side_size
-from stream.ring import FrameRing, Frames
+from stream.pipeline.preprocess import Preprocessor, bilinear_taps, short_side_size
+from stream.pipeline.ring import FrameRing, Frames
 
 MEAN, STD = (0.45, 0.40, 0.35), (0.225, 0.25, 0.2)
 # The blend runs as a numba kernel where numba is installed, else as torch operations:
@@ -156,7 +156,7 @@ def test_fused_kernel_is_compiled_once_then_loaded_from_disk(tmp_path):
     import sys
 
     script = (
-        "from stream.preprocess import Preprocessor, _KERNEL\n"
+        "from stream.pipeline.preprocess import Preprocessor, _KERNEL\n"
         "Preprocessor(short_side=8, crop=8, mean=(0.5,) * 3, std=(0.5,) * 3).warmup(8, 8)\n"
         "stats = _KERNEL[0].stats\n"
         "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n"
@@ -185,11 +185,11 @@ def test_fused_kernel_without_a_writable_cache_is_compiled_without_it(monkeypatc
 
     import numba.core.caching
 
-    from stream import preprocess
+    from stream.pipeline import preprocess
 
     monkeypatch.setattr(numba.core.caching.CacheImpl, "_locator_classes", [])  # nowhere to cache
     monkeypatch.setattr(preprocess, "_KERNEL", [])  # compile afresh, in this state
-    with caplog.at_level(logging.WARNING, logger="stream.preprocess"):
+    with caplog.at_level(logging.WARNING, logger="stream.pipeline.preprocess"):
         pre = Preprocessor(short_side=40, crop=32, mean=MEAN, std=STD)
     assert pre.fused and preprocess._KERNEL[0] is not None
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import free_port
-from stream.subscribe import Subscriber
+from stream.transport.subscribe import Subscriber
 
 pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
 

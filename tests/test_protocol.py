@@ -1,5 +1,5 @@
 """docs/schemas/*.json (JSON Schema 2020-12) describe the messages a real stream.run sends,
-and refuse what stream.wire.validate refuses."""
+and refuse what stream.transport.wire.validate refuses."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from conftest import REPO, StreamProcess
-from stream import wire
+from stream.transport import wire
 from test_wire import _prediction, _status
 
 SCHEMAS = REPO / "docs" / "schemas"

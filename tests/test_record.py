@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import AV_CLIP_EVENT_S, REPO, descendants, running, shm_segments
 
-from stream.clips import list_dataset, read_clip, write_clip
+from stream.train.clips import list_dataset, read_clip, write_clip
 
 CLIP_NAME = re.compile(r"(?P<label>.+)-\d{8}-\d{6}-\d{3}\.mp4")
 FAST = ("--countdown", "0", "--log-level", "warning")
@@ -216,7 +216,7 @@ def test_a_signal_during_a_clip_drops_that_clip_only(tmp_path, sig, mic):
 
 
 def test_existing_clips_are_never_overwritten(tmp_path):
-    from stream.record import clip_path
+    from stream.train.record import clip_path
 
     wall = time.time()
     first = clip_path(tmp_path, "clap", 1, wall)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stream.errors import EndOfStream, FrameLost
-from stream.ring import FrameRing
+from stream.pipeline.ring import FrameRing
 
 SHAPE = (48, 64, 3)
 

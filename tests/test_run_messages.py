@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO, free_port, shm_segments
 from stream import config
-from stream.inference import PaceWatch, _weights_hint, keeping_stride
+from stream.pipeline.inference import PaceWatch, _weights_hint, keeping_stride
 
 
 class _Run:

@@ -16,10 +16,10 @@ import pytest
 import zmq
 
 from conftest import REPO
-from stream import wire
-from stream.keys import make_keys
-from stream.publish import Publisher
-from stream.subscribe import HandshakeError, Subscriber
+from stream.transport import wire
+from stream.transport.keys import make_keys
+from stream.transport.publish import Publisher
+from stream.transport.subscribe import HandshakeError, Subscriber
 from test_wire import _prediction
 
 ARGS = (
@@ -382,7 +382,7 @@ def test_cli_line_of_a_complete_prediction_has_no_flags():
 
 def test_the_mechanism_a_publisher_greets_with(tmp_path):
     # what explains a handshake that failed without saying why (see stream.subscribe)
-    from stream.subscribe import _peer_mechanism
+    from stream.transport.subscribe import _peer_mechanism
 
     keys, _ = _curve_keys(tmp_path)
     with Sending() as plain, Sending(curve_secret_key=str(keys / "server.key_secret")) as curve:

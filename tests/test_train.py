@@ -29,9 +29,9 @@ import yaml
 from conftest import REPO
 
 import models
-from stream import train as T
-from stream.clips import list_dataset, write_clip
-from stream.dataset import ClipDataset, ClipStore, Item, split_dataset
+from stream.train import trainer as T
+from stream.train.clips import list_dataset, write_clip
+from stream.train.dataset import ClipDataset, ClipStore, Item, split_dataset
 
 TINY = {
     "width": 16, "beta_inv": 4, "depths": (1, 1, 1, 1), "slow_frames": 4, "alpha": 2,
@@ -486,7 +486,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
 
 def test_trained_model_runs_in_stream(av_run, data, run_stream):
-    from stream.subscribe import Subscriber
+    from stream.transport.subscribe import Subscriber
 
     clip = min((data["heldout"] / "bounce_crash").iterdir())
     stream = run_stream(
@@ -661,7 +661,7 @@ def _video_args(data: Path, out: Path, epochs: int) -> list[str]:
 
 
 def test_is_better_breaks_accuracy_ties_on_a_clearly_lower_loss():
-    from stream.train import is_better
+    from stream.train.trainer import is_better
 
     assert is_better(0.9, 5.0, 0.8, 0.1)  # accuracy first
     assert not is_better(0.7, 0.01, 0.8, 0.5)

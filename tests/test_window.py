@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from stream.errors import FrameLost
-from stream.ring import FrameRing
-from stream.window import PathwaySpec, Scheduler, WindowSampler, nearest, target_times
+from stream.pipeline.ring import FrameRing
+from stream.pipeline.window import PathwaySpec, Scheduler, WindowSampler, nearest, target_times
 
 MS = 1_000_000
 

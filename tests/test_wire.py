@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from stream import wire
-from stream.aggregate import Smoother, softmax, top_k
+from stream.transport import wire
+from stream.pipeline.aggregate import Smoother, softmax, top_k
 from stream.errors import UserError
 
 

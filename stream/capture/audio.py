@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SourceError, UserError
+from stream.errors import SourceError, UserError
 
 BLOCK_S = 0.016  # one block per log-mel hop: 16 ms
 log = logging.getLogger("stream.capture.audio")
@@ -491,8 +491,8 @@ def capture_main(spec: str, rate: int, loop: bool, log_level: str, parent_pid: i
     """Entry point of the audio capture process."""
     import sys
 
-    from ..proc import init_child, parent_alive
-    from ..ring import AudioRing
+    from stream.pipeline.proc import init_child, parent_alive
+    from stream.pipeline.ring import AudioRing
 
     init_child(log_level, parent_pid)
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SourceError, UserError
+from stream.errors import SourceError, UserError
 
 URL_SCHEMES = ("http://", "https://", "rtsp://", "rtsps://", "rtp://", "udp://", "tcp://", "rtmp://")
 #: How long a network stream may take to open or to deliver a frame.
@@ -277,8 +277,8 @@ def capture_main(
     import logging
     import sys
 
-    from ..proc import init_child, parent_alive
-    from ..ring import FrameRing
+    from stream.pipeline.proc import init_child, parent_alive
+    from stream.pipeline.ring import FrameRing
 
     init_child(log_level, parent_pid)
     quiet_opencv(log_level)

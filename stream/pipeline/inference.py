@@ -30,9 +30,10 @@ from collections import deque
 
 import numpy as np
 
-from . import malloc, wire
-from .aggregate import softmax, top_k
-from .errors import UserError
+from stream.pipeline import malloc
+from stream.transport import wire
+from stream.pipeline.aggregate import softmax, top_k
+from stream.errors import UserError
 
 log = logging.getLogger("stream.inference")
 
@@ -199,7 +200,7 @@ class _Heartbeat(threading.Thread):
 
 def inference_main(cfg, parent_pid: int, conn, stop) -> None:
     """Entry point of the inference process. `cfg` is a stream.config.RunConfig."""
-    from .proc import init_child
+    from stream.pipeline.proc import init_child
 
     init_child(cfg.log_level, parent_pid)
     loop = None
@@ -232,7 +233,7 @@ def _weights_hint(model: str) -> str:
 
 class InferenceLoop:
     def __init__(self, cfg, conn, stop):
-        from .publish import Publisher
+        from stream.transport.publish import Publisher
 
         self.cfg = cfg
         self.conn = conn
@@ -252,11 +253,11 @@ class InferenceLoop:
         import engines
         import models
 
-        from .aggregate import Smoother
-        from .preprocess import LogMel, Preprocessor
-        from .proc import parent_alive
-        from .ring import AudioRing, FrameRing
-        from .window import AudioSampler, PathwaySpec, Scheduler, WindowSampler
+        from stream.pipeline.aggregate import Smoother
+        from stream.pipeline.preprocess import LogMel, Preprocessor
+        from stream.pipeline.proc import parent_alive
+        from stream.pipeline.ring import AudioRing, FrameRing
+        from stream.pipeline.window import AudioSampler, PathwaySpec, Scheduler, WindowSampler
 
         cfg, stats = self.cfg, self.stats
         stats.state = "loading"
@@ -318,7 +319,7 @@ class InferenceLoop:
         self.logmel = None if audio is None else LogMel(audio, device=engine.device, dtype=engine.dtype)
         self.smoother = Smoother(cfg.smoothing)
         if cfg.preview:
-            from .preview import Preview
+            from stream.pipeline.preview import Preview
 
             self.preview = Preview(f"avstream {cfg.stream_id}")
         self.conn.send(("ready", {"engine": engine.name, "window_s": window_s}))
@@ -355,7 +356,7 @@ class InferenceLoop:
     # -- running ---------------------------------------------------------------------
 
     def run(self) -> None:
-        from .proc import parent_alive
+        from stream.pipeline.proc import parent_alive
 
         stats = self.stats
         stats.state = "warming"

@@ -1,15 +1,15 @@
 """Training and validation samples from labelled clips, cut as the stream cuts windows.
 
-The dataset is `python -m stream.record`'s layout (`stream.clips.list_dataset`): one
+The dataset is `python -m stream.record`'s layout (`stream.train.clips.list_dataset`): one
 folder per label. A sample is one window of one clip, made by the stream's own parts:
 
 - the window ends at a frame's time (the stream's windows end at the newest captured
-  frame); per pathway, the frame nearest each target time (`stream.window.target_times`
+  frame); per pathway, the frame nearest each target time (`stream.pipeline.window.target_times`
   and `nearest`, on the clip's frame times, with the pathways built from `model.meta`
-  exactly as `stream.inference` builds them);
+  exactly as `stream.pipeline.inference` builds them);
 - the audio window is centred on the video window's centre (as `AudioSampler`), zeros
-  where it reaches past the clip's sound, and goes through `stream.preprocess.LogMel`;
-- the frames go through `stream.preprocess.Preprocessor` (short-side resize, centre
+  where it reaches past the clip's sound, and goes through `stream.pipeline.preprocess.LogMel`;
+- the frames go through `stream.pipeline.preprocess.Preprocessor` (short-side resize, centre
   crop, normalisation), the stream's exact transform.
 
 Training windows: the end is drawn uniformly over the clip (temporal jitter; where the
@@ -48,10 +48,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .clips import Clip, ClipError, list_dataset, read_clip
-from .errors import UserError
-from .preprocess import LogMel, Preprocessor
-from .window import PathwaySpec, nearest, target_times
+from stream.train.clips import Clip, ClipError, list_dataset, read_clip
+from stream.errors import UserError
+from stream.pipeline.preprocess import LogMel, Preprocessor
+from stream.pipeline.window import PathwaySpec, nearest, target_times
 
 #: The smallest side fraction of the random crop (each side drawn in [MIN_SCALE, 1]).
 MIN_SCALE = 0.7
@@ -180,7 +180,7 @@ class ClipStore:
 
 
 def pathway_specs(meta) -> list[PathwaySpec]:
-    """The pathways as `stream.inference` builds them from the model's metadata."""
+    """The pathways as `stream.pipeline.inference` builds them from the model's metadata."""
     return [PathwaySpec(v.frames, v.interval_s) for v in meta.video]
 
 
@@ -244,7 +244,7 @@ class ClipDataset(torch.utils.data.Dataset):
         out = {"video": tuple(video), "label": item.label}
         if self.logmel is None:
             return out
-        centre_ns = end_ns - self.span_ns // 2  # as stream.inference: the video window's centre
+        centre_ns = end_ns - self.span_ns // 2  # as stream.pipeline.inference: the video window's centre
         audio = self._audio(clip, centre_ns)
         out["audio"] = self._logmel(audio)
         if self.sync:

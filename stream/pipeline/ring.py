@@ -33,7 +33,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from .errors import EndOfStream, FrameLost, RingError
+from stream.errors import EndOfStream, FrameLost, RingError
 
 #: Every segment this project creates starts with this prefix (the start-up sweep of
 #: stale segments must recognise ours and never touch anyone else's).

@@ -3,7 +3,7 @@
 Pipeline mode (default) runs the real pipeline — `python -m stream.run` as its own
 process tree (capture processes, rings, inference, publisher) — on a synthetic source, a
 file or a camera, subscribes from this process, and reports per stage, all from one
-monotonic clock (stream/wire.py names the timestamps):
+monotonic clock (stream/transport/wire.py names the timestamps):
 
   capture interval      time between consecutive captured frames (jitter = its spread)
   ring write            copying one frame into the FrameRing (capture process)
@@ -37,7 +37,7 @@ Bad options: one `error:` line and exit status 2, before anything starts.
 
 from __future__ import annotations
 
-from ._deps import require_pipeline
+from stream._deps import require_pipeline
 
 require_pipeline("python -m stream.bench")  # before the imports that need the `run` extra
 
@@ -53,14 +53,14 @@ import time
 
 import numpy as np
 
-from . import malloc
-from .proc import start_ignoring_sigint
-from .subscribe import Subscriber
+from stream.pipeline import malloc
+from stream.pipeline.proc import start_ignoring_sigint
+from stream.transport.subscribe import Subscriber
 
 #: Windows at the start that are not counted (first-call allocations, caches).
 WARMUP_WINDOWS = 3
 STATS = ("p50", "p90", "p99", "max")
-#: The plot's names for the per-window series (stream/wire.py and DESIGN.md define them).
+#: The plot's names for the per-window series (stream/transport/wire.py and DESIGN.md define them).
 SERIES = {
     "engine_ms": "engine",
     "overhead_ms": "pipeline overhead",
@@ -224,7 +224,7 @@ class ProcessWatch:
 
 def shm_mb(shm_dir: str = "/dev/shm") -> float:
     """Size of this project's shared-memory segments now (0 where there is no /dev/shm)."""
-    from .ring import SEGMENT_PREFIX
+    from stream.pipeline.ring import SEGMENT_PREFIX
 
     total = 0
     try:
@@ -842,7 +842,3 @@ def _pipeline_main(args, strides: list[float]) -> int:
     if stopped is not None:
         _stopped(stopped, len(rows), total, written)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,8 +26,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from .errors import FrameLost
-from .ring import AudioRing, FrameRing, Frames
+from stream.errors import FrameLost
+from stream.pipeline.ring import AudioRing, FrameRing, Frames
 
 R = TypeVar("R")
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import zmq
 
-from . import wire
-from .errors import UserError
+from stream.transport import wire
+from stream.errors import UserError
 
 
 def load_curve_keys(path: str, *, secret: bool) -> tuple[bytes, bytes | None]:

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .ring import Frames
+from stream.pipeline.ring import Frames
 
 log = logging.getLogger("stream.preprocess")
 

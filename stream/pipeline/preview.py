@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .errors import FrameLost, UserError
+from stream.errors import FrameLost, UserError
 
 
 class Preview:

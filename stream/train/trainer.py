@@ -4,9 +4,9 @@
     python -m stream.run --config runs/kitchen/config.yaml
 
 DATA is `python -m stream.record`'s layout (one folder of clips per label, see
-`stream.clips`). The clips are split per label into training and validation clips
+`stream.train.clips`). The clips are split per label into training and validation clips
 (seeded), decoded once and cut into windows exactly as the stream cuts them
-(`stream.dataset`), with random crops, flips and window positions for training.
+(`stream.train.dataset`), with random crops, flips and window positions for training.
 
 Weights: X3D and SlowFast start from their Kinetics-400 checkpoints, AVSlowFast's visual
 pathways from SlowFast-R50's (its audio parts start afresh); the classifier is replaced
@@ -53,7 +53,7 @@ line names the best checkpoint so far, or says that nothing was saved; continue 
 
 from __future__ import annotations
 
-from ._deps import require_pipeline
+from stream._deps import require_pipeline
 
 require_pipeline("python -m stream.train")  # before the imports that need the `run` extra
 
@@ -75,7 +75,7 @@ from typing import Any
 
 from models._weights import plain
 
-from .errors import UserError
+from stream.errors import UserError
 
 log = logging.getLogger("stream.train")
 
@@ -171,7 +171,7 @@ class Kept:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .run import _ArgumentParser  # one error line instead of usage + message
+    from stream.run import _ArgumentParser  # one error line instead of usage + message
 
     d = TrainOptions
     p = _ArgumentParser(
@@ -538,7 +538,7 @@ def run_config(model_name: str, labels: tuple[str, ...], audio: bool, summary: s
     (stride, smoothing...) with this run's weights and labels."""
     import yaml
 
-    from .config import builtin_config, read_yaml
+    from stream.config import builtin_config, read_yaml
 
     values: dict[str, Any] = {"model": model_name}
     base = builtin_config(model_name)
@@ -579,8 +579,8 @@ def train(
 
     import models
 
-    from .clips import list_dataset  # noqa: F401  (documents the dataset format)
-    from .dataset import ClipDataset, ClipStore, split_dataset
+    from stream.train.clips import list_dataset  # noqa: F401  (documents the dataset format)
+    from stream.train.dataset import ClipDataset, ClipStore, split_dataset
 
     given = set(given if given is not None else ())
     out = opts.out_dir
@@ -1151,8 +1151,8 @@ def stopped_line(signal_name: str, kept: Kept | None, out: Path | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .proc import setup_logging
-    from .run import error_line
+    from stream.pipeline.proc import setup_logging
+    from stream.run import error_line
 
     ns = build_parser().parse_args(argv)
     if logging.getLogger().handlers:  # called from a program that set up logging itself
@@ -1186,7 +1186,3 @@ def main(argv: list[str] | None = None) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

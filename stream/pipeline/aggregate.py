@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import UserError
+from stream.errors import UserError
 
 
 class Smoother:

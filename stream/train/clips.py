@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from stream.errors import UserError
 
 #: File name suffixes `list_dataset` takes as clips (FFmpeg reads many more, but a folder
 #: also holds notes, thumbnails and partial downloads).

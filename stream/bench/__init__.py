@@ -1,0 +1,1 @@
+"""The latency benchmark, `python -m stream.bench` (stream.bench.latency)."""
