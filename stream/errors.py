@@ -28,3 +28,10 @@ class FrameLost(RingError):
 
 class EndOfStream(RingError):
     """The writer closed the ring: no more samples will come."""
+
+
+def error_line(message: object) -> str:
+    """The one line printed for a user error: control characters (a stray newline or
+    carriage return in a value) are shown escaped, so it stays one line."""
+    text = str(message)
+    return "error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

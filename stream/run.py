@@ -1,17 +1,8 @@
-"""`python -m stream.run`: start the pipeline and supervise it.
+"""`python -m stream.run`: the command that starts the pipeline.
 
-The main process owns the shared memory and supervises its children (spawned, so no
-torch state is forked):
-  capture-video   opens --camera, writes frames into the FrameRing
-  capture-audio   for models that listen: opens --mic, writes samples into the AudioRing
-  inference       builds the model and engine, cuts windows, publishes on ZeroMQ
-Start-up runs them in parallel (the camera opens while the model loads). The rings are
-made, sized from the model's span and the sources' sizes and rates, and handed out to
-the capture processes as soon as those are known when every source is live (so the
-first window fills while the engine loads), or once the engine is ready when one is a
-file (so a file starts playing when its frames can be used). A capture
-process that dies while running is restarted with backoff; its source's health goes to
-the inference process, which reports it on the status topic.
+It parses the flags and the YAML config into a checked `RunConfig` and hands it to the
+supervisor (stream/pipeline/supervisor.py), which starts the capture and inference
+processes and owns the shared memory.
 
 Exit status: 0 after SIGINT/SIGTERM, --duration or the end of a file; 2 for bad input
 (one line on stderr that names the problem and what to do); 1 when a process fails
@@ -26,60 +17,15 @@ require_pipeline("python -m stream.run")  # before the imports that need the `ru
 
 import argparse
 import logging
-import math
-import multiprocessing as mp
-import multiprocessing.connection
-import os
-import signal
 import sys
-import time
 
 from stream import config
-from stream.pipeline import malloc
-from stream.capture import audio as audio_capture
-from stream.capture import video as video_capture
-from stream.errors import UserError
-from stream.pipeline.inference import inference_main
-from stream.pipeline.proc import setup_logging, start_ignoring_sigint
-from stream.pipeline.ring import AudioRing, FrameRing, sweep_stale_segments
+from stream.errors import UserError, error_line
+from stream.pipeline.proc import setup_logging
+from stream.pipeline.ring import sweep_stale_segments
+from stream.pipeline.supervisor import Supervisor
 
 log = logging.getLogger("stream.run")
-
-#: How long children get to stop after the stop event before they are terminated; the
-#: inference process gets twice its warm-up window time on top, so that a window in
-#: progress when the stop came can finish (a slow model's takes seconds).
-STOP_GRACE_S = 1.5
-#: Ring slots beyond the model's span: a late tick, the window read itself.
-RING_MARGIN_S = 1.0
-#: Delay between handing out the rings and the first sample of paced sources, so that
-#: video and audio files start their shared timeline together.
-START_DELAY_S = 0.1
-#: Largest block an audio capture writes at once (device blocks are 16 ms).
-AUDIO_MAX_BLOCK = 8192
-#: Restart delays of a capture process that died: doubling from the first to the last;
-#: back to the first once it has run for RESTART_RESET_S.
-RESTART_BACKOFF_S = (0.5, 10.0)
-RESTART_RESET_S = 30.0
-
-
-def rings_due(*, ready: bool, model: dict | None, video: dict | None, audio: dict | None, audio_ready: bool) -> bool:
-    """Whether start-up can make the rings and start capturing into them now.
-
-    Live sources (cameras, network streams, synthetic) start as soon as the model's span
-    and the sources' formats are known, so the first window's frames arrive while the
-    engine is still loading. A file (video or sound) starts only once the engine is
-    ready, so that none of it plays to nobody."""
-    if model is None or video is None or not audio_ready:
-        return False
-    live = video.get("live", False) and (audio is None or audio.get("live", False))
-    return ready or live
-
-
-def error_line(message: object) -> str:
-    """The one line printed for a user error: control characters (a stray newline or
-    carriage return in a value) are shown escaped, so it stays one line."""
-    text = str(message)
-    return "error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -115,333 +61,87 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a = p.add_argument
     # Every default is None so that the YAML config can fill what a flag does not set.
-    a("--camera", help=f"camera index, video file, URL (http/rtsp/udp...) or 'synthetic' (default {d.camera})")
-    a("--mic", help="microphone: default, a device name or index, an audio/video file, "
-      f"synthetic (a beep every second), or none ({model_default('mic')})")
+    a(
+        "--camera",
+        help=f"camera index, video file, URL (http/rtsp/udp...) or 'synthetic' (default {d.camera})",
+    )
+    a(
+        "--mic",
+        help="microphone: default, a device name or index, an audio/video file, "
+        f"synthetic (a beep every second), or none ({model_default('mic')})",
+    )
     a("--model", help=f"model name (default {d.model}); see models.available()")
     a("--config", help="YAML file of run options (default: configs/<model>.yaml)")
-    a("--weights", help="checkpoint path, http(s) URL, kinetics400 (the model's published "
-      f"checkpoint), or none for random weights ({model_default('weights')})")
+    a(
+        "--weights",
+        help="checkpoint path, http(s) URL, kinetics400 (the model's published "
+        f"checkpoint), or none for random weights ({model_default('weights')})",
+    )
     a("--engine", choices=config.ENGINES, help=f"inference engine (default {d.engine})")
     a("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
-    a("--precision", choices=config.PRECISIONS,
-      help="auto (the default: fp16 on CUDA, bf16 on a CPU with AMX or AVX512-BF16, else fp32; "
-      "the log says which and why), fp32, fp16 or bf16")
-    a("--no-compile", dest="compile", action="store_false", default=None,
-      help="run eager PyTorch instead of compiling the model for this machine (the first "
-      "start compiles and caches under $AVSTREAM_CACHE/engines; later ones load in a second)")
+    a(
+        "--precision",
+        choices=config.PRECISIONS,
+        help="auto (the default: fp16 on CUDA, bf16 on a CPU with AMX or AVX512-BF16, else fp32; "
+        "the log says which and why), fp32, fp16 or bf16",
+    )
+    a(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        default=None,
+        help="run eager PyTorch instead of compiling the model for this machine (the first "
+        "start compiles and caches under $AVSTREAM_CACHE/engines; later ones load in a second)",
+    )
     a("--threads", type=int, help="CPU threads of the engine (default: one per core)")
-    a("--malloc", help="memory allocator of the inference process: auto (tcmalloc where installed, "
-      "which makes the CPU engine faster), tcmalloc, glibc, or the path of an allocator's .so "
-      f"(default {d.malloc})")
+    a(
+        "--malloc",
+        help="memory allocator of the inference process: auto (tcmalloc where installed, "
+        "which makes the CPU engine faster), tcmalloc, glibc, or the path of an allocator's .so "
+        f"(default {d.malloc})",
+    )
     a("--stride", type=float, help=f"seconds between windows ({model_default('stride')})")
     a("--smoothing", help=f"ema:ALPHA, mean:K or none ({model_default('smoothing')})")
     a("--topk", type=int, help=f"labels per prediction ({model_default('topk')})")
     a("--publish", help=f"ZeroMQ endpoint to bind (default {d.publish})")
-    a("--allow-remote", action="store_true", default=None, help="allow a --publish address other hosts can reach")
+    a(
+        "--allow-remote",
+        action="store_true",
+        default=None,
+        help="allow a --publish address other hosts can reach",
+    )
     a("--stream-id", help=f"name of this stream in topics and messages (default {d.stream_id})")
-    a("--duration", type=float, help="seconds of running, after start-up: counted from the "
-      "'running' log line, so loading and compiling the model do not count (default: run until "
-      "Ctrl-C)")
-    a("--loop", action="store_true", default=None, help="repeat a video file instead of stopping at its end")
-    a("--preview", action="store_true", default=None, help="show the frames and the current top-k in a window")
+    a(
+        "--duration",
+        type=float,
+        help="seconds of running, after start-up: counted from the "
+        "'running' log line, so loading and compiling the model do not count (default: run until "
+        "Ctrl-C)",
+    )
+    a(
+        "--loop",
+        action="store_true",
+        default=None,
+        help="repeat a video file instead of stopping at its end",
+    )
+    a(
+        "--preview",
+        action="store_true",
+        default=None,
+        help="show the frames and the current top-k in a window",
+    )
     a("--size", help="capture size WIDTHxHEIGHT for cameras and synthetic (e.g. 640x480)")
     a("--fps", type=float, help="capture rate for cameras and synthetic")
     a("--log-level", choices=config.LOG_LEVELS, help=f"default {d.log_level}")
-    a("--curve-secret-key", help="encrypt with ZeroMQ CURVE: the server's *.key_secret (python -m stream.keys)")
-    a("--curve-clients", help="with --curve-secret-key: folder of the public keys of the clients allowed in")
+    a(
+        "--curve-secret-key",
+        help="encrypt with ZeroMQ CURVE: the server's *.key_secret (python -m stream.keys)",
+    )
+    a(
+        "--curve-clients",
+        help="with --curve-secret-key: folder of the public keys of the clients allowed in",
+    )
     return p
-
-
-def ring_slots(span_s: float, fps: float) -> int:
-    """Slots for the model's span plus a margin, at the source's frame rate."""
-    return max(16, math.ceil((span_s + RING_MARGIN_S) * fps) + 4)
-
-
-def check_shm_space(nbytes: int) -> None:
-    try:
-        st = os.statvfs("/dev/shm")
-    except OSError:
-        return  # not Linux: the OS decides
-    free = st.f_bavail * st.f_frsize
-    if nbytes > free:
-        raise UserError(
-            f"the frame ring needs {nbytes / 2**20:.0f} MiB of shared memory but /dev/shm has "
-            f"{free / 2**20:.0f} MiB free: capture smaller frames with --size, or enlarge /dev/shm"
-        )
-
-
-class Supervisor:
-    def __init__(self, cfg: config.RunConfig):
-        self.cfg = cfg
-        self.ctx = mp.get_context("spawn")
-        self.stop = self.ctx.Event()
-        self.signalled: str | None = None
-        self.ring: FrameRing | None = None
-        self.audio_ring: AudioRing | None = None
-        self.running = False  # past start-up: children get a grace period to stop
-        self.stop_grace_s = STOP_GRACE_S
-        self.children: dict[str, mp.process.BaseProcess] = {}
-        self.conns: dict[str, mp.connection.Connection] = {}
-        # supervision of the capture processes
-        self.specs: dict[str, tuple] = {}  # name -> (target, args), to start it again
-        self.started_at: dict[str, float] = {}
-        self.restarts: dict[str, int] = {}
-        self.backoff: dict[str, float] = {}
-        self.restart_due: dict[str, float] = {}
-
-    # -- signals ---------------------------------------------------------------------
-
-    def _on_signal(self, signum, frame) -> None:
-        self.signalled = signal.Signals(signum).name
-
-    # -- life cycle --------------------------------------------------------------------
-
-    def run(self) -> int:
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
-            self._start_children()
-            return self._supervise()
-        except UserError as exc:
-            print(error_line(exc), file=sys.stderr, flush=True)
-            return 2
-        finally:
-            self._shutdown()
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-    def _start_children(self) -> None:
-        cfg = self.cfg
-        self._start_child(
-            "capture-video", video_capture.capture_main,
-            (cfg.camera, config.parse_size(cfg.size), cfg.fps, cfg.loop, cfg.log_level, os.getpid()),
-        )
-        with malloc.preloaded(cfg.malloc):  # only the engine's process gains from it
-            self._start_child("inference", inference_main, (cfg, os.getpid()))
-
-    def _start_child(self, name: str, target, args: tuple) -> None:
-        parent_end, child_end = self.ctx.Pipe()
-        proc = self.ctx.Process(target=target, args=(*args, child_end, self.stop), name=name)
-        start_ignoring_sigint(proc)
-        child_end.close()
-        self.children[name] = proc
-        self.conns[name] = parent_end
-        self.specs[name] = (target, args)
-        self.started_at[name] = time.monotonic()
-
-    def _recv(self, timeout: float) -> tuple[str, str, object] | None:
-        """Next message from any child as (child, kind, payload); a dead child is ('x', 'died', code)."""
-        waitables = {c: n for n, c in self.conns.items()}
-        waitables.update({p.sentinel: n for n, p in self.children.items()})
-        for ready in mp.connection.wait(list(waitables), timeout):
-            name = waitables[ready]
-            conn = self.conns[name]
-            if ready is conn or conn.poll():
-                try:
-                    kind, payload = conn.recv()
-                    return name, kind, payload
-                except (EOFError, OSError):
-                    pass
-            proc = self.children[name]
-            proc.join(0.2)
-            return name, "died", proc.exitcode
-        return None
-
-    # -- supervision -------------------------------------------------------------------
-
-    def _capture_down(self, name: str, reason: str) -> None:
-        """A capture process died or lost its source: restart it later, with backoff."""
-        proc = self.children.pop(name)
-        self.conns.pop(name).close()
-        proc.join(0.5)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(0.5)
-        ran = time.monotonic() - self.started_at[name]
-        first, last = RESTART_BACKOFF_S
-        delay = first if ran >= RESTART_RESET_S else min(last, 2 * self.backoff.get(name, first / 2))
-        self.backoff[name] = delay
-        self.restarts[name] = self.restarts.get(name, 0) + 1
-        self.restart_due[name] = time.monotonic() + delay
-        log.warning("%s stopped (%s): restart %d in %.1f s", name, reason, self.restarts[name], delay)
-        self._tell_inference(name, "down", str(reason))
-
-    def _restart_due_captures(self) -> None:
-        now = time.monotonic()
-        for name, due in list(self.restart_due.items()):
-            if now >= due:
-                del self.restart_due[name]
-                self._start_child(name, *self.specs[name])
-
-    def _tell_inference(self, name: str, state: str, reason: str | None) -> None:
-        """Source health for the status topic (and for marking predictions degraded)."""
-        try:
-            proc = self.children.get(name)
-            self.conns["inference"].send((
-                "source",
-                {"name": name, "state": state, "reason": reason, "restarts": self.restarts.get(name, 0),
-                 "pid": proc.pid if proc is not None else None},
-            ))
-        except (OSError, KeyError):
-            pass
-
-    def _start_audio(self, model: dict) -> None:
-        """Start the audio capture once the model is known to listen."""
-        cfg = self.cfg
-        if model["audio"] is None:
-            return
-        if audio_capture.describe(cfg.mic) == "none":
-            raise UserError(
-                f"{model['name']} listens as well as watches but --mic is none: pass --mic default, "
-                "a device name or index, an audio/video file, or synthetic"
-            )
-        self._start_child(
-            "capture-audio", audio_capture.capture_main,
-            (cfg.mic, model["audio"]["rate"], cfg.loop, cfg.log_level, os.getpid()),
-        )
-
-    def _make_rings(self, video: dict, model: dict, audio: dict | None) -> None:
-        slots = ring_slots(model["span_s"], video["fps"])
-        nbytes = FrameRing.nbytes(slots, video["height"], video["width"])
-        capacity = 0
-        if audio is not None:
-            seconds = model["audio"]["span_s"] + model["span_s"] + self.cfg.stride + 2 * RING_MARGIN_S
-            capacity = max(8 * AUDIO_MAX_BLOCK, math.ceil(seconds * audio["rate"]))
-        check_shm_space(nbytes + 4 * capacity)
-        self.ring = FrameRing.create(slots, video["height"], video["width"])
-        if audio is not None:
-            self.audio_ring = AudioRing.create(capacity, audio["rate"], max_block=AUDIO_MAX_BLOCK)
-        # One timeline for paced sources (files): picture and sound start together.
-        start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
-        self.conns["capture-video"].send(("ring", {"name": self.ring.name, "start_ns": start_ns}))
-        if self.audio_ring is not None:
-            self.conns["capture-audio"].send(("ring", {"name": self.audio_ring.name, "start_ns": start_ns}))
-
-    def _fail_on(self, name: str, kind: str, payload) -> None:
-        if kind == "error":
-            raise UserError(str(payload))
-        if kind in ("crash", "failed"):
-            raise _RunFailed(str(payload))
-        if kind == "died":
-            raise _RunFailed(f"the {name} process exited unexpectedly (exit code {payload})")
-
-    def _supervise(self) -> int:
-        cfg = self.cfg
-        video: dict | None = None
-        model: dict | None = None
-        audio: dict | None = None
-        ready = False
-        try:
-            # -- start-up: the children report; then the rings are made and handed out.
-            while not (ready and self.ring is not None):
-                if self.signalled:
-                    return 0
-                msg = self._recv(0.1)
-                if msg is None:
-                    continue
-                name, kind, payload = msg
-                if kind == "opened" and name == "capture-video":
-                    video = payload
-                    log.info(
-                        "video: %s %dx%d at %.1f fps%s", video["kind"], video["width"], video["height"],
-                        video["fps"], " (paced)" if video["paced"] else "",
-                    )
-                elif kind == "opened" and name == "capture-audio":
-                    audio = payload
-                    log.info("audio: %s %r at %d Hz", audio["kind"], audio["description"], audio["rate"])
-                elif kind == "model":
-                    model = payload
-                    self._start_audio(model)
-                elif kind == "ready":
-                    ready = True
-                    self.stop_grace_s = STOP_GRACE_S + 2 * float(payload.get("window_s", 0.0))
-                else:
-                    self._fail_on(name, kind, payload)
-                audio_ready = audio is not None or "capture-audio" not in self.children
-                if self.ring is None and rings_due(ready=ready, model=model, video=video, audio=audio,
-                                                   audio_ready=audio_ready):
-                    self._make_rings(video, model, audio)
-            self.conns["inference"].send((
-                "ring",
-                {
-                    "name": self.ring.name, "fps": video["fps"], "video_kind": video["kind"],
-                    "audio": None if self.audio_ring is None else {"name": self.audio_ring.name, "kind": audio["kind"]},
-                    "processes": {"main": os.getpid(), **{
-                        n: p.pid for n, p in self.children.items() if n != "inference"
-                    }},
-                },
-            ))
-            self.running = True
-            log.info(
-                "running: publishing on %s (pred.%s, status.%s); %s",
-                cfg.publish, cfg.stream_id, cfg.stream_id,
-                "until Ctrl-C" if cfg.duration is None else f"stopping after {cfg.duration:g} s",
-            )
-            # -- running
-            deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
-            while True:
-                if self.signalled:
-                    log.info("%s: stopping", self.signalled)
-                    return 0
-                if self.stop.is_set():  # e.g. the preview window was closed
-                    return 0
-                if deadline is not None and time.monotonic() >= deadline:
-                    log.info("--duration reached: stopping")
-                    return 0
-                self._restart_due_captures()
-                msg = self._recv(0.1)
-                if msg is None:
-                    continue
-                name, kind, payload = msg
-                if name == "inference":
-                    self._fail_on(name, kind, payload)
-                elif kind == "eof" and name == "capture-audio":
-                    log.info("end of the audio of %s", cfg.mic)
-                elif kind == "eof":
-                    log.info("end of %s after %d frames: stopping", cfg.camera, payload["frames"])
-                    time.sleep(min(1.0, cfg.stride * 2))  # let the last windows publish
-                    return 0
-                elif kind == "opened":  # a restarted capture is back
-                    ring = self.ring if name == "capture-video" else self.audio_ring
-                    start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
-                    self.conns[name].send(("ring", {"name": ring.name, "start_ns": start_ns}))
-                    log.info("%s is back after restart %d", name, self.restarts[name])
-                    self._tell_inference(name, "up", None)
-                elif kind in ("error", "failed", "died", "crash"):
-                    self._capture_down(name, payload if kind != "died" else f"exit code {payload}")
-        except _RunFailed as exc:
-            print(error_line(exc), file=sys.stderr, flush=True)
-            return 1
-
-    def _shutdown(self) -> None:
-        self.stop.set()
-        # A child still starting (importing torch, loading weights) has nothing to save:
-        # after a failed start-up it is terminated at once.
-        grace = self.stop_grace_s if self.running else 0.2
-        deadline = time.monotonic() + grace
-        for proc in self.children.values():
-            proc.join(max(0.0, deadline - time.monotonic()))
-        for proc in self.children.values():
-            if proc.is_alive():
-                if self.running:
-                    log.warning("%s did not stop in %.1f s: terminating it", proc.name, grace)
-                proc.terminate()
-                proc.join(0.3)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(0.3)
-        for conn in self.conns.values():
-            conn.close()
-        for ring in (self.ring, self.audio_ring):
-            if ring is not None:
-                ring.close()  # the owner unlinks
-        self.ring = self.audio_ring = None
-
-
-class _RunFailed(Exception):
-    """A failure while running (not the user's input): exit status 1."""
 
 
 def parse_config(argv: list[str] | None = None) -> config.RunConfig:

@@ -189,7 +189,7 @@ def test_stopping_while_the_engine_compiles_leaves_nothing_behind(run_stream, tm
 def test_live_sources_fill_the_first_window_while_the_engine_loads():
     """The rings (and capture into them) start before the engine is ready when every
     source is live; a file waits for the engine, so that none of it plays to nobody."""
-    from stream.run import rings_due
+    from stream.pipeline.supervisor import rings_due
 
     model = {"name": "x3d_xs", "span_s": 1.2, "audio": None}
     camera, file = {"kind": "camera", "live": True}, {"kind": "file", "live": False}

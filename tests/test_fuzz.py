@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from conftest import REPO, shm_segments
 from stream import config
 from stream import run
-from stream.errors import UserError
+from stream.errors import UserError, error_line
 
 FLAGS = [
     "--camera", "--mic", "--model", "--config", "--weights", "--engine", "--device", "--precision", "--stride",
@@ -38,7 +38,7 @@ def _check_one_line(call) -> None:
         with contextlib.redirect_stderr(err):
             call()
     except UserError as exc:
-        line = run.error_line(exc)  # what the CLI prints
+        line = error_line(exc)  # what the CLI prints
         assert len(line) > len("error: ") and "\n" not in line and "\r" not in line
     except SystemExit as exc:  # argparse
         assert exc.code == 2

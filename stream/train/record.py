@@ -46,19 +46,18 @@ import numpy as np
 from stream import config
 from stream.capture import audio as audio_capture
 from stream.capture import video as video_capture
-from stream.errors import EndOfStream, UserError
+from stream.errors import EndOfStream, UserError, error_line
 from stream.pipeline.proc import setup_logging
 from stream.pipeline.ring import AudioRing, FrameRing, sweep_stale_segments
-from stream.run import (
+from stream.pipeline.supervisor import (
     AUDIO_MAX_BLOCK,
     RING_MARGIN_S,
     START_DELAY_S,
     Supervisor,
-    _ArgumentParser,
     check_shm_space,
-    error_line,
     ring_slots,
 )
+from stream.run import _ArgumentParser
 from stream.pipeline.window import AudioSampler
 
 log = logging.getLogger("stream.record")

@@ -1152,7 +1152,7 @@ def stopped_line(signal_name: str, kept: Kept | None, out: Path | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from stream.pipeline.proc import setup_logging
-    from stream.run import error_line
+    from stream.errors import error_line
 
     ns = build_parser().parse_args(argv)
     if logging.getLogger().handlers:  # called from a program that set up logging itself
