@@ -19,29 +19,43 @@ when the engine is compiled, the verdict cached with it); fp32 on other CPUs; lo
 and why. engines/precision.py
 `engines.tensorrt_ops` checks without torch-tensorrt that a model exports and uses only
 operators torch-tensorrt converts. Optional backends are imported lazily inside their
-module, so a CPU-only machine imports everything else.
+module, so a CPU-only machine imports everything else. Importing this package does not
+import torch (that waits for the first engine): `engines.names`, the names `--engine` and
+`--precision` take, is read by the parent process of stream.run, which never needs torch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
-import torch
+from .names import BACKENDS, PRECISIONS
 
-from . import precision as _precision
-from .base import Engine, EngineError
+if TYPE_CHECKING:
+    import torch
+
+    from .base import Engine
 
 __all__ = ["BACKENDS", "PRECISIONS", "Engine", "EngineError", "create", "pick_backend"]
-
-BACKENDS = ("auto", "torch", "tensorrt")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 log = logging.getLogger(__name__)
 
 
+def __getattr__(name: str):
+    # Engine and EngineError live beside torch (engines/base.py): loaded when first asked
+    # for, so that importing the package (and engines.names) needs no torch.
+    if name in ("Engine", "EngineError"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def pick_backend(device: str | None = None, precision: str | None = None) -> tuple[str, str]:
     """(backend, reason) for `--engine auto`."""
+    import torch
+
     try:
         kind = torch.device(device).type if device is not None else None
     except RuntimeError:  # not a device: the torch engine says so in its own words
@@ -87,6 +101,9 @@ def create(
     cache_dir: where compiled engines are kept (default `$AVSTREAM_CACHE/engines`).
     tolerance: the tensorrt backend's largest relative error against PyTorch.
     """
+    from . import precision as _precision
+    from .base import EngineError
+
     auto = precision in (None, _precision.AUTO)
     if auto:
         # The tensorrt engine runs on CUDA only: its auto precision is CUDA's on any machine

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from engines.names import BACKENDS, PRECISIONS
 from stream.pipeline import malloc
 from stream.transport import wire
 from stream.pipeline.aggregate import Smoother
@@ -91,8 +92,8 @@ class RunConfig:
                 raise UserError("labels name a class more than once: give each class its own name")
             if self.num_classes is not None and self.num_classes != len(self.labels):
                 raise UserError(f"{len(self.labels)} labels for num_classes {self.num_classes}: give one name per class")
-        if self.engine not in ENGINES:
-            raise UserError(f"--engine {self.engine!r} is not known: use one of {', '.join(ENGINES)}")
+        if self.engine not in BACKENDS:
+            raise UserError(f"--engine {self.engine!r} is not known: use one of {', '.join(BACKENDS)}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision {self.precision!r} is not known: use one of {', '.join(PRECISIONS)}")
         try:
@@ -130,8 +131,6 @@ class RunConfig:
         return self
 
 
-ENGINES = ("auto", "torch", "tensorrt")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name != "origins"}

@@ -19,6 +19,7 @@ import argparse
 import logging
 import sys
 
+from engines.names import BACKENDS, PRECISIONS
 from stream import config
 from stream.errors import UserError, error_line
 from stream.pipeline.proc import setup_logging
@@ -77,11 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint path, http(s) URL, kinetics400 (the model's published "
         f"checkpoint), or none for random weights ({model_default('weights')})",
     )
-    a("--engine", choices=config.ENGINES, help=f"inference engine (default {d.engine})")
+    a("--engine", choices=BACKENDS, help=f"inference engine (default {d.engine})")
     a("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     a(
         "--precision",
-        choices=config.PRECISIONS,
+        choices=PRECISIONS,
         help="auto (the default: fp16 on CUDA, bf16 on a CPU with AMX or AVX512-BF16, else fp32; "
         "the log says which and why), fp32, fp16 or bf16",
     )
