@@ -15,6 +15,7 @@ import pytest
 
 import models
 from conftest import AV_CLIP_EVENT_S, REPO, shm_segments
+from stream.control import AudioEnded, AudioOpened, BadInput, VideoEnded, VideoOpened, WriteRing
 from stream.errors import FrameLost
 from stream.pipeline.preprocess import LogMel
 from stream.pipeline.ring import AudioRing, FrameRing
@@ -135,13 +136,13 @@ def _start_audio_capture(spec: str, loop: bool = False):
 
 
 def test_real_sounddevice_path_over_alsa_file_device(alsa_file_mic):
-    proc, conn, stop, (kind, info) = _start_audio_capture(alsa_file_mic)
-    assert kind == "opened", info
-    assert info["kind"] == "device" and info["rate"] == RATE
+    proc, conn, stop, info = _start_audio_capture(alsa_file_mic)
+    assert isinstance(info, AudioOpened), info
+    assert info.kind == "device" and info.rate == RATE
     ring = AudioRing.create(RATE * 8, RATE, max_block=8192)
     try:
         t_start = time.monotonic_ns()
-        conn.send(("ring", {"name": ring.name, "start_ns": t_start}))
+        conn.send(WriteRing(ring.name, t_start))
         time.sleep(2.0)
         count, _, _ = ring.clock()
         elapsed = (time.monotonic_ns() - t_start) / 1e9
@@ -160,22 +161,22 @@ def test_real_sounddevice_path_over_alsa_file_device(alsa_file_mic):
 
 
 def test_unknown_microphone_lists_devices(alsa_file_mic):
-    proc, conn, stop, (kind, message) = _start_audio_capture("no such mic")
+    proc, conn, stop, message = _start_audio_capture("no such mic")
     proc.join(10)
-    assert kind == "error"
-    assert "'no such mic' not found" in message and "testmic" in message
+    assert isinstance(message, BadInput)
+    assert "'no such mic' not found" in message.line and "testmic" in message.line
 
 
 def test_audio_file_without_audio_track(video_file):
-    proc, conn, stop, (kind, message) = _start_audio_capture(str(video_file))
+    proc, conn, stop, message = _start_audio_capture(str(video_file))
     proc.join(10)
-    assert kind == "error" and "has no audio track" in message
+    assert isinstance(message, BadInput) and "has no audio track" in message.line
 
 
 def test_missing_audio_file():
-    proc, conn, stop, (kind, message) = _start_audio_capture("no/such/sound.wav")
+    proc, conn, stop, message = _start_audio_capture("no/such/sound.wav")
     proc.join(10)
-    assert kind == "error" and "does not exist" in message
+    assert isinstance(message, BadInput) and "does not exist" in message.line
 
 
 def test_video_and_audio_of_one_file_play_in_sync(av_clip):
@@ -188,19 +189,19 @@ def test_video_and_audio_of_one_file_play_in_sync(av_clip):
     vparent, vchild = ctx.Pipe()
     vproc = ctx.Process(target=video_main, args=(str(av_clip), None, None, False, "warning", os.getpid(), vchild, vstop))
     vproc.start()
-    aproc, aconn, astop, (akind, ainfo) = _start_audio_capture(str(av_clip))
-    assert akind == "opened", ainfo
+    aproc, aconn, astop, ainfo = _start_audio_capture(str(av_clip))
+    assert isinstance(ainfo, AudioOpened), ainfo
     assert vparent.poll(30)
-    vkind, vinfo = vparent.recv()
-    assert vkind == "opened", vinfo
-    frames = FrameRing.create(200, vinfo["height"], vinfo["width"])
+    vinfo = vparent.recv()
+    assert isinstance(vinfo, VideoOpened), vinfo
+    frames = FrameRing.create(200, vinfo.height, vinfo.width)
     audio = AudioRing.create(RATE * 6, RATE, max_block=8192)
     try:
         start_ns = time.monotonic_ns() + 100_000_000
-        vparent.send(("ring", {"name": frames.name, "start_ns": start_ns}))
-        aconn.send(("ring", {"name": audio.name, "start_ns": start_ns}))
-        assert vparent.poll(15) and vparent.recv()[0] == "eof"
-        assert aconn.poll(15) and aconn.recv()[0] == "eof"
+        vparent.send(WriteRing(frames.name, start_ns))
+        aconn.send(WriteRing(audio.name, start_ns))
+        assert vparent.poll(15) and isinstance(vparent.recv(), VideoEnded)
+        assert aconn.poll(15) and isinstance(aconn.recv(), AudioEnded)
         seqs, times = frames.snapshot()
         brightness = [frames.read(int(s))[0].mean() for s in seqs]
         t_flash = int(times[int(np.argmax(brightness))])
@@ -264,14 +265,14 @@ def _damaged_tone(path, bad=DAMAGED_PACKETS):
 def _play_file(spec: str, *, loop: bool = False, seconds: float | None = None):
     """Plays `spec` through the audio capture process into a real AudioRing; returns the
     samples and the capture's exit code. Without `seconds`, until the end of the file."""
-    proc, conn, stop, (kind, info) = _start_audio_capture(spec, loop)
-    assert kind == "opened", info
+    proc, conn, stop, info = _start_audio_capture(spec, loop)
+    assert isinstance(info, AudioOpened), info
     ring = AudioRing.create(RATE * 8, RATE, max_block=8192)
     try:
-        conn.send(("ring", {"name": ring.name, "start_ns": time.monotonic_ns()}))
+        conn.send(WriteRing(ring.name, time.monotonic_ns()))
         if seconds is None:
             assert conn.poll(60), "no end of the file"
-            assert conn.recv()[0] == "eof"
+            assert isinstance(conn.recv(), AudioEnded)
         else:
             deadline = time.monotonic() + 60
             while ring.clock()[0] < seconds * RATE:
@@ -337,9 +338,10 @@ def test_damaged_file_loops_with_its_timeline(tmp_path):
 
 def test_audio_track_of_which_nothing_decodes(tmp_path):
     path = _damaged_tone(tmp_path / "garbage.mkv", bad=range(1000))
-    proc, conn, stop, (kind, message) = _start_audio_capture(str(path))
+    proc, conn, stop, message = _start_audio_capture(str(path))
     proc.join(10)
-    assert kind == "error", message
+    assert isinstance(message, BadInput), message
+    message = message.line
     expected = (
         f"the audio track of '{re.escape(str(path))}' cannot be decoded "
         r"\(none of its 4[6-8] packets decode: [^)]+\): "
@@ -361,10 +363,9 @@ def test_megamind_sample_clip_is_heard():
 
 
 def test_folder_as_mic(tmp_path):
-    proc, conn, stop, (kind, message) = _start_audio_capture(str(tmp_path))
+    proc, conn, stop, message = _start_audio_capture(str(tmp_path))
     proc.join(10)
-    assert kind == "error"
-    assert message == (
+    assert message == BadInput(
         f"--mic '{tmp_path}' is a folder: pass an audio or video file, a microphone name or index, "
         "synthetic, or none"
     )
@@ -397,9 +398,9 @@ NO_MIC = (
 def test_no_microphone_suggests_what_to_pass(tmp_path, monkeypatch):
     for name, value in _no_sound_home(tmp_path).items():
         monkeypatch.setenv(name, value)
-    proc, conn, stop, (kind, message) = _start_audio_capture("default")
+    proc, conn, stop, message = _start_audio_capture("default")
     proc.join(10)
-    assert (kind, message) == ("error", NO_MIC)
+    assert message == BadInput(NO_MIC)
 
 
 def _run_cli_with_mic(mic: str, env: dict | None = None) -> str:

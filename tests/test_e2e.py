@@ -189,11 +189,14 @@ def test_stopping_while_the_engine_compiles_leaves_nothing_behind(run_stream, tm
 def test_live_sources_fill_the_first_window_while_the_engine_loads():
     """The rings (and capture into them) start before the engine is ready when every
     source is live; a file waits for the engine, so that none of it plays to nobody."""
+    from stream.control import AudioOpened, ModelBuilt, VideoOpened
     from stream.pipeline.supervisor import rings_due
 
-    model = {"name": "x3d_xs", "span_s": 1.2, "audio": None}
-    camera, file = {"kind": "camera", "live": True}, {"kind": "file", "live": False}
-    mic, sound_file = {"kind": "device", "live": True}, {"kind": "file", "live": False}
+    model = ModelBuilt(name="x3d_xs", span_s=1.2, audio=None)
+    camera = VideoOpened(kind="camera", width=640, height=480, fps=30.0, paced=False, live=True)
+    file = VideoOpened(kind="file", width=640, height=480, fps=30.0, paced=True, live=False)
+    mic = AudioOpened(kind="device", rate=16000, live=True, description="default")
+    sound_file = AudioOpened(kind="file", rate=16000, live=False, description="clip.wav")
     assert rings_due(ready=False, model=model, video=camera, audio=None, audio_ready=True)
     assert rings_due(ready=False, model=model, video=camera, audio=mic, audio_ready=True)
     assert not rings_due(ready=False, model=model, video=file, audio=None, audio_ready=True)

@@ -53,6 +53,7 @@ import time
 
 import numpy as np
 
+from stream import control
 from stream.pipeline import malloc
 from stream.pipeline.proc import start_ignoring_sigint
 from stream.transport.subscribe import Subscriber
@@ -626,9 +627,9 @@ def _time_engine(
 
 def _child(conn, fn, args) -> None:
     try:
-        conn.send(("row", fn(*args)))
+        conn.send(control.BenchRow(fn(*args)))
     except BaseException as exc:  # noqa: BLE001 (sent to the parent, which raises it)
-        conn.send(("exception", f"{type(exc).__name__}: {exc}"))
+        conn.send(control.Crash(f"{type(exc).__name__}: {exc}"))
 
 
 def _in_child(ctx, fn, args: tuple, check_stop):
@@ -642,10 +643,13 @@ def _in_child(ctx, fn, args: tuple, check_stop):
             check_stop()
             if not proc.is_alive() and not parent.poll():
                 raise RuntimeError(f"the engine's process exited (exit code {proc.exitcode})")
-        kind, value = parent.recv()
-        if kind == "exception":
-            raise RuntimeError(value)
-        return value
+        match control.receive(parent, "stream.bench"):
+            case control.BenchRow(row):
+                return row
+            case control.Crash(line):
+                raise RuntimeError(line)
+            case other:
+                control.unexpected(other, "stream.bench")
     finally:
         parent.close()
         if proc.is_alive():

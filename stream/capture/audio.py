@@ -14,7 +14,8 @@ Time: a device block is stamped from PortAudio's ADC time of its first sample
 timeline, which starts at the `start_ns` the parent hands out, shared with the video
 capture, so `--camera clip.mp4 --mic clip.mp4` plays picture and sound in sync.
 
-Protocol with the parent: as the video capture (see stream/capture/video.py).
+The capture process talks to its parent with the messages of stream/control.py
+(AudioOpened or BadInput, then WriteRing, then AudioEnded or SourceFailed).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stream import control
 from stream.errors import SourceError, UserError
 
 BLOCK_S = 0.016  # one block per log-mel hop: 16 ms
@@ -57,8 +59,10 @@ class AudioSource:
     live = True
     rate: int  # the rate samples reach the ring at (the model's)
 
-    def info(self) -> dict:
-        return {"kind": self.kind, "rate": self.rate, "live": self.live, "description": self.description}
+    def info(self) -> control.AudioOpened:
+        return control.AudioOpened(
+            kind=self.kind, rate=self.rate, live=self.live, description=self.description
+        )
 
     def start(self, ring, start_ns: int) -> None:
         raise NotImplementedError
@@ -498,31 +502,33 @@ def capture_main(spec: str, rate: int, loop: bool, log_level: str, parent_pid: i
     try:
         source = open_source(spec, rate, loop=loop)
     except UserError as exc:
-        conn.send(("error", str(exc)))
+        conn.send(control.BadInput(str(exc)))
         return
-    conn.send(("opened", source.info()))
-    payload = None
-    while payload is None:
+    conn.send(source.info())
+    ring_msg = None
+    while ring_msg is None:
         if stop.is_set() or not parent_alive():
             source.close()
             return
         if conn.poll(0.05):
-            kind, payload = conn.recv()
-            if kind != "ring":
-                payload = None
-    ring = AudioRing.attach(payload["name"])
+            match control.receive(conn, "the audio capture"):
+                case control.WriteRing() as ring_msg:
+                    pass
+                case other:
+                    control.unexpected(other, "the audio capture")
+    ring = AudioRing.attach(ring_msg.name)
     code = 0
     try:
-        source.start(ring, payload["start_ns"])
+        source.start(ring, ring_msg.start_ns)
         while not stop.wait(0.05) and parent_alive():
             failure = source.failure()
             if failure:
-                conn.send(("failed", failure))
+                conn.send(control.SourceFailed(failure))
                 code = 1
                 break
             if source.finished():
                 ring.close_writer()
-                conn.send(("eof", {"samples": ring.clock()[0]}))
+                conn.send(control.AudioEnded(ring.clock()[0]))
                 break
     finally:
         source.close()

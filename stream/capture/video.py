@@ -8,11 +8,9 @@ Every frame is stamped with `time.monotonic_ns()` right after `grab()` (before t
 decode in `retrieve()`), the closest point to the hardware that OpenCV exposes.
 Cameras are asked for a one-frame buffer so that the frames we get are fresh.
 
-The capture process talks to its parent over a pipe:
-  child → parent  ("opened", info) | ("error", message)      once, at start-up
-  parent → child  ("ring", name)                              where to write
-  child → parent  ("eof", info) | ("failed", message)        when the source ends / breaks
-and exits when the parent sets the stop event or goes away.
+The capture process talks to its parent over a pipe with the messages of stream/control.py
+(VideoOpened or BadInput, then WriteRing, then VideoEnded or SourceFailed), and exits
+when the parent sets the stop event or goes away.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stream import control
 from stream.errors import SourceError, UserError
 
 URL_SCHEMES = ("http://", "https://", "rtsp://", "rtsps://", "rtp://", "udp://", "tcp://", "rtmp://")
@@ -65,11 +64,11 @@ class VideoSource:
     def close(self) -> None:
         pass
 
-    def info(self) -> dict:
-        return {
-            "kind": self.kind, "width": self.width, "height": self.height, "fps": self.fps,
-            "paced": self.paced, "live": self.live,
-        }
+    def info(self) -> control.VideoOpened:
+        return control.VideoOpened(
+            kind=self.kind, width=self.width, height=self.height, fps=self.fps,
+            paced=self.paced, live=self.live,
+        )
 
 
 class _PacedClock:
@@ -286,22 +285,24 @@ def capture_main(
     try:
         source = open_source(spec, size=size, fps=fps, loop=loop)
     except UserError as exc:
-        conn.send(("error", str(exc)))
+        conn.send(control.BadInput(str(exc)))
         return
-    conn.send(("opened", source.info()))
+    conn.send(source.info())
     ring_msg = None
     while ring_msg is None:  # while the model loads: keep a live source fresh
         if stop.is_set() or not parent_alive():
             source.close()
             return
         if conn.poll(0.01):
-            kind, payload = conn.recv()
-            if kind == "ring":
-                ring_msg = payload
+            match control.receive(conn, "the video capture"):
+                case control.WriteRing() as ring_msg:
+                    pass
+                case other:
+                    control.unexpected(other, "the video capture")
         elif source.live:
             source.skip()
-    ring = FrameRing.attach(ring_msg["name"])
-    source.start(ring_msg["start_ns"])
+    ring = FrameRing.attach(ring_msg.name)
+    source.start(ring_msg.start_ns)
     resize = (source.height, source.width) != ring.shape[:2]  # a restart at another size
     if resize:
         import cv2
@@ -321,11 +322,13 @@ def capture_main(
                 frames += 1
                 continue
             if source.live:
-                conn.send(("failed", f"{source.kind} {spec} stopped delivering frames after {frames}"))
+                conn.send(
+                    control.SourceFailed(f"{source.kind} {spec} stopped delivering frames after {frames}")
+                )
                 code = 1
             else:
                 ring.close_writer()
-                conn.send(("eof", {"frames": frames}))
+                conn.send(control.VideoEnded(frames))
             break
     finally:
         ring.close()

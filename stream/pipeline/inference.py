@@ -1,13 +1,8 @@
 """The inference process: scheduler tick → window → preprocess → engine → smooth → publish.
 
-Start-up, over the pipe to the parent:
-  child → parent  ("model", info)   the model is built; info has its span and audio
-                                    needs (the parent sizes the rings from them)
-  child → parent  ("ready", info)   publisher bound, engine built and warmed up; info has
-                                    the warm-up window's seconds (the parent's stop grace)
-  parent → child  ("ring", info)    the rings to read
-  child → parent  ("error", line)   a user error at start-up (the run ends, exit 2)
-A heartbeat thread publishes `status.<stream-id>` twice a second from the moment the
+Start-up and source health go over the pipe to the parent, with the messages of
+stream/control.py (ModelBuilt, EngineReady, then ReadRings; SourceHealth while running;
+BadInput or Crash when it fails). A heartbeat thread publishes `status.<stream-id>` twice a second from the moment the
 publisher is bound, also while the model loads and while a slow window runs.
 
 Ticks are aligned to frames: when a tick is due, the loop waits for the next frame to
@@ -30,6 +25,7 @@ from collections import deque
 
 import numpy as np
 
+from stream import control
 from stream.pipeline import malloc
 from stream.transport import wire
 from stream.pipeline.aggregate import softmax, top_k
@@ -118,13 +114,13 @@ class _Stats:
         # capture process name -> {"state": "up" | "down", "restarts", "last_failure"} (from the parent)
         self.capture: dict[str, dict] = {}
 
-    def source_event(self, info: dict) -> None:
-        c = self.capture.setdefault(info["name"], {"last_failure": None})
-        c.update(state=info["state"], restarts=info["restarts"])
-        if info["reason"]:
-            c["last_failure"] = info["reason"]
-        if info["pid"] is not None:
-            self.processes = {**self.processes, info["name"]: info["pid"]}
+    def source_event(self, health: control.SourceHealth) -> None:
+        c = self.capture.setdefault(health.name, {"last_failure": None})
+        c.update(state=health.state, restarts=health.restarts)
+        if health.reason:
+            c["last_failure"] = health.reason
+        if health.pid is not None:
+            self.processes = {**self.processes, health.name: health.pid}
 
     def _capture(self, name: str) -> dict:
         c = self.capture.get(name, {})
@@ -209,10 +205,10 @@ def inference_main(cfg, parent_pid: int, conn, stop) -> None:
         if loop.start():
             loop.run()
     except UserError as exc:
-        conn.send(("error", str(exc)))
+        conn.send(control.BadInput(str(exc)))
     except Exception as exc:  # a bug: say so in one line, keep the traceback in the log
         log.exception("inference failed")
-        conn.send(("crash", f"inference process failed: {type(exc).__name__}: {exc}"))
+        conn.send(control.Crash(f"inference process failed: {type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None
     finally:
         if loop is not None:
@@ -277,10 +273,9 @@ class InferenceLoop:
         meta = self.meta = model.meta
         stats.model = meta.name
         audio = meta.audio
-        self.conn.send((
-            "model",
-            {"name": meta.name, "span_s": meta.span_s,
-             "audio": None if audio is None else {"rate": audio.sample_rate, "span_s": audio.span_s}},
+        self.conn.send(control.ModelBuilt(
+            name=meta.name, span_s=meta.span_s,
+            audio=None if audio is None else control.AudioNeeds(audio.sample_rate, audio.span_s),
         ))
         if cfg.weights is None:
             log.warning(
@@ -322,18 +317,20 @@ class InferenceLoop:
             from stream.pipeline.preview import Preview
 
             self.preview = Preview(f"avstream {cfg.stream_id}")
-        self.conn.send(("ready", {"engine": engine.name, "window_s": window_s}))
+        self.conn.send(control.EngineReady(engine=engine.name, window_s=window_s))
 
         while not self.conn.poll(0.05):
             if self.stop.is_set() or not parent_alive():
                 return False
-        kind, rings = self.conn.recv()
-        if kind != "ring":
-            return False
-        self.ring = stats.ring = FrameRing.attach(rings["name"])
-        stats.processes = {**rings["processes"], "inference": os.getpid()}
-        stats.video_kind = rings["video_kind"]
-        self.frame_period_s = 1.0 / max(1.0, float(rings["fps"]))
+        match control.receive(self.conn, "the inference process"):
+            case control.ReadRings() as rings:
+                pass
+            case other:
+                control.unexpected(other, "the inference process (waiting for its rings)")
+        self.ring = stats.ring = FrameRing.attach(rings.video)
+        stats.processes = {**rings.processes, "inference": os.getpid()}
+        stats.video_kind = rings.video_kind
+        self.frame_period_s = 1.0 / max(1.0, float(rings.fps))
         # A window whose frames lie further than this from their target times is degraded
         # (a source was down, or dropped frames): two frame periods, at least 50 ms.
         self.gap_limit_ns = round(max(2 * self.frame_period_s, 0.05) * 1e9)
@@ -341,8 +338,8 @@ class InferenceLoop:
         self.preprocess.warmup(*self.ring.shape[:2])  # plans this geometry, before the first window
         self.audio_sampler = None
         if self.logmel is not None:
-            self.audio_ring = stats.audio_ring = AudioRing.attach(rings["audio"]["name"])
-            stats.audio = {"source": rings["audio"]["kind"], "used": True}
+            self.audio_ring = stats.audio_ring = AudioRing.attach(rings.audio)
+            stats.audio = {"source": rings.audio_kind, "used": True}
             self.audio_sampler = AudioSampler(self.audio_ring, self.logmel.samples)
         self.scheduler = Scheduler(cfg.stride)
         self.pace = PaceWatch(cfg.stride)
@@ -403,10 +400,13 @@ class InferenceLoop:
     def _tick_due(self) -> bool:
         """Wait (in short slices) for the next tick, then for the next frame to land."""
         while self.conn.poll():  # source health from the parent
-            kind, info = self.conn.recv()
-            if kind == "source":
-                self.stats.source_event(info)
-                log.info("%s is %s%s", info["name"], info["state"], f" ({info['reason']})" if info["reason"] else "")
+            match control.receive(self.conn, "the inference process"):
+                case control.SourceHealth() as health:
+                    self.stats.source_event(health)
+                    reason = f" ({health.reason})" if health.reason else ""
+                    log.info("%s is %s%s", health.name, health.state, reason)
+                case other:
+                    control.unexpected(other, "the inference process (running)")
         wait_s = self.scheduler.due_in_s()
         if wait_s > 0:
             if self.preview is not None:

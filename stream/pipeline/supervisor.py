@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 
-from stream import config
+from stream import config, control
 from stream.capture import audio as audio_capture
 from stream.capture import video as video_capture
 from stream.errors import UserError, error_line
@@ -57,7 +57,12 @@ RESTART_RESET_S = 30.0
 
 
 def rings_due(
-    *, ready: bool, model: dict | None, video: dict | None, audio: dict | None, audio_ready: bool
+    *,
+    ready: bool,
+    model: control.ModelBuilt | None,
+    video: control.VideoOpened | None,
+    audio: control.AudioOpened | None,
+    audio_ready: bool,
 ) -> bool:
     """Whether start-up can make the rings and start capturing into them now.
 
@@ -67,7 +72,7 @@ def rings_due(
     ready, so that none of it plays to nobody."""
     if model is None or video is None or not audio_ready:
         return False
-    live = video.get("live", False) and (audio is None or audio.get("live", False))
+    live = video.live and (audio is None or audio.live)
     return ready or live
 
 
@@ -157,8 +162,8 @@ class Supervisor:
         self.specs[name] = (target, args)
         self.started_at[name] = time.monotonic()
 
-    def _recv(self, timeout: float) -> tuple[str, str, object] | None:
-        """Next message from any child as (child, kind, payload); a dead child is ('x', 'died', code)."""
+    def _recv(self, timeout: float) -> tuple[str, control.Message] | None:
+        """Next message from any child as (child, message); a dead child's is Died(code)."""
         waitables = {c: n for n, c in self.conns.items()}
         waitables.update({p.sentinel: n for n, p in self.children.items()})
         for ready in mp.connection.wait(list(waitables), timeout):
@@ -166,13 +171,12 @@ class Supervisor:
             conn = self.conns[name]
             if ready is conn or conn.poll():
                 try:
-                    kind, payload = conn.recv()
-                    return name, kind, payload
+                    return name, control.receive(conn, "stream.run")
                 except (EOFError, OSError):
                     pass
             proc = self.children[name]
             proc.join(0.2)
-            return name, "died", proc.exitcode
+            return name, control.Died(proc.exitcode)
         return None
 
     # -- supervision -------------------------------------------------------------------
@@ -210,70 +214,72 @@ class Supervisor:
         try:
             proc = self.children.get(name)
             self.conns["inference"].send(
-                (
-                    "source",
-                    {
-                        "name": name,
-                        "state": state,
-                        "reason": reason,
-                        "restarts": self.restarts.get(name, 0),
-                        "pid": proc.pid if proc is not None else None,
-                    },
+                control.SourceHealth(
+                    name=name,
+                    state=state,
+                    reason=reason,
+                    restarts=self.restarts.get(name, 0),
+                    pid=proc.pid if proc is not None else None,
                 )
             )
         except (OSError, KeyError):
             pass
 
-    def _start_audio(self, model: dict) -> None:
+    def _start_audio(self, model: control.ModelBuilt) -> None:
         """Start the audio capture once the model is known to listen."""
         cfg = self.cfg
-        if model["audio"] is None:
+        if model.audio is None:
             return
         if audio_capture.describe(cfg.mic) == "none":
             raise UserError(
-                f"{model['name']} listens as well as watches but --mic is none: pass --mic default, "
+                f"{model.name} listens as well as watches but --mic is none: pass --mic default, "
                 "a device name or index, an audio/video file, or synthetic"
             )
         self._start_child(
             "capture-audio",
             audio_capture.capture_main,
-            (cfg.mic, model["audio"]["rate"], cfg.loop, cfg.log_level, os.getpid()),
+            (cfg.mic, model.audio.rate, cfg.loop, cfg.log_level, os.getpid()),
         )
 
-    def _make_rings(self, video: dict, model: dict, audio: dict | None) -> None:
-        slots = ring_slots(model["span_s"], video["fps"])
-        nbytes = FrameRing.nbytes(slots, video["height"], video["width"])
+    def _make_rings(
+        self,
+        video: control.VideoOpened,
+        model: control.ModelBuilt,
+        audio: control.AudioOpened | None,
+    ) -> None:
+        slots = ring_slots(model.span_s, video.fps)
+        nbytes = FrameRing.nbytes(slots, video.height, video.width)
         capacity = 0
         if audio is not None:
-            seconds = (
-                model["audio"]["span_s"] + model["span_s"] + self.cfg.stride + 2 * RING_MARGIN_S
-            )
-            capacity = max(8 * AUDIO_MAX_BLOCK, math.ceil(seconds * audio["rate"]))
+            seconds = model.audio.span_s + model.span_s + self.cfg.stride + 2 * RING_MARGIN_S
+            capacity = max(8 * AUDIO_MAX_BLOCK, math.ceil(seconds * audio.rate))
         check_shm_space(nbytes + 4 * capacity)
-        self.ring = FrameRing.create(slots, video["height"], video["width"])
+        self.ring = FrameRing.create(slots, video.height, video.width)
         if audio is not None:
-            self.audio_ring = AudioRing.create(capacity, audio["rate"], max_block=AUDIO_MAX_BLOCK)
+            self.audio_ring = AudioRing.create(capacity, audio.rate, max_block=AUDIO_MAX_BLOCK)
         # One timeline for paced sources (files): picture and sound start together.
         start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
-        self.conns["capture-video"].send(("ring", {"name": self.ring.name, "start_ns": start_ns}))
+        self.conns["capture-video"].send(control.WriteRing(self.ring.name, start_ns))
         if self.audio_ring is not None:
-            self.conns["capture-audio"].send(
-                ("ring", {"name": self.audio_ring.name, "start_ns": start_ns})
-            )
+            self.conns["capture-audio"].send(control.WriteRing(self.audio_ring.name, start_ns))
 
-    def _fail_on(self, name: str, kind: str, payload) -> None:
-        if kind == "error":
-            raise UserError(str(payload))
-        if kind in ("crash", "failed"):
-            raise _RunFailed(str(payload))
-        if kind == "died":
-            raise _RunFailed(f"the {name} process exited unexpectedly (exit code {payload})")
+    def _fail_on(self, name: str, message: control.Message) -> None:
+        """A child's failure that ends the run (start-up, or the inference process)."""
+        match message:
+            case control.BadInput(line):
+                raise UserError(line)
+            case control.Crash(line) | control.SourceFailed(line):
+                raise _RunFailed(line)
+            case control.Died(code):
+                raise _RunFailed(f"the {name} process exited unexpectedly (exit code {code})")
+            case _:
+                control.unexpected(message, f"stream.run (from {name})")
 
     def _supervise(self) -> int:
         cfg = self.cfg
-        video: dict | None = None
-        model: dict | None = None
-        audio: dict | None = None
+        video: control.VideoOpened | None = None
+        model: control.ModelBuilt | None = None
+        audio: control.AudioOpened | None = None
         ready = False
         try:
             # -- start-up: the children report; then the rings are made and handed out.
@@ -283,49 +289,44 @@ class Supervisor:
                 msg = self._recv(0.1)
                 if msg is None:
                     continue
-                name, kind, payload = msg
-                if kind == "opened" and name == "capture-video":
-                    video = payload
-                    log.info(
-                        "video: %s %dx%d at %.1f fps%s",
-                        video["kind"],
-                        video["width"],
-                        video["height"],
-                        video["fps"],
-                        " (paced)" if video["paced"] else "",
-                    )
-                elif kind == "opened" and name == "capture-audio":
-                    audio = payload
-                    log.info(
-                        "audio: %s %r at %d Hz", audio["kind"], audio["description"], audio["rate"]
-                    )
-                elif kind == "model":
-                    model = payload
-                    self._start_audio(model)
-                elif kind == "ready":
-                    ready = True
-                    self.stop_grace_s = STOP_GRACE_S + 2 * float(payload.get("window_s", 0.0))
-                else:
-                    self._fail_on(name, kind, payload)
+                name, message = msg
+                match message:
+                    case control.VideoOpened():
+                        video = message
+                        log.info(
+                            "video: %s %dx%d at %.1f fps%s",
+                            video.kind,
+                            video.width,
+                            video.height,
+                            video.fps,
+                            " (paced)" if video.paced else "",
+                        )
+                    case control.AudioOpened():
+                        audio = message
+                        log.info("audio: %s %r at %d Hz", audio.kind, audio.description, audio.rate)
+                    case control.ModelBuilt():
+                        model = message
+                        self._start_audio(model)
+                    case control.EngineReady(window_s=window_s):
+                        ready = True
+                        self.stop_grace_s = STOP_GRACE_S + 2 * window_s
+                    case _:
+                        self._fail_on(name, message)
                 audio_ready = audio is not None or "capture-audio" not in self.children
                 if self.ring is None and rings_due(
                     ready=ready, model=model, video=video, audio=audio, audio_ready=audio_ready
                 ):
                     self._make_rings(video, model, audio)
             self.conns["inference"].send(
-                (
-                    "ring",
-                    {
-                        "name": self.ring.name,
-                        "fps": video["fps"],
-                        "video_kind": video["kind"],
-                        "audio": None
-                        if self.audio_ring is None
-                        else {"name": self.audio_ring.name, "kind": audio["kind"]},
-                        "processes": {
-                            "main": os.getpid(),
-                            **{n: p.pid for n, p in self.children.items() if n != "inference"},
-                        },
+                control.ReadRings(
+                    video=self.ring.name,
+                    fps=video.fps,
+                    video_kind=video.kind,
+                    audio=None if self.audio_ring is None else self.audio_ring.name,
+                    audio_kind=None if audio is None else audio.kind,
+                    processes={
+                        "main": os.getpid(),
+                        **{n: p.pid for n, p in self.children.items() if n != "inference"},
                     },
                 )
             )
@@ -352,23 +353,28 @@ class Supervisor:
                 msg = self._recv(0.1)
                 if msg is None:
                     continue
-                name, kind, payload = msg
+                name, message = msg
                 if name == "inference":
-                    self._fail_on(name, kind, payload)
-                elif kind == "eof" and name == "capture-audio":
-                    log.info("end of the audio of %s", cfg.mic)
-                elif kind == "eof":
-                    log.info("end of %s after %d frames: stopping", cfg.camera, payload["frames"])
-                    time.sleep(min(1.0, cfg.stride * 2))  # let the last windows publish
-                    return 0
-                elif kind == "opened":  # a restarted capture is back
-                    ring = self.ring if name == "capture-video" else self.audio_ring
-                    start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
-                    self.conns[name].send(("ring", {"name": ring.name, "start_ns": start_ns}))
-                    log.info("%s is back after restart %d", name, self.restarts[name])
-                    self._tell_inference(name, "up", None)
-                elif kind in ("error", "failed", "died", "crash"):
-                    self._capture_down(name, payload if kind != "died" else f"exit code {payload}")
+                    self._fail_on(name, message)
+                match message:
+                    case control.AudioEnded():
+                        log.info("end of the audio of %s", cfg.mic)
+                    case control.VideoEnded(frames=frames):
+                        log.info("end of %s after %d frames: stopping", cfg.camera, frames)
+                        time.sleep(min(1.0, cfg.stride * 2))  # let the last windows publish
+                        return 0
+                    case control.VideoOpened() | control.AudioOpened():  # a restarted capture
+                        ring = self.ring if name == "capture-video" else self.audio_ring
+                        start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
+                        self.conns[name].send(control.WriteRing(ring.name, start_ns))
+                        log.info("%s is back after restart %d", name, self.restarts[name])
+                        self._tell_inference(name, "up", None)
+                    case control.BadInput(line) | control.SourceFailed(line) | control.Crash(line):
+                        self._capture_down(name, line)
+                    case control.Died(code):
+                        self._capture_down(name, f"exit code {code}")
+                    case _:
+                        control.unexpected(message, f"stream.run (from {name})")
         except _RunFailed as exc:
             print(error_line(exc), file=sys.stderr, flush=True)
             return 1

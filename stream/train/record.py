@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream import config
+from stream import config, control
 from stream.capture import audio as audio_capture
 from stream.capture import video as video_capture
 from stream.errors import EndOfStream, UserError, error_line
@@ -252,8 +252,8 @@ class Recorder(Supervisor):
         ))
         self.opts = opts
         self.with_audio = audio_capture.describe(opts.mic) != "none"
-        self.video: dict | None = None
-        self.audio: dict | None = None
+        self.video: control.VideoOpened | None = None
+        self.audio: control.AudioOpened | None = None
         self.ended: set[str] = set()  # captures whose file has ended
         self.saved: list[Path] = []
 
@@ -283,23 +283,24 @@ class Recorder(Supervisor):
             msg = self._recv(0.1)
             if msg is None:
                 continue
-            name, kind, payload = msg
-            if kind == "opened" and name == "capture-video":
-                self.video = payload
-            elif kind == "opened" and name == "capture-audio":
-                self.audio = payload
-            elif kind == "error" and name == "capture-audio" and self._same_file():
-                raise UserError(f"{payload} (or --mic none to record video only)")
-            elif kind == "error":
-                raise UserError(str(payload))
-            else:
-                self._child_problem(name, kind, payload)
+            name, message = msg
+            match message:
+                case control.VideoOpened():
+                    self.video = message
+                case control.AudioOpened():
+                    self.audio = message
+                case control.BadInput(line) if name == "capture-audio" and self._same_file():
+                    raise UserError(f"{line} (or --mic none to record video only)")
+                case control.BadInput(line):
+                    raise UserError(line)
+                case _:
+                    self._child_problem(name, message)
 
     def _make_rings(self) -> None:
         """Rings for a clip plus a margin; paced sources start on one timeline."""
         video, opts = self.video, self.opts
-        slots = ring_slots(min(opts.seconds, RING_MAX_S), video["fps"])
-        nbytes = FrameRing.nbytes(slots, video["height"], video["width"])
+        slots = ring_slots(min(opts.seconds, RING_MAX_S), video.fps)
+        nbytes = FrameRing.nbytes(slots, video.height, video.width)
         capacity = 0
         if self.with_audio:
             # The sound of a clip is cut once its last frame is in: the whole clip, the
@@ -307,24 +308,26 @@ class Recorder(Supervisor):
             seconds = opts.seconds + AUDIO_WAIT_S + 2 * RING_MARGIN_S
             capacity = max(8 * AUDIO_MAX_BLOCK, math.ceil(seconds * AUDIO_RATE) + AUDIO_MAX_BLOCK)
         check_shm_space(nbytes + 4 * capacity)
-        self.ring = FrameRing.create(slots, video["height"], video["width"])
+        self.ring = FrameRing.create(slots, video.height, video.width)
         if self.with_audio:
             self.audio_ring = AudioRing.create(capacity, AUDIO_RATE, max_block=AUDIO_MAX_BLOCK)
         start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
-        self.conns["capture-video"].send(("ring", {"name": self.ring.name, "start_ns": start_ns}))
+        self.conns["capture-video"].send(control.WriteRing(self.ring.name, start_ns))
         if self.with_audio:
-            self.conns["capture-audio"].send(("ring", {"name": self.audio_ring.name, "start_ns": start_ns}))
+            self.conns["capture-audio"].send(control.WriteRing(self.audio_ring.name, start_ns))
         self.running = True
 
     # -- the children while recording ----------------------------------------------------
 
-    def _child_problem(self, name: str, kind: str, payload) -> None:
+    def _child_problem(self, name: str, message: control.Message) -> None:
         source = self.opts.camera if name == "capture-video" else self.opts.mic
-        if kind in ("failed", "crash", "error"):
-            raise _Stop(str(payload), 1)
-        if kind == "died":
-            raise _Stop(f"the {name} process of {source!r} exited unexpectedly (exit code {payload})", 1)
-        log.debug("%s: %s %r", name, kind, payload)
+        match message:
+            case control.SourceFailed(line) | control.Crash(line) | control.BadInput(line):
+                raise _Stop(line, 1)
+            case control.Died(code):
+                raise _Stop(f"the {name} process of {source!r} exited unexpectedly (exit code {code})", 1)
+            case _:
+                control.unexpected(message, f"stream.record (from {name})")
 
     def _check(self, timeout: float = 0.0) -> None:
         """Signals and messages of the children; raises _Stop when recording must end."""
@@ -332,13 +335,14 @@ class Recorder(Supervisor):
             raise _interrupted(self.signalled)
         while (msg := self._recv(timeout)) is not None:
             timeout = 0.0
-            name, kind, payload = msg
-            if kind == "eof":
-                self.ended.add(name)  # the ring says the rest (EndOfStream, no more samples)
-            elif kind == "died" and name in self.ended and payload == 0:
-                self._forget(name)
-            else:
-                self._child_problem(name, kind, payload)
+            name, message = msg
+            match message:
+                case control.VideoEnded() | control.AudioEnded():
+                    self.ended.add(name)  # the ring says the rest (EndOfStream, no more samples)
+                case control.Died(0) if name in self.ended:
+                    self._forget(name)
+                case _:
+                    self._child_problem(name, message)
 
     def _forget(self, name: str) -> None:
         """A capture that finished its file and exited."""
@@ -383,18 +387,18 @@ class Recorder(Supervisor):
     def _format(self) -> str:
         v = self.video
         audio = f"audio {AUDIO_RATE} Hz" if self.with_audio else "no audio"
-        return f"{_seconds(self.opts.seconds)} s each, video {v['width']}x{v['height']} at {v['fps']:g} fps, {audio}"
+        return f"{_seconds(self.opts.seconds)} s each, video {v.width}x{v.height} at {v.fps:g} fps, {audio}"
 
     def _sources(self) -> str:
         v, a = self.video, self.audio
         names = {"camera": f"camera {self.opts.camera}", "file": f"video file {self.opts.camera!r}",
                  "url": f"video stream {self.opts.camera}", "synthetic": "the synthetic test pattern"}
-        video = f"{names.get(v['kind'], self.opts.camera)} ({v['width']}x{v['height']} at {v['fps']:g} fps)"
+        video = f"{names.get(v.kind, self.opts.camera)} ({v.width}x{v.height} at {v.fps:g} fps)"
         if a is None:
             return video
-        sound = {"device": f"microphone {a['description']!r}", "file": f"the sound of {a['description']!r}",
+        sound = {"device": f"microphone {a.description!r}", "file": f"the sound of {a.description!r}",
                  "synthetic": "synthetic beeps"}
-        return f"{video} and {sound.get(a['kind'], a['description'])} ({a['rate']} Hz)"
+        return f"{video} and {sound.get(a.kind, a.description)} ({a.rate} Hz)"
 
     def _countdown(self, number: int) -> None:
         if self.opts.countdown <= 0:
@@ -416,7 +420,7 @@ class Recorder(Supervisor):
         be completed."""
         opts = self.opts
         ring = self.ring
-        period_ns = round(1e9 / self.video["fps"])
+        period_ns = round(1e9 / self.video.fps)
         span_ns = round(opts.seconds * 1e9)
         progress = _Progress(f"clip {number}/{opts.count}", opts.seconds)
         frames: list[np.ndarray] = []
@@ -482,7 +486,7 @@ class Recorder(Supervisor):
         return window.samples.copy()
 
     def _ended_reason(self) -> str:
-        if self.video["kind"] == "file":
+        if self.video.kind == "file":
             return f"the video file {self.opts.camera!r} ended (--loop repeats it)"
         return f"the video stream {self.opts.camera} ended"
 
