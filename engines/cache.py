@@ -1,6 +1,6 @@
 """On-disk cache of compiled engines, shared by the TensorRT engine (GPU) and the
-AOTInductor engine (CPU): where it lives, what a cache key is made of, how a file is
-written so that a reader never sees half of it, and the progress line of a long build."""
+AOTInductor engine (CPU): where it lives, what a cache key is made of, and the progress
+line of a long build. Files are written with `models._files.write_atomically`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import glob
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -17,13 +16,14 @@ from pathlib import Path
 
 import torch
 
+from models._files import cache_root
+
 log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
-    """`$AVSTREAM_CACHE/engines`, default `~/.cache/avstream/engines`."""
-    root = os.environ.get("AVSTREAM_CACHE") or os.path.join("~", ".cache", "avstream")
-    return Path(root).expanduser() / "engines"
+    """Where compiled engines are kept: `engines/` under the cache root."""
+    return cache_root() / "engines"
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -63,17 +63,6 @@ class CacheKey:
         """File name (without suffix): readable, and unique through the digest."""
         model = re.sub(r"[^A-Za-z0-9_.-]", "_", self.model)
         return f"{model}-{self.precision}-{self.digest[:16]}"
-
-
-def save_atomically(write, path: Path) -> None:
-    """`write(tmp_path)`, then rename to `path`: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_meta(path: Path, key: CacheKey, build_s: float) -> None:

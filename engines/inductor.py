@@ -28,12 +28,13 @@ from pathlib import Path
 
 import torch
 
+from models._files import write_atomically
+
 from .cache import (
     CacheKey,
     Progress,
     model_options,
     remove_beside,
-    save_atomically,
     weights_digest,
     write_meta,
 )
@@ -198,7 +199,7 @@ def _unwind_on_sigterm():
     `stream.run` stops a child that is still starting with SIGTERM. Mid-compile, the
     default action would leave the compiler (g++ and its cc1plus) running as orphans and
     a temporary package in the cache: the handler kills every process below this one,
-    and unwinding removes the temporary file (`save_atomically`)."""
+    and unwinding removes the temporary file (`write_atomically`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -298,12 +299,10 @@ def load_or_build(
     # no_grad: inductor freezes (folds BN, pre-packs weights) only when grad is off.
     with _unwind_on_sigterm(), Progress(f"{name}: {what}", "compiling"), torch.no_grad():
         program = prepare(model, inputs, key.passes)
-        save_atomically(
-            lambda tmp: aoti_compile_and_package(
+        with write_atomically(path) as tmp:
+            aoti_compile_and_package(
                 program, package_path=str(tmp), inductor_configs={"freezing": True}
-            ),
-            path,
-        )
+            )
     write_meta(path, key, time.perf_counter() - t0)
     log.info("%s: compiled %s in %.1f s, saved to %s", name, what, time.perf_counter() - t0, path)
     return _Package(path)

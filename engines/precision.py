@@ -31,8 +31,10 @@ from pathlib import Path
 
 import torch
 
+from models._files import write_atomically
+
 from .base import Engine
-from .cache import beside, save_atomically
+from .cache import beside
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +156,8 @@ def save_verdict(verdict: dict, path: Path) -> None:
     that the check runs again at the next start."""
     text = json.dumps({**verdict, "check": CHECK, "created": time.time()}, indent=1)
     try:
-        save_atomically(lambda tmp: tmp.write_text(text), path)
+        with write_atomically(path) as tmp:
+            tmp.write_text(text)
     except OSError as exc:
         log.warning(
             "precision bf16: cannot save the check's verdict to %s (%s): "

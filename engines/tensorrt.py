@@ -36,13 +36,14 @@ from pathlib import Path
 
 import torch
 
+from models._files import write_atomically
+
 from .base import TOLERANCE, EngineError, relative_error
 from .cache import (
     CacheKey,
     Progress,
     default_cache_dir,
     model_options,
-    save_atomically,
     weights_digest,
     write_meta,
 )
@@ -226,12 +227,10 @@ def _load(torch_tensorrt, path: Path, what: str):
 
 
 def _save(torch_tensorrt, module, inputs, path: Path, key: EngineKey, build_s: float) -> None:
-    def write(tmp: Path) -> None:
+    with write_atomically(path) as tmp:
         torch_tensorrt.save(
             module, str(tmp), output_format="exported_program", arg_inputs=list(inputs)
         )
-
-    save_atomically(write, path)
     write_meta(path, key, build_s)
     log.info("TensorRT: step 3/3: saved to %s; the next start loads it", path)
 

@@ -11,7 +11,6 @@ import http.client
 import os
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import torch
 
+from models._files import cache_root, first_line, write_atomically
 from models._registry import WeightsError
 
 if TYPE_CHECKING:
@@ -44,9 +44,8 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pyth", ".ckpt", ".bin")
 
 
 def cache_dir() -> Path:
-    """`$AVSTREAM_CACHE/weights`, default `~/.cache/avstream/weights`."""
-    root = os.environ.get("AVSTREAM_CACHE") or os.path.join("~", ".cache", "avstream")
-    return Path(root).expanduser() / "weights"
+    """Where downloads are kept: `weights/` under the cache root."""
+    return cache_root() / "weights"
 
 
 def resolve(
@@ -110,28 +109,19 @@ def download(url: str, *, sha256_prefix: str | None = None, official: bool = Fal
     if dest.is_file():
         return dest
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    except OSError as exc:
+        with write_atomically(dest) as tmp:
+            with open(tmp, "wb") as out:
+                _fetch(url, out, dest, official)
+            if sha256_prefix is not None:
+                got = _sha256(tmp)
+                if not got.startswith(sha256_prefix):
+                    raise WeightsError(
+                        f"download of {url} is not the published file: its SHA-256 is "
+                        f"{got[:16]}..., the publisher's starts {sha256_prefix}; try again, or "
+                        "download it yourself and pass its path as weights (--weights PATH)"
+                    )
+    except OSError as exc:  # the cache folder, the temporary file or the rename
         raise _cache_error(dest.parent, exc) from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            _fetch(url, out, dest, official)
-        if sha256_prefix is not None:
-            got = _sha256(tmp)
-            if not got.startswith(sha256_prefix):
-                raise WeightsError(
-                    f"download of {url} is not the published file: its SHA-256 is {got[:16]}..., "
-                    f"the publisher's starts {sha256_prefix}; try again, or download it yourself "
-                    "and pass its path as weights (--weights PATH)"
-                )
-        try:
-            os.replace(tmp, dest)
-        except OSError as exc:
-            raise _cache_error(dest.parent, exc) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -176,7 +166,7 @@ def _network_error(url: str, exc: BaseException, official: bool = False) -> Weig
     reason = getattr(exc, "reason", None) or exc
     check = "the network connection" if official else "the network connection and the URL"
     return WeightsError(
-        f"cannot download {url}: {_one_line(reason)}; check {check}, or {_FETCH_HINT}"
+        f"cannot download {url}: {first_line(reason)}; check {check}, or {_FETCH_HINT}"
     )
 
 
@@ -197,7 +187,7 @@ def _folder_hint(folder: Path) -> str:
 
 def _cache_error(folder: Path, exc: OSError) -> WeightsError:
     return WeightsError(
-        f"cannot write the weights cache {folder}: {_one_line(exc)}; "
+        f"cannot write the weights cache {folder}: {first_line(exc)}; "
         f"set AVSTREAM_CACHE to a writable folder with free space"
     )
 
@@ -319,19 +309,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **extra: obj
     if clash:  # an extra under one of these names would make the file unloadable as weights
         raise ValueError(f"save_checkpoint: {', '.join(clash)} are the checkpoint's own keys")
     checkpoint.update(extra)
-    atomic_save(checkpoint, path)
+    with write_atomically(path) as tmp:
+        torch.save(checkpoint, tmp)
     return path
-
-
-def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a hidden name in the same folder, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def plain(value: object) -> object:
@@ -401,15 +381,9 @@ def _load_failure(exc: BaseException) -> str:
     # weights_only refusals bury the reason after a long preamble about torch 2.6.
     marker = "WeightsUnpickler error:"
     if marker in text:
-        detail = _one_line(text.split(marker, 1)[1])
+        detail = first_line(text.split(marker, 1)[1])
         return f"not a plain tensor checkpoint (torch.load weights_only: {detail})"
-    return f"{type(exc).__name__}: {_one_line(exc)}"
-
-
-def _one_line(exc: object) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _is_inside(path: Path, folder: Path) -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models._files import write_atomically
 from stream.errors import UserError
 
 #: File name suffixes `list_dataset` takes as clips (FFmpeg reads many more, but a folder
@@ -167,46 +168,40 @@ def write_clip(
         raise ValueError("times_s needs one strictly increasing time per frame")
     # yuv420p needs even sizes: drop a last odd row or column.
     height, width = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
-    tmp = path.with_name(f".{path.stem}.part{path.suffix}")
     rate = round(1.0 / float(np.median(np.diff(times_s)))) if len(times_s) > 1 else 30
-    try:
-        with av.open(str(tmp), "w", format="mp4") as container:
-            vstream = container.add_stream("libx264", rate=max(rate, 1))
-            vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-            # The encoder's time base would otherwise be 1/rate: two frames captured
-            # closer than a frame period (a capture that caught up after a stall) would
-            # get the same pts there, and the muxer refuses the repeated timestamp.
-            vstream.codec_context.time_base = VIDEO_TIME_BASE
-            vstream.time_base = VIDEO_TIME_BASE
-            vstream.options = {"crf": "18", "preset": "veryfast"}
-            astream = None
-            if audio is not None:
-                astream = container.add_stream("aac", rate=sample_rate)
-                astream.layout = "mono"
-            last_pts = -1
-            for image, t in zip(frames, times_s - times_s[0]):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:height, :width]), format="bgr24")
-                frame.pts = max(round(t / VIDEO_TIME_BASE), last_pts + 1)
-                frame.time_base = VIDEO_TIME_BASE
-                last_pts = frame.pts
-                container.mux(vstream.encode(frame))
-            container.mux(vstream.encode())
-            if astream is not None:
-                samples = np.asarray(audio, dtype=np.float32).reshape(1, -1)
-                block = 1024
-                for i in range(0, samples.shape[1], block):
-                    frame = av.AudioFrame.from_ndarray(
-                        np.ascontiguousarray(samples[:, i : i + block]), format="flt", layout="mono"
-                    )
-                    frame.sample_rate = sample_rate
-                    frame.pts = i
-                    frame.time_base = Fraction(1, sample_rate)
-                    container.mux(astream.encode(frame))
-                container.mux(astream.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with write_atomically(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
+        vstream = container.add_stream("libx264", rate=max(rate, 1))
+        vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
+        # The encoder's time base would otherwise be 1/rate: two frames captured
+        # closer than a frame period (a capture that caught up after a stall) would
+        # get the same pts there, and the muxer refuses the repeated timestamp.
+        vstream.codec_context.time_base = VIDEO_TIME_BASE
+        vstream.time_base = VIDEO_TIME_BASE
+        vstream.options = {"crf": "18", "preset": "veryfast"}
+        astream = None
+        if audio is not None:
+            astream = container.add_stream("aac", rate=sample_rate)
+            astream.layout = "mono"
+        last_pts = -1
+        for image, t in zip(frames, times_s - times_s[0]):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:height, :width]), format="bgr24")
+            frame.pts = max(round(t / VIDEO_TIME_BASE), last_pts + 1)
+            frame.time_base = VIDEO_TIME_BASE
+            last_pts = frame.pts
+            container.mux(vstream.encode(frame))
+        container.mux(vstream.encode())
+        if astream is not None:
+            samples = np.asarray(audio, dtype=np.float32).reshape(1, -1)
+            block = 1024
+            for i in range(0, samples.shape[1], block):
+                frame = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(samples[:, i : i + block]), format="flt", layout="mono"
+                )
+                frame.sample_rate = sample_rate
+                frame.pts = i
+                frame.time_base = Fraction(1, sample_rate)
+                container.mux(astream.encode(frame))
+            container.mux(astream.encode())
 
 
 def list_dataset(root: str | os.PathLike[str]) -> dict[str, list[Path]]:

@@ -62,7 +62,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import signal
 import sys
@@ -73,9 +72,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from models._files import write_atomically
 from models._weights import plain
 
-from stream.errors import UserError
+from stream.errors import ArgumentParser, UserError
 
 log = logging.getLogger("stream.train")
 
@@ -171,10 +171,9 @@ class Kept:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stream.run import _ArgumentParser  # one error line instead of usage + message
 
     d = TrainOptions
-    p = _ArgumentParser(
+    p = ArgumentParser(
         prog="python -m stream.train",
         description="Fine-tune a model on labelled clips (DATA/<label>/*.mp4) for python -m stream.run.",
     )
@@ -524,13 +523,8 @@ class _SignalsDeferred:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    try:
+    with write_atomically(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def run_config(model_name: str, labels: tuple[str, ...], audio: bool, summary: str) -> str:
