@@ -3,7 +3,13 @@
 `UserError` is anything the user can fix (a flag, a file, a device, a port): the entry
 points print `str(exc)` as the one error line and exit with status 2. Everything else
 that escapes is a bug and exits with status 1 and a traceback in the log.
+`ArgumentParser` gives a bad flag the same one line, in every command.
+
+Only the standard library here: stream.transport (pyzmq only) imports it.
 """
+
+import argparse
+from typing import NoReturn
 
 
 class StreamError(Exception):
@@ -35,3 +41,11 @@ def error_line(message: object) -> str:
     carriage return in a value) are shown escaped, so it stays one line."""
     text = str(message)
     return "error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of every command: a bad flag is one line, `error: MESSAGE (see PROG
+    --help)`, and exit status 2, instead of argparse's usage and message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, error_line(f"{message} (see {self.prog} --help)") + "\n")

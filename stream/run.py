@@ -21,17 +21,12 @@ import sys
 
 from engines.names import BACKENDS, PRECISIONS
 from stream import config
-from stream.errors import UserError, error_line
+from stream.errors import ArgumentParser, UserError, error_line
 from stream.pipeline.proc import setup_logging
 from stream.pipeline.ring import sweep_stale_segments
 from stream.pipeline.supervisor import Supervisor
 
 log = logging.getLogger("stream.run")
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of usage + message
-        self.exit(2, error_line(f"{message} (see {self.prog} --help)") + "\n")
 
 
 def model_default(option: str) -> str:
@@ -56,7 +51,7 @@ def model_default(option: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     d = config.RunConfig
-    p = _ArgumentParser(
+    p = ArgumentParser(
         prog="python -m stream.run",
         description="Recognise what happens in front of a camera and publish predictions on ZeroMQ.",
     )

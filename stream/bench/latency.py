@@ -41,7 +41,6 @@ from stream._deps import require_pipeline
 
 require_pipeline("python -m stream.bench")  # before the imports that need the `run` extra
 
-import argparse
 import json
 import os
 import platform
@@ -54,6 +53,7 @@ import time
 import numpy as np
 
 from stream import control
+from stream.errors import ArgumentParser
 from stream.pipeline import malloc
 from stream.pipeline.proc import start_ignoring_sigint
 from stream.transport.subscribe import Subscriber
@@ -713,7 +713,7 @@ def largest_fitting(rows: list[dict], stride: float) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stream.bench", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m stream.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default="synthetic", help="synthetic (default), a video file, or a camera index")
     p.add_argument("--mic", default="synthetic", help="audio source for audiovisual models (default synthetic)")
     p.add_argument("--size", default="640x480", help="synthetic frame size (default 640x480)")

@@ -46,7 +46,7 @@ import numpy as np
 from stream import config, control
 from stream.capture import audio as audio_capture
 from stream.capture import video as video_capture
-from stream.errors import EndOfStream, UserError, error_line
+from stream.errors import ArgumentParser, EndOfStream, UserError, error_line
 from stream.pipeline.proc import setup_logging
 from stream.pipeline.ring import AudioRing, FrameRing, sweep_stale_segments
 from stream.pipeline.supervisor import (
@@ -57,7 +57,6 @@ from stream.pipeline.supervisor import (
     check_shm_space,
     ring_slots,
 )
-from stream.run import _ArgumentParser
 from stream.pipeline.window import AudioSampler
 
 log = logging.getLogger("stream.record")
@@ -140,7 +139,7 @@ def check_output_folder(folder: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     d = RecordOptions
-    p = _ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description="Record labelled clips (video with its sound) from a camera and a microphone, "
         "into <out>/<label>/*.mp4.",

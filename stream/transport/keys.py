@@ -14,12 +14,13 @@ the publishing host. Remove a client's public key from DIR/clients to revoke it.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import re
 import sys
 from pathlib import Path
+
+from stream.errors import ArgumentParser
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -68,7 +69,7 @@ def make_keys(folder: Path, clients: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stream.keys", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m stream.keys", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", help="where to write the keys")
     p.add_argument(
         "--client",

@@ -15,7 +15,6 @@ with the fix in one line, instead of waiting for messages that cannot come.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import socket
@@ -26,7 +25,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from stream.transport import wire
-from stream.errors import UserError
+from stream.errors import ArgumentParser, UserError
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -289,7 +288,7 @@ def waiting_line(endpoint: str, topics: tuple[str, ...]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m stream.subscribe",
         description="Print the predictions (and, with --topic status, the heartbeats) of a stream.",
     )
