@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engines.torch_engine import keep_freed_memory
+from engines.malloc import keep_freed_memory
 
 
 def per_call_us(fn, calls: int) -> float:

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from interleave import interleaved
 
-from engines.torch_engine import keep_freed_memory
+from engines.malloc import keep_freed_memory
 
 KERNEL = r"""
 #include <immintrin.h>

@@ -4,7 +4,7 @@ where it is installed), and any other allocator named by the path of its library
 
 An allocator is chosen when a process starts, so each one times the engine in processes
 of its own, started the way `stream.run` starts its inference process
-(`stream.pipeline.malloc.preloaded`). The allocators take turns, `--rounds` processes each, so a
+(`engines.malloc.preloaded`). The allocators take turns, `--rounds` processes each, so a
 busy machine slows them alike. Each process loads the compiled engine (compiled into
 $AVSTREAM_CACHE/engines on the first run), warms it up and times `--runs` windows; the
 table gives the median of the processes' medians, and their range.
@@ -26,7 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from stream.pipeline import malloc
+from engines import malloc
 
 
 def child(name: str, precision: str, runs: int) -> None:

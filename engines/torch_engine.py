@@ -26,7 +26,6 @@ one warning and runs eager.
 from __future__ import annotations
 
 import copy
-import functools
 import itertools
 import logging
 import os
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from . import inductor
+from . import inductor, malloc
 from .base import TOLERANCE, EngineError, relative_error
 from .cache import default_cache_dir
 
@@ -73,29 +72,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if resolved.index is None:
             resolved = torch.device("cuda", torch.cuda.current_device())
     return resolved
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory in the process instead of handing it back.
-
-    A CPU model allocates its intermediate tensors afresh on every call. By default glibc
-    serves the large ones with mmap and unmaps them when freed (or trims the heap), so the
-    next call faults every page in again: about 3,500 page faults per X3D-XS window, which
-    took X3D-XS compiled from 31 to 22 ms (median) on a 2-core Xeon. Raising the mmap and
-    trim thresholds keeps those pages mapped; the process holds on to its peak memory,
-    which it needs again on the next window anyway. Process-wide, set once per process
-    (cached); False where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl, macOS, Windows: nothing to tune
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 2**31 - 1))
 
 
 class InputStager:
@@ -191,7 +167,7 @@ class TorchEngine:
         self.precision = precision
         self.dtype = _DTYPES[precision]
         if not cuda:
-            keep_freed_memory()
+            malloc.keep_freed_memory()
         tensors = itertools.chain(model.parameters(), model.buffers())
         if any(t.device != self.device or (t.is_floating_point() and t.dtype != self.dtype) for t in tensors):
             model = copy.deepcopy(model)  # the caller's model keeps its device and dtype

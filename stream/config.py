@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from engines.names import BACKENDS, PRECISIONS
-from stream.pipeline import malloc
+from engines import malloc
 from stream.transport import wire
 from stream.pipeline.aggregate import Smoother
 from stream.errors import UserError
@@ -40,7 +40,7 @@ class RunConfig:
     precision: str = "auto"  # engines.create picks fp16 / bf16 / fp32 for the device and says why
     compile: bool = True  # compile the model for this machine (cached); False: eager PyTorch
     threads: int | None = None  # CPU threads of the engine; None: torch's default (one per core)
-    malloc: str = "auto"  # the inference process's allocator (stream.pipeline.malloc)
+    malloc: str = "auto"  # the inference process's allocator (engines.malloc)
     stride: float = 0.25
     smoothing: str = "ema:0.5"
     topk: int = 5

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, auto_cpu_precision, descendants, expected_cpu_engine_name, running
 
-from stream.pipeline import malloc
+from engines import malloc
 
 pipelines = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
 

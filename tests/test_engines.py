@@ -345,46 +345,6 @@ def test_cpu_bf16_refused_without_native_bf16(no_cuda, monkeypatch):
     assert "no native bfloat16" in line and "use fp32" in line
 
 
-_FAULTS_SCRIPT = """
-import resource, sys, torch
-import engines
-from tests.test_engines import _Tiny
-
-def faults():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-if sys.argv[1] == "engine":
-    engines.create(_Tiny(), _Tiny().example_inputs(), backend="torch", device="cpu", compile=False)
-per_window = []
-for _ in range(8):  # what a model does per window: large intermediates, allocated and freed
-    f0 = faults()
-    # 2 x 48 MB: above the 32 MB that glibc's own adaptive threshold can reach
-    buffers = [torch.empty(12 << 20).fill_(1.0) for _ in range(2)]
-    del buffers
-    per_window.append(faults() - f0)
-print(per_window[-1])
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_cpu_engine_keeps_freed_memory_mapped(no_cuda):
-    """With a CPU engine in the process, a window's large buffers reuse pages already
-    mapped instead of faulting in 24,000 fresh ones each time."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-
-    def last_window_faults(mode: str) -> int:
-        out = subprocess.run(
-            [sys.executable, "-c", _FAULTS_SCRIPT, mode], check=False, cwd=root, capture_output=True, text=True, timeout=120
-        )
-        assert out.returncode == 0, out.stderr
-        return int(out.stdout.split()[-1])
-
-    assert last_window_faults("plain") > 10000  # glibc's default: unmapped on free, faulted in again
-    assert last_window_faults("engine") < 100
-
-
 _COMPILE_SCRIPT = """
 import sys
 import engines

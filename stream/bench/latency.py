@@ -52,9 +52,9 @@ import time
 
 import numpy as np
 
+from engines import malloc
 from stream import control
 from stream.errors import ArgumentParser
-from stream.pipeline import malloc
 from stream.pipeline.proc import start_ignoring_sigint
 from stream.transport.subscribe import Subscriber
 

@@ -25,8 +25,8 @@ from collections import deque
 
 import numpy as np
 
+from engines import malloc
 from stream import control
-from stream.pipeline import malloc
 from stream.transport import wire
 from stream.pipeline.aggregate import softmax, top_k
 from stream.errors import UserError

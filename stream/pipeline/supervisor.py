@@ -28,11 +28,11 @@ import signal
 import sys
 import time
 
+from engines import malloc
 from stream import config, control
 from stream.capture import audio as audio_capture
 from stream.capture import video as video_capture
 from stream.errors import UserError, error_line
-from stream.pipeline import malloc
 from stream.pipeline.inference import inference_main
 from stream.pipeline.proc import start_ignoring_sigint
 from stream.pipeline.ring import AudioRing, FrameRing

@@ -1,24 +1,29 @@
-"""The memory allocator of the inference process (`--malloc`).
+"""The memory allocator of the process an engine runs in: which one it starts with
+(`--malloc`), and how glibc's is tuned when it is glibc's.
 
 A CPU engine allocates its intermediate tensors, and oneDNN its scratchpads and memory
-descriptors, afresh on every window: thousands of allocations per X3D window. glibc's
-malloc serves them slower than tcmalloc, which keeps freed blocks in per-thread caches.
-On a 2-core Xeon (torch 2.14), one oneDNN convolution call costs about 40 us under glibc
-and 26-31 us under tcmalloc (`benchmarks/conv_call.py`), and the compiled X3D engines
-took 0-18 % less time per window (`benchmarks/malloc_ab.py`; README, Performance).
+descriptors, afresh on every window: thousands of allocations per X3D window. Two things
+make that cheaper, both measured in docs/performance.md ("Kept: tcmalloc for the
+inference process", "Kept: freed memory stays mapped"):
 
-The dynamic linker picks the allocator when a process starts (LD_PRELOAD), so a running
-process cannot switch. `stream.run` therefore sets it for the inference process it spawns
-(`preloaded`): `auto` uses tcmalloc where it is installed (Debian/Ubuntu:
-`apt-get install libtcmalloc-minimal4`), `glibc` keeps the C library's. A script of your
-own that calls `engines.create` gets the same by starting as
-`LD_PRELOAD=libtcmalloc_minimal.so.4 python script.py`. Under glibc, the engine tunes
-glibc's malloc instead (`engines.torch_engine.keep_freed_memory`).
+- tcmalloc, which keeps freed blocks in per-thread caches, serves them faster than glibc's
+  malloc. The dynamic linker picks the allocator when a process starts (LD_PRELOAD), so a
+  running process cannot switch: `stream.run` sets it for the inference process it spawns
+  (`preloaded`). `auto` uses tcmalloc where it is installed (Debian/Ubuntu:
+  `apt-get install libtcmalloc-minimal4`), `glibc` keeps the C library's. A script of your
+  own that calls `engines.create` gets the same by starting as
+  `LD_PRELOAD=libtcmalloc_minimal.so.4 python script.py`.
+- Under glibc, every CPU engine keeps freed memory mapped in its process
+  (`keep_freed_memory`), instead of unmapping large blocks and faulting them in again on
+  the next window.
+
+Nothing here imports torch: the parent process of `stream.run` checks `--malloc` with it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ctypes.util
 import functools
 import os
@@ -117,3 +122,23 @@ def active(pid: int | str = "self") -> str:
         if f"lib{name}" in maps:
             return name
     return "glibc"
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory in the process instead of handing it back.
+
+    A CPU model allocates its intermediate tensors afresh on every call. By default glibc
+    serves the large ones with mmap and unmaps them when freed (or trims the heap), so the
+    next call faults every page in again (thousands of page faults per X3D-XS window).
+    Raising the mmap and trim thresholds keeps those pages mapped; the process holds on to
+    its peak memory, which it needs again on the next window anyway. Process-wide, set once
+    per process (cached); False where the C library is not glibc. Under a preloaded
+    allocator (tcmalloc) this tunes the unused glibc malloc: harmless."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl, macOS, Windows: nothing to tune
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 2**31 - 1))
