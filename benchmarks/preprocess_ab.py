@@ -27,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from stream.pipeline.preprocess import Preprocessor, short_side_size
+from stream.pipeline.stats import STATS, summary_ms
 
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 
@@ -93,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"{'ms':34s} {'wall p50 / p90 / p99 / max':>30s}   {'CPU p50 / p90':>14s}")
     for name in variants:
-        w, c = np.array(wall[name]) / 1e6, np.array(cpu[name]) / 1e6
-        pw, pc = np.percentile(w, [50, 90, 99]), np.percentile(c, [50, 90])
-        print(f"{name:34s} {pw[0]:6.2f} / {pw[1]:6.2f} / {pw[2]:6.2f} / {w.max():6.2f}   {pc[0]:5.2f} / {pc[1]:5.2f}")
+        w, c = summary_ms(np.array(wall[name]) / 1e6), summary_ms(np.array(cpu[name]) / 1e6)
+        shown = " / ".join(f"{w[k]:6.2f}" for k in STATS)
+        print(f"{name:34s} {shown}   {c['p50']:5.2f} / {c['p90']:5.2f}")
     return 0
 
 

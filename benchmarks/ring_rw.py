@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from stream.pipeline.ring import FrameRing
+from stream.pipeline.stats import STATS, summary_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{width}x{height}x3 frames, {args.runs} frames at {args.fps or 'full'} fps; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     for name, v in times.items():
-        v = np.array(v) / 1e6
-        p50, p90, p99 = np.percentile(v, [50, 90, 99])
-        print(f"  {name:14s} {p50:6.3f} / {p90:6.3f} / {p99:6.3f} / {v.max():6.3f} ms (p50 / p90 / p99 / max)")
+        s = summary_ms(np.array(v) / 1e6)
+        shown = " / ".join(f"{s[k]:6.3f}" for k in STATS)
+        print(f"  {name:14s} {shown} ms ({' / '.join(STATS)})")
     return 0
 
 

@@ -56,11 +56,11 @@ from engines import malloc
 from stream import control
 from stream.errors import ArgumentParser
 from stream.pipeline.proc import start_ignoring_sigint
+from stream.pipeline.stats import STATS, summary_ms
 from stream.transport.subscribe import Subscriber
 
 #: Windows at the start that are not counted (first-call allocations, caches).
 WARMUP_WINDOWS = 3
-STATS = ("p50", "p90", "p99", "max")
 #: The plot's names for the per-window series (stream/transport/wire.py and DESIGN.md define them).
 SERIES = {
     "engine_ms": "engine",
@@ -116,14 +116,6 @@ def _free_port() -> int:
 
 def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def percentiles(values) -> dict:
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return dict.fromkeys(STATS)
-    p50, p90, p99 = np.percentile(v, [50, 90, 99])
-    return {"p50": round(p50, 3), "p90": round(p90, 3), "p99": round(p99, 3), "max": round(float(v.max()), 3)}
 
 
 def machine() -> dict:
@@ -279,20 +271,20 @@ def summarise(preds: list, statuses: list, rss_cpu: tuple[dict, dict], *, model:
         "windows": {"run": windows.get("run", len(preds)), "skipped": windows.get("skipped", 0),
                     "measured": len(rows)},
         "fps_in": last.get("fps_in"),
-        "engine_ms": percentiles(engine_ms),
-        "overhead_ms": percentiles(overhead),
-        "capture_to_publish_ms": percentiles(c2p),
-        "capture_to_subscriber_ms": percentiles(c2s),
+        "engine_ms": summary_ms(engine_ms),
+        "overhead_ms": summary_ms(overhead),
+        "capture_to_publish_ms": summary_ms(c2p),
+        "capture_to_subscriber_ms": summary_ms(c2s),
         "stages_ms": {
             "capture_interval": merged("interval_ms"),
             "ring_write": merged("ring_write_ms"),
-            "ring_read_per_frame": percentiles(read_per_frame[~np.isnan(read_per_frame)]),
-            "capture_to_window": percentiles((t["window_ns"] - t["capture_ns"]) / 1e6),
-            "preprocess": percentiles(preprocess[~np.isnan(preprocess)]),
-            "window_and_preprocess": percentiles((t["infer_start_ns"] - t["window_ns"]) / 1e6),
-            "engine": percentiles(engine_ms),
-            "publish": percentiles((t["publish_ns"] - t["infer_end_ns"]) / 1e6),
-            "subscriber_receive": percentiles((recv - t["publish_ns"]) / 1e6),
+            "ring_read_per_frame": summary_ms(read_per_frame[~np.isnan(read_per_frame)]),
+            "capture_to_window": summary_ms((t["window_ns"] - t["capture_ns"]) / 1e6),
+            "preprocess": summary_ms(preprocess[~np.isnan(preprocess)]),
+            "window_and_preprocess": summary_ms((t["infer_start_ns"] - t["window_ns"]) / 1e6),
+            "engine": summary_ms(engine_ms),
+            "publish": summary_ms((t["publish_ns"] - t["infer_end_ns"]) / 1e6),
+            "subscriber_receive": summary_ms((recv - t["publish_ns"]) / 1e6),
         },
         "latency_slope_ms_per_min": None if slope is None else round(slope, 4),
         "cpu_percent": cpu,
@@ -617,7 +609,7 @@ def _time_engine(
         t0 = time.perf_counter_ns()
         engine(*inputs)
         times.append((time.perf_counter_ns() - t0) / 1e6)
-    row.update(engine=engine.name, mode=getattr(engine, "mode", None), engine_ms=percentiles(times))
+    row.update(engine=engine.name, mode=getattr(engine, "mode", None), engine_ms=summary_ms(times))
     # ru_maxrss is KiB on Linux: the whole process (weights, activations, the runtime)
     row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if torch.cuda.is_available():

@@ -29,6 +29,7 @@ from engines import malloc
 from stream import control
 from stream.transport import wire
 from stream.pipeline.aggregate import softmax, top_k
+from stream.pipeline.stats import summary_ms
 from stream.errors import UserError
 
 log = logging.getLogger("stream.inference")
@@ -86,16 +87,6 @@ class PaceWatch:
         )
 
 
-def _ms_stats(values_ns: np.ndarray) -> dict | None:
-    if len(values_ns) == 0:
-        return None
-    p50, p90, p99 = np.percentile(values_ns, [50, 90, 99]) / 1e6
-    return {
-        "p50": round(float(p50), 3), "p90": round(float(p90), 3), "p99": round(float(p99), 3),
-        "max": round(float(values_ns.max()) / 1e6, 3),
-    }
-
-
 class _Stats:
     """What the loop knows, read by the heartbeat thread (plain attributes; GIL-safe)."""
 
@@ -135,14 +126,16 @@ class _Stats:
         if ring is None:
             return {"source": self.video_kind, "frames": 0, **self._capture("capture-video")}
         seqs, times = ring.snapshot()
+        writes = ring.write_times_ns()
         return {
             "source": self.video_kind,
             **self._capture("capture-video"),
             "frames": ring.next_seq,
             "last_frame_age_ms": (now_ns - int(times[-1])) / 1e6 if len(times) else None,
-            # over the frames the ring holds now: capture intervals and write times
-            "interval_ms": _ms_stats(np.diff(times)),
-            "ring_write_ms": _ms_stats(ring.write_times_ns()),
+            # over the frames the ring holds now: capture intervals and write times (null
+            # until there is one)
+            "interval_ms": summary_ms(np.diff(times) / 1e6) if len(times) > 1 else None,
+            "ring_write_ms": summary_ms(writes / 1e6) if len(writes) else None,
         }
 
     def audio_health(self, now_ns: int) -> dict:
