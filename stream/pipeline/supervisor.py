@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing as mp
-import multiprocessing.connection
 import os
-import signal
 import sys
 import time
 
@@ -32,17 +29,19 @@ from engines import malloc
 from stream import config, control
 from stream.capture import audio as audio_capture
 from stream.capture import video as video_capture
+from stream.control import CAPTURE_AUDIO, CAPTURE_VIDEO, INFERENCE
 from stream.errors import UserError, error_line
 from stream.pipeline.inference import inference_main
-from stream.pipeline.proc import start_ignoring_sigint
+from stream.pipeline.processes import (
+    STARTING_GRACE_S,
+    STOP_GRACE_S,
+    ProcessGroup,
+    StopSignals,
+)
 from stream.pipeline.ring import AudioRing, FrameRing
 
 log = logging.getLogger("stream.run")
 
-#: How long children get to stop after the stop event before they are terminated; the
-#: inference process gets twice its warm-up window time on top, so that a window in
-#: progress when the stop came can finish (a slow model's takes seconds).
-STOP_GRACE_S = 1.5
 #: Ring slots beyond the model's span: a late tick, the window read itself.
 RING_MARGIN_S = 1.0
 #: Delay between handing out the rings and the first sample of paced sources, so that
@@ -50,10 +49,6 @@ RING_MARGIN_S = 1.0
 START_DELAY_S = 0.1
 #: Largest block an audio capture writes at once (device blocks are 16 ms).
 AUDIO_MAX_BLOCK = 8192
-#: Restart delays of a capture process that died: doubling from the first to the last;
-#: back to the first once it has run for RESTART_RESET_S.
-RESTART_BACKOFF_S = (0.5, 10.0)
-RESTART_RESET_S = 30.0
 
 
 def rings_due(
@@ -97,48 +92,33 @@ def check_shm_space(nbytes: int) -> None:
 class Supervisor:
     def __init__(self, cfg: config.RunConfig):
         self.cfg = cfg
-        self.ctx = mp.get_context("spawn")
-        self.stop = self.ctx.Event()
-        self.signalled: str | None = None
+        self.group = ProcessGroup()
+        self.signals = StopSignals()
         self.ring: FrameRing | None = None
         self.audio_ring: AudioRing | None = None
         self.running = False  # past start-up: children get a grace period to stop
+        # The inference process gets twice its warm-up window time on top (EngineReady),
+        # so that a window in progress when the stop came can finish (a slow model's
+        # takes seconds).
         self.stop_grace_s = STOP_GRACE_S
-        self.children: dict[str, mp.process.BaseProcess] = {}
-        self.conns: dict[str, mp.connection.Connection] = {}
-        # supervision of the capture processes
-        self.specs: dict[str, tuple] = {}  # name -> (target, args), to start it again
-        self.started_at: dict[str, float] = {}
-        self.restarts: dict[str, int] = {}
-        self.backoff: dict[str, float] = {}
-        self.restart_due: dict[str, float] = {}
-
-    # -- signals ---------------------------------------------------------------------
-
-    def _on_signal(self, signum, frame) -> None:
-        self.signalled = signal.Signals(signum).name
 
     # -- life cycle --------------------------------------------------------------------
 
     def run(self) -> int:
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
-            self._start_children()
-            return self._supervise()
-        except UserError as exc:
-            print(error_line(exc), file=sys.stderr, flush=True)
-            return 2
-        finally:
-            self._shutdown()
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+        with self.signals:
+            try:
+                self._start_children()
+                return self._supervise()
+            except UserError as exc:
+                print(error_line(exc), file=sys.stderr, flush=True)
+                return 2
+            finally:
+                self._shutdown()
 
     def _start_children(self) -> None:
         cfg = self.cfg
-        self._start_child(
-            "capture-video",
+        self.group.start(
+            CAPTURE_VIDEO,
             video_capture.capture_main,
             (
                 cfg.camera,
@@ -150,77 +130,29 @@ class Supervisor:
             ),
         )
         with malloc.preloaded(cfg.malloc):  # only the engine's process gains from it
-            self._start_child("inference", inference_main, (cfg, os.getpid()))
-
-    def _start_child(self, name: str, target, args: tuple) -> None:
-        parent_end, child_end = self.ctx.Pipe()
-        proc = self.ctx.Process(target=target, args=(*args, child_end, self.stop), name=name)
-        start_ignoring_sigint(proc)
-        child_end.close()
-        self.children[name] = proc
-        self.conns[name] = parent_end
-        self.specs[name] = (target, args)
-        self.started_at[name] = time.monotonic()
-
-    def _recv(self, timeout: float) -> tuple[str, control.Message] | None:
-        """Next message from any child as (child, message); a dead child's is Died(code)."""
-        waitables = {c: n for n, c in self.conns.items()}
-        waitables.update({p.sentinel: n for n, p in self.children.items()})
-        for ready in mp.connection.wait(list(waitables), timeout):
-            name = waitables[ready]
-            conn = self.conns[name]
-            if ready is conn or conn.poll():
-                try:
-                    return name, control.receive(conn, "stream.run")
-                except (EOFError, OSError):
-                    pass
-            proc = self.children[name]
-            proc.join(0.2)
-            return name, control.Died(proc.exitcode)
-        return None
+            self.group.start(INFERENCE, inference_main, (cfg, os.getpid()))
 
     # -- supervision -------------------------------------------------------------------
 
     def _capture_down(self, name: str, reason: str) -> None:
         """A capture process died or lost its source: restart it later, with backoff."""
-        proc = self.children.pop(name)
-        self.conns.pop(name).close()
-        proc.join(0.5)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(0.5)
-        ran = time.monotonic() - self.started_at[name]
-        first, last = RESTART_BACKOFF_S
-        delay = (
-            first if ran >= RESTART_RESET_S else min(last, 2 * self.backoff.get(name, first / 2))
-        )
-        self.backoff[name] = delay
-        self.restarts[name] = self.restarts.get(name, 0) + 1
-        self.restart_due[name] = time.monotonic() + delay
-        log.warning(
-            "%s stopped (%s): restart %d in %.1f s", name, reason, self.restarts[name], delay
-        )
-        self._tell_inference(name, "down", str(reason))
-
-    def _restart_due_captures(self) -> None:
-        now = time.monotonic()
-        for name, due in list(self.restart_due.items()):
-            if now >= due:
-                del self.restart_due[name]
-                self._start_child(name, *self.specs[name])
+        delay = self.group.down(name)
+        restarts = self.group.restarts[name]
+        log.warning("%s stopped (%s): restart %d in %.1f s", name, reason, restarts, delay)
+        self._tell_inference(name, "down", reason)
 
     def _tell_inference(self, name: str, state: str, reason: str | None) -> None:
         """Source health for the status topic (and for marking predictions degraded)."""
         try:
-            proc = self.children.get(name)
-            self.conns["inference"].send(
+            self.group.send(
+                INFERENCE,
                 control.SourceHealth(
                     name=name,
                     state=state,
                     reason=reason,
-                    restarts=self.restarts.get(name, 0),
-                    pid=proc.pid if proc is not None else None,
-                )
+                    restarts=self.group.restarts.get(name, 0),
+                    pid=self.group.pid(name),
+                ),
             )
         except (OSError, KeyError):
             pass
@@ -235,8 +167,8 @@ class Supervisor:
                 f"{model.name} listens as well as watches but --mic is none: pass --mic default, "
                 "a device name or index, an audio/video file, or synthetic"
             )
-        self._start_child(
-            "capture-audio",
+        self.group.start(
+            CAPTURE_AUDIO,
             audio_capture.capture_main,
             (cfg.mic, model.audio.rate, cfg.loop, cfg.log_level, os.getpid()),
         )
@@ -259,9 +191,9 @@ class Supervisor:
             self.audio_ring = AudioRing.create(capacity, audio.rate, max_block=AUDIO_MAX_BLOCK)
         # One timeline for paced sources (files): picture and sound start together.
         start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
-        self.conns["capture-video"].send(control.WriteRing(self.ring.name, start_ns))
+        self.group.send(CAPTURE_VIDEO, control.WriteRing(self.ring.name, start_ns))
         if self.audio_ring is not None:
-            self.conns["capture-audio"].send(control.WriteRing(self.audio_ring.name, start_ns))
+            self.group.send(CAPTURE_AUDIO, control.WriteRing(self.audio_ring.name, start_ns))
 
     def _fail_on(self, name: str, message: control.Message) -> None:
         """A child's failure that ends the run (start-up, or the inference process)."""
@@ -284,9 +216,9 @@ class Supervisor:
         try:
             # -- start-up: the children report; then the rings are made and handed out.
             while not (ready and self.ring is not None):
-                if self.signalled:
+                if self.signals.received:
                     return 0
-                msg = self._recv(0.1)
+                msg = self.group.receive(0.1)
                 if msg is None:
                     continue
                 name, message = msg
@@ -312,12 +244,13 @@ class Supervisor:
                         self.stop_grace_s = STOP_GRACE_S + 2 * window_s
                     case _:
                         self._fail_on(name, message)
-                audio_ready = audio is not None or "capture-audio" not in self.children
+                audio_ready = audio is not None or CAPTURE_AUDIO not in self.group
                 if self.ring is None and rings_due(
                     ready=ready, model=model, video=video, audio=audio, audio_ready=audio_ready
                 ):
                     self._make_rings(video, model, audio)
-            self.conns["inference"].send(
+            self.group.send(
+                INFERENCE,
                 control.ReadRings(
                     video=self.ring.name,
                     fps=video.fps,
@@ -326,9 +259,9 @@ class Supervisor:
                     audio_kind=None if audio is None else audio.kind,
                     processes={
                         "main": os.getpid(),
-                        **{n: p.pid for n, p in self.children.items() if n != "inference"},
+                        **{n: pid for n, pid in self.group.pids().items() if n != INFERENCE},
                     },
-                )
+                ),
             )
             self.running = True
             log.info(
@@ -341,20 +274,20 @@ class Supervisor:
             # -- running
             deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
             while True:
-                if self.signalled:
-                    log.info("%s: stopping", self.signalled)
+                if self.signals.received:
+                    log.info("%s: stopping", self.signals.received)
                     return 0
-                if self.stop.is_set():  # e.g. the preview window was closed
+                if self.group.stop.is_set():  # e.g. the preview window was closed
                     return 0
                 if deadline is not None and time.monotonic() >= deadline:
                     log.info("--duration reached: stopping")
                     return 0
-                self._restart_due_captures()
-                msg = self._recv(0.1)
+                self.group.restart_due()
+                msg = self.group.receive(0.1)
                 if msg is None:
                     continue
                 name, message = msg
-                if name == "inference":
+                if name == INFERENCE:
                     self._fail_on(name, message)
                 match message:
                     case control.AudioEnded():
@@ -364,10 +297,11 @@ class Supervisor:
                         time.sleep(min(1.0, cfg.stride * 2))  # let the last windows publish
                         return 0
                     case control.VideoOpened() | control.AudioOpened():  # a restarted capture
-                        ring = self.ring if name == "capture-video" else self.audio_ring
+                        ring = self.ring if name == CAPTURE_VIDEO else self.audio_ring
                         start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
-                        self.conns[name].send(control.WriteRing(ring.name, start_ns))
-                        log.info("%s is back after restart %d", name, self.restarts[name])
+                        self.group.send(name, control.WriteRing(ring.name, start_ns))
+                        restarts = self.group.restarts[name]
+                        log.info("%s is back after restart %d", name, restarts)
                         self._tell_inference(name, "up", None)
                     case control.BadInput(line) | control.SourceFailed(line) | control.Crash(line):
                         self._capture_down(name, line)
@@ -380,24 +314,8 @@ class Supervisor:
             return 1
 
     def _shutdown(self) -> None:
-        self.stop.set()
-        # A child still starting (importing torch, loading weights) has nothing to save:
-        # after a failed start-up it is terminated at once.
-        grace = self.stop_grace_s if self.running else 0.2
-        deadline = time.monotonic() + grace
-        for proc in self.children.values():
-            proc.join(max(0.0, deadline - time.monotonic()))
-        for proc in self.children.values():
-            if proc.is_alive():
-                if self.running:
-                    log.warning("%s did not stop in %.1f s: terminating it", proc.name, grace)
-                proc.terminate()
-                proc.join(0.3)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(0.3)
-        for conn in self.conns.values():
-            conn.close()
+        grace = self.stop_grace_s if self.running else STARTING_GRACE_S
+        self.group.stop_all(grace, warn=self.running)
         for ring in (self.ring, self.audio_ring):
             if ring is not None:
                 ring.close()  # the owner unlinks

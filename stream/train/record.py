@@ -7,8 +7,8 @@ stream/train/clips.py (one folder per label). Before each clip a countdown; whil
 a progress bar (both on stderr).
 
 The sources are those of `python -m stream.run`, opened by the same capture processes
-into the same shared-memory rings with the same timestamps (this is `run.Supervisor`
-with recording in place of inference): what a model sees in a recorded clip is what it
+into the same shared-memory rings with the same timestamps (the process group and ring
+plan of stream.run's supervisor, with recording in place of inference): what a model sees in a recorded clip is what it
 sees live. A clip is `--seconds` of frames from the first frame captured after the
 countdown, every frame read from the ring as it arrives; its sound is the audio samples
 of the same span of the monotonic clock (sample 0 at the first frame's capture time),
@@ -47,13 +47,14 @@ from stream import config, control
 from stream.capture import audio as audio_capture
 from stream.capture import video as video_capture
 from stream.errors import ArgumentParser, EndOfStream, UserError, error_line
+from stream.control import CAPTURE_AUDIO, CAPTURE_VIDEO
+from stream.pipeline.processes import STARTING_GRACE_S, STOP_GRACE_S, ProcessGroup, StopSignals
 from stream.pipeline.proc import setup_logging
 from stream.pipeline.ring import AudioRing, FrameRing, sweep_stale_segments
 from stream.pipeline.supervisor import (
     AUDIO_MAX_BLOCK,
     RING_MARGIN_S,
     START_DELAY_S,
-    Supervisor,
     check_shm_space,
     ring_slots,
 )
@@ -241,32 +242,54 @@ def _interrupted(signal_name: str) -> _Stop:
     return _Stop(f"interrupted ({signal_name})", 0)
 
 
-class Recorder(Supervisor):
-    """The capture processes and rings of `run.Supervisor`; this process records."""
+class Recorder:
+    """The capture processes and rings of stream.run (a process group, shared memory
+    that this process owns); this process records."""
 
     def __init__(self, opts: RecordOptions):
-        super().__init__(config.RunConfig(
-            camera=opts.camera, mic=opts.mic, size=opts.size, fps=opts.fps, loop=opts.loop,
-            log_level=opts.log_level,
-        ))
         self.opts = opts
+        self.group = ProcessGroup()
+        self.signals = StopSignals()
+        self.ring: FrameRing | None = None
+        self.audio_ring: AudioRing | None = None
+        self.running = False  # recording: the children get a grace period to stop
         self.with_audio = audio_capture.describe(opts.mic) != "none"
         self.video: control.VideoOpened | None = None
         self.audio: control.AudioOpened | None = None
         self.ended: set[str] = set()  # captures whose file has ended
         self.saved: list[Path] = []
 
+    # -- life cycle ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        with self.signals:
+            try:
+                self._start_children()
+                return self._record()
+            except UserError as exc:
+                print(error_line(exc), file=sys.stderr, flush=True)
+                return 2
+            finally:
+                self._shutdown()
+
+    def _shutdown(self) -> None:
+        self.group.stop_all(STOP_GRACE_S if self.running else STARTING_GRACE_S, warn=self.running)
+        for ring in (self.ring, self.audio_ring):
+            if ring is not None:
+                ring.close()  # the owner unlinks
+        self.ring = self.audio_ring = None
+
     # -- start-up ----------------------------------------------------------------------
 
     def _start_children(self) -> None:
         opts = self.opts
-        self._start_child(
-            "capture-video", video_capture.capture_main,
+        self.group.start(
+            CAPTURE_VIDEO, video_capture.capture_main,
             (opts.camera, config.parse_size(opts.size), opts.fps, opts.loop, opts.log_level, os.getpid()),
         )
         if self.with_audio:
-            self._start_child(
-                "capture-audio", audio_capture.capture_main,
+            self.group.start(
+                CAPTURE_AUDIO, audio_capture.capture_main,
                 (opts.mic, AUDIO_RATE, opts.loop, opts.log_level, os.getpid()),
             )
 
@@ -277,9 +300,9 @@ class Recorder(Supervisor):
     def _open_sources(self) -> None:
         """Wait until every capture has opened its source (or raise its error)."""
         while self.video is None or (self.with_audio and self.audio is None):
-            if self.signalled:
-                raise _interrupted(self.signalled)
-            msg = self._recv(0.1)
+            if self.signals.received:
+                raise _interrupted(self.signals.received)
+            msg = self.group.receive(0.1)
             if msg is None:
                 continue
             name, message = msg
@@ -288,7 +311,7 @@ class Recorder(Supervisor):
                     self.video = message
                 case control.AudioOpened():
                     self.audio = message
-                case control.BadInput(line) if name == "capture-audio" and self._same_file():
+                case control.BadInput(line) if name == CAPTURE_AUDIO and self._same_file():
                     raise UserError(f"{line} (or --mic none to record video only)")
                 case control.BadInput(line):
                     raise UserError(line)
@@ -311,15 +334,15 @@ class Recorder(Supervisor):
         if self.with_audio:
             self.audio_ring = AudioRing.create(capacity, AUDIO_RATE, max_block=AUDIO_MAX_BLOCK)
         start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
-        self.conns["capture-video"].send(control.WriteRing(self.ring.name, start_ns))
+        self.group.send(CAPTURE_VIDEO, control.WriteRing(self.ring.name, start_ns))
         if self.with_audio:
-            self.conns["capture-audio"].send(control.WriteRing(self.audio_ring.name, start_ns))
+            self.group.send(CAPTURE_AUDIO, control.WriteRing(self.audio_ring.name, start_ns))
         self.running = True
 
     # -- the children while recording ----------------------------------------------------
 
     def _child_problem(self, name: str, message: control.Message) -> None:
-        source = self.opts.camera if name == "capture-video" else self.opts.mic
+        source = self.opts.camera if name == CAPTURE_VIDEO else self.opts.mic
         match message:
             case control.SourceFailed(line) | control.Crash(line) | control.BadInput(line):
                 raise _Stop(line, 1)
@@ -330,23 +353,18 @@ class Recorder(Supervisor):
 
     def _check(self, timeout: float = 0.0) -> None:
         """Signals and messages of the children; raises _Stop when recording must end."""
-        if self.signalled:
-            raise _interrupted(self.signalled)
-        while (msg := self._recv(timeout)) is not None:
+        if self.signals.received:
+            raise _interrupted(self.signals.received)
+        while (msg := self.group.receive(timeout)) is not None:
             timeout = 0.0
             name, message = msg
             match message:
                 case control.VideoEnded() | control.AudioEnded():
                     self.ended.add(name)  # the ring says the rest (EndOfStream, no more samples)
                 case control.Died(0) if name in self.ended:
-                    self._forget(name)
+                    self.group.forget(name)  # it finished its file and exited
                 case _:
                     self._child_problem(name, message)
-
-    def _forget(self, name: str) -> None:
-        """A capture that finished its file and exited."""
-        self.children.pop(name).join(0.5)
-        self.conns.pop(name).close()
 
     def _wait(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -355,7 +373,7 @@ class Recorder(Supervisor):
 
     # -- recording ----------------------------------------------------------------------
 
-    def _supervise(self) -> int:
+    def _record(self) -> int:
         opts = self.opts
         try:
             self._open_sources()
