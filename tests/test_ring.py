@@ -1,5 +1,6 @@
 """FrameRing under a concurrent writer in another process: no torn reads, overwrite
-semantics, several readers, end of stream, and nothing left in /dev/shm."""
+semantics, several readers, end of stream, and nothing left in /dev/shm; the ring plan
+of stream.run and stream.record."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from stream.errors import EndOfStream, FrameLost
+from stream.control import CAPTURE_AUDIO, CAPTURE_VIDEO, VideoOpened
+from stream.errors import EndOfStream, FrameLost, UserError
 from stream.pipeline.ring import FrameRing
+from stream.pipeline.ring_plan import AUDIO_MAX_BLOCK, RingPlan, audio_capacity, ring_slots
 
 SHAPE = (48, 64, 3)
 
@@ -229,3 +232,48 @@ def test_owner_unlinks_and_attach_to_missing_fails():
 
     with pytest.raises(RingError):
         FrameRing.attach(name)
+
+
+def test_ring_plan_sizes_creates_hands_out_and_unlinks():
+    """stream.run's and stream.record's rings: sized from the seconds their reader needs,
+    handed to both capture processes with one start time, unlinked by close()."""
+    video = VideoOpened(kind="file", width=64, height=48, fps=30.0, paced=True, live=False)
+    assert ring_slots(1.2, 30.0) == 70  # (1.2 s + the 1 s margin) at 30 fps, + 4
+    assert ring_slots(0.1, 5.0) == 16  # never fewer than 16
+    assert audio_capacity(3.0, 16000) == 5 * 16000 + AUDIO_MAX_BLOCK  # + a margin each side
+    plan = RingPlan()
+    try:
+        plan.create(video, 1.2, audio_rate=16000, audio_s=3.0)
+        names = [plan.frames.name, plan.audio.name]
+        assert plan.frames.slots == 70 and plan.frames.shape == (48, 64, 3)
+        assert plan.audio.capacity == audio_capacity(3.0, 16000)
+        assert plan.audio.sample_rate == 16000
+        handout = plan.handout()
+        assert handout[CAPTURE_VIDEO].name == plan.frames.name
+        assert handout[CAPTURE_AUDIO].name == plan.audio.name
+        assert handout[CAPTURE_VIDEO].start_ns == handout[CAPTURE_AUDIO].start_ns
+        assert all(_shm_exists(n) for n in names)
+    finally:
+        plan.close()
+    assert not any(_shm_exists(n) for n in names)
+    plan.close()  # again: nothing to do
+    video_only = RingPlan()
+    try:
+        video_only.create(video, 1.2)
+        assert video_only.audio is None and list(video_only.handout()) == [CAPTURE_VIDEO]
+    finally:
+        video_only.close()
+
+
+def test_ring_plan_refuses_more_than_dev_shm_holds():
+    huge = VideoOpened(
+        kind="camera", width=100_000, height=100_000, fps=60.0, paced=False, live=True
+    )
+    plan = RingPlan()
+    with pytest.raises(
+        UserError,
+        match=r"the frame ring needs \d+ MiB of shared memory but "
+        r"/dev/shm has \d+ MiB free: capture smaller frames with --size",
+    ):
+        plan.create(huge, 2.0)
+    assert plan.frames is None

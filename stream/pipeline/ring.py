@@ -268,10 +268,6 @@ class FrameRing(_Segment):
         """Mark end of stream: readers waiting for newer frames get `EndOfStream`."""
         self._header[_H_CLOSED] = 1
 
-    def reopen_writer(self) -> None:
-        """Clear the end-of-stream mark (a restarted source writes on)."""
-        self._header[_H_CLOSED] = 0
-
     # -- readers ---------------------------------------------------------------------
 
     @property

@@ -20,7 +20,6 @@ the inference process, which reports it on the status topic.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
@@ -38,17 +37,9 @@ from stream.pipeline.processes import (
     ProcessGroup,
     StopSignals,
 )
-from stream.pipeline.ring import AudioRing, FrameRing
+from stream.pipeline.ring_plan import RingPlan
 
 log = logging.getLogger("stream.run")
-
-#: Ring slots beyond the model's span: a late tick, the window read itself.
-RING_MARGIN_S = 1.0
-#: Delay between handing out the rings and the first sample of paced sources, so that
-#: video and audio files start their shared timeline together.
-START_DELAY_S = 0.1
-#: Largest block an audio capture writes at once (device blocks are 16 ms).
-AUDIO_MAX_BLOCK = 8192
 
 
 def rings_due(
@@ -71,31 +62,12 @@ def rings_due(
     return ready or live
 
 
-def ring_slots(span_s: float, fps: float) -> int:
-    """Slots for the model's span plus a margin, at the source's frame rate."""
-    return max(16, math.ceil((span_s + RING_MARGIN_S) * fps) + 4)
-
-
-def check_shm_space(nbytes: int) -> None:
-    try:
-        st = os.statvfs("/dev/shm")
-    except OSError:
-        return  # not Linux: the OS decides
-    free = st.f_bavail * st.f_frsize
-    if nbytes > free:
-        raise UserError(
-            f"the frame ring needs {nbytes / 2**20:.0f} MiB of shared memory but /dev/shm has "
-            f"{free / 2**20:.0f} MiB free: capture smaller frames with --size, or enlarge /dev/shm"
-        )
-
-
 class Supervisor:
     def __init__(self, cfg: config.RunConfig):
         self.cfg = cfg
         self.group = ProcessGroup()
         self.signals = StopSignals()
-        self.ring: FrameRing | None = None
-        self.audio_ring: AudioRing | None = None
+        self.rings = RingPlan()
         self.running = False  # past start-up: children get a grace period to stop
         # The inference process gets twice its warm-up window time on top (EngineReady),
         # so that a window in progress when the stop came can finish (a slow model's
@@ -179,21 +151,16 @@ class Supervisor:
         model: control.ModelBuilt,
         audio: control.AudioOpened | None,
     ) -> None:
-        slots = ring_slots(model.span_s, video.fps)
-        nbytes = FrameRing.nbytes(slots, video.height, video.width)
-        capacity = 0
-        if audio is not None:
-            seconds = model.audio.span_s + model.span_s + self.cfg.stride + 2 * RING_MARGIN_S
-            capacity = max(8 * AUDIO_MAX_BLOCK, math.ceil(seconds * audio.rate))
-        check_shm_space(nbytes + 4 * capacity)
-        self.ring = FrameRing.create(slots, video.height, video.width)
-        if audio is not None:
-            self.audio_ring = AudioRing.create(capacity, audio.rate, max_block=AUDIO_MAX_BLOCK)
-        # One timeline for paced sources (files): picture and sound start together.
-        start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
-        self.group.send(CAPTURE_VIDEO, control.WriteRing(self.ring.name, start_ns))
-        if self.audio_ring is not None:
-            self.group.send(CAPTURE_AUDIO, control.WriteRing(self.audio_ring.name, start_ns))
+        # A window's sound is centred on its frames' centre and read up to a stride
+        # late: the two spans and the stride bound how far back it reaches.
+        self.rings.create(
+            video,
+            model.span_s,
+            audio_rate=None if audio is None else audio.rate,
+            audio_s=0.0 if audio is None else model.audio.span_s + model.span_s + self.cfg.stride,
+        )
+        for name, message in self.rings.handout().items():
+            self.group.send(name, message)
 
     def _fail_on(self, name: str, message: control.Message) -> None:
         """A child's failure that ends the run (start-up, or the inference process)."""
@@ -215,7 +182,7 @@ class Supervisor:
         ready = False
         try:
             # -- start-up: the children report; then the rings are made and handed out.
-            while not (ready and self.ring is not None):
+            while not (ready and self.rings.frames is not None):
                 if self.signals.received:
                     return 0
                 msg = self.group.receive(0.1)
@@ -245,17 +212,17 @@ class Supervisor:
                     case _:
                         self._fail_on(name, message)
                 audio_ready = audio is not None or CAPTURE_AUDIO not in self.group
-                if self.ring is None and rings_due(
+                if self.rings.frames is None and rings_due(
                     ready=ready, model=model, video=video, audio=audio, audio_ready=audio_ready
                 ):
                     self._make_rings(video, model, audio)
             self.group.send(
                 INFERENCE,
                 control.ReadRings(
-                    video=self.ring.name,
+                    video=self.rings.frames.name,
                     fps=video.fps,
                     video_kind=video.kind,
-                    audio=None if self.audio_ring is None else self.audio_ring.name,
+                    audio=None if self.rings.audio is None else self.rings.audio.name,
                     audio_kind=None if audio is None else audio.kind,
                     processes={
                         "main": os.getpid(),
@@ -297,9 +264,7 @@ class Supervisor:
                         time.sleep(min(1.0, cfg.stride * 2))  # let the last windows publish
                         return 0
                     case control.VideoOpened() | control.AudioOpened():  # a restarted capture
-                        ring = self.ring if name == CAPTURE_VIDEO else self.audio_ring
-                        start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
-                        self.group.send(name, control.WriteRing(ring.name, start_ns))
+                        self.group.send(name, self.rings.handout()[name])
                         restarts = self.group.restarts[name]
                         log.info("%s is back after restart %d", name, restarts)
                         self._tell_inference(name, "up", None)
@@ -316,10 +281,7 @@ class Supervisor:
     def _shutdown(self) -> None:
         grace = self.stop_grace_s if self.running else STARTING_GRACE_S
         self.group.stop_all(grace, warn=self.running)
-        for ring in (self.ring, self.audio_ring):
-            if ring is not None:
-                ring.close()  # the owner unlinks
-        self.ring = self.audio_ring = None
+        self.rings.close()
 
 
 class _RunFailed(Exception):

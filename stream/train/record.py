@@ -46,18 +46,12 @@ import numpy as np
 from stream import config, control
 from stream.capture import audio as audio_capture
 from stream.capture import video as video_capture
-from stream.errors import ArgumentParser, EndOfStream, UserError, error_line
 from stream.control import CAPTURE_AUDIO, CAPTURE_VIDEO
-from stream.pipeline.processes import STARTING_GRACE_S, STOP_GRACE_S, ProcessGroup, StopSignals
+from stream.errors import ArgumentParser, EndOfStream, UserError, error_line
 from stream.pipeline.proc import setup_logging
-from stream.pipeline.ring import AudioRing, FrameRing, sweep_stale_segments
-from stream.pipeline.supervisor import (
-    AUDIO_MAX_BLOCK,
-    RING_MARGIN_S,
-    START_DELAY_S,
-    check_shm_space,
-    ring_slots,
-)
+from stream.pipeline.processes import STARTING_GRACE_S, STOP_GRACE_S, ProcessGroup, StopSignals
+from stream.pipeline.ring import sweep_stale_segments
+from stream.pipeline.ring_plan import RingPlan
 from stream.pipeline.window import AudioSampler
 
 log = logging.getLogger("stream.record")
@@ -250,8 +244,7 @@ class Recorder:
         self.opts = opts
         self.group = ProcessGroup()
         self.signals = StopSignals()
-        self.ring: FrameRing | None = None
-        self.audio_ring: AudioRing | None = None
+        self.rings = RingPlan()
         self.running = False  # recording: the children get a grace period to stop
         self.with_audio = audio_capture.describe(opts.mic) != "none"
         self.video: control.VideoOpened | None = None
@@ -274,10 +267,7 @@ class Recorder:
 
     def _shutdown(self) -> None:
         self.group.stop_all(STOP_GRACE_S if self.running else STARTING_GRACE_S, warn=self.running)
-        for ring in (self.ring, self.audio_ring):
-            if ring is not None:
-                ring.close()  # the owner unlinks
-        self.ring = self.audio_ring = None
+        self.rings.close()
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -321,22 +311,14 @@ class Recorder:
     def _make_rings(self) -> None:
         """Rings for a clip plus a margin; paced sources start on one timeline."""
         video, opts = self.video, self.opts
-        slots = ring_slots(min(opts.seconds, RING_MAX_S), video.fps)
-        nbytes = FrameRing.nbytes(slots, video.height, video.width)
-        capacity = 0
-        if self.with_audio:
-            # The sound of a clip is cut once its last frame is in: the whole clip, the
-            # wait for its last block, and a margin.
-            seconds = opts.seconds + AUDIO_WAIT_S + 2 * RING_MARGIN_S
-            capacity = max(8 * AUDIO_MAX_BLOCK, math.ceil(seconds * AUDIO_RATE) + AUDIO_MAX_BLOCK)
-        check_shm_space(nbytes + 4 * capacity)
-        self.ring = FrameRing.create(slots, video.height, video.width)
-        if self.with_audio:
-            self.audio_ring = AudioRing.create(capacity, AUDIO_RATE, max_block=AUDIO_MAX_BLOCK)
-        start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
-        self.group.send(CAPTURE_VIDEO, control.WriteRing(self.ring.name, start_ns))
-        if self.with_audio:
-            self.group.send(CAPTURE_AUDIO, control.WriteRing(self.audio_ring.name, start_ns))
+        self.rings.create(
+            video, min(opts.seconds, RING_MAX_S),
+            # The sound of a clip is cut once its last frame is in: the whole clip and
+            # the wait for its last block.
+            audio_rate=AUDIO_RATE if self.with_audio else None, audio_s=opts.seconds + AUDIO_WAIT_S,
+        )
+        for name, message in self.rings.handout().items():
+            self.group.send(name, message)
         self.running = True
 
     # -- the children while recording ----------------------------------------------------
@@ -436,7 +418,7 @@ class Recorder:
         """Record one clip and write it; raises _Stop (and writes nothing) when it cannot
         be completed."""
         opts = self.opts
-        ring = self.ring
+        ring = self.rings.frames
         period_ns = round(1e9 / self.video.fps)
         span_ns = round(opts.seconds * 1e9)
         progress = _Progress(f"clip {number}/{opts.count}", opts.seconds)
@@ -483,7 +465,7 @@ class Recorder:
 
     def _cut_audio(self, number: int, t0_ns: int) -> np.ndarray:
         """The samples of [t0, t0 + seconds) once they have arrived (zeros where missing)."""
-        ring = self.audio_ring
+        ring = self.rings.audio
         n = round(self.opts.seconds * AUDIO_RATE)
         sampler = AudioSampler(ring, n)
         centre_ns = t0_ns + round(n / 2 * 1e9 / AUDIO_RATE)  # so that the window starts at t0
