@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import models
-from conftest import AV_CLIP_EVENT_S, REPO, shm_segments
+from helpers import AV_CLIP_EVENT_S, REPO, shm_segments
 from stream.control import AudioEnded, AudioOpened, BadInput, VideoEnded, VideoOpened, WriteRing
 from stream.errors import FrameLost
 from stream.pipeline.preprocess import LogMel
@@ -79,18 +79,18 @@ def test_audio_ring_concurrent_writer_reads_are_consistent():
         ring.close()
 
 
-def test_audio_window_is_centred_and_zero_filled():
+def test_audio_window_is_cut_by_time_and_zero_filled():
     with AudioRing.create(64000, RATE, max_block=1600) as ring:
         t0 = 10**9
         for k in range(20):  # 2 s of a ramp, 0.1 s blocks
             ring.write(np.arange(k * 1600, (k + 1) * 1600, dtype=np.float32) + 1, t0 + k * 100_000_000)
         sampler = AudioSampler(ring, 8000)  # 0.5 s
-        w = sampler.sample(t0 + 1_000_000_000)  # centre at 1.0 s: samples 12000..20000
+        w = sampler.sample(t0 + 750_000_000)  # from 0.75 s: samples 12000..20000
         assert w.missing == 0 and w.samples[0] == 12001 and w.samples[-1] == 20000
         assert (w.start_ns, w.end_ns) == (t0 + 750_000_000, t0 + 1_250_000_000)
-        assert sampler.arrived(t0 + 1_000_000_000)
-        late = sampler.sample(t0 + 1_900_000_000)  # ends 0.15 s after the newest sample
-        assert not sampler.arrived(t0 + 1_900_000_000)
+        assert sampler.arrived(t0 + 750_000_000)
+        late = sampler.sample(t0 + 1_650_000_000)  # ends 0.15 s after the newest sample
+        assert not sampler.arrived(t0 + 1_650_000_000)
         assert late.missing == 2400 and (late.samples[-2400:] == 0).all() and late.samples[0] > 0
 
 

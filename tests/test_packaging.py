@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port, shm_segments
+from helpers import REPO, free_port, shm_segments
 from stream.transport import wire
 from stream.transport.publish import Publisher
 
@@ -203,9 +203,14 @@ def test_light_subscriber_receives_from_a_publisher(light_python, tmp_path):
                 mono_ns=time.monotonic_ns(),
                 wall_ns=time.time_ns(),
                 fps_in=30.0,
-                windows={"run": seq, "skipped": 0, "stale": 0},
-                sources={"video": {}, "audio": {}},
-                publish={"sent": publisher.sent, "dropped": publisher.dropped, "subscriptions": 1},
+                windows_run=seq,
+                windows_skipped=0,
+                windows_stale=0,
+                video={},
+                audio={},
+                sent=publisher.sent,
+                dropped=publisher.dropped,
+                subscriptions=1,
                 processes={"inference": os.getpid()},
             )
             publisher.send(wire.topic(wire.STATUS_TOPIC, "light"), body)

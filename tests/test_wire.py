@@ -3,35 +3,47 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
+import zmq
 
-from stream.transport import wire
-from stream.pipeline.aggregate import Smoother, softmax, top_k
 from stream.errors import UserError
+from stream.pipeline.aggregate import Smoother, softmax, top_k
+from stream.transport import wire
+from stream.transport.publish import Publisher
+
+# Every field wire.prediction takes: the body a running stream builds for one window.
+_PREDICTION_FIELDS = {
+    "seq": 3,
+    "stream": "cam0",
+    "model": "x3d_xs",
+    "engine": "torch-cpu",
+    "labels": [{"label": "whistling", "index": 398, "score": 0.5}],
+    "window_start_ns": 10,
+    "window_end_ns": 20,
+    "frames": 4,
+    "audio_start_ns": 0,
+    "audio_end_ns": 0,
+    "capture_ns": 20,
+    "window_ns": 21,
+    "infer_start_ns": 25,
+    "infer_end_ns": 45,
+    "smoothing": "ema:0.5",
+    "random_weights": False,
+    "stride_s": 0.25,
+    "skipped": 0,
+    "degraded": [],
+    "stages_ms": {"ring_read": 0.12345, "preprocess": 2.0},
+}
 
 
 def _prediction(**over):
-    body = wire.prediction(
-        seq=3,
-        stream="cam0",
-        model="x3d_xs",
-        engine="torch-cpu",
-        labels=[{"label": "whistling", "index": 398, "score": 0.5}],
-        window={"start_ns": 10, "end_ns": 20, "frames": 4, "audio_s": 0.0},
-        capture_ns=20,
-        infer_start_ns=25,
-        infer_end_ns=45,
-        publish_ns=50,
-        wall_ns=1_700_000_000_000_000_000,
-        window_ns=21,
-        smoothing="ema:0.5",
-        random_weights=False,
-        stride_s=0.25,
-        skipped=0,
-        stages_ms={"ring_read": 0.12345, "preprocess": 2.0},
-    )
+    """A complete prediction message body (stamped as at a publish at 50 ns), with the
+    top-level fields in `over` replaced."""
+    body = wire.prediction(**_PREDICTION_FIELDS)
+    wire.stamp_publish(body, publish_ns=50, wall_ns=1_700_000_000_000_000_000)
     body.update(over)
     return body
 
@@ -46,9 +58,14 @@ def _status(**over):
         mono_ns=1,
         wall_ns=2,
         fps_in=30.0,
-        windows={"run": 1, "skipped": 0, "stale": 0},
-        sources={"video": {"source": "synthetic"}, "audio": {"source": "none", "used": False}},
-        publish={"sent": 1, "dropped": 0, "subscriptions": 1},
+        windows_run=1,
+        windows_skipped=0,
+        windows_stale=0,
+        video={"source": "synthetic"},
+        audio={"source": "none", "used": False},
+        sent=1,
+        dropped=0,
+        subscriptions=1,
         processes={"main": 100},
     )
     body.update(over)
@@ -58,10 +75,23 @@ def _status(**over):
 def test_prediction_round_trip():
     body = _prediction()
     assert body["latency_ms"] == {"engine": 20 / 1e6, "capture_to_publish": 30 / 1e6}
-    assert body["t"]["window_ns"] == 21 and body["stages_ms"] == {
-        "ring_read": 0.123,
-        "preprocess": 2.0,
+    assert body["t"] == {
+        "capture_ns": 20,
+        "window_ns": 21,
+        "infer_start_ns": 25,
+        "infer_end_ns": 45,
+        "publish_ns": 50,
+        "wall_ns": 1_700_000_000_000_000_000,
     }
+    assert body["window"] == {
+        "start_ns": 10,
+        "end_ns": 20,
+        "frames": 4,
+        "audio_s": 0.0,
+        "audio_start_ns": 0,
+        "audio_end_ns": 0,
+    }
+    assert body["stages_ms"] == {"ring_read": 0.123, "preprocess": 2.0}
     assert (body["random_weights"], body["stride_s"], body["skipped"], body["degraded"]) == (
         False,
         0.25,
@@ -72,6 +102,58 @@ def test_prediction_round_trip():
     assert frames[0] == b"pred.cam0"
     topic, decoded = wire.decode(frames)
     assert topic == "pred.cam0" and decoded == body
+
+
+def test_a_prediction_is_a_message_once_stamped():
+    body = _prediction()
+    for key in ("publish_ns", "wall_ns"):
+        del body["t"][key]
+    del body["latency_ms"]["capture_to_publish"]
+    with pytest.raises(wire.WireError, match="publish_ns"):
+        wire.validate(body)  # what prediction() builds is not sent before stamp_publish
+    wire.stamp_publish(body, publish_ns=1020, wall_ns=7)
+    assert wire.validate(body)["latency_ms"]["capture_to_publish"] == (1020 - 20) / 1e6
+    assert (body["t"]["publish_ns"], body["t"]["wall_ns"]) == (1020, 7)
+
+
+def test_audio_seconds_are_the_sound_window_given():
+    body = wire.prediction(
+        **{
+            **_PREDICTION_FIELDS,
+            "audio_start_ns": 1_000_000_000,
+            "audio_end_ns": 3_064_000_000,
+        }
+    )
+    assert body["window"]["audio_s"] == 2.064
+
+
+def test_publisher_stamps_a_prediction_as_it_sends_it():
+    context = zmq.Context()
+    publisher = Publisher("tcp://127.0.0.1:*", context=context)
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"pred.")
+    sub.connect(publisher._socket.getsockopt(zmq.LAST_ENDPOINT).decode())
+    try:
+        deadline = time.monotonic() + 60
+        while publisher.count_subscriptions() == 0:  # the XPUB reports the subscription
+            assert time.monotonic() < deadline, "the subscription never arrived"
+            time.sleep(0.01)
+        body = wire.prediction(**{**_PREDICTION_FIELDS, "capture_ns": time.monotonic_ns()})
+        wall, mono = time.time_ns(), time.monotonic_ns()
+        assert publisher.send_prediction("pred.cam0", body)
+        mono_after, wall_after = time.monotonic_ns(), time.time_ns()
+        assert sub.poll(30_000), "the prediction did not arrive"
+        topic, got = wire.decode(sub.recv_multipart())
+    finally:
+        sub.close(0)
+        publisher.close()
+        context.term()
+    t = got["t"]
+    assert topic == "pred.cam0" and mono <= t["publish_ns"] <= mono_after
+    assert wall <= t["wall_ns"] <= wall_after
+    assert got["latency_ms"]["capture_to_publish"] == (t["publish_ns"] - t["capture_ns"]) / 1e6
+    assert (publisher.sent, publisher.dropped) == (1, 0)
 
 
 def test_status_round_trip():

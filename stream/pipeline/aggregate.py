@@ -56,11 +56,6 @@ class Smoother:
             return np.mean(self._recent, axis=0)
         return probs
 
-    def reset(self) -> None:
-        self._ema = None
-        if self._recent is not None:
-            self._recent.clear()
-
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - np.max(logits)

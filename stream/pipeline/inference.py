@@ -175,13 +175,10 @@ class _Heartbeat(threading.Thread):
             body = wire.status(
                 seq=seq, stream=self.stream_id, model=s.model, engine=s.engine, state=state,
                 mono_ns=now, wall_ns=time.time_ns(), fps_in=round(fps_in, 2),
-                windows={"run": s.windows_run, "skipped": s.skipped, "stale": s.stale},
-                sources={"video": video, "audio": s.audio_health(now)},
-                publish={
-                    "sent": self.publisher.sent, "dropped": self.publisher.dropped,
-                    "subscriptions": self.publisher.count_subscriptions(),
-                },
-                processes=s.processes,
+                windows_run=s.windows_run, windows_skipped=s.skipped, windows_stale=s.stale,
+                video=video, audio=s.audio_health(now),
+                sent=self.publisher.sent, dropped=self.publisher.dropped,
+                subscriptions=self.publisher.count_subscriptions(), processes=s.processes,
             )
             self.publisher.send(self.topic, body)
             seq += 1
@@ -246,7 +243,7 @@ class InferenceLoop:
         from stream.pipeline.preprocess import LogMel, Preprocessor
         from stream.pipeline.proc import parent_alive
         from stream.pipeline.ring import AudioRing, FrameRing
-        from stream.pipeline.window import AudioSampler, PathwaySpec, Scheduler, WindowSampler
+        from stream.pipeline.window import AudioSampler, Scheduler, WindowGeometry, WindowSampler
 
         cfg, stats = self.cfg, self.stats
         stats.state = "loading"
@@ -327,13 +324,14 @@ class InferenceLoop:
         # A window whose frames lie further than this from their target times is degraded
         # (a source was down, or dropped frames): two frame periods, at least 50 ms.
         self.gap_limit_ns = round(max(2 * self.frame_period_s, 0.05) * 1e9)
-        self.sampler = WindowSampler(self.ring, [PathwaySpec(v.frames, v.interval_s) for v in meta.video])
+        geometry = WindowGeometry.of(meta, self.logmel)
+        self.sampler = WindowSampler(self.ring, geometry)
         self.preprocess.warmup(*self.ring.shape[:2])  # plans this geometry, before the first window
         self.audio_sampler = None
         if self.logmel is not None:
             self.audio_ring = stats.audio_ring = AudioRing.attach(rings.audio)
             stats.audio = {"source": rings.audio_kind, "used": True}
-            self.audio_sampler = AudioSampler(self.audio_ring, self.logmel.samples)
+            self.audio_sampler = AudioSampler(self.audio_ring, geometry.audio_samples)
         self.scheduler = Scheduler(cfg.stride)
         self.pace = PaceWatch(cfg.stride)
         # What start-up built lives as long as the process: out of the collector's way, so
@@ -370,7 +368,7 @@ class InferenceLoop:
             stats.state = "running"
             stages = {"ring_read": window.read_ns / 1e6, "preprocess": preprocess_ns / 1e6}
             body, labels = self._infer(window, inputs, stages, window_ns, seq)
-            self.publisher.send(topic, body, stamp_publish=True)
+            self.publisher.send_prediction(topic, body)
             seq += 1
             stats.windows_run = seq
             behind = self.scheduler.advance()
@@ -429,15 +427,15 @@ class InferenceLoop:
         capture_ns = window.end_ns
         audio_span = (0, 0)
         if self.audio_sampler is not None:
-            centre_ns = window.end_ns - self.sampler.span_ns // 2
+            first_ns = window.plan.audio_first_ns  # centred on the video window's centre
             waited_ns = time.monotonic_ns()
             give_up = time.monotonic() + cfg.stride
-            while not self.audio_sampler.arrived(centre_ns) and time.monotonic() < give_up:
+            while not self.audio_sampler.arrived(first_ns) and time.monotonic() < give_up:
                 if self.stop.is_set() or self.audio_ring.closed:
                     break
                 time.sleep(0.001)
             stages["audio_wait"] = (time.monotonic_ns() - waited_ns) / 1e6
-            aw = self.audio_sampler.sample(centre_ns)
+            aw = self.audio_sampler.sample(first_ns)
             if aw.missing:
                 degraded.append(f"audio gap: {aw.missing} of {self.audio_sampler.samples} samples missing")
             else:
@@ -452,13 +450,10 @@ class InferenceLoop:
         labels = top_k(self.smoother.update(probs), meta.labels, cfg.topk)
         body = wire.prediction(
             seq=seq, stream=cfg.stream_id, model=meta.name, engine=self.engine.name, labels=labels,
-            window={
-                "start_ns": window.start_ns, "end_ns": window.end_ns, "frames": window.frames,
-                "audio_s": (audio_span[1] - audio_span[0]) / 1e9,
-                "audio_start_ns": audio_span[0], "audio_end_ns": audio_span[1],
-            },
-            capture_ns=capture_ns, infer_start_ns=infer_start_ns, infer_end_ns=infer_end_ns,
-            publish_ns=0, wall_ns=0, window_ns=window_ns, smoothing=cfg.smoothing,
+            window_start_ns=window.start_ns, window_end_ns=window.end_ns, frames=window.frames,
+            audio_start_ns=audio_span[0], audio_end_ns=audio_span[1],
+            capture_ns=capture_ns, window_ns=window_ns,
+            infer_start_ns=infer_start_ns, infer_end_ns=infer_end_ns, smoothing=cfg.smoothing,
             random_weights=cfg.weights is None, stride_s=cfg.stride, skipped=self.scheduler.skipped,
             degraded=degraded, stages_ms=stages,
         )

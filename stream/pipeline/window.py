@@ -1,10 +1,15 @@
-"""Sliding windows: which captured frames make a window, and when windows run.
+"""Sliding windows: where a window lies in time, which captured frames make it, and when
+windows run.
 
-The sampler works on capture timestamps, not frame counts: for each target time across
-a pathway's span it takes the captured frame nearest to it, so a camera at 24 or 60 fps,
-or one that drops frames, still gives the model the temporal span it was trained on.
-The window ends at the newest captured frame (its timestamp is `capture_ns` on the
-wire), so a prediction's age is measured from the freshest sample it saw.
+`WindowGeometry` is the one statement of a model's window in time, for serving and
+training alike (`stream.train.dataset` cuts its samples with it): the span of the video
+pathways, per pathway the target time of each frame, and the audio window centred on the
+video window's centre. `WindowGeometry.plan(end_ns)` gives one window's `WindowPlan`, and
+`WindowPlan.choose(times)` picks, for each target time, the captured frame nearest to it,
+so a camera at 24 or 60 fps, or one that drops frames, still gives the model the temporal
+span it was trained on. The window ends at the newest captured frame (its timestamp is
+`capture_ns` on the wire), so a prediction's age is measured from the freshest sample it
+saw.
 
 The inference reads a window's frames in place (`WindowSampler.sample_in_place`): the
 preprocessing reads the pixels it needs straight from the ring's slots, and the window
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -30,6 +35,10 @@ from stream.errors import FrameLost
 from stream.pipeline.ring import AudioRing, FrameRing, Frames
 
 R = TypeVar("R")
+
+#: How far before a window's earliest target time a frame may lie and still be chosen
+#: (and how far after it the oldest frame held may lie for history to cover the span).
+TOLERANCE_NS = 50_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,25 +71,115 @@ def nearest(times_ns: np.ndarray, targets_ns: np.ndarray) -> np.ndarray:
     return np.where(pick_right, right, left)
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowPlan:
+    """Where one window lies in time (`WindowGeometry.plan`)."""
+
+    end_ns: int  # the newest frame's time; the last target of every pathway
+    targets: tuple[np.ndarray, ...]  # per pathway, its frames' target times, oldest first
+    start_ns: int  # the earliest target time (end_ns - span_ns)
+    oldest_ns: int  # frames captured before this are never chosen (start_ns - tolerance)
+    centre_ns: int  # the video window's centre, where the audio window is centred
+    audio_first_ns: int | None  # time of the audio window's first sample; None: no audio
+    audio_samples: int
+
+    def choose(self, times_ns: np.ndarray) -> list[np.ndarray]:
+        """Per pathway, the index into sorted `times_ns` of the frame nearest each target.
+
+        Only frames from `oldest_ns` on count: after an outage the frame nearest to an
+        early target may be older than the window, and the window never reaches back
+        across the outage (the gap to the target shows instead)."""
+        lo = int(np.searchsorted(times_ns, self.oldest_ns, side="left"))
+        inside = times_ns[lo:]
+        return [nearest(inside, t) + lo for t in self.targets]
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowGeometry:
+    """A model's window in time: its video pathways and the length of its audio window.
+
+    Built from a model's metadata (`of`), and used by the inference loop (through
+    `WindowSampler` and `AudioSampler`) and by the training dataset, so that both cut the
+    same window from the same capture."""
+
+    pathways: tuple[PathwaySpec, ...]
+    audio_samples: int = 0  # samples per audio window; 0: the model does not listen
+    sample_rate: int = 0
+    tolerance_ns: int = TOLERANCE_NS
+
+    def __post_init__(self) -> None:
+        if not self.pathways:
+            raise ValueError("a window needs at least one pathway")
+        if self.audio_samples < 0 or (self.audio_samples and self.sample_rate <= 0):
+            raise ValueError(
+                f"bad audio window: {self.audio_samples} samples at {self.sample_rate} Hz"
+            )
+
+    @classmethod
+    def of(cls, meta, logmel=None) -> WindowGeometry:
+        """The geometry of `meta`'s windows (a `models.ModelMeta`); the audio window is as
+        long as `logmel` (the model's `LogMel` front end) takes, None for a video-only model."""
+        pathways = tuple(PathwaySpec(v.frames, v.interval_s) for v in meta.video)
+        if logmel is None:
+            return cls(pathways)
+        return cls(pathways, audio_samples=logmel.samples, sample_rate=logmel.cfg.sample_rate)
+
+    @property
+    def span_ns(self) -> int:
+        """From the earliest target time to the last, over all pathways."""
+        return max(p.span_ns for p in self.pathways)
+
+    @property
+    def audio_half_ns(self) -> int:
+        """Half the audio window, from its first sample's time to its centre."""
+        return round(self.audio_samples / 2 * 1e9 / self.sample_rate) if self.audio_samples else 0
+
+    def centre_ns(self, end_ns: int) -> int:
+        """The centre of the video window that ends at `end_ns`."""
+        return end_ns - self.span_ns // 2
+
+    def audio_first_ns(self, centre_ns: int) -> int:
+        """Time of the first sample of the audio window centred on `centre_ns`."""
+        return centre_ns - self.audio_half_ns
+
+    def ends_within_sound(self, sound_s: float) -> tuple[int, int]:
+        """(earliest, latest) end of a window whose audio window lies inside sound that
+        runs from time 0 for `sound_s` seconds (a clip's)."""
+        lead_ns = self.span_ns // 2 + self.audio_half_ns  # from the audio's start to the end
+        return lead_ns, round(sound_s * 1e9) - 2 * self.audio_half_ns + lead_ns
+
+    def plan(self, end_ns: int) -> WindowPlan:
+        """The window whose last frame is at `end_ns`."""
+        start_ns = end_ns - self.span_ns
+        centre_ns = self.centre_ns(end_ns)
+        return WindowPlan(
+            end_ns=end_ns,
+            targets=tuple(target_times(end_ns, p) for p in self.pathways),
+            start_ns=start_ns,
+            oldest_ns=start_ns - self.tolerance_ns,
+            centre_ns=centre_ns,
+            audio_first_ns=self.audio_first_ns(centre_ns) if self.audio_samples else None,
+            audio_samples=self.audio_samples,
+        )
+
+
 @dataclasses.dataclass
 class Window:
-    """One window: per pathway its frames (copies, or where they lie in the ring), plus its timing."""
+    """One window: per pathway where its frames lie in the ring, plus its timing."""
 
-    clips: list[np.ndarray] | None  # per pathway (T, H, W, C) uint8 copies; None when read in place
+    plan: WindowPlan
     seqs: list[np.ndarray]  # ring sequence numbers per pathway
+    in_ring: list[Frames]  # per pathway, the frames in place
+    ring: FrameRing
     start_ns: int  # capture time of the oldest frame used
     end_ns: int  # capture time of the newest frame used (= capture_ns on the wire)
     newest_seq: int
-    frames: int  # distinct frames read from the ring
-    read_ns: int  # time spent in the ring: copying the frames out, or checking them in place
+    frames: int  # distinct frames in the window
+    read_ns: int  # time spent checking the frames in the ring
     max_gap_ns: int  # the largest distance of a chosen frame from its target time
-    in_ring: list[Frames] | None = None  # per pathway, the frames in place (`sample_in_place`)
-    ring: FrameRing | None = None
 
     def newest_frame(self) -> np.ndarray | None:
         """A copy of the newest frame of the first pathway (None: overwritten meanwhile)."""
-        if self.clips is not None:
-            return self.clips[0][-1]
         try:
             return self.ring.read(int(self.seqs[0][-1]))[0]
         except FrameLost:
@@ -88,41 +187,19 @@ class Window:
 
 
 class WindowSampler:
-    """Cuts windows out of a FrameRing by timestamp.
+    """Cuts windows out of a FrameRing by timestamp, where the frames lie.
 
-    `sample()` copies the frames out of the ring, into buffers allocated once, each
-    distinct frame once even when pathways share frames (SlowFast's slow frames are a
-    subset of its fast ones). `sample_in_place(use)` copies nothing: `use` reads the
-    frames where they lie, and the window counts only if none was overwritten meanwhile.
+    `sample_in_place(use)` copies nothing: `use` reads the frames in the ring, and the
+    window counts only if none was overwritten meanwhile.
     """
 
-    def __init__(self, ring: FrameRing, pathways: Sequence[PathwaySpec], *, tolerance_s: float = 0.05):
-        if not pathways:
-            raise ValueError("a window needs at least one pathway")
+    def __init__(self, ring: FrameRing, geometry: WindowGeometry):
         self.ring = ring
-        self.pathways = tuple(pathways)
-        self.span_ns = max(p.span_ns for p in self.pathways)
-        # How far before the oldest frame held the earliest target may lie and still
-        # count as covered (at start-up, history must cover the whole span).
-        self.tolerance_ns = round(tolerance_s * 1e9)
-        self._clips: list[np.ndarray] | None = None  # allocated on the first copying sample()
+        self.geometry = geometry
 
-    def sample(self, *, retries: int = 3) -> Window | None:
-        """The window ending at the newest frame, copied out of the ring, or None while
-        history is too short."""
-        if self._clips is None:
-            self._clips = [np.empty((p.frames, *self.ring.shape), dtype=np.uint8) for p in self.pathways]
-        for _ in range(retries):
-            chosen = self._choose()
-            if chosen is None:
-                return None
-            try:
-                return self._read(*chosen)
-            except FrameLost:
-                continue  # the writer lapped a slot we chose; choose again from newer data
-        raise FrameLost(f"could not read a consistent window in {retries} attempts")
-
-    def sample_in_place(self, use: Callable[[Window], R], *, retries: int = 3) -> tuple[Window, R] | None:
+    def sample_in_place(
+        self, use: Callable[[Window], R], *, retries: int = 3
+    ) -> tuple[Window, R] | None:
         """(window, use(window)) for the window ending at the newest frame, or None while
         history is too short.
 
@@ -131,22 +208,16 @@ class WindowSampler:
         its result is dropped and `use` runs again on a newer window.
         """
         for _ in range(retries):
-            chosen = self._choose()
-            if chosen is None:
+            window = self._choose()
+            if window is None:
                 return None
-            picks, times, newest_seq, max_gap_ns = chosen
             started = time.perf_counter_ns()
-            distinct = np.unique(np.concatenate(picks))
-            try:
-                self.ring.check(distinct)  # the chosen frames and their times are (still) consistent
+            distinct = np.unique(np.concatenate(window.seqs))
+            try:  # the chosen frames and their times are (still) consistent
+                self.ring.check(distinct)
             except FrameLost:
                 continue
-            window = Window(
-                clips=None, seqs=picks,
-                start_ns=min(int(t.min()) for t in times), end_ns=max(int(t.max()) for t in times),
-                newest_seq=newest_seq, frames=len(distinct), read_ns=time.perf_counter_ns() - started,
-                max_gap_ns=max_gap_ns, in_ring=[self.ring.frames(p) for p in picks], ring=self.ring,
-            )
+            window.read_ns = time.perf_counter_ns() - started
             result = use(window)
             try:
                 self.ring.check(distinct)
@@ -155,46 +226,29 @@ class WindowSampler:
             return window, result
         raise FrameLost(f"could not read a consistent window in {retries} attempts")
 
-    def _choose(self) -> tuple[list[np.ndarray], list[np.ndarray], int, int] | None:
-        """(seqs per pathway, their capture times, newest seq, largest gap to a target), or
-        None while history is too short. From an unlocked snapshot: check before trusting it."""
+    def _choose(self) -> Window | None:
+        """The window ending at the newest frame, or None while history is too short. From
+        an unlocked snapshot: check before trusting it."""
         seqs, times = self.ring.snapshot()
         if len(seqs) == 0:
             return None
-        end_ns = int(times[-1])
-        start_ns = end_ns - self.span_ns - self.tolerance_ns
-        if start_ns + 2 * self.tolerance_ns < int(times[0]):
+        plan = self.geometry.plan(int(times[-1]))
+        if plan.start_ns + self.geometry.tolerance_ns < int(times[0]):
             return None  # not enough history yet for the whole span
-        # Never a frame from before the window (after an outage the nearest frame to
-        # an early target may be older): choose among the window's own frames only.
-        inside = times >= start_ns
-        seqs, times = seqs[inside], times[inside]
-        targets = [target_times(end_ns, p) for p in self.pathways]
-        chosen = [nearest(times, t) for t in targets]
-        max_gap = max(int(np.abs(times[c] - t).max()) for c, t in zip(chosen, targets))
-        return [seqs[c] for c in chosen], [times[c] for c in chosen], int(seqs[-1]), max_gap
-
-    def _read(self, picks: list[np.ndarray], _times, newest_seq: int, max_gap_ns: int) -> Window:
-        started = time.perf_counter_ns()
-        read_t: dict[int, int] = {}
-        first_copy: dict[int, tuple[int, int]] = {}
-        for p, (seq_list, clip) in enumerate(zip(picks, self._clips)):
-            for i, seq in enumerate(seq_list.tolist()):
-                if seq in first_copy:  # already read for this window: copy within our buffers
-                    q, j = first_copy[seq]
-                    clip[i] = self._clips[q][j]
-                    continue
-                _, read_t[seq] = self.ring.read(seq, out=clip[i])
-                first_copy[seq] = (p, i)
+        chosen = plan.choose(times)
+        picks = [seqs[c] for c in chosen]
+        used = np.unique(np.concatenate(chosen))
         return Window(
-            clips=self._clips,
+            plan=plan,
             seqs=picks,
-            start_ns=min(read_t.values()),
-            end_ns=max(read_t.values()),
-            newest_seq=newest_seq,
-            frames=len(read_t),
-            read_ns=time.perf_counter_ns() - started,
-            max_gap_ns=max_gap_ns,
+            in_ring=[self.ring.frames(p) for p in picks],
+            ring=self.ring,
+            start_ns=int(times[used[0]]),
+            end_ns=int(times[used[-1]]),
+            newest_seq=int(seqs[-1]),
+            frames=len(used),
+            read_ns=0,
+            max_gap_ns=max(int(np.abs(times[c] - t).max()) for c, t in zip(chosen, plan.targets)),
         )
 
 
@@ -207,29 +261,28 @@ class AudioWindow:
 
 
 class AudioSampler:
-    """Cuts the audio window centred on a video window's centre out of an AudioRing."""
+    """Cuts a window of `samples` samples out of an AudioRing by the time of its first
+    sample (a model's audio window: `WindowPlan.audio_first_ns`)."""
 
     def __init__(self, ring: AudioRing, samples: int):
         self.ring = ring
         self.samples = samples
         self._out = np.zeros(samples, dtype=np.float32)
-        self._half_ns = round(samples / 2 * 1e9 / ring.sample_rate)
 
-    def span(self, centre_ns: int) -> tuple[int, int]:
-        """Sample indices [first, end) of the window centred on `centre_ns`."""
-        first = self.ring.index_at(centre_ns - self._half_ns)
+    def span(self, first_ns: int, clock: tuple[int, int, int] | None = None) -> tuple[int, int]:
+        """Sample indices [first, end) of the window whose first sample is at `first_ns`."""
+        first = self.ring.index_at(first_ns, clock)
         return first, first + self.samples
 
-    def arrived(self, centre_ns: int) -> bool:
+    def arrived(self, first_ns: int) -> bool:
         """Has the ring received the window's last sample?"""
-        return self.ring.clock()[0] >= self.span(centre_ns)[1]
+        return self.ring.clock()[0] >= self.span(first_ns)[1]
 
-    def sample(self, centre_ns: int) -> AudioWindow:
+    def sample(self, first_ns: int) -> AudioWindow:
         """The window, zero-filled where the ring lacks samples (too old, or not yet)."""
         clock = self.ring.clock()
         count = clock[0]
-        first = self.ring.index_at(centre_ns - self._half_ns, clock)
-        end = first + self.samples
+        first, end = self.span(first_ns, clock)
         lo, hi = max(first, self.ring.oldest_safe(count)), min(end, count)
         self._out.fill(0.0)
         got = 0

@@ -4,11 +4,10 @@ The dataset is `python -m stream.record`'s layout (`stream.train.clips.list_data
 folder per label. A sample is one window of one clip, made by the stream's own parts:
 
 - the window ends at a frame's time (the stream's windows end at the newest captured
-  frame); per pathway, the frame nearest each target time (`stream.pipeline.window.target_times`
-  and `nearest`, on the clip's frame times, with the pathways built from `model.meta`
-  exactly as `stream.pipeline.inference` builds them);
-- the audio window is centred on the video window's centre (as `AudioSampler`), zeros
-  where it reaches past the clip's sound, and goes through `stream.pipeline.preprocess.LogMel`;
+  frame) and lies where the stream's `stream.pipeline.window.WindowGeometry` puts it: per
+  pathway, the frame nearest each target time (`WindowPlan.choose`, on the clip's frame
+  times); the audio window centred on the video window's centre, zeros where it reaches
+  past the clip's sound, through `stream.pipeline.preprocess.LogMel`;
 - the frames go through `stream.pipeline.preprocess.Preprocessor` (short-side resize, centre
   crop, normalisation), the stream's exact transform.
 
@@ -48,10 +47,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stream.train.clips import Clip, ClipError, list_dataset, read_clip
 from stream.errors import UserError
 from stream.pipeline.preprocess import LogMel, Preprocessor
-from stream.pipeline.window import PathwaySpec, nearest, target_times
+from stream.pipeline.window import WindowGeometry, nearest
+from stream.train.clips import Clip, ClipError, list_dataset, read_clip
 
 #: The smallest side fraction of the random crop (each side drawn in [MIN_SCALE, 1]).
 MIN_SCALE = 0.7
@@ -179,11 +178,6 @@ class ClipStore:
         return clip if clip is not None else self._decode(path)
 
 
-def pathway_specs(meta) -> list[PathwaySpec]:
-    """The pathways as `stream.pipeline.inference` builds them from the model's metadata."""
-    return [PathwaySpec(v.frames, v.interval_s) for v in meta.video]
-
-
 class ClipDataset(torch.utils.data.Dataset):
     """One window per item: `{"video": (per pathway (3, T, crop, crop)), "audio": (1,
     frames, mels), "audio_neg": ..., "sync_ok": bool, "hard": bool, "label": int}`
@@ -208,16 +202,11 @@ class ClipDataset(torch.utils.data.Dataset):
         self.shift_s = shift_s
         self.epoch = 0
         self.hard_fraction = 0.0  # share of hard sync negatives; the trainer's curriculum
-        self.specs = pathway_specs(meta)
-        self.span_ns = max(p.span_ns for p in self.specs)  # as WindowSampler.span_ns
         self.preprocess = Preprocessor(
             short_side=meta.short_side, crop=meta.crop, mean=meta.mean, std=meta.std
         )
         self.logmel = LogMel(meta.audio) if meta.audio is not None else None
-        if self.logmel is not None:
-            rate = meta.audio.sample_rate
-            self.audio_samples = self.logmel.samples
-            self.half_ns = round(self.audio_samples / 2 * 1e9 / rate)  # as AudioSampler
+        self.geometry = WindowGeometry.of(meta, self.logmel)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -226,9 +215,8 @@ class ClipDataset(torch.utils.data.Dataset):
         item = self.items[index]
         rng = np.random.default_rng([self.seed, self.epoch, index, int(self.train)])
         clip = self.store.get(item.path)
-        times_ns = np.round(clip.times_s * 1e9).astype(np.int64)
-        end_ns = self._end_ns(clip, times_ns, rng)
-        picks = [nearest(times_ns, target_times(end_ns, spec)) for spec in self.specs]
+        end_ns = self._end_ns(clip, clip_times_ns(clip), rng)
+        picks, audio_span = self.window(clip, end_ns)
         used = np.unique(np.concatenate(picks))
         frames = clip.frames[used]  # (N, H, W, 3) BGR, each distinct frame once
         if self.train:
@@ -244,14 +232,13 @@ class ClipDataset(torch.utils.data.Dataset):
         out = {"video": tuple(video), "label": item.label}
         if self.logmel is None:
             return out
-        centre_ns = end_ns - self.span_ns // 2  # as stream.pipeline.inference: the video window's centre
-        audio = self._audio(clip, centre_ns)
-        out["audio"] = self._logmel(audio)
+        out["audio"] = self._logmel(self._audio(clip, audio_span))
         if self.sync:
+            centre_ns = self.geometry.centre_ns(end_ns)
             hard = bool(rng.random() < self.hard_fraction)
             if hard:
                 source, neg_centre = index, self._hard_centre(clip, centre_ns, rng)
-                negative = self._audio(clip, neg_centre)
+                negative = self._audio(clip, self._centred(clip, neg_centre))
             else:
                 source, negative = self._easy_negative(index, rng)
                 neg_centre = None
@@ -266,26 +253,45 @@ class ClipDataset(torch.utils.data.Dataset):
 
     # -- windows --------------------------------------------------------------------
 
+    def window(self, clip: Clip, end_ns: int) -> tuple[list[np.ndarray], tuple[int, int] | None]:
+        """The window ending at `end_ns` (clip time), as `__getitem__` cuts it: per pathway
+        the indices of its frames in `clip`, and its sound's samples [first, end) (None for
+        a video-only model; they may reach past the clip's sound)."""
+        plan = self.geometry.plan(end_ns)
+        audio = None
+        if plan.audio_first_ns is not None:
+            audio = self._samples(clip, plan.audio_first_ns)
+        return plan.choose(clip_times_ns(clip)), audio
+
     def _end_ns(self, clip: Clip, times_ns: np.ndarray, rng: np.random.Generator) -> int:
         """The window's end: a frame time, drawn (training) or centred (validation)."""
-        last = int(times_ns[-1])
+        span_ns, last = self.geometry.span_ns, int(times_ns[-1])
         if not self.train:
-            return int(times_ns[nearest(times_ns, np.array([(last + self.span_ns) // 2]))[0]])
-        lo, hi = self.span_ns, last
+            return int(times_ns[nearest(times_ns, np.array([(last + span_ns) // 2]))[0]])
+        lo, hi = span_ns, last
         if self.logmel is not None:  # keep the audio window inside the clip's sound too
-            audio_ns = round(len(clip.audio) / clip.sample_rate * 1e9)
-            lo = max(lo, self.span_ns // 2 + self.half_ns)
-            hi = min(hi, audio_ns - self.half_ns + self.span_ns // 2)
+            first, latest = self.geometry.ends_within_sound(len(clip.audio) / clip.sample_rate)
+            lo, hi = max(lo, first), min(hi, latest)
         choices = times_ns[(times_ns >= lo) & (times_ns <= hi)]
         if len(choices) == 0:  # a short clip: any frame that completes the video window
-            choices = times_ns[times_ns >= min(self.span_ns, last)]
+            choices = times_ns[times_ns >= min(span_ns, last)]
         return int(choices[rng.integers(len(choices))])
 
-    def _audio(self, clip: Clip, centre_ns: int) -> np.ndarray:
-        """The audio window centred on `centre_ns`, zeros outside the clip's sound."""
-        first = round((centre_ns - self.half_ns) * clip.sample_rate / 1e9)
-        out = np.zeros(self.audio_samples, np.float32)
-        lo, hi = max(first, 0), min(first + self.audio_samples, len(clip.audio))
+    def _samples(self, clip: Clip, first_ns: int) -> tuple[int, int]:
+        """Samples [first, end) of the clip's sound for an audio window whose first sample
+        is at `first_ns` (sample 0 is at the clip's time 0); they may reach past the sound."""
+        first = round(first_ns * clip.sample_rate / 1e9)
+        return first, first + self.geometry.audio_samples
+
+    def _centred(self, clip: Clip, centre_ns: int) -> tuple[int, int]:
+        """Samples [first, end) of the audio window centred on `centre_ns` (a negative's)."""
+        return self._samples(clip, self.geometry.audio_first_ns(centre_ns))
+
+    def _audio(self, clip: Clip, span: tuple[int, int]) -> np.ndarray:
+        """Samples [first, end) of the clip's sound, zeros where they lie outside it."""
+        first, end = span
+        out = np.zeros(end - first, np.float32)
+        lo, hi = max(first, 0), min(end, len(clip.audio))
         if hi > lo:
             out[lo - first : hi - first] = clip.audio[lo:hi]
         return out
@@ -302,9 +308,9 @@ class ClipDataset(torch.utils.data.Dataset):
             other += other >= index
         clip = self.store.get(self.items[other].path)
         audio_ns = round(len(clip.audio) / clip.sample_rate * 1e9)
-        lo, hi = self.half_ns, audio_ns - self.half_ns
+        lo, hi = self.geometry.audio_half_ns, audio_ns - self.geometry.audio_half_ns
         centre = int(rng.integers(lo, hi + 1)) if hi > lo else audio_ns // 2
-        return other, self._audio(clip, centre)
+        return other, self._audio(clip, self._centred(clip, centre))
 
     def _hard_centre(self, clip: Clip, centre_ns: int, rng: np.random.Generator) -> int:
         """Centre of a hard negative: the in-sync centre moved by at least shift_s, the
@@ -312,7 +318,7 @@ class ClipDataset(torch.utils.data.Dataset):
         to the side that reaches less far out (zero-padded there)."""
         audio_ns = round(len(clip.audio) / clip.sample_rate * 1e9)
         shift = round(self.shift_s * 1e9)
-        lo, hi = self.half_ns, audio_ns - self.half_ns
+        lo, hi = self.geometry.audio_half_ns, audio_ns - self.geometry.audio_half_ns
         spans = [(lo, min(hi, centre_ns - shift)), (max(lo, centre_ns + shift), hi)]
         spans = [(a, b) for a, b in spans if b >= a]
         if spans:
@@ -323,6 +329,11 @@ class ClipDataset(torch.utils.data.Dataset):
             before, after = centre_ns - shift, centre_ns + shift
             centre = before if lo - before < after - hi else after
         return centre
+
+
+def clip_times_ns(clip: Clip) -> np.ndarray:
+    """The clip's frame times in ns from its start (the clock its windows are planned on)."""
+    return np.round(clip.times_s * 1e9).astype(np.int64)
 
 
 def _augment(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:

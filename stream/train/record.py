@@ -468,13 +468,12 @@ class Recorder:
         ring = self.rings.audio
         n = round(self.opts.seconds * AUDIO_RATE)
         sampler = AudioSampler(ring, n)
-        centre_ns = t0_ns + round(n / 2 * 1e9 / AUDIO_RATE)  # so that the window starts at t0
         deadline = time.monotonic() + AUDIO_WAIT_S
-        while not sampler.arrived(centre_ns) and not ring.closed and time.monotonic() < deadline:
+        while not sampler.arrived(t0_ns) and not ring.closed and time.monotonic() < deadline:
             self._check(0.01)
-        window = sampler.sample(centre_ns)
+        window = sampler.sample(t0_ns)
         if window.missing:
-            first, _ = sampler.span(centre_ns)
+            first, _ = sampler.span(t0_ns)
             count = ring.clock()[0]
             short_end = first + n - count  # samples that never arrived at the end
             if ring.closed and short_end > AUDIO_END_SLACK_S * AUDIO_RATE:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import zmq
 
-from stream.transport import wire
 from stream.errors import UserError
+from stream.transport import wire
 
 
 def load_curve_keys(path: str, *, secret: bool) -> tuple[bytes, bytes | None]:
@@ -38,7 +38,9 @@ def load_curve_keys(path: str, *, secret: bool) -> tuple[bytes, bytes | None]:
     try:
         public, secret_key = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
-        raise UserError(f"CURVE key file {path!r} cannot be read ({exc}): make keys with python -m stream.keys DIR") from None
+        raise UserError(
+            f"CURVE key file {path!r} cannot be read ({exc}): make keys with python -m stream.keys DIR"
+        ) from None
     if secret and secret_key is None:
         raise UserError(f"CURVE key file {path!r} has no secret key: pass the *.key_secret file")
     if secret and os.name == "posix":
@@ -99,7 +101,9 @@ class Publisher:
             from zmq.auth.thread import ThreadAuthenticator
 
             if not Path(clients_dir).is_dir():
-                raise UserError(f"--curve-clients {clients_dir!r} is not a folder of client public keys")
+                raise UserError(
+                    f"--curve-clients {clients_dir!r} is not a folder of client public keys"
+                )
             self._auth = ThreadAuthenticator(self._context)
             self._auth.start()
             self._auth.configure_curve(domain="*", location=str(clients_dir))
@@ -107,26 +111,27 @@ class Publisher:
         self._socket.curve_publickey = public
         self._socket.curve_server = True
 
-    def send(self, topic: str, body: dict, *, stamp_publish: bool = False) -> bool:
-        """Send one message; never waits. Returns False when it was dropped.
-
-        With `stamp_publish`, a prediction's `publish_ns`, `wall_ns` and the
-        capture-to-publish latency are stamped here, as late as possible before the send.
-        """
+    def send(self, topic: str, body: dict) -> bool:
+        """Send one complete body (a status); never waits. Returns False when it was dropped."""
         with self._lock:
-            if stamp_publish:
-                t = body["t"]
-                t["publish_ns"] = time.monotonic_ns()
-                t["wall_ns"] = time.time_ns()
-                body["latency_ms"]["capture_to_publish"] = (t["publish_ns"] - t["capture_ns"]) / 1e6
-            frames = wire.encode(topic, body)
-            try:
-                self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                self.dropped += 1
-                return False
-            self.sent += 1
-            return True
+            return self._send(topic, body)
+
+    def send_prediction(self, topic: str, body: dict) -> bool:
+        """Stamp a `wire.prediction()` body (`wire.stamp_publish`: publish_ns, wall_ns and
+        the capture-to-publish latency, as late as possible before the send) and send it;
+        never waits. Returns False when it was dropped."""
+        with self._lock:
+            wire.stamp_publish(body, publish_ns=time.monotonic_ns(), wall_ns=time.time_ns())
+            return self._send(topic, body)
+
+    def _send(self, topic: str, body: dict) -> bool:
+        try:
+            self._socket.send_multipart(wire.encode(topic, body), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        self.sent += 1
+        return True
 
     def count_subscriptions(self) -> int:
         """Read pending (un)subscription notices; returns the live subscriptions."""

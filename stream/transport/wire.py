@@ -2,8 +2,10 @@
 
 Every message is a ZeroMQ multipart message `[topic, body]`: `topic` is ASCII
 (`pred.<stream-id>` or `status.<stream-id>`), `body` UTF-8 JSON. Nothing is pickled.
-Publishers build bodies with `prediction()` / `status()` and send `encode(...)`;
-subscribers call `decode(frames)`, which validates and raises `WireError` on anything
+Publishers build a body with one call, `prediction()` or `status()`, from every field it
+has; a prediction gets its publish stamps from `stamp_publish()` just before the send
+(`stream.transport.publish.Publisher.send_prediction` does both). They send
+`encode(...)`; subscribers call `decode(frames)`, which validates and raises `WireError` on anything
 that does not match the schema named in the body. docs/protocol.md describes every
 field; docs/schemas/*.json are the same schemas in JSON Schema, for other languages.
 """
@@ -45,28 +47,36 @@ def prediction(
     model: str,
     engine: str,
     labels: list[dict],
-    window: dict,
+    window_start_ns: int,
+    window_end_ns: int,
+    frames: int,
+    audio_start_ns: int,
+    audio_end_ns: int,
     capture_ns: int,
+    window_ns: int,
     infer_start_ns: int,
     infer_end_ns: int,
-    publish_ns: int,
-    wall_ns: int,
-    window_ns: int,
     smoothing: str,
     random_weights: bool,
     stride_s: float,
     skipped: int,
-    degraded: list[str] | None = None,
-    stages_ms: dict[str, float] | None = None,
+    degraded: list[str],
+    stages_ms: dict[str, float],
 ) -> dict:
-    """A prediction body. `publish_ns` is taken just before the send.
+    """A prediction body with every field but the publish stamps (`t.publish_ns`,
+    `t.wall_ns`, `latency_ms.capture_to_publish`), which `stamp_publish` adds just before
+    the send; until then it is not a valid message.
 
-    `window_ns`: when the window was chosen (the tick). `random_weights`: the model has
-    no trained weights, so its labels mean nothing. `stride_s`: seconds between windows.
-    `skipped`: windows skipped so far because the engine was slower than the stride.
-    `degraded` lists why the prediction saw less than a full window (e.g. "audio gap");
-    empty when the window was complete. `stages_ms`: time per stage before the engine
-    (diagnostics for the benchmark), rounded to the microsecond.
+    `window_start_ns`, `window_end_ns`: capture times of the window's first and last frame;
+    `frames`: distinct frames given to the model; `audio_start_ns`, `audio_end_ns`: times of
+    the sound's first sample and of the one after its last (0 and 0 without sound).
+    `capture_ns`: the newest input's capture time. `window_ns`: when the window was chosen
+    (the tick). `random_weights`: the model has no trained weights, so its labels mean
+    nothing. `stride_s`: seconds between windows. `skipped`: windows skipped so far because
+    the engine was slower than the stride. `degraded` lists why the prediction saw less
+    than a full window (e.g. "audio gap"); empty when the window was complete. `stages_ms`:
+    time per stage before the engine (diagnostics for the benchmark), rounded here to the
+    microsecond.
     """
     return {
         "schema": PREDICTION_SCHEMA,
@@ -75,26 +85,38 @@ def prediction(
         "model": model,
         "engine": engine,
         "labels": labels,
-        "window": window,
+        "window": {
+            "start_ns": window_start_ns,
+            "end_ns": window_end_ns,
+            "frames": frames,
+            "audio_s": (audio_end_ns - audio_start_ns) / 1e9,
+            "audio_start_ns": audio_start_ns,
+            "audio_end_ns": audio_end_ns,
+        },
         "t": {
             "capture_ns": capture_ns,
+            "window_ns": window_ns,
             "infer_start_ns": infer_start_ns,
             "infer_end_ns": infer_end_ns,
-            "publish_ns": publish_ns,
-            "wall_ns": wall_ns,
-            "window_ns": window_ns,
         },
-        "latency_ms": {
-            "engine": (infer_end_ns - infer_start_ns) / 1e6,
-            "capture_to_publish": (publish_ns - capture_ns) / 1e6,
-        },
+        "latency_ms": {"engine": (infer_end_ns - infer_start_ns) / 1e6},
         "smoothing": smoothing,
         "random_weights": random_weights,
         "stride_s": stride_s,
         "skipped": skipped,
-        "degraded": list(degraded or []),
-        "stages_ms": {k: round(v, 3) for k, v in (stages_ms or {}).items()},
+        "degraded": list(degraded),
+        "stages_ms": {k: round(v, 3) for k, v in stages_ms.items()},
     }
+
+
+def stamp_publish(body: dict, *, publish_ns: int, wall_ns: int) -> dict:
+    """Complete a `prediction()` body with its publish stamps: `t.publish_ns` (monotonic,
+    just before the send), `t.wall_ns` (Unix time, taken with it) and
+    `latency_ms.capture_to_publish`. Returns the body."""
+    t = body["t"]
+    t["publish_ns"], t["wall_ns"] = publish_ns, wall_ns
+    body["latency_ms"]["capture_to_publish"] = (publish_ns - t["capture_ns"]) / 1e6
+    return body
 
 
 def status(
@@ -107,12 +129,19 @@ def status(
     mono_ns: int,
     wall_ns: int,
     fps_in: float,
-    windows: dict,
-    sources: dict,
-    publish: dict,
-    processes: dict | None = None,
+    windows_run: int,
+    windows_skipped: int,
+    windows_stale: int,
+    video: dict,
+    audio: dict,
+    sent: int,
+    dropped: int,
+    subscriptions: int,
+    processes: dict[str, int],
 ) -> dict:
-    """A heartbeat body (sent at least once a second). `processes`: name → pid."""
+    """A heartbeat body (sent at least once a second), complete: `mono_ns` and `wall_ns`
+    are when it was made. `video`, `audio`: each source's health (free-form objects).
+    `sent`, `dropped`, `subscriptions`: the publisher's counts. `processes`: name → pid."""
     return {
         "schema": STATUS_SCHEMA,
         "seq": seq,
@@ -122,10 +151,10 @@ def status(
         "state": state,
         "t": {"mono_ns": mono_ns, "wall_ns": wall_ns},
         "fps_in": fps_in,
-        "windows": windows,
-        "sources": sources,
-        "publish": publish,
-        "processes": dict(processes or {}),
+        "windows": {"run": windows_run, "skipped": windows_skipped, "stale": windows_stale},
+        "sources": {"video": video, "audio": audio},
+        "publish": {"sent": sent, "dropped": dropped, "subscriptions": subscriptions},
+        "processes": dict(processes),
     }
 
 
