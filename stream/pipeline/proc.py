@@ -22,7 +22,10 @@ LOG_FORMAT = "%(asctime)s %(processName)s %(levelname)s: %(message)s"
 
 def setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=getattr(logging, level.upper()), format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format=LOG_FORMAT,
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
         force=True,
     )
 

@@ -3,8 +3,9 @@ makes the shared-memory rings once the model's span and the sources' formats are
 restarts a capture process that died, and stops everything (children, shared memory) on
 every exit path.
 
-The main process owns the shared memory and supervises its children (spawned, so no
-torch state is forked):
+The main process owns the shared memory (a RingPlan, stream/pipeline/ring_plan.py) and
+supervises its children (a ProcessGroup, stream/pipeline/processes.py; spawned, so no
+torch state is forked), which talk to it with the messages of stream/control.py:
   capture-video   opens --camera, writes frames into the FrameRing
   capture-audio   for models that listen: opens --mic, writes samples into the AudioRing
   inference       builds the model and engine, cuts windows, publishes on ZeroMQ
@@ -12,9 +13,9 @@ Start-up runs them in parallel (the camera opens while the model loads). The rin
 made, sized from the model's span and the sources' sizes and rates, and handed out to
 the capture processes as soon as those are known when every source is live (so the
 first window fills while the engine loads), or once the engine is ready when one is a
-file (so a file starts playing when its frames can be used). A capture
-process that dies while running is restarted with backoff; its source's health goes to
-the inference process, which reports it on the status topic.
+file (so a file starts playing when its frames can be used). A capture process that
+dies while running is restarted with backoff; its source's health goes to the inference
+process, which reports it on the status topic.
 """
 
 from __future__ import annotations
