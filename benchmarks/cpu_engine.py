@@ -4,7 +4,7 @@ with the same threads, interleaved.
 
 For each model, the reference is pytorchvideo's `create_x3d` for the variant (logits
 out, BatchNorm statistics perturbed so that folding them is exercised), built by the
-model tests' own `tests/conftest.reference_x3d` (so this needs the `test` extra); ours
+model tests' own `tests/helpers.reference_x3d` (so this needs the `test` extra); ours
 loads the same weights through `x3d.remap_pytorchvideo`. Every round runs each variant once, so a
 busy machine slows them alike; the medians are over `--runs` rounds after `--warmup`.
 
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # the reference model is the tests' own
 
-from conftest import reference_x3d
+from helpers import reference_x3d
 from interleave import interleaved
 
 import engines

@@ -1,112 +1,20 @@
-"""Shared fixtures: free ports, a generated video file, an MJPEG camera served over HTTP
-on 127.0.0.1, and a helper that runs `python -m stream.run` as a real process."""
+"""Fixtures and nothing else (what tests import lives in helpers.py): the session's engine
+cache and compiled x3d_xs, a generated video file and audio/video clip, an MJPEG camera
+served over HTTP on 127.0.0.1, an ALSA microphone that plays a file, `python -m
+stream.run` as a real process, and a stand-in model zoo."""
 
 from __future__ import annotations
 
 import http.server
 import os
-import signal
-import socket
 import socketserver
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def perturb_batchnorm(module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics and affine terms, so a mis-mapped key shows in a
-    parity test (random init leaves them at 0/1, where many mistakes cancel)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.1, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.1, 0.1, generator=g)
-
-
-def reference_x3d(name: str):
-    """pytorchvideo 0.1.5's X3D for the variant (logits out, BatchNorm perturbed): the
-    parity reference of the model tests and of benchmarks/cpu_engine.py."""
-    import torch
-    from pytorchvideo.models.x3d import create_x3d
-
-    from models import x3d
-
-    cfg = x3d._config(name)
-    torch.manual_seed(0)
-    ref = create_x3d(
-        input_clip_length=cfg.frames,
-        input_crop_size=cfg.train_crop,
-        depth_factor=cfg.depth_factor,
-        head_activation=None,
-    )
-    perturb_batchnorm(ref)
-    return ref.eval()
-
-
-def rel_err(a, b) -> float:
-    """Relative error of `a` against the reference `b` (Frobenius norms)."""
-    return float((a - b).detach().norm() / b.detach().norm())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def shm_segments() -> set[str]:
-    """This project's shared-memory segments currently in /dev/shm."""
-    try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith("avstream_")}
-    except FileNotFoundError:
-        return set()
-
-
-def descendants(pid: int) -> set[int]:
-    """PIDs of all live descendants of `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.add(c)
-            todo.append(c)
-    return found
-
-
-def running(pids: set[int]) -> set[int]:
-    """The PIDs of `pids` that still run (zombies count as gone)."""
-    alive = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.add(pid)
-    return alive
+from helpers import AV_CLIP_EVENT_S, StreamProcess, auto_cpu_precision, expected_cpu_engine_name
 
 
 def _moving_frames(count: int, width: int, height: int):
@@ -146,7 +54,7 @@ class _MJPEGHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for frame in _moving_frames(10**9, 320, 240):
-                ok, jpg = cv2.imencode(".jpg", frame)
+                _, jpg = cv2.imencode(".jpg", frame)
                 self.wfile.write(
                     b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
                     + jpg.tobytes() + b"\r\n"
@@ -175,35 +83,6 @@ def mjpeg_url():
     server.server_close()
 
 
-class StreamProcess:
-    """`python -m stream.run ...` as a real process, with its stderr captured."""
-
-    def __init__(self, *args: str, env: dict | None = None):
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        argv = [sys.executable, "-m", "stream.run", "--publish", self.endpoint, *args]
-        self.proc = subprocess.Popen(
-            argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})},
-        )
-
-    def stop(self, sig=signal.SIGINT, timeout: float = 10.0) -> tuple[int, str, float]:
-        """Send `sig`, wait; returns (exit code, stderr, seconds it took to exit)."""
-        t0 = time.monotonic()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, err, time.monotonic() - t0
-
-    def wait(self, timeout: float = 60.0) -> tuple[int, str]:
-        _, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, err
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate(timeout=10)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def engine_cache(tmp_path_factory):
     """Compiled engines (and anything else under $AVSTREAM_CACHE) go to a cache of this
@@ -216,22 +95,6 @@ def engine_cache(tmp_path_factory):
         del os.environ["AVSTREAM_CACHE"]
     else:
         os.environ["AVSTREAM_CACHE"] = old
-
-
-def auto_cpu_precision() -> str:
-    """The precision `--precision auto` picks for the CPU on this machine: bf16 on a CPU
-    with AMX or AVX512-BF16, else fp32 (engines.precision.pick)."""
-    from engines import precision
-
-    return precision.pick("cpu")[0]
-
-
-def expected_cpu_engine_name() -> str:
-    """The CPU engine a pipeline runs under the default `--precision auto` on this
-    machine: `torch-cpu` (fp32) or `torch-cpu-bf16`. The `x3d_xs_compiled` fixture holds
-    x3d_xs to it (its bf16 check must keep bf16 where bf16 is picked)."""
-    chosen = auto_cpu_precision()
-    return "torch-cpu" if chosen == "fp32" else f"torch-cpu-{chosen}"
 
 
 @pytest.fixture(scope="session")
@@ -268,10 +131,6 @@ def run_stream(x3d_xs_compiled):
     yield start
     for p in started:
         p.kill()
-
-
-#: When the flash and the click happen in `av_clip`.
-AV_CLIP_EVENT_S = 2.0
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, auto_cpu_precision, descendants, expected_cpu_engine_name, running
+from helpers import REPO, auto_cpu_precision, descendants, expected_cpu_engine_name, running
 
 from engines import malloc
 

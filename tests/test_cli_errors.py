@@ -13,7 +13,7 @@ import time
 import pytest
 import zmq
 
-from conftest import REPO, free_port, running, shm_segments
+from helpers import REPO, free_port, running, shm_segments
 
 pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
 
@@ -146,7 +146,7 @@ def test_no_process_outlives_a_failed_start():
         [sys.executable, "-m", "stream.run", "--camera", "synthetic", "--publish", f"tcp://127.0.0.1:{port}", *FAST],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    from conftest import descendants
+    from helpers import descendants
 
     seen: set[int] = set()
     while proc.poll() is None:

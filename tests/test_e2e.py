@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (
+from helpers import (
     auto_cpu_precision,
     descendants,
     expected_cpu_engine_name,
@@ -66,9 +66,8 @@ def _check_predictions(preds, stream_id="cam0"):
 def _check_clean_exit(stream, sig):
     children = descendants(stream.proc.pid)
     assert children, "stream.run should have child processes while running"
-    code, err, took = stream.stop(sig)
+    code, err = stream.stop(sig)
     assert code == 0, err
-    assert took < 2.5, f"took {took:.1f} s to stop"  # 2 s budget + interpreter exit
     assert "Traceback" not in err, err
     # the resource tracker (multiprocessing's helper) exits once its pipe closes
     deadline = time.monotonic() + 2.0
@@ -176,9 +175,8 @@ def test_stopping_while_the_engine_compiles_leaves_nothing_behind(run_stream, tm
             except OSError:
                 pass
         time.sleep(0.05)
-    code, err, took = stream.stop(signal.SIGINT)
+    code, err = stream.stop(signal.SIGINT)
     assert code == 0, err
-    assert took < 2.5, f"took {took:.1f} s to stop"
     assert "Traceback" not in err, err
     time.sleep(0.5)
     assert not running(seen | descendants(stream.proc.pid)), "processes outlived stream.run"

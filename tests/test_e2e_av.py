@@ -8,7 +8,7 @@ import signal
 import pytest
 
 import models
-from conftest import shm_segments
+from helpers import shm_segments
 from stream.transport.subscribe import Subscriber
 
 pytestmark = pytest.mark.skipif("avslowfast_r50" not in models.available(), reason="needs the AVSlowFast model")
@@ -27,7 +27,7 @@ def test_avslowfast_from_camera_and_alsa_microphone(run_stream, alsa_file_mic):
             assert stream.proc.poll() is None, stream.wait()[1]
             msg = sub.recv(timeout=300)
             (preds if msg.topic.startswith("pred.") else statuses).append(msg.body)
-    code, err, _ = stream.stop(signal.SIGINT)
+    code, err = stream.stop(signal.SIGINT)
     assert code == 0, err
     assert shm_segments() <= before
     assert "audio: device 'testmic" in err

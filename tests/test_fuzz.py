@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, shm_segments
+from helpers import REPO, shm_segments
 from stream import config
 from stream import run
 from stream.errors import UserError, error_line

@@ -13,7 +13,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from conftest import REPO, free_port
+from helpers import REPO, free_port
 
 MODES = {
     "server.key_secret": 0o600,

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, expected_cpu_engine_name
+from helpers import REPO, expected_cpu_engine_name
 
 from engines import malloc
 

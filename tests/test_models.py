@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import models
-import conftest
-from conftest import perturb_batchnorm, rel_err
+import helpers
+from helpers import perturb_batchnorm, rel_err
 from models import x3d
 from models._registry import register
 
@@ -368,7 +368,7 @@ def test_config_checks(changes):
 
 def reference_x3d(name: str) -> torch.nn.Module:
     pytest.importorskip("pytorchvideo.models.x3d")
-    return conftest.reference_x3d(name)
+    return helpers.reference_x3d(name)
 
 
 @pytest.mark.parametrize("name", X3D_NAMES)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import free_port
+from helpers import free_port
 from stream.transport.subscribe import Subscriber
 
 pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
@@ -45,7 +45,7 @@ def test_preview_window_shows_while_predicting(run_stream, xvfb_display):
         for _ in range(3):
             sub.recv(timeout=90)
     assert "avstream cam0" in _windows(xvfb_display)
-    code, err, _ = stream.stop(signal.SIGINT)
+    code, err = stream.stop(signal.SIGINT)
     assert code == 0, err
     assert "Traceback" not in err
 

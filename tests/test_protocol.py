@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import zmq
 
-from conftest import REPO, StreamProcess
+from helpers import REPO, StreamProcess
 from stream.transport import wire
 from test_wire import _prediction, _status
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import AV_CLIP_EVENT_S, REPO, descendants, running, shm_segments
+from helpers import AV_CLIP_EVENT_S, REPO, descendants, running, shm_segments
 
 from stream.train.clips import list_dataset, read_clip, write_clip
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import REPO, free_port, shm_segments
+from helpers import REPO, free_port, shm_segments
 from stream import config
 from stream.pipeline.inference import PaceWatch, _weights_hint, keeping_stride
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import perturb_batchnorm, rel_err
+from helpers import perturb_batchnorm, rel_err
 
 import models
 from models import _weights

@@ -4,7 +4,6 @@ that the publisher refuses is told why; the CLI's line."""
 
 from __future__ import annotations
 
-import copy
 import re
 import subprocess
 import sys
@@ -15,10 +14,9 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import REPO
+from helpers import REPO, Sending
 from stream.transport import wire
 from stream.transport.keys import make_keys
-from stream.transport.publish import Publisher
 from stream.transport.subscribe import HandshakeError, Subscriber
 from test_wire import _prediction
 
@@ -34,47 +32,6 @@ ARGS = (
     "--log-level",
     "warning",
 )
-
-
-class Sending:
-    """A stand-in for stream.run: a real Publisher in this process that sends `bodies`
-    (each in turn, round and round, `seq` counting up) every 20 ms until closed."""
-
-    def __init__(
-        self, bodies: list[dict] | None = None, *, stream_id: str = "cam0", **publisher_options
-    ):
-        # ZeroMQ picks the port (one from free_port() can be taken before the bind), in a
-        # context of its own: a ZAP handler (CURVE authentication) binds one inproc address
-        # per context, which the last Sending's may not have released yet.
-        self._context = zmq.Context()
-        self.publisher = Publisher("tcp://127.0.0.1:*", context=self._context, **publisher_options)
-        self.endpoint = self.publisher._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.bodies = bodies or [_prediction(stream=stream_id)]
-        self.topic = wire.topic(wire.PRED_TOPIC, stream_id)
-        self._halt = threading.Event()
-        self._thread = threading.Thread(target=self._send, daemon=True)
-        self._thread.start()
-
-    def _send(self) -> None:
-        seq = 0
-        while not self._halt.wait(0.02):
-            body = copy.deepcopy(self.bodies[seq % len(self.bodies)])
-            body["seq"] = seq
-            self.publisher.send(self.topic, body)
-            seq += 1
-
-    def close(self) -> None:
-        self._halt.set()
-        self._thread.join(timeout=10)
-        assert not self._thread.is_alive()
-        self.publisher.close()
-        self._context.term()
-
-    def __enter__(self) -> Sending:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def subscribe_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -143,7 +100,7 @@ def test_slow_and_vanishing_subscribers_do_not_slow_the_publisher(run_stream):
     assert seqs == sorted(seqs)
     assert stalled.missed == seqs[-1] - seqs[0] + 1 - len(seqs)
     assert status["publish"]["subscriptions"] >= 3
-    code, err, _ = stream.stop()
+    code, err = stream.stop()
     assert code == 0, err
 
 
@@ -200,7 +157,7 @@ def test_curve_encryption_and_authentication(run_stream, tmp_path):
     )
     assert cli.returncode == 0, cli.stderr
     assert len(cli.stdout.splitlines()) == 2
-    code, err, _ = stream.stop()
+    code, err = stream.stop()
     assert code == 0, err
 
 
@@ -247,7 +204,9 @@ def _curve_keys(tmp_path):
 def test_plain_subscriber_on_an_encrypted_stream_is_told_to_pass_keys(tmp_path):
     keys, _ = _curve_keys(tmp_path)
     with Sending(
-        curve_secret_key=str(keys / "server.key_secret"), curve_clients=str(keys / "clients")
+        [_prediction()],
+        curve_secret_key=str(keys / "server.key_secret"),
+        curve_clients=str(keys / "clients"),
     ) as pub:
         cli = subscribe_cli(pub.endpoint, "--timeout", "60")
     assert cli.returncode == 2, cli.stderr
@@ -265,7 +224,9 @@ def test_subscriber_with_a_key_the_publisher_does_not_know_is_refused(tmp_path):
     keys, other = _curve_keys(tmp_path)
     intruder = str(other / "intruder.key_secret")
     with Sending(
-        curve_secret_key=str(keys / "server.key_secret"), curve_clients=str(keys / "clients")
+        [_prediction()],
+        curve_secret_key=str(keys / "server.key_secret"),
+        curve_clients=str(keys / "clients"),
     ) as pub:
         cli = subscribe_cli(
             pub.endpoint,
@@ -302,7 +263,7 @@ def test_subscriber_with_a_key_the_publisher_does_not_know_is_refused(tmp_path):
 def test_curve_subscriber_on_a_plain_stream_or_with_the_wrong_server_key(tmp_path):
     keys, other = _curve_keys(tmp_path)
     client = ("--curve-client-key", str(keys / "viewer.key_secret"))
-    with Sending() as plain:
+    with Sending([_prediction()]) as plain:
         cli = subscribe_cli(
             plain.endpoint,
             "--timeout",
@@ -318,7 +279,7 @@ def test_curve_subscriber_on_a_plain_stream_or_with_the_wrong_server_key(tmp_pat
             "leave out --curve-server-key and --curve-client-key"
         )
     ]
-    with Sending(curve_secret_key=str(keys / "server.key_secret")) as pub:
+    with Sending([_prediction()], curve_secret_key=str(keys / "server.key_secret")) as pub:
         cli = subscribe_cli(
             pub.endpoint,
             "--timeout",
@@ -347,7 +308,7 @@ def test_cli_line_shows_random_weights_skips_and_degraded_reasons():
             "video gap: a frame 90 ms from its target time",
         ],
     )
-    with Sending([flagged], stream_id="cam1") as pub:
+    with Sending([flagged], topic="pred.cam1") as pub:
         cli = subscribe_cli(pub.endpoint, "--topic", "pred.cam1", "--count", "2", "--timeout", "60")
         plain = subscribe_cli(pub.endpoint, "--count", "1", "--timeout", "60")
     assert cli.returncode == 0, cli.stderr
@@ -371,7 +332,7 @@ def test_cli_line_shows_random_weights_skips_and_degraded_reasons():
 
 
 def test_cli_line_of_a_complete_prediction_has_no_flags():
-    with Sending() as pub:
+    with Sending([_prediction()]) as pub:
         cli = subscribe_cli(pub.endpoint, "--count", "1", "--timeout", "60")
     assert cli.returncode == 0, cli.stderr
     line = cli.stdout.strip()
@@ -385,7 +346,11 @@ def test_the_mechanism_a_publisher_greets_with(tmp_path):
     from stream.transport.subscribe import _peer_mechanism
 
     keys, _ = _curve_keys(tmp_path)
-    with Sending() as plain, Sending(curve_secret_key=str(keys / "server.key_secret")) as curve:
+    curve_key = str(keys / "server.key_secret")
+    with (
+        Sending([_prediction()]) as plain,
+        Sending([_prediction()], curve_secret_key=curve_key) as curve,
+    ):
         assert _peer_mechanism(plain.endpoint) == "NULL"
         assert _peer_mechanism(curve.endpoint) == "CURVE"
     assert _peer_mechanism(plain.endpoint) is None  # nobody there now

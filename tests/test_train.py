@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 import models
 from stream.train import trainer as T
@@ -511,7 +511,7 @@ def test_trained_model_runs_in_stream(av_run, data, run_stream):
                 break
             except TimeoutError:
                 continue
-    code, err, _ = stream.stop()
+    code, err = stream.stop()
     assert code == 0, err
     body = msg.body
     assert body["model"] == "avslowfast_r50"

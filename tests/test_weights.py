@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import perturb_batchnorm
+from helpers import perturb_batchnorm
 
 import models
 from models import x3d
