@@ -1,15 +1,17 @@
 """Run configuration: built-in defaults ← configs/<model>.yaml (or --config) ← flags.
 
-A YAML file may set any run option under the flag's name (with `_` for `-`); an
-unknown key or a value of the wrong type is a UserError naming the file and the key.
-Clip length, sampling interval, crop and normalisation are not run options: they come
-from the model's metadata (`model.meta`), the one place they live.
+`RunConfig` declares every option of `python -m stream.run` once, on its fields (name,
+type, default, help, docs; stream/options.py says how): the flags, the YAML checks and
+docs/cli.md's tables come from there. A YAML file may set any option under its name
+(`stream_id`, `compile: false` for --no-compile); an unknown key or a value of the wrong
+type is a UserError naming the file and the key. Clip length, sampling interval, crop and
+normalisation are not run options: they come from the model's metadata (`model.meta`),
+the one place they live.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.resources
 import ipaddress
 import os
@@ -20,43 +22,204 @@ from typing import Any
 
 import yaml
 
-from engines.names import BACKENDS, PRECISIONS
 from engines import malloc
-from stream.transport import wire
-from stream.pipeline.aggregate import Smoother
+from engines.names import BACKENDS, PRECISIONS
+from stream import options
 from stream.errors import UserError
+from stream.options import option
+from stream.pipeline.aggregate import Smoother
+from stream.transport import wire
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclasses.dataclass
 class RunConfig:
-    camera: str = "0"
-    mic: str = "default"
-    model: str = "x3d_xs"
-    weights: str | None = "kinetics400"
-    num_classes: int | None = None
-    labels: list[str] | None = None  # class names (YAML only); default: the checkpoint's
-    engine: str = "auto"
-    device: str | None = None
-    precision: str = "auto"  # engines.create picks fp16 / bf16 / fp32 for the device and says why
-    compile: bool = True  # compile the model for this machine (cached); False: eager PyTorch
-    threads: int | None = None  # CPU threads of the engine; None: torch's default (one per core)
-    malloc: str = "auto"  # the inference process's allocator (engines.malloc)
-    stride: float = 0.25
-    smoothing: str = "ema:0.5"
-    topk: int = 5
-    publish: str = "tcp://127.0.0.1:5555"
-    stream_id: str = "cam0"
-    duration: float | None = None
-    loop: bool = False
-    preview: bool = False
-    size: str | None = None  # capture size WxH (camera, synthetic)
-    fps: float | None = None  # capture rate (camera, synthetic)
-    log_level: str = "info"
-    allow_remote: bool = False
-    curve_secret_key: str | None = None  # server's *.key_secret: encrypt with CURVE
-    curve_clients: str | None = None  # folder of client public keys: only they may subscribe
-    # The model's build options, passed to models.create (YAML only), e.g. {fusion: a_f_s}.
-    model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    camera: str = option(
+        "0",
+        yaml_types=(str, int),
+        path=True,
+        help="camera index, video file, URL (http/rtsp/udp...) or 'synthetic' ({default})",
+        doc="camera index, video file (paced at its frame rate), URL (http, https, rtsp, rtp, "
+        "udp, tcp, rtmp) or `synthetic` (a moving test pattern)",
+    )
+    mic: str = option(
+        "default",
+        yaml_types=(str, int),
+        path=True,
+        per_model=True,
+        help="microphone: default, a device name or index, an audio/video file, "
+        "synthetic (a beep every second), or none ({default})",
+        doc="`default`, a device name (or a unique part of it) or index, an audio/video file "
+        "(its sound, in sync with the same file as `--camera`), `synthetic` (a beep every "
+        "second), or `none`; video-only models say once that they do not use it",
+    )
+    model: str = option(
+        "x3d_xs",
+        help="model name ({default}); see models.available()",
+        doc="one of `models.available()`: {models}",
+    )
+    # The file given with --config (None: configs/<model>.yaml, where there is one).
+    config: str | None = option(
+        None,
+        yaml=False,
+        path=True,
+        help="YAML file of run options (default: configs/<model>.yaml)",
+        doc="YAML file of run options",
+        doc_default="`configs/<model>.yaml`",
+    )
+    weights: str | None = option(
+        "kinetics400",
+        path=True,
+        per_model=True,
+        help="checkpoint path, http(s) URL, kinetics400 (the model's "
+        "published checkpoint), or none for random weights ({default})",
+        doc="checkpoint path, http(s) URL, `kinetics400` (the official checkpoint, downloaded "
+        "once into `$AVSTREAM_CACHE/weights`), or `none` (random weights: predictions are "
+        "meaningless, said once in the log and flagged `random_weights` in every message)",
+    )
+    engine: str = option(
+        "auto",
+        choices=BACKENDS,
+        help="inference engine ({default})",
+        doc="{choices} ([architecture.md](architecture.md#engines))",
+    )
+    device: str | None = option(
+        None,
+        help="cpu, cuda or cuda:N (default: cuda when present)",
+        doc="`cpu`, `cuda`, `cuda:N`",
+        doc_default="cuda if present",
+    )
+    # engines.create picks fp16 / bf16 / fp32 for the device and says why. A YAML null is
+    # auto (what a config file of before auto says).
+    precision: str = option(
+        "auto",
+        choices=PRECISIONS,
+        nullable=True,
+        help="auto (the default: fp16 on CUDA, bf16 on a CPU with AMX or AVX512-BF16, else fp32; "
+        "the log says which and why), fp32, fp16 or bf16",
+        doc="`auto`: fp16 on CUDA, bf16 on a CPU with AMX or AVX512-BF16 (checked against fp32, "
+        "[below](#--precision-auto)), fp32 elsewhere; or `fp32`, `fp16` (CUDA), `bf16` (CUDA, "
+        "and CPUs with AVX512-BF16 or AMX), taken as asked",
+    )
+    compile: bool = option(
+        True,
+        flag="--no-compile",
+        help="run eager PyTorch instead of compiling the model for this machine (the first "
+        "start compiles and caches under $AVSTREAM_CACHE/engines; later ones load in a second)",
+        doc="run eager PyTorch instead of compiling the model for this machine (the first start "
+        "compiles and caches under `$AVSTREAM_CACHE/engines`; later ones load in a second)",
+    )
+    threads: int | None = option(
+        None,
+        help="CPU threads of the engine (default: one per core)",
+        doc="CPU threads of the engine, at most the cores this process may use "
+        "(`os.sched_getaffinity`; more is an error); on 2 cores, 1 can suit X3D-XS "
+        "([performance.md](performance.md#kept-one-engine-thread-per-core))",
+        doc_default="one per core",
+    )
+    malloc: str = option(
+        "auto",
+        path=True,
+        help="memory allocator of the inference process: auto (tcmalloc where installed, "
+        "which makes the CPU engine faster), tcmalloc, glibc, or the path of an allocator's .so "
+        "({default})",
+        doc="memory allocator of the inference process: `auto` (tcmalloc where "
+        "installed, else glibc's), `tcmalloc`, `glibc`, or the path of an allocator's `.so`",
+    )
+    stride: float = option(
+        0.25,
+        per_model=True,
+        help="seconds between windows ({default})",
+        doc="seconds between windows; `--help` lists each model's default (`configs/<model>.yaml`)",
+    )
+    smoothing: str = option(
+        "ema:0.5",
+        per_model=True,
+        help="ema:ALPHA, mean:K or none ({default})",
+        doc="`ema:ALPHA` (0 < ALPHA ≤ 1, the weight of the newest window), `mean:K` (last K "
+        "windows) or `none`",
+    )
+    topk: int = option(
+        5, per_model=True, help="labels per prediction ({default})", doc="labels per prediction"
+    )
+    publish: str = option(
+        "tcp://127.0.0.1:5555",
+        help="ZeroMQ endpoint to bind ({default})",
+        doc="ZeroMQ endpoint to bind",
+    )
+    allow_remote: bool = option(
+        False,
+        help="allow a --publish address other hosts can reach",
+        doc="needed to bind an address other hosts can reach",
+    )
+    stream_id: str = option(
+        "cam0",
+        help="name of this stream in topics and messages ({default})",
+        doc="name of the stream in topics and messages",
+    )
+    duration: float | None = option(
+        None,
+        help="seconds of running, after start-up: counted from the 'running' log line, so "
+        "loading and compiling the model do not count (default: run until Ctrl-C)",
+        doc="seconds of running, after start-up: counted from the `running` log line, so "
+        "loading and compiling the model do not count",
+        doc_default="until Ctrl-C",
+    )
+    loop: bool = option(
+        False,
+        help="repeat a video file instead of stopping at its end",
+        doc="repeat a video file instead of stopping at its end",
+    )
+    preview: bool = option(
+        False,
+        help="show the frames and the current top-k in a window",
+        doc="window with the frame and the current top-k (q or Esc closes it and stops the run); "
+        "needs a display (`DISPLAY` or `WAYLAND_DISPLAY`), checked before anything starts",
+    )
+    size: str | None = option(
+        None,
+        help="capture size WIDTHxHEIGHT for cameras and synthetic (e.g. 640x480)",
+        doc="capture size `WxH` (cameras, synthetic)",
+        doc_default="source's own",
+    )
+    fps: float | None = option(
+        None,
+        help="capture rate for cameras and synthetic",
+        doc="capture rate (cameras, synthetic)",
+        doc_default="source's own",
+    )
+    log_level: str = option("info", choices=LOG_LEVELS, help="{default}", doc="{choices}")
+    curve_secret_key: str | None = option(
+        None,
+        path=True,
+        help="encrypt with ZeroMQ CURVE: the server's *.key_secret (python -m stream.keys)",
+        doc="encrypt with ZeroMQ CURVE: the server's `*.key_secret` "
+        "([stream.keys](#python--m-streamkeys))",
+        doc_default="off",
+    )
+    curve_clients: str | None = option(
+        None,
+        path=True,
+        help="with --curve-secret-key: folder of the public keys of the clients allowed in",
+        doc="with `--curve-secret-key`: folder of the public keys of the clients allowed in",
+        doc_default="off",
+    )
+    labels: list[str] | None = option(  # noqa: RUF009 (option() returns a dataclasses.field)
+        None,
+        flag=None,
+        doc="the class names, one per class (default: the checkpoint's; Kinetics-400's for 400 "
+        "classes)",
+    )
+    num_classes: int | None = option(
+        None, flag=None, doc="size of the classifier, when no `labels` are given"
+    )
+    model_options: dict[str, Any] = option(  # noqa: RUF009 (option() returns a dataclasses.field)
+        default_factory=dict,
+        flag=None,
+        doc="a mapping of the model family's build options, passed to "
+        "`models.create(name, **options)` (default `{}`: the published architecture)",
+    )
     # Not an option: where each value came from ("--stride", "configs/x3d_xs.yaml", ...),
     # for log lines that say why a value is what it is. Filled by `resolve`.
     origins: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
@@ -72,7 +235,9 @@ class RunConfig:
         if self.topk < 1:
             raise UserError(f"--topk {self.topk} must be >= 1")
         if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads {self.threads} must be >= 1 (leave it out for one per core)")
+            raise UserError(
+                f"--threads {self.threads} must be >= 1 (leave it out for one per core)"
+            )
         if self.threads is not None and self.threads > (cores := usable_cores()):
             # More threads than cores only make the engine's threads wait for each other.
             raise UserError(
@@ -91,17 +256,25 @@ class RunConfig:
             if len(set(self.labels)) != len(self.labels):
                 raise UserError("labels name a class more than once: give each class its own name")
             if self.num_classes is not None and self.num_classes != len(self.labels):
-                raise UserError(f"{len(self.labels)} labels for num_classes {self.num_classes}: give one name per class")
+                raise UserError(
+                    f"{len(self.labels)} labels for num_classes {self.num_classes}: give one name per class"
+                )
         if self.engine not in BACKENDS:
-            raise UserError(f"--engine {self.engine!r} is not known: use one of {', '.join(BACKENDS)}")
+            raise UserError(
+                f"--engine {self.engine!r} is not known: use one of {', '.join(BACKENDS)}"
+            )
         if self.precision not in PRECISIONS:
-            raise UserError(f"--precision {self.precision!r} is not known: use one of {', '.join(PRECISIONS)}")
+            raise UserError(
+                f"--precision {self.precision!r} is not known: use one of {', '.join(PRECISIONS)}"
+            )
         try:
             malloc.resolve(self.malloc)
         except ValueError as exc:
             raise UserError(f"--malloc {self.malloc!r}: {exc}") from None
         if self.log_level not in LOG_LEVELS:
-            raise UserError(f"--log-level {self.log_level!r} is not known: use one of {', '.join(LOG_LEVELS)}")
+            raise UserError(
+                f"--log-level {self.log_level!r} is not known: use one of {', '.join(LOG_LEVELS)}"
+            )
         try:
             wire.check_stream_id(self.stream_id)
         except ValueError as exc:
@@ -121,36 +294,18 @@ class RunConfig:
         parse_size(self.size)
         check_endpoint(self.publish, allow_remote=self.allow_remote)
         if self.curve_clients is not None and self.curve_secret_key is None:
-            raise UserError("--curve-clients needs --curve-secret-key (the server's *.key_secret file)")
+            raise UserError(
+                "--curve-clients needs --curve-secret-key (the server's *.key_secret file)"
+            )
         if self.curve_secret_key is not None:
             from stream.transport.publish import load_curve_keys
 
             load_curve_keys(self.curve_secret_key, secret=True)
         if self.curve_clients is not None and not Path(self.curve_clients).is_dir():
-            raise UserError(f"--curve-clients {self.curve_clients!r} is not a folder of client public keys")
+            raise UserError(
+                f"--curve-clients {self.curve_clients!r} is not a folder of client public keys"
+            )
         return self
-
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name != "origins"}
-# What a YAML value may be, per key (None is allowed where the default is None).
-_TYPES: dict[str, tuple[type, ...]] = {
-    "camera": (str, int), "mic": (str, int), "model": (str,), "weights": (str,),
-    "num_classes": (int,), "labels": (list,), "engine": (str,), "device": (str,), "precision": (str,),
-    "compile": (bool,), "threads": (int,), "malloc": (str,),
-    "stride": (int, float), "smoothing": (str,), "topk": (int,), "publish": (str,),
-    "stream_id": (str,), "duration": (int, float), "loop": (bool,), "preview": (bool,),
-    "size": (str,), "fps": (int, float), "log_level": (str,), "allow_remote": (bool,),
-    "curve_secret_key": (str,), "curve_clients": (str,), "model_options": (dict,),
-}
-#: Options that name a file, a folder or a device: the OS takes no NUL character in them.
-_PATHS = ("config", "camera", "mic", "weights", "malloc", "curve_secret_key", "curve_clients")
-
-
-_NULLABLE = {
-    "weights", "num_classes", "labels", "device", "precision", "threads", "duration", "size", "fps", "curve_secret_key", "curve_clients",
-}
 
 
 def parse_size(size: str | None) -> tuple[int, int] | None:
@@ -206,19 +361,6 @@ def check_path_text(option: str, value: object) -> None:
         )
 
 
-@functools.cache
-def model_defaults(option: str) -> dict[str, Any]:
-    """{model: value} of `option` in each shipped configs/<model>.yaml that sets it (for --help)."""
-    out: dict[str, Any] = {}
-    for entry in sorted(importlib.resources.files("configs").iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".yaml"):
-            continue
-        data = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
-        if isinstance(data, dict) and option in data:
-            out[entry.name.removesuffix(".yaml")] = data[option]
-    return out
-
-
 def builtin_config(model: str) -> Path | None:
     """configs/<model>.yaml shipped with the package, if there is one."""
     path = importlib.resources.files("configs").joinpath(f"{model}.yaml")
@@ -239,35 +381,31 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
-        raise UserError(f"config file {str(path)!r} is not valid YAML{at}: fix the syntax") from None
+        raise UserError(
+            f"config file {str(path)!r} is not valid YAML{at}: fix the syntax"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {str(path)!r} must be a mapping of option: value")
+    where = f"config file {str(path)!r}"
     out: dict[str, Any] = {}
     for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in _FIELDS:
-            known = ", ".join(sorted(_FIELDS))
-            raise UserError(f"config file {str(path)!r}: unknown key {key!r} (known keys: {known})")
-        if value is None and name in _NULLABLE:
-            out[name] = None
-            continue
-        if isinstance(value, bool) and bool not in _TYPES[name] or not isinstance(value, _TYPES[name]):
-            expected = " or ".join(t.__name__ for t in _TYPES[name])
-            raise UserError(
-                f"config file {str(path)!r}: {key} must be {expected}, got {type(value).__name__} {value!r}"
-            )
-        if name == "labels" and not all(isinstance(x, str) for x in value):
-            raise UserError(f"config file {str(path)!r}: labels must be a list of class names (strings)")
+        name, value = options.yaml_value(RunConfig, where, key, value)
+        if name == "labels" and value is not None and not all(isinstance(x, str) for x in value):
+            raise UserError(f"{where}: labels must be a list of class names (strings)")
         if name == "model_options" and not all(isinstance(k, str) and k for k in value):
             raise UserError(
-                f"config file {str(path)!r}: model_options must map option names to values, "
+                f"{where}: model_options must map option names to values, "
                 f"got keys {sorted(map(repr, value))}"
             )
-        out[name] = str(value) if name in ("camera", "mic") else value
+        out[name] = value
     weights = out.get("weights")
-    if isinstance(weights, str) and not weights.startswith(("http://", "https://")) and not Path(weights).is_absolute():
+    if (
+        isinstance(weights, str)
+        and not weights.startswith(("http://", "https://"))
+        and not Path(weights).is_absolute()
+    ):
         # A checkpoint next to its config (what python -m stream.train writes) is found
         # wherever the folder is moved to.
         beside = path.parent / weights
@@ -279,9 +417,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def resolve(flags: dict[str, Any]) -> RunConfig:
     """Merge defaults ← YAML ← flags (flags with value None were not given)."""
     given = {k: v for k, v in flags.items() if v is not None}
-    for name in _PATHS:
+    paths = options.path_options(RunConfig)
+    for name in paths:
         check_path_text(name, given.get(name))
-    config_path = given.pop("config", None)
+    config_path = given.get("config")
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
     if config_path is not None:
@@ -292,7 +431,7 @@ def resolve(flags: dict[str, Any]) -> RunConfig:
         shown = f"configs/{model}.yaml"
     if path is not None:
         from_file = read_yaml(path)
-        for name in _PATHS:
+        for name in paths:
             check_path_text(name, from_file.get(name))
         values.update(from_file)
         origins.update(dict.fromkeys(from_file, shown))

@@ -207,10 +207,10 @@ def _help() -> str:
 
 
 def test_help_gives_each_models_own_defaults():
-    from stream import config
+    from stream import options
 
     text = _help()
-    strides = config.model_defaults("stride")
+    strides = options.model_defaults("stride")
     assert len(set(strides.values())) > 1 and len(strides) == len(list(REPO.glob("configs/*.yaml")))
     for model, stride in strides.items():
         assert f"{model} {stride:g}" in text, (model, text)
