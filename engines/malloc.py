@@ -67,7 +67,10 @@ def resolve(choice: str) -> str | None:
         if found is None and choice == "tcmalloc":
             raise ValueError(f"tcmalloc is not installed: {_INSTALL}, or use auto or glibc")
         return found
-    path = Path(choice).expanduser()
+    try:
+        path = Path(choice).expanduser()
+    except RuntimeError:  # ~name of a user this machine does not know: no such file either
+        path = Path(choice)
     if not path.is_file():
         raise ValueError(
             f"no such file: give {', '.join(CHOICES)}, or the path of an allocator's shared "

@@ -1,35 +1,200 @@
-"""Bad input to `python -m stream.run`: one clear `error:` line, a non-zero exit, no
-traceback, and nothing left behind (processes, /dev/shm)."""
+"""Bad input to the commands: one clear `error:` line, exit status 2, no traceback, and
+nothing left behind (processes, /dev/shm segments, files).
+
+What stream.run finds while reading its flags and YAML (before any child process starts)
+is checked in this process, calling `stream.run.main`; what only its children can judge
+(a camera, a model, weights, a port) in real runs. One real run per command checks that a
+refused command line exits 2 and leaves nothing behind."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import socket
 import subprocess
 import sys
-import time
+import tempfile
 
 import pytest
 import zmq
+from helpers import REPO, descendants, free_port, running, shm_segments, wait_until
 
-from helpers import REPO, free_port, running, shm_segments
-
-pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
+from stream import options, run
 
 FAST = ("--weights", "none", "--log-level", "warning")
+CORES = len(os.sched_getaffinity(0))
 
 
-def _run(*args: str, timeout: float = 90, env: dict | None = None) -> tuple[int, str, set[int]]:
-    before = shm_segments()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.run", *args], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+# -- in this process: the flags and the YAML -----------------------------------------------
+
+
+@pytest.fixture
+def refused(capsys, monkeypatch):
+    """Run `stream.run.main(argv)` here and return its one error line: exit status 2, the
+    line is all stderr holds, and no child process or shared memory was made."""
+
+    def _pipeline_would_start(cfg):
+        pytest.fail(f"the options were accepted, a pipeline would start: {cfg}")
+
+    # A tripwire, not a stand-in: every case here must be refused before the supervisor.
+    monkeypatch.setattr(run, "Supervisor", _pipeline_would_start)
+
+    def call(*argv: str) -> str:
+        before = shm_segments()
+        try:
+            code = run.main(list(argv))
+        except SystemExit as exc:  # argparse
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == 2, err
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert not multiprocessing.active_children() and shm_segments() <= before
+        return lines[0]
+
+    return call
+
+
+FLAG_CASES = {
+    "bad stride": (("--stride", "0"), "error: --stride 0.0 must be > 0 seconds (e.g. 0.25)"),
+    "bad smoothing": (
+        ("--smoothing", "median:3"),
+        (
+            "error: --smoothing 'median:3' is not understood: use ema:ALPHA with 0 < ALPHA <= 1, "
+            "mean:K with K >= 1, or none"
+        ),
+    ),
+    "remote publish without --allow-remote": (
+        ("--publish", "tcp://0.0.0.0:5999"),
+        (
+            "error: --publish 'tcp://0.0.0.0:5999' would let other hosts subscribe: add "
+            "--allow-remote if that is what you want, or publish on 127.0.0.1"
+        ),
+    ),
+    "bad size": (
+        ("--size", "640by480"),
+        "error: --size '640by480' is not WIDTHxHEIGHT, e.g. 640x480",
+    ),
+    "unknown flag": (
+        ("--camra", "0"),
+        "error: unrecognized arguments: --camra 0 (see python -m stream.run --help)",
+    ),
+    "not a choice": (("--engine", "onnx"), "argument --engine: invalid choice: 'onnx'"),
+    "not a number": (("--topk", "five"), "argument --topk: invalid int value: 'five'"),
+    "no threads": (
+        ("--threads", "0"),
+        "error: --threads 0 must be >= 1 (leave it out for one per core)",
+    ),
+    "more threads than cores": (
+        ("--threads", str(CORES + 1)),
+        (
+            f"error: --threads {CORES + 1} is more than the {CORES} CPU core(s) this process may "
+            f"use: give at most {CORES}, or leave --threads out for one per core"
+        ),
+    ),
+    "allocator that is not there": (
+        ("--malloc", "/no/libjemalloc.so.2"),
+        "error: --malloc '/no/libjemalloc.so.2': no such file",
+    ),
+    "allocator in the home of a user that is not there": (
+        ("--malloc", "~nobody-here/libtcmalloc.so"),
+        "error: --malloc '~nobody-here/libtcmalloc.so': no such file",
+    ),
+    "missing config file": (
+        ("--config", "no/such.yaml"),
+        "error: config file 'no/such.yaml' does not exist",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FLAG_CASES))
+def test_bad_flags_give_one_clear_line(case, refused):
+    """Also at --log-level debug the error line is all stderr holds: no model was built,
+    so no 'no weights' warning and no engine line."""
+    args, expected = FLAG_CASES[case]
+    line = refused("--camera", "synthetic", "--weights", "none", "--log-level", "debug", *args)
+    assert line.startswith(expected) if expected.startswith("error: ") else expected in line
+
+
+def test_preview_without_a_display(refused, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert refused("--camera", "synthetic", "--preview", "--log-level", "debug") == (
+        "error: --preview needs a display but neither DISPLAY nor WAYLAND_DISPLAY is set: "
+        "run without --preview, or from a desktop session"
     )
-    _, err = proc.communicate(timeout=timeout)
-    time.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("model: x3d_xs\nstrde: 0.5\n", "unknown key 'strde' (known keys: allow_remote, camera,"),
+        ("stride: [1, 2]\n", "stride must be int or float, got list [1, 2]"),
+        ("model: [\n", "is not valid YAML at line 2: fix the syntax"),
+        ("- a\n- b\n", "must be a mapping of option: value"),
+        ("model_options: [fusion]\n", "model_options must be dict, got list ['fusion']"),
+        ("model_options: {1: 2}\n", "model_options must map option names to values"),
+    ],
+)
+def test_bad_yaml_gives_one_clear_line(tmp_path, refused, text, expected):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text)
+    line = refused("--config", str(cfg), *FAST)
+    assert expected in line and str(cfg) in line, line
+
+
+def test_help_gives_each_models_own_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--help"])
+    assert exit_.value.code == 0
+    text = re.sub(r"\s+", " ", capsys.readouterr().out)  # argparse wraps lines anywhere
+    strides = options.model_defaults("stride")
+    assert len(set(strides.values())) > 1
+    assert len(strides) == len(list(REPO.glob("configs/*.yaml")))
+    for model, stride in strides.items():
+        assert f"{model} {stride:g}" in text, (model, text)
+    assert "none for avslowfast_r50; kinetics400 for the others" in text
+    assert "{auto,fp32,fp16,bf16}" in text and "auto (the default:" in text
+    assert "seconds of running, after start-up" in text
+
+
+# -- real runs -------------------------------------------------------------------------------
+
+
+def _run(*args: str, command: str = "stream.run", cwd=REPO, timeout: float = 120):
+    """Run `python -m COMMAND ARGS` to its end: (exit code, stderr), after checking that it
+    left no process and no shared memory behind."""
+    before = shm_segments()
+    path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    seen: set[int] = set()
+    # stderr goes to a file: a pipe nobody reads while we watch could fill and stall it.
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", command, *args],
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+            env=env,
+        )
+        try:
+
+            def ended() -> bool:
+                seen.update(descendants(proc.pid))  # the children it starts, while it runs
+                return proc.poll() is not None
+
+            wait_until(ended, f"python -m {command} to end", timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        err.seek(0)
+        text = err.read()
+    wait_until(lambda: not running(seen), f"the processes of python -m {command} to end")
     assert shm_segments() <= before, "shared memory left behind"
-    return proc.returncode, err, before
+    return proc.returncode, text
 
 
 def _one_error_line(err: str) -> str:
@@ -39,8 +204,26 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
-def _closed_port() -> int:
-    return free_port()
+COMMANDS = {
+    "stream.run": ("--bogus",),
+    "stream.record": ("--label", "clapping", "--bogus"),
+    "stream.train": ("data", "--bogus"),
+    "stream.bench": ("--bogus",),
+    "stream.keys": ("keys", "--bogus"),
+    "stream.subscribe": ("--bogus",),
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_each_command_refuses_a_bad_flag_in_one_line(command, tmp_path):
+    """Every command's parser (stream.errors.ArgumentParser): one line naming the flag and
+    the command's --help, exit 2, and no process, shared memory, folder or file left."""
+    code, err = _run(*COMMANDS[command], command=command, cwd=tmp_path)
+    assert code == 2, err
+    assert err.splitlines() == [
+        f"error: unrecognized arguments: --bogus (see python -m {command} --help)"
+    ]
+    assert not list(tmp_path.iterdir())
 
 
 def _checkpoint_that_does_not_fit(tmp_path):
@@ -56,172 +239,69 @@ def _checkpoint_that_does_not_fit(tmp_path):
     return str(path)
 
 
-CASES = {
+CHILD_CASES = {
     "camera index that does not open": (("--camera", "7"), "camera 7 did not open"),
     "missing file": (("--camera", "no/such/clip.mp4"), "does not exist"),
     "url that does not answer": (
-        ("--camera", f"http://127.0.0.1:{_closed_port()}/cam.mjpg"), "did not answer",
+        ("--camera", f"http://127.0.0.1:{free_port()}/cam.mjpg"),
+        "did not answer",
     ),
     "unknown model": (("--camera", "synthetic", "--model", "x3d_xxl"), "unknown model 'x3d_xxl'"),
-    "bad stride": (("--stride", "0"), "--stride"),
-    "bad smoothing": (("--smoothing", "median:3"), "--smoothing"),
-    "remote publish without --allow-remote": (("--publish", "tcp://0.0.0.0:5999"), "--allow-remote"),
-    "bad size": (("--size", "640by480"), "--size"),
-    "unknown flag": (("--camra", "0"), "unrecognized arguments"),
     "tensorrt not yet": (("--camera", "synthetic", "--engine", "tensorrt"), "tensorrt"),
     "fp16 on cpu": (("--camera", "synthetic", "--precision", "fp16", "--device", "cpu"), "fp16"),
-    "no threads": (("--camera", "synthetic", "--threads", "0"), "--threads 0 must be >= 1"),
-    "allocator that is not there": (("--camera", "synthetic", "--malloc", "/no/libjemalloc.so.2"), "--malloc"),
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_gives_one_clear_line(case):
-    args, expected = CASES[case]
-    code, err, _ = _run(*args, *FAST)
+@pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
+@pytest.mark.parametrize("case", list(CHILD_CASES))
+def test_what_the_children_find_gives_one_clear_line(case):
+    args, expected = CHILD_CASES[case]
+    code, err = _run(*args, *FAST)
     assert code == 2, err
     assert expected in _one_error_line(err)
 
 
+@pytest.mark.usefixtures("x3d_xs_compiled")
 def test_weights_that_do_not_fit(tmp_path):
-    code, err, _ = _run("--camera", "synthetic", "--weights", _checkpoint_that_does_not_fit(tmp_path), "--log-level", "warning")
+    path = _checkpoint_that_does_not_fit(tmp_path)
+    code, err = _run("--camera", "synthetic", "--weights", path, "--log-level", "warning")
     assert code == 2, err
     line = _one_error_line(err)
     assert "missing" in line and "unexpected" in line and "head.extra.weight" in line
 
 
-def test_unknown_yaml_key(tmp_path):
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text("model: x3d_xs\nstrde: 0.5\n")
-    code, err, _ = _run("--config", str(cfg), *FAST)
-    assert code == 2
-    line = _one_error_line(err)
-    assert "unknown key 'strde'" in line and str(cfg) in line
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("stride: [1, 2]\n", "stride must be"),
-        ("model: [\n", "not valid YAML"),
-        ("- a\n- b\n", "mapping"),
-        ("model_options: [fusion]\n", "model_options must be dict"),
-        ("model_options: {1: 2}\n", "model_options must map option names to values"),
-    ],
-)
-def test_malformed_yaml(tmp_path, text, expected):
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(text)
-    code, err, _ = _run("--config", str(cfg), *FAST)
-    assert code == 2
-    assert expected in _one_error_line(err)
-
-
-def test_port_in_use():
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.PUB)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    try:
-        code, err, _ = _run("--camera", "synthetic", "--publish", f"tcp://127.0.0.1:{port}", *FAST)
-    finally:
-        sock.close(0)
-    assert code == 2
-    assert "in use" in _one_error_line(err)
-
-
-def test_missing_config_file():
-    code, err, _ = _run("--config", "no/such.yaml", *FAST)
-    assert code == 2
-    assert "does not exist" in _one_error_line(err)
-
-
-def test_no_process_outlives_a_failed_start():
-    """A failure after both children started (port in use) still leaves nothing running."""
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen()
-    port = blocker.getsockname()[1]
-    before = shm_segments()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.run", "--camera", "synthetic", "--publish", f"tcp://127.0.0.1:{port}", *FAST],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    from helpers import descendants
-
-    seen: set[int] = set()
-    while proc.poll() is None:
-        seen |= descendants(proc.pid)
-        time.sleep(0.05)
-    blocker.close()
-    assert proc.returncode == 2
-    deadline = time.monotonic() + 2.0
-    while running(seen) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not running(seen)
-    assert shm_segments() <= before
-
-
-def _without_display() -> dict:
-    return {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-
-
-CORES = len(os.sched_getaffinity(0))
-BEFORE_THE_MODEL = {
-    "preview without a display": (
-        ("--preview",), _without_display,
-        (
-            "error: --preview needs a display but neither DISPLAY nor WAYLAND_DISPLAY is set: "
-            "run without --preview, or from a desktop session"
-        ),
-    ),
-    "more threads than cores": (
-        ("--threads", str(CORES + 1)), lambda: None,
-        (
-            f"error: --threads {CORES + 1} is more than the {CORES} CPU core(s) this process may "
-            f"use: give at most {CORES}, or leave --threads out for one per core"
-        ),
-    ),
-}
-
-
-@pytest.mark.parametrize("case", list(BEFORE_THE_MODEL))
-def test_checks_that_need_no_model_come_first(case):
-    """Found while reading the options, before any process starts: the error line is all
-    stderr holds (no model was built, so no 'no weights' warning and no engine line, even
-    at --log-level debug)."""
-    args, env, expected = BEFORE_THE_MODEL[case]
-    code, err, _ = _run(
-        "--camera", "synthetic", "--weights", "none", "--log-level", "debug", *args, env=env()
-    )
-    assert code == 2, err
-    assert err.splitlines() == [expected]
-
-
-def _help() -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "stream.run", "--help"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    return re.sub(r"\s+", " ", out.stdout)  # argparse wraps lines anywhere
-
-
-def test_help_gives_each_models_own_defaults():
-    from stream import options
-
-    text = _help()
-    strides = options.model_defaults("stride")
-    assert len(set(strides.values())) > 1 and len(strides) == len(list(REPO.glob("configs/*.yaml")))
-    for model, stride in strides.items():
-        assert f"{model} {stride:g}" in text, (model, text)
-    assert "none for avslowfast_r50; kinetics400 for the others" in text
-    assert "{auto,fp32,fp16,bf16}" in text and "auto (the default:" in text
-    assert "seconds of running, after start-up" in text
-
-
+@pytest.mark.usefixtures("x3d_xs_compiled")
 def test_unknown_model_option(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("model: x3d_xs\nmodel_options: {nonsense: 1}\n")
-    code, err, _ = _run("--config", str(cfg), "--camera", "synthetic", *FAST)
+    code, err = _run("--config", str(cfg), "--camera", "synthetic", *FAST)
     assert code == 2, err
     assert "nonsense" in _one_error_line(err)
+
+
+@pytest.mark.usefixtures("x3d_xs_compiled")
+def test_port_in_use():
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        code, err = _run("--camera", "synthetic", "--publish", f"tcp://127.0.0.1:{port}", *FAST)
+    finally:
+        sock.close(0)
+    assert code == 2, err
+    assert "in use" in _one_error_line(err)
+
+
+@pytest.mark.usefixtures("x3d_xs_compiled")
+def test_no_process_outlives_a_failed_start():
+    """A failure after both children started (a port that a plain TCP socket holds) still
+    leaves nothing running: _run saw the children and waits for them to be gone."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    try:
+        port = blocker.getsockname()[1]
+        code, err = _run("--camera", "synthetic", "--publish", f"tcp://127.0.0.1:{port}", *FAST)
+    finally:
+        blocker.close()
+    assert code == 2, err
+    assert "in use" in _one_error_line(err)

@@ -14,16 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import REPO, shm_segments
-from stream import config
-from stream import run
+from stream import config, options, run
 from stream.errors import UserError, error_line
 
-FLAGS = [
-    "--camera", "--mic", "--model", "--config", "--weights", "--engine", "--device", "--precision", "--stride",
-    "--smoothing", "--topk", "--publish", "--stream-id", "--duration", "--size", "--fps", "--log-level",
-    "--curve-secret-key", "--curve-clients",
-]
-SWITCHES = ["--loop", "--preview", "--allow-remote"]
+# Every flag the options declare (stream/config.py's RunConfig), so that a new one is fuzzed too.
+OPTIONS = options.options(config.RunConfig)
+FLAGS = [o.flag for o in OPTIONS if o.flag is not None and o.kind is not bool]
+SWITCHES = [o.flag for o in OPTIONS if o.flag is not None and o.kind is bool]
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 values = st.one_of(text, st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True).map(str),
                    st.sampled_from(["0", "-1", "nan", "inf", "1e309", "ema:2", "mean:0", "640x", "tcp://*:1"]))
@@ -58,7 +55,7 @@ yaml_values = st.recursive(
     max_leaves=8,
 )
 yaml_docs = st.one_of(
-    st.dictionaries(st.sampled_from([f.name for f in config.dataclasses.fields(config.RunConfig)] + ["strde", "x"]),
+    st.dictionaries(st.sampled_from([o.name for o in OPTIONS] + ["origins", "strde", "x"]),
                     yaml_values, max_size=5).map(yaml.safe_dump),
     text,  # anything at all, most of it not YAML of the right shape
 )
@@ -89,10 +86,7 @@ def test_bad_sources_in_real_runs(flag, value):
     assert shm_segments() <= before
 
 
-PATH_FLAGS = [
-    "--config", "--camera", "--mic", "--weights", "--malloc", "--curve-secret-key",
-    "--curve-clients",
-]
+PATH_FLAGS = [o.flag for o in OPTIONS if o.path]
 
 
 @pytest.mark.parametrize("flag", PATH_FLAGS)
