@@ -75,6 +75,7 @@ from typing import Any
 from models._files import write_atomically
 from models._weights import plain
 
+from stream.config import LOG_LEVELS
 from stream.errors import ArgumentParser, UserError
 
 log = logging.getLogger("stream.train")
@@ -279,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--log-level",
-        choices=("debug", "info", "warning", "error"),
+        choices=LOG_LEVELS,
         default="info",
         help="default info",
     )
