@@ -155,3 +155,13 @@ def test_yaml_values_that_are_taken():
     assert take(config.RunConfig, "f", "weights", None) == ("weights", None)
     assert take(config.RunConfig, "f", "precision", None) == ("precision", None)  # auto
     assert take(config.RunConfig, "f", "stride", 1) == ("stride", 1)
+
+
+def test_the_defaults_that_name_what_models_define():
+    """The parent cannot import models (it imports torch), so these two defaults are
+    written in RunConfig: they must stay names the registry knows."""
+    import models
+    from models import _weights
+
+    assert config.RunConfig.model in models.available()
+    assert config.RunConfig.weights == _weights.ZOO_KEYWORD
