@@ -1,7 +1,7 @@
 """Video recognition models behind one registry.
 
     import models
-    models.available()       # every registered name: X3D, SlowFast, AVSlowFast, MViT, Motionformer
+    models.available()       # every variant, sorted: X3D, SlowFast, AVSlowFast, MViT, Motionformer
     model = models.create("x3d_xs", weights="kinetics400")  # eval mode
     logits = model(*model.example_inputs())              # (1, 400), no softmax
     model.meta.labels[int(logits.argmax())]
@@ -19,10 +19,8 @@ sampling interval, crop, resize, mean/std) and what its outputs mean (labels);
 `model.options` holds the build options it was made with.
 """
 
-from models import motionformer as _motionformer  # noqa: F401
-from models import mvit as _mvit  # noqa: F401
-from models import slowfast as _slowfast  # noqa: F401
-from models import x3d as _x3d  # noqa: F401  (registers the X3D variants)
+import importlib
+
 from models._registry import (
     AudioInput,
     ModelError,
@@ -31,12 +29,38 @@ from models._registry import (
     UnknownModelError,
     VideoInput,
     WeightsError,
-    available,
-    build_options,
-    create,
-    has_zoo_weights,
 )
-from models._weights import save_checkpoint
+
+#: The family modules: each registers its variants when it is imported.
+_FAMILIES = ("motionformer", "mvit", "slowfast", "x3d")
+#: What needs the registry complete (every family imported), and where it lives.
+_LOADED_ON_USE = {
+    "available": "models._registry",
+    "build_options": "models._registry",
+    "create": "models._registry",
+    "has_zoo_weights": "models._registry",
+    "save_checkpoint": "models._weights",
+}
+
+
+def __getattr__(name: str):
+    """The registry's entry points import every family on first use (and the families,
+    torch): `import models` alone, or a small module of it (`models._files`, which the
+    torch-free parent processes of stream use), does not import torch."""
+    if name in _FAMILIES:
+        return importlib.import_module(f"models.{name}")
+    if name not in _LOADED_ON_USE:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    for family in _FAMILIES:
+        importlib.import_module(f"models.{family}")
+    value = getattr(importlib.import_module(_LOADED_ON_USE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_FAMILIES})
+
 
 __all__ = [
     "AudioInput",

@@ -1,8 +1,9 @@
 """The model registry: metadata types, exceptions, and `create` / `available`.
 
 Each family module (`models/x3d.py`, ...) registers its variants with `register`;
-`models/__init__.py` imports the family modules so that the registry is complete once
-`models` is imported. Registering a name twice raises (torchvision's `models/_api.py`
+`models/__init__.py` imports every family module when the registry is first used through
+it (`models.create`, `models.available`, ...), so that the registry is complete then, and
+`import models` alone stays free of torch. Registering a name twice raises (torchvision's `models/_api.py`
 does the same; timm only warns).
 """
 

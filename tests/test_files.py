@@ -29,10 +29,9 @@ def test_write_atomically_replaces_the_file_when_the_block_ends(tmp_path):
 def test_a_failure_in_the_middle_keeps_the_old_file_and_leaves_no_temporary(tmp_path, failure):
     path = tmp_path / "model.pt"
     path.write_text("old")
-    with pytest.raises(type(failure)):
-        with write_atomically(path) as tmp:
-            tmp.write_text("half of the ne")
-            raise failure
+    with pytest.raises(type(failure)), write_atomically(path) as tmp:
+        tmp.write_text("half of the ne")
+        raise failure
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
@@ -115,3 +114,24 @@ def test_nothing_else_writes_a_file_by_rename():
         if "os.replace(" in p.read_text() or ".rename(" in p.read_text()
     ]
     assert found == ["models/_files.py"]
+
+
+def test_the_small_modules_of_models_do_not_import_torch():
+    """stream's torch-free processes (the parent of stream.record writes clips with
+    write_atomically) import models._files; the registry imports the families (and torch)
+    when it is first used."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    probe = (
+        "import sys, models, models._files, stream.train.clips\n"
+        "print('torch' in sys.modules)\n"
+        "print(len(models.available()) > 0, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True"]
