@@ -335,8 +335,8 @@ class InferenceLoop:
         self.scheduler = Scheduler(cfg.stride)
         self.pace = PaceWatch(cfg.stride)
         # What start-up built lives as long as the process: out of the collector's way, so
-        # that a full collection (about 100 ms over the model's and libraries' objects on
-        # 2 cores) never lands inside a window.
+        # that a full collection (a walk over every object of the model and the libraries,
+        # long enough to spoil a window's latency) never lands inside a window.
         gc.collect()
         gc.freeze()
         return True

@@ -13,9 +13,9 @@ float and then cropping (what the reference does) converts and interpolates abou
 times as many pixels. Frames may lie anywhere in a flat buffer (`Frames`), so the capture
 ring's slots are read in place, without copying them out first.
 
-On the CPU the blend runs as one fused loop (numba, when installed: 0.7–0.9 ms of CPU for
-X3D-XS's 4×640×480 → 4×182² where the resize-then-crop took 4 ms); otherwise, and on
-GPUs, as a few torch operations. Either runs single-threaded on the CPU: the step is
+On the CPU the blend runs as one fused loop (numba, when installed: a fraction of the
+CPU time of resizing then cropping; docs/performance.md has the measurements); otherwise,
+and on GPUs, as a few torch operations. Either runs single-threaded on the CPU: the step is
 too small to gain from a second thread and, on a machine whose other core is busy with
 the capture process, waiting for that thread is what made its slow tail.
 """
@@ -269,9 +269,9 @@ def _fused_kernel():
 
     Compiled on first use, for the one signature the Preprocessor calls it with, and
     cached on disk by numba (`__pycache__` beside this file, or NUMBA_CACHE_DIR): a later
-    process loads it instead of compiling, which took 1.1-1.3 s of every start against
-    0.6 s with the cache (import included, 2-core Xeon). Where numba finds no writable
-    directory, it is compiled without the cache, with one warning.
+    process loads it instead of compiling it again, which would be most of the kernel's
+    share of every start (docs/performance.md). Where numba finds no writable directory,
+    it is compiled without the cache, with one warning.
     """
     if not _KERNEL:
         try:
@@ -298,8 +298,8 @@ def _fused_kernel():
                 kernel = None
             else:
                 log.warning(
-                    "numba cannot cache the preprocessing kernel (%s): it is compiled at every start "
-                    "(about 1 s); set NUMBA_CACHE_DIR to a writable directory", exc,
+                    "numba cannot cache the preprocessing kernel (%s): it is compiled again at "
+                    "every start; set NUMBA_CACHE_DIR to a writable directory", exc,
                 )
         _KERNEL.append(kernel)
     return _KERNEL[0]

@@ -143,9 +143,9 @@ class _Segment:
     def _map_in(shm: shared_memory.SharedMemory) -> None:
         """Map every page of the segment into this process now (one read per page).
 
-        Otherwise each first touch faults: a writer's first lap through a frame ring took
-        0.5 ms per 640×480 frame instead of 0.1 (225 page faults each), and a reader's first
-        windows paid the same. The owner also allocates the pages (`_allocate`)."""
+        Otherwise each first touch faults: a writer's first lap through a frame ring took a
+        page fault per 4 KiB page (225 for a 640×480 frame), several times the cost of the
+        copy itself, and a reader's first windows paid the same. The owner also allocates the pages (`_allocate`)."""
         page = mmap.PAGESIZE
         int(np.frombuffer(shm.buf, dtype=np.uint8)[::page].sum())
 

@@ -14,8 +14,8 @@ saw.
 The inference reads a window's frames in place (`WindowSampler.sample_in_place`): the
 preprocessing reads the pixels it needs straight from the ring's slots, and the window
 counts only when none of them was overwritten meanwhile (`FrameRing.check` before and
-after, the same sequence check as a copy). Copying four 640×480 frames out first cost
-about 0.6 ms of a window's few milliseconds.
+after, the same sequence check as a copy). Copying the frames out first was a sizeable
+part of the pipeline's own overhead (docs/performance.md).
 
 The scheduler runs a window every `stride` seconds on a fixed grid. When a window
 takes longer than the stride, the ticks that passed are counted as skipped and the next
