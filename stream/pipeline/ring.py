@@ -145,7 +145,8 @@ class _Segment:
 
         Otherwise each first touch faults: a writer's first lap through a frame ring took a
         page fault per 4 KiB page (225 for a 640×480 frame), several times the cost of the
-        copy itself, and a reader's first windows paid the same. The owner also allocates the pages (`_allocate`)."""
+        copy itself, and a reader's first windows paid the same. The owner also allocates
+        the pages (`_allocate`)."""
         page = mmap.PAGESIZE
         int(np.frombuffer(shm.buf, dtype=np.uint8)[::page].sum())
 
