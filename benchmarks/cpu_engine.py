@@ -25,7 +25,6 @@ without `engines.inductor`'s rewrites (what they are worth, side by side):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import os
 import platform
@@ -46,7 +45,6 @@ import engines
 import models
 from engines import inductor
 from engines.base import relative_error
-from engines.cache import default_cache_dir
 from models import x3d
 
 
@@ -83,13 +81,10 @@ def bench(name: str, args) -> list[str]:
         modes[f"engine {precision}"] = f"{engine.mode}, ready in {time.perf_counter() - t0:.1f} s"
         variants[f"engine {precision}"] = engine
         if args.without_rewrites:  # compiled from the graph as exported: the rewrites' worth
-            key = dataclasses.replace(inductor.key_for(engine.model, (x,), precision), passes=0)
-            package = inductor.load_or_build(
-                engine.model, engine.example_inputs, key=key, cache_dir=default_cache_dir(), name="bench"
-            )
+            eager = engines.create(model, (x,), backend="torch", device="cpu", precision=precision, compile=False)
             label = f"engine {precision} without rewrites"
-            variants[label] = lambda inputs, package=package, dtype=engine.dtype: package(inputs.to(dtype))
-            modes[label] = "aot-compiled from the graph as exported (passes=0)"
+            variants[label] = inductor.start(eager, passes=0)
+            modes[label] = f"{variants[label].mode} from the graph as exported (passes=0)"
     with torch.inference_mode():
         expected = ref(x)
         outputs = {k: f(x).float() for k, f in variants.items()}

@@ -3,25 +3,34 @@
     engine = engines.create(model, model.example_inputs(), backend="auto")
     logits = engine(*inputs)          # inputs on any device; logits float32 on engine.device
 
+Every engine has `name` (e.g. `torch-cpu`, `torch-cuda-fp16`, `tensorrt-fp16`), `device`,
+`dtype`, `precision` and `mode` (how the model runs: `eager`, `aot-compiled`,
+`compiled+cudagraphs`, `tensorrt`...): the `Engine` protocol, engines/base.py.
+
 Backends:
-  torch     PyTorch. On the CPU fp32 (`torch-cpu`) or bf16 (`torch-cpu-bf16`), compiled
-            ahead of time with AOTInductor and cached on disk (engines/inductor.py). On
-            CUDA fp16 (default), bf16 or fp32, compiled with torch.compile and replayed as
-            a CUDA graph (`torch-cuda-fp16`, ...). Either falls back to eager when
-            compiling fails. engines/torch_engine.py
-  tensorrt  torch-tensorrt on a torch.export program, fp16 (default) or fp32, cached on disk,
-            checked against PyTorch before serving (`tensorrt-fp16`). engines/tensorrt.py
+  torch     PyTorch (engines/torch_engine.py). On the CPU fp32 (`torch-cpu`) or bf16
+            (`torch-cpu-bf16`), compiled ahead of time with AOTInductor and cached on disk
+            (engines/inductor.py). On CUDA fp16 (default), bf16 or fp32, compiled with
+            torch.compile and replayed as a CUDA graph (`torch-cuda-fp16`, ...;
+            engines/cuda.py). `compile=False` runs eager PyTorch.
+  tensorrt  torch-tensorrt on a torch.export program, fp16 (default) or fp32, cached on
+            disk (`tensorrt-fp16`; engines/tensorrt.py).
   auto      tensorrt when torch-tensorrt imports and a CUDA GPU is there, else torch on
             CUDA, else torch on the CPU; logs which and why.
+Every compiled engine starts the same way (engines/compiled.py): loaded from the cache or
+built, checked against eager PyTorch before it serves, saved, or, when any of that fails,
+replaced by PyTorch with one warning that says why.
 Precision `auto` (or None): fp16 on CUDA; bf16 on a CPU with AMX or AVX512-BF16 when its
 top-1 equals fp32's on the model's example windows (else fp32, with a warning; checked
 when the engine is compiled, the verdict cached with it); fp32 on other CPUs; logs which
 and why. engines/precision.py
-`engines.tensorrt_ops` checks without torch-tensorrt that a model exports and uses only
-operators torch-tensorrt converts. Optional backends are imported lazily inside their
-module, so a CPU-only machine imports everything else. Importing this package does not
-import torch (that waits for the first engine): `engines.names`, the names `--engine` and
-`--precision` take, is read by the parent process of stream.run, which never needs torch.
+`engines.tensorrt_ops` checks without torch-tensorrt that a model exports (engines/export.py,
+the export every compiled engine starts from) and uses only operators torch-tensorrt
+converts. `engines.malloc` is the allocator of an engine's process. Optional backends are
+imported lazily inside their module, so a CPU-only machine imports everything else.
+Importing this package does not import torch (that waits for the first engine):
+`engines.names`, the names `--engine` and `--precision` take, and `engines.malloc` are read
+by the parent process of stream.run, which never needs torch.
 """
 
 from __future__ import annotations
@@ -119,9 +128,9 @@ def create(
 
     def build(precision: str) -> Engine:
         if backend == "torch":
-            from .torch_engine import TorchEngine
+            from . import torch_engine
 
-            return TorchEngine(
+            return torch_engine.create(
                 model,
                 example_inputs,
                 device=device,

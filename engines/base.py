@@ -1,5 +1,5 @@
 """The Engine protocol that every backend implements, its error type, and the output
-comparison that the optimised backends use to check themselves before serving."""
+comparison that the compiled backends use to check themselves before serving."""
 
 from __future__ import annotations
 
@@ -15,9 +15,18 @@ class EngineError(Exception):
 
 @runtime_checkable
 class Engine(Protocol):
+    """A model, ready to run windows at the shapes it was built for.
+
+    `mode` says how the model runs, for logs and benchmarks: `eager` (PyTorch as written,
+    also every fallback), `aot-compiled` (an AOTInductor package on the CPU), `compiled`,
+    `cudagraphs` or `compiled+cudagraphs` (torch.compile and CUDA graphs on CUDA), or
+    `tensorrt` (torch-tensorrt's TensorRT engines)."""
+
     name: str  # e.g. "torch-cpu", "torch-cuda-fp16", "tensorrt-fp16"
     device: torch.device  # where inputs should be prepared
     dtype: torch.dtype  # input dtype the engine expects
+    precision: str  # "fp32", "fp16" or "bf16"
+    mode: str  # how the model runs (see above)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Model inputs → float32 logits (B, classes)."""
@@ -28,10 +37,17 @@ class Engine(Protocol):
         ...
 
 
-#: Largest `relative_error` an optimised engine (TensorRT, torch.compile, CUDA graph) may
-#: show against eager PyTorch at the same precision before it is thrown away. fp16 keeps
-#: ~3 significant digits per op and errors add up over 100+ layers; a wrong weight or a
-#: mis-converted op gives errors of order 1. TF32 matmuls (TensorRT's fp32 default) keep ~3 digits.
+def model_name(model: torch.nn.Module) -> str:
+    """The registered name of `model` (`model.meta.name`), else its class name: what log
+    lines and cache keys call it."""
+    return getattr(getattr(model, "meta", None), "name", None) or type(model).__name__
+
+
+#: Largest `relative_error` a compiled engine (AOTInductor, torch.compile, CUDA graph,
+#: TensorRT) may show against eager PyTorch at the same precision before it is thrown away.
+#: fp16 keeps ~3 significant digits per op and errors add up over 100+ layers; a wrong
+#: weight or a mis-converted op gives errors of order 1. TF32 matmuls (TensorRT's fp32
+#: default) keep ~3 digits.
 TOLERANCE = {"fp32": 1e-2, "fp16": 5e-2, "bf16": 1e-1}
 
 

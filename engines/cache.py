@@ -83,6 +83,15 @@ def remove_beside(path: Path) -> None:
         found.unlink(missing_ok=True)
 
 
+def forget(path: Path) -> None:
+    """Delete the cached engine at `path` with everything kept about it (its key in
+    `path.json`, the files `beside` it): it no longer agrees with eager PyTorch, and the
+    next start builds it afresh."""
+    path.unlink(missing_ok=True)
+    path.with_suffix(".json").unlink(missing_ok=True)
+    remove_beside(path)
+
+
 class Progress:
     """Logs `<what>: still <doing> (N s so far)` every `every` seconds while the block runs."""
 

@@ -11,8 +11,9 @@ model then runs as one shared library, with no Python between its layers. The pa
 options, input shapes, precision, CPU, threads, torch version and the rewrites' version,
 and a later start loads it in milliseconds.
 
-A C++ compiler must be on the machine (`g++`, as torch.compile needs on the CPU); the
-torch engine catches any failure here and runs eager PyTorch instead.
+Loading or compiling, the check against eager PyTorch, saving and the fallback to eager on
+any failure are engines/compiled.py's, as for every compiled backend. A C++ compiler must be
+on the machine (`g++`, as torch.compile needs on the CPU).
 """
 
 from __future__ import annotations
@@ -21,23 +22,18 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import torch
 
-from models._files import write_atomically
-
-from .cache import (
-    CacheKey,
-    Progress,
-    model_options,
-    remove_beside,
-    weights_digest,
-    write_meta,
-)
+from . import compiled
+from .base import model_name
+from .cache import CacheKey, default_cache_dir, model_options, weights_digest
+from .export import export
+from .torch_engine import StagedEngine, TorchEngine
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +86,11 @@ def bf16_native() -> bool:
         return False
 
 
-_CONVS = (torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default, torch.ops.aten.conv3d.default)
+_CONVS = (
+    torch.ops.aten.conv1d.default,
+    torch.ops.aten.conv2d.default,
+    torch.ops.aten.conv3d.default,
+)
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 
@@ -100,11 +100,11 @@ def tiny_convolutions_as_sums(gm: torch.fx.GraphModule) -> int:
     mean: squeeze-excite's two layers) as a broadcast multiply and a sum over C. Returns
     how many it rewrote.
 
-    A oneDNN convolution call costs about 45 us before any arithmetic on a 2-core Xeon
-    with torch 2.14 (ideep sets up descriptors, attributes and buffers on every call:
-    benchmarks/conv_call.py), while a 216 x 16 layer is 3,456 multiply-adds. As sums,
-    inductor fuses them with the mean and the sigmoid into its own loops. X3D-XS, S and
-    M have 30 of these per window, X3D-L 58."""
+    A oneDNN convolution call has a fixed cost before any arithmetic (ideep sets up
+    descriptors, attributes and buffers on every call) that dwarfs a 216 x 16 layer's
+    3,456 multiply-adds (measured in docs/performance.md, "Kept: squeeze-excite as sums").
+    As sums, inductor fuses them with the mean and the sigmoid into its own loops. X3D-XS,
+    S and M have 30 of these per window, X3D-L 58."""
     aten = torch.ops.aten
     graph = gm.graph
     rewritten = 0
@@ -144,8 +144,6 @@ def prepare(
 ) -> torch.export.ExportedProgram:
     """The program inductor compiles: `model` exported at the inputs' shapes, rewritten
     (`passes` 0: not rewritten, for side-by-side benchmarks)."""
-    from .tensorrt_ops import export
-
     program = export(model, inputs)
     if passes == 0:
         return program
@@ -156,16 +154,21 @@ def prepare(
     return program
 
 
-def key_for(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], precision: str) -> CpuKey:
+def key_for(
+    model: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    precision: str,
+    passes: int = GRAPH_PASSES,
+) -> CpuKey:
     return CpuKey(
-        model=getattr(getattr(model, "meta", None), "name", type(model).__name__),
+        model=model_name(model),
         weights=weights_digest(model),
         input_shapes=tuple(tuple(x.shape) for x in inputs),
         precision=precision,
         cpu=cpu_name(),
         threads=torch.get_num_threads(),
         torch=torch.__version__,
-        passes=GRAPH_PASSES,
+        passes=passes,
         options=model_options(model),
     )
 
@@ -177,9 +180,7 @@ class _Package:
     directly: importing `torch._inductor` (and with it dynamo) takes over a second, which
     is most of a cached start; this also skips re-reading the call spec on every call."""
 
-    def __init__(self, path: Path, cached: bool = False):
-        self.path = path
-        self.cached = cached  # loaded from the cache, not built by this process
+    def __init__(self, path: Path):
         loader = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
         if loader is None:  # another torch: the public entry point
             compiled = torch._inductor.aoti_load_package(str(path))
@@ -244,65 +245,67 @@ def _quiet_cuda_runtime_notice() -> None:
     logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaRuntimeNotice())
 
 
-def _path(key: CpuKey, cache_dir: Path) -> Path:
-    return cache_dir / f"cpu-{key.stem}.pt2"
+class AotInductorEngine(StagedEngine):
+    """The CPU engine compiled ahead of time: a loaded AOTInductor package.
+
+    `package` is its file in the cache, `from_cache` whether this start loaded it (else it
+    compiled it): engines.precision keeps its bf16 check's verdict beside the package."""
+
+    def __init__(self, package: _Package, reference: TorchEngine, *, path: Path, from_cache: bool):
+        super().__init__(
+            name=reference.name,
+            device=reference.device,
+            precision=reference.precision,
+            mode="aot-compiled",
+            example_inputs=reference.example_inputs,
+        )
+        self._package = package
+        self.package = path
+        self.from_cache = from_cache
+
+    def _forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self._package(*inputs).float()
 
 
-def forget(key: CpuKey, cache_dir: Path) -> None:
-    """Delete the package of `key` (it loaded but no longer agrees with eager PyTorch)."""
-    path = _path(key, cache_dir)
-    path.unlink(missing_ok=True)
-    path.with_suffix(".json").unlink(missing_ok=True)
-    remove_beside(path)
-
-
-def load_or_build(
-    model: torch.nn.Module,
-    inputs: tuple[torch.Tensor, ...],
+def start(
+    reference: TorchEngine,
     *,
-    key: CpuKey,
-    cache_dir: Path,
-    name: str,
+    cache_dir: str | os.PathLike | None = None,
+    passes: int = GRAPH_PASSES,
 ):
-    """The compiled model for `key` (a callable taking the inputs), loaded from
-    `cache_dir` or built and saved there. `model` and `inputs` are already at the
-    precision of the key. Raises on a build failure; a file that does not load is rebuilt."""
-    what = f"{key.model} {key.precision}"
-    path = _path(key, cache_dir)
-    if path.exists():
-        t0 = time.perf_counter()
-        try:
-            compiled = _Package(path, cached=True)
-        except Exception as exc:  # noqa: BLE001 (a stale or broken file: build again)
-            log.warning("%s: cannot load %s (%s): compiling again", name, path, type(exc).__name__)
-        else:
-            log.info(
-                "%s: loaded the compiled %s from %s in %.2f s",
-                name,
-                what,
-                path,
-                time.perf_counter() - t0,
-            )
-            return compiled
-    log.info(
-        "%s: compiling %s ahead of time for this CPU (once: about 25 s for x3d_xs on 2 cores, minutes "
-        "for the big models; the next start loads it from %s)",
-        name,
-        what,
-        cache_dir,
-    )
-    remove_beside(path)  # what was said about a package that this build replaces
-    _quiet_cuda_runtime_notice()
-    from torch._inductor import aoti_compile_and_package
+    """The AOTInductor engine of the eager CPU engine `reference` (its model and example
+    inputs, at its precision), loaded from `cache_dir` (default `$AVSTREAM_CACHE/engines`)
+    or compiled and saved there; `reference` itself when that fails (engines/compiled.py).
+    `passes` 0 compiles the graph as exported, for side-by-side benchmarks."""
+    model, inputs = reference.model, reference.example_inputs
+    key = key_for(model, inputs, reference.precision, passes)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache_dir / f"cpu-{key.stem}.pt2"
 
-    t0 = time.perf_counter()
-    # no_grad: inductor freezes (folds BN, pre-packs weights) only when grad is off.
-    with _unwind_on_sigterm(), Progress(f"{name}: {what}", "compiling"), torch.no_grad():
-        program = prepare(model, inputs, key.passes)
-        with write_atomically(path) as tmp:
+    def build(tmp: Path) -> AotInductorEngine:
+        _quiet_cuda_runtime_notice()
+        from torch._inductor import aoti_compile_and_package
+
+        # no_grad: inductor freezes (folds BN, pre-packs weights) only when grad is off.
+        with _unwind_on_sigterm(), torch.no_grad():
+            program = prepare(model, inputs, passes)
             aoti_compile_and_package(
                 program, package_path=str(tmp), inductor_configs={"freezing": True}
             )
-    write_meta(path, key, time.perf_counter() - t0)
-    log.info("%s: compiled %s in %.1f s, saved to %s", name, what, time.perf_counter() - t0, path)
-    return _Package(path)
+        return AotInductorEngine(_Package(tmp), reference, path=path, from_cache=False)
+
+    def load(path: Path) -> AotInductorEngine:
+        return AotInductorEngine(_Package(path), reference, path=path, from_cache=True)
+
+    backend = compiled.Backend(
+        name=reference.name,
+        model=model_name(model),
+        precision=reference.precision,
+        build=build,
+        how="ahead of time for this CPU",
+        ready="compiled ahead of time",
+        path=path,
+        key=key,
+        load=load,
+    )
+    return compiled.start(backend, reference, fallback=lambda: reference)

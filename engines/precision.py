@@ -11,11 +11,9 @@ the cache reuses it. An engine that runs eager (`compile=False`, or a failed com
 nothing cached: it is checked on every start.
 
 Both instruction sets compute bf16 in hardware through oneDNN; AMX's tile multiplies are
-the faster. AVX512-BF16 alone pays too on a 2-core AMD EPYC (no AMX): the compiled X3D-XS
-took 0.66 to 0.70 of its fp32 time in bf16 (benchmarks/cpu_engine.py, three runs of 30
-to 60 interleaved rounds on a busy machine, 2026-12-06). An earlier measurement on a 2-core Intel Xeon with
-AVX512-BF16 and no AMX, before the CPU engine's malloc setting and graph rewrite, had
-bf16 slower than fp32 (docs/performance.md); `--precision fp32` is the way out there.
+the faster. Whether bf16 pays on a CPU with AVX512-BF16 and no AMX was measured both ways
+(docs/performance.md, "Kept: bf16 on CPUs with AVX512-BF16 and no AMX");
+`--precision fp32` is the way out where it does not.
 """
 
 from __future__ import annotations

@@ -1,15 +1,21 @@
 """TensorRT engine: torch-tensorrt's dynamo path on a `torch.export` program at the
 window's static shapes, fp16 (default) or fp32, cached on disk.
 
-Start-up:
+Start-up (engines/compiled.py, as for every compiled backend):
   1. key = model, weights, input shapes, precision, GPU, torch / torch-tensorrt / TensorRT
      versions (`EngineKey`); a file under `$AVSTREAM_CACHE/engines` (default
      `~/.cache/avstream/engines`) holds the compiled program for each key
-  2. cached: `torch_tensorrt.load`; else build: export (`tensorrt_ops.export`) ->
-     `torch_tensorrt.dynamo.compile` -> `torch_tensorrt.save`, with progress log lines
-  3. run the example inputs through it and through eager PyTorch on the same GPU at the
-     same precision; serve it when they agree within `base.TOLERANCE`, else (and when the
-     build fails) log one warning and serve PyTorch on CUDA instead
+  2. cached: `torch_tensorrt.load`; else build: export (`engines.export`) ->
+     `torch_tensorrt.dynamo.compile`, with progress log lines
+  3. count the TensorRT engines in the result (`count_tensorrt_engines`): torch-tensorrt
+     returns the PyTorch graph unchanged when it converts nothing, which would pass the
+     check below and be served as `tensorrt-fp16`; none is a failed build
+  4. run the example inputs through it and through eager PyTorch on the same GPU at the
+     same precision; serve it (and, built, `torch_tensorrt.save` it) when they agree
+     within `base.TOLERANCE`, else (and when the build fails) log one warning and serve
+     PyTorch on CUDA instead
+All of it, and every call, runs inside `torch.cuda.device` of the engine's GPU, so that
+`--device cuda:1` builds and runs there while cuda:0 is the current device.
 
 fp16 differs between torch-tensorrt releases: up to 2.9 the builder picks layer precisions
 from `enabled_precisions` (weak typing); from 2.10 the graph's own dtypes decide (explicit
@@ -31,28 +37,21 @@ import importlib.util
 import logging
 import os
 import re
-import time
 from pathlib import Path
 
 import torch
 
-from models._files import write_atomically
+from models._files import first_line
 
-from .base import TOLERANCE, EngineError, relative_error
-from .cache import (
-    CacheKey,
-    Progress,
-    default_cache_dir,
-    model_options,
-    weights_digest,
-    write_meta,
-)
-from .torch_engine import InputStager, TorchEngine, resolve_device, resolve_kind
+from . import compiled, torch_engine
+from .base import EngineError, model_name
+from .cache import CacheKey, default_cache_dir, model_options, weights_digest
+from .export import export
+from .torch_engine import StagedEngine, TorchEngine, on_device, resolve_device, resolve_kind
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp16", "fp32")
-_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 INSTALL_HINT = "pip install 'avstream[tensorrt]' on a machine with an NVIDIA GPU"
 
 
@@ -67,8 +66,7 @@ def import_torch_tensorrt():
     try:
         import torch_tensorrt
     except Exception as exc:  # noqa: BLE001 (it raises plain Exception without TensorRT or a driver)
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        return None, f"torch-tensorrt does not import ({type(exc).__name__}: {first})"
+        return None, f"torch-tensorrt does not import ({type(exc).__name__}: {first_line(exc)})"
     return torch_tensorrt, None
 
 
@@ -127,7 +125,7 @@ def key_for(
     """The cache key of `model`'s engine; `versions`: torch, torch-tensorrt, TensorRT."""
     torch_version, torch_tensorrt_version, tensorrt_version = versions
     return EngineKey(
-        model=getattr(getattr(model, "meta", None), "name", type(model).__name__),
+        model=model_name(model),
         weights=weights_digest(model),
         input_shapes=tuple(tuple(x.shape) for x in example_inputs),
         precision=precision,
@@ -142,7 +140,33 @@ def key_for(
 # --- The engine ---------------------------------------------------------------------------
 
 
-class TensorRTEngine:
+#: What the graph of a program that `torch_tensorrt.save` wrote calls for each engine.
+_EXECUTE_ENGINE = "tensorrt.execute_engine.default"
+
+
+def count_tensorrt_engines(module: torch.nn.Module) -> int:
+    """How many TensorRT engines `module` runs; 0 when it is PyTorch throughout.
+
+    Loaded (`torch_tensorrt.load(...).module()`): saving inlined each engine as a
+    `tensorrt::execute_engine` call in the graph; those calls are counted. Built
+    (`torch_tensorrt.dynamo.compile`), there are none: the partitioner names the parts it
+    hands to TensorRT `_run_on_acc_N` and replaces each, once converted, by a
+    TorchTensorRTModule (one still a GraphModule was not converted); those parts are
+    counted. When no op converts, compile returns the exported graph itself: no such
+    part, no such call."""
+    calls = parts = 0
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.fx.GraphModule):
+            calls += sum(
+                node.op == "call_function" and str(node.target) == _EXECUTE_ENGINE
+                for node in sub.graph.nodes
+            )
+        elif name.rpartition(".")[2].startswith("_run_on_acc"):
+            parts += 1
+    return calls or parts
+
+
+class TensorRTEngine(StagedEngine):
     """A compiled (or loaded) torch-tensorrt module behind the Engine protocol."""
 
     def __init__(
@@ -153,27 +177,20 @@ class TensorRTEngine:
         device: torch.device,
         precision: str,
     ):
+        super().__init__(
+            name=f"tensorrt-{precision}",
+            device=device,
+            precision=precision,
+            mode="tensorrt",
+            example_inputs=example_inputs,
+        )
         self.module = module
-        self.device = device
-        self.precision = precision
-        self.dtype = _DTYPES[precision]
-        self.name = f"tensorrt-{precision}"
-        self._stage = InputStager(device, self.dtype)
-        self.example_inputs = self._stage(tuple(example_inputs))
 
-    @torch.inference_mode()
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        out = self.module(*self._stage(inputs))
+    def _forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out = self.module(*inputs)
         if isinstance(out, (tuple, list)):
             (out,) = out
-        logits = out.float()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # infer_end must be when the result exists
-        return logits
-
-    def warmup(self, iterations: int = 2) -> None:
-        for _ in range(iterations):
-            self(*self.example_inputs)
+        return out.float()
 
 
 def _fp32_layer_norms(model: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -192,47 +209,31 @@ def _fp32_layer_norms(model: torch.nn.Module, dtype: torch.dtype) -> None:
             module.register_forward_hook(back)
 
 
-def _build(torch_tensorrt, model, inputs, *, device, precision, what):
+def _converted(module, what: str, name: str):
+    """`module`, after logging how many TensorRT engines it runs; RuntimeError when none."""
+    count = count_tensorrt_engines(module)
+    if count == 0:
+        raise RuntimeError(
+            f"torch-tensorrt converted no part of {what} into a TensorRT engine "
+            "(it would run as PyTorch)"
+        )
+    log.info("%s: %s runs as %d TensorRT engine(s)", name, what, count)
+    return module
+
+
+def _build(torch_tensorrt, model, inputs, *, device, precision, what, name):
     """Export and compile; returns the compiled module."""
-    dtype = _DTYPES[precision]
+    dtype = torch_engine.DTYPES[precision]
     if dtype != torch.float32:
         model = copy.deepcopy(model)  # the casts must not touch the model PyTorch serves
         _fp32_layer_norms(model, dtype)
-    from .tensorrt_ops import export
-
-    t0 = time.perf_counter()
-    log.info("TensorRT: step 1/3: torch.export of %s at %s", what, [tuple(x.shape) for x in inputs])
+    log.info("%s: torch.export of %s at %s", name, what, [tuple(x.shape) for x in inputs])
     program = export(model, inputs)
-    log.info(
-        "TensorRT: step 2/3: compiling %s with torch-tensorrt %s (minutes for big models)",
-        what,
-        torch_tensorrt.__version__,
-    )
+    log.info("%s: compiling %s with torch-tensorrt (minutes for big models)", name, what)
     options = {"arg_inputs": list(inputs), "device": device, "min_block_size": 1}
     if precision == "fp16" and _release(torch_tensorrt.__version__) < (2, 10):
         options["enabled_precisions"] = {torch.float16}  # weak typing before 2.10
-    with Progress(f"TensorRT: {what}"):
-        module = torch_tensorrt.dynamo.compile(program, **options)
-    log.info("TensorRT: built %s in %.1f s", what, time.perf_counter() - t0)
-    return module
-
-
-def _load(torch_tensorrt, path: Path, what: str):
-    t0 = time.perf_counter()
-    module = torch_tensorrt.load(str(path)).module()
-    log.info(
-        "TensorRT: loaded the cached %s engine %s in %.1f s", what, path, time.perf_counter() - t0
-    )
-    return module
-
-
-def _save(torch_tensorrt, module, inputs, path: Path, key: EngineKey, build_s: float) -> None:
-    with write_atomically(path) as tmp:
-        torch_tensorrt.save(
-            module, str(tmp), output_format="exported_program", arg_inputs=list(inputs)
-        )
-    write_meta(path, key, build_s)
-    log.info("TensorRT: step 3/3: saved to %s; the next start loads it", path)
+    return _converted(torch_tensorrt.dynamo.compile(program, **options), what, name)
 
 
 def create(
@@ -277,18 +278,19 @@ def create(
 
     dev = resolve_device(device)
     major, minor = torch.cuda.get_device_capability(dev)
-    return _serve(
-        torch_tensorrt,
-        model,
-        example_inputs,
-        device=dev,
-        gpu=f"{torch.cuda.get_device_name(dev)} sm_{major}{minor}",
-        precision=precision,
-        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
-        tolerance=TOLERANCE[precision] if tolerance is None else tolerance,
-        compile=compile,
-        cudagraphs=cudagraphs,
-    )
+    with on_device(dev):
+        return _serve(
+            torch_tensorrt,
+            model,
+            example_inputs,
+            device=dev,
+            gpu=f"{torch.cuda.get_device_name(dev)} sm_{major}{minor}",
+            precision=precision,
+            cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+            tolerance=tolerance,
+            compile=compile,
+            cudagraphs=cudagraphs,
+        )
 
 
 def _serve(
@@ -300,88 +302,59 @@ def _serve(
     gpu: str,
     precision: str,
     cache_dir: Path,
-    tolerance: float,
+    tolerance: float | None,
     compile: bool | None,
     cudagraphs: bool | None,
 ):
-    """Load or build, check against PyTorch, serve (or fall back). Takes `torch_tensorrt`
-    as an argument and runs on any device, so that tests can drive it with a stand-in."""
-    name = getattr(getattr(model, "meta", None), "name", type(model).__name__)
-    what = f"{name} {precision}"
+    """Load or build, check against PyTorch, serve (or fall back): engines/compiled.py with
+    torch-tensorrt's calls. Takes `torch_tensorrt` as an argument and runs on any device,
+    so that tests can drive it with a stand-in."""
+    name = f"tensorrt-{precision}"
+    what = f"{model_name(model)} {precision}"
     key = key_for(
         model, example_inputs, precision=precision, gpu=gpu, versions=_versions(torch_tensorrt)
     )
-    path = cache_dir / f"{key.stem}.pt2"  # torch.export.save wants .pt2
-    # Eager PyTorch at the same precision: the reference, and the model a fallback serves.
-    reference = TorchEngine(
-        model,
-        example_inputs,
-        device=str(device),
-        precision=precision,
-        compile=False,
-        cudagraphs=False,
-    )
+    # Eager PyTorch at the same precision: the reference, and what a fallback compiles.
+    reference = TorchEngine(model, example_inputs, device=device, precision=precision)
 
-    def fallback(why: str):
-        engine = TorchEngine(
-            model,
-            example_inputs,
-            device=str(device),
+    def build(tmp: Path) -> TensorRTEngine:
+        module = _build(
+            torch_tensorrt,
+            reference.model,
+            reference.example_inputs,
+            device=device,
             precision=precision,
-            compile=compile,
-            cudagraphs=cudagraphs,
+            what=what,
+            name=name,
         )
-        log.warning("TensorRT: %s: serving PyTorch (%s) instead", why, engine.name)
-        return engine
+        return TensorRTEngine(module, reference.example_inputs, device=device, precision=precision)
 
-    module = None
-    if path.exists():
-        try:
-            module = _load(torch_tensorrt, path, what)
-        except Exception as exc:  # noqa: BLE001 (a stale or broken file: build again)
-            log.warning("TensorRT: cannot load %s (%s): building again", path, type(exc).__name__)
-    built = module is None
-    if built:
-        log.info(
-            "TensorRT: no cached engine for %s on %s (key %s): building it once",
-            what,
-            gpu,
-            key.stem,
-        )
-        t0 = time.perf_counter()
-        try:
-            module = _build(
-                torch_tensorrt,
-                reference.model,
-                reference.example_inputs,
-                device=device,
-                precision=precision,
-                what=what,
-            )
-        except Exception as exc:  # any build failure: PyTorch still runs
-            log.debug("TensorRT build failure", exc_info=True)
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            return fallback(f"building {what} failed ({type(exc).__name__}: {first})")
-        build_s = time.perf_counter() - t0
-    engine = TensorRTEngine(module, example_inputs, device=device, precision=precision)
-    try:
-        actual = engine(*engine.example_inputs)
-    except Exception as exc:  # it cannot run: PyTorch still can
-        log.debug("TensorRT run failure", exc_info=True)
-        return fallback(f"running {what} failed ({type(exc).__name__})")
-    error = relative_error(actual, reference(*reference.example_inputs))
-    if not error <= tolerance:
-        if not built:  # a cached engine that no longer matches: build afresh next time
-            path.unlink(missing_ok=True)
-        return fallback(
-            f"{what} disagrees with PyTorch (relative error {error:.3g} > {tolerance:g})"
-        )
-    log.info("TensorRT: %s matches PyTorch (relative error %.2g)", what, error)
-    if built:
-        try:
-            _save(torch_tensorrt, module, engine.example_inputs, path, key, build_s)
-        except Exception as exc:  # noqa: BLE001 (serve it anyway; the next start builds again)
-            log.warning(
-                "TensorRT: could not save the engine to %s (%s: %s)", path, type(exc).__name__, exc
-            )
-    return engine
+    def load(path: Path) -> TensorRTEngine:
+        module = _converted(torch_tensorrt.load(str(path)).module(), what, name)
+        return TensorRTEngine(module, reference.example_inputs, device=device, precision=precision)
+
+    def save(engine: TensorRTEngine, tmp: Path) -> None:
+        torch_tensorrt.save(
+            engine.module, str(tmp), output_format="exported_program",
+            arg_inputs=list(engine.example_inputs),
+        )  # fmt: skip
+
+    backend = compiled.Backend(
+        name=name,
+        model=model_name(model),
+        precision=precision,
+        build=build,
+        verbs=("building", "built"),
+        how=f"with torch-tensorrt {torch_tensorrt.__version__} for {gpu}",
+        ready="compiled by torch-tensorrt",
+        path=cache_dir / f"{key.stem}.pt2",  # torch.export.save wants .pt2
+        key=key,
+        load=load,
+        save=save,
+    )
+    return compiled.start(
+        backend,
+        reference,
+        fallback=lambda: torch_engine.optimise(reference, compile=compile, cudagraphs=cudagraphs),
+        tolerance=tolerance,
+    )

@@ -43,9 +43,13 @@ from pathlib import Path
 
 import torch
 
-from . import _trt_ops_data as _data
+from models._files import first_line
 
-__all__ = ["OpReport", "check_model", "check_program", "decomposition_table", "export", "op_name"]
+from . import _trt_ops_data as _data
+from .base import model_name
+from .export import export
+
+__all__ = ["OpReport", "check_model", "check_program", "decomposition_table", "op_name"]
 
 TORCH_TENSORRT_VERSION = _data.VERSION
 
@@ -110,21 +114,6 @@ class OpReport:
             for op, why in sorted(self.unsupported.items())
         )
         return f"{self.name}: not convertible by torch-tensorrt {TORCH_TENSORRT_VERSION}: {bad}"
-
-
-# --- Step 1 -------------------------------------------------------------------------------
-
-
-def export(
-    model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]
-) -> torch.export.ExportedProgram:
-    """`torch.export` at the inputs' static shapes, as `torch_tensorrt.dynamo.trace` does.
-
-    torch.export captures the whole forward as one graph or raises: there is no graph
-    break to fall back on, so success means one graph.
-    """
-    with torch.no_grad():
-        return torch.export.export(model.eval(), tuple(example_inputs), strict=False)
 
 
 # --- Step 3 -------------------------------------------------------------------------------
@@ -361,14 +350,15 @@ def check_model(
     model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], name: str | None = None
 ) -> OpReport:
     """Export `model` at `example_inputs` and check every op of the lowered graph."""
-    name = name or getattr(getattr(model, "meta", None), "name", None) or type(model).__name__
+    name = name or model_name(model)
     t0 = time.perf_counter()
     try:
         ep = export(model, example_inputs)
     except Exception as exc:  # noqa: BLE001 (any export failure is the finding)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return OpReport(
-            name, export_error=f"{type(exc).__name__}: {first}", seconds=time.perf_counter() - t0
+            name,
+            export_error=f"{type(exc).__name__}: {first_line(exc)}",
+            seconds=time.perf_counter() - t0,
         )
     report = check_program(ep, name)
     report.seconds = time.perf_counter() - t0

@@ -15,13 +15,17 @@ from helpers import REPO, expected_cpu_engine_name
 from engines import malloc
 
 TCMALLOC = malloc.find_tcmalloc()
-needs_tcmalloc = pytest.mark.skipif(TCMALLOC is None, reason="tcmalloc is not installed (libtcmalloc-minimal4)")
+needs_tcmalloc = pytest.mark.skipif(
+    TCMALLOC is None, reason="tcmalloc is not installed (libtcmalloc-minimal4)"
+)
 
 
 def _allocator_of_a_child() -> str:
     """What a Python process started now (as stream.run starts its inference) runs with."""
     code = "from engines import malloc; print(malloc.active())"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
     return out.stdout.strip()
 
 
@@ -59,7 +63,10 @@ def test_auto_keeps_an_allocator_the_user_preloaded():
 def test_an_allocator_given_by_path(tmp_path):
     lib = tmp_path / "libmymalloc.so"
     lib.write_bytes(b"")
-    assert malloc.child_preload(str(lib), "/opt/lib/libjemalloc.so.2 /x/libfoo.so") == f"{lib} /x/libfoo.so"
+    assert (
+        malloc.child_preload(str(lib), "/opt/lib/libjemalloc.so.2 /x/libfoo.so")
+        == f"{lib} /x/libfoo.so"
+    )
     with pytest.raises(ValueError, match="no such file"):
         malloc.resolve(str(tmp_path / "missing.so"))
 
@@ -76,7 +83,7 @@ def test_the_inference_process_runs_with_the_chosen_allocator(run_stream, choice
     stream = run_stream(
         "--camera", "synthetic", "--size", "160x120", "--duration", "3", "--weights", "none",
         "--malloc", choice, "--log-level", "info",
-    )
+    )  # fmt: skip
     code, err = stream.wait(timeout=90)
     assert code == 0, err
     expected = "tcmalloc" if choice == "auto" and TCMALLOC else "glibc"
@@ -122,5 +129,6 @@ def test_cpu_engine_keeps_freed_memory_mapped(monkeypatch):
         assert out.returncode == 0, out.stderr
         return int(out.stdout.split()[-1])
 
-    assert last_window_faults("plain") > 10000  # glibc's default: unmapped on free, faulted in again
+    # glibc's default: unmapped on free, faulted in again
+    assert last_window_faults("plain") > 10000
     assert last_window_faults("engine") < 100

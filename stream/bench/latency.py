@@ -609,7 +609,7 @@ def _time_engine(
         t0 = time.perf_counter_ns()
         engine(*inputs)
         times.append((time.perf_counter_ns() - t0) / 1e6)
-    row.update(engine=engine.name, mode=getattr(engine, "mode", None), engine_ms=summary_ms(times))
+    row.update(engine=engine.name, mode=engine.mode, engine_ms=summary_ms(times))
     # ru_maxrss is KiB on Linux: the whole process (weights, activations, the runtime)
     row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if torch.cuda.is_available():
