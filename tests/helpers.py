@@ -57,6 +57,12 @@ def shm_segments() -> set[str]:
         return set()
 
 
+def segments_of(pid: int) -> set[str]:
+    """This project's /dev/shm segments that process `pid` made (a segment's name carries
+    its creator's pid: stream/pipeline/ring.py), so that other runs on the machine do not count."""
+    return {n for n in shm_segments() if n.split("_")[2] == str(pid)}
+
+
 def descendants(pid: int) -> set[int]:
     """PIDs of all live descendants of `pid` (from /proc)."""
     children: dict[int, list[int]] = {}

@@ -18,7 +18,7 @@ import tempfile
 
 import pytest
 import zmq
-from helpers import REPO, descendants, free_port, running, shm_segments, wait_until
+from helpers import REPO, descendants, free_port, running, segments_of, wait_until
 
 from stream import options, run
 
@@ -41,7 +41,7 @@ def refused(capsys, monkeypatch):
     monkeypatch.setattr(run, "Supervisor", _pipeline_would_start)
 
     def call(*argv: str) -> str:
-        before = shm_segments()
+        before = segments_of(os.getpid())
         try:
             code = run.main(list(argv))
         except SystemExit as exc:  # argparse
@@ -50,7 +50,7 @@ def refused(capsys, monkeypatch):
         assert code == 2, err
         lines = err.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), err
-        assert not multiprocessing.active_children() and shm_segments() <= before
+        assert not multiprocessing.active_children() and segments_of(os.getpid()) <= before
         return lines[0]
 
     return call
@@ -165,7 +165,6 @@ def test_help_gives_each_models_own_defaults(capsys):
 def _run(*args: str, command: str = "stream.run", cwd=REPO, timeout: float = 120):
     """Run `python -m COMMAND ARGS` to its end: (exit code, stderr), after checking that it
     left no process and no shared memory behind."""
-    before = shm_segments()
     path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     seen: set[int] = set()
@@ -193,7 +192,7 @@ def _run(*args: str, command: str = "stream.run", cwd=REPO, timeout: float = 120
         err.seek(0)
         text = err.read()
     wait_until(lambda: not running(seen), f"the processes of python -m {command} to end")
-    assert shm_segments() <= before, "shared memory left behind"
+    assert not segments_of(proc.pid), "shared memory left behind"
     return proc.returncode, text
 
 
