@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from stream import control
+from stream.pipeline.proc import start_ignoring_sigint
 from stream.pipeline.processes import RESTART_BACKOFF_S, ProcessGroup, StopSignals
 
 
@@ -47,6 +49,7 @@ def test_messages_from_any_child_and_a_silent_exit_is_died(group):
     group.start("b", _child, ("exit3",))
     got = {_next(group) for _ in range(2)}
     assert got == {("a", control.EngineReady("echo", 0.0)), ("b", control.Died(3))}
+    group.forget("b")  # as its owner does: else its exit is reported again
     group.send("a", control.WriteRing("ring", 7))
     assert _next(group) == ("a", control.WriteRing("ring", 7))
 
@@ -54,8 +57,9 @@ def test_messages_from_any_child_and_a_silent_exit_is_died(group):
 def test_children_ignore_ctrl_c(group):
     """Ctrl-C reaches the whole process group in a terminal; the parent acts on it."""
     group.start("a", _child, ("echo",))
-    assert _next(group)[0] == "a"
-    os.kill(group.pid("a"), signal.SIGINT)
+    os.kill(group.pid("a"), signal.SIGINT)  # while it starts
+    assert _next(group) == ("a", control.EngineReady("echo", 0.0))
+    os.kill(group.pid("a"), signal.SIGINT)  # while it runs
     group.send("a", control.Died(0))
     assert _next(group) == ("a", control.Died(0))  # echoed: still running
 
@@ -104,3 +108,25 @@ def test_stop_signals_are_noted_and_handlers_restored():
             time.sleep(0.01)
         assert signals.received == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+class _InterruptedStart(mp.get_context("spawn").Process):
+    """A real process start during which Ctrl-C reaches the parent."""
+
+    def start(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        super().start()
+
+
+def test_ctrl_c_while_a_child_starts_reaches_the_parent():
+    """The child is shielded from it while it starts, but the parent does not lose it (a
+    Ctrl-C that came while a child started was ignored, and the run went on)."""
+    proc = _InterruptedStart(target=_child, args=("exit3", None, None))
+    with StopSignals() as signals:
+        start_ignoring_sigint(proc)
+        deadline = time.monotonic() + 10
+        while signals.received is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert signals.received == "SIGINT"
+    proc.join(60)
+    assert proc.exitcode == 3

@@ -1,9 +1,10 @@
 """Plumbing shared by the child processes of `stream.run`.
 
-Children ignore SIGINT (the parent coordinates the shutdown through a stop event, so
-Ctrl-C in a terminal, which reaches the whole process group, does not kill a child in
-the middle of a write), and they die with the parent: on Linux through
-PR_SET_PDEATHSIG, everywhere through `parent_alive()` checks in their loops.
+Children ignore SIGINT (blocked from their start, ignored from `init_child` on: the
+parent coordinates the shutdown through a stop event, so Ctrl-C in a terminal, which
+reaches the whole process group, does not kill a child in the middle of a write), and
+they die with the parent: on Linux through PR_SET_PDEATHSIG, everywhere through
+`parent_alive()` checks in their loops.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from multiprocessing import resource_tracker
 
 _PR_SET_PDEATHSIG = 1
 _parent_pid: int | None = None
@@ -35,6 +37,7 @@ def init_child(log_level: str, parent_pid: int) -> None:
     global _parent_pid
     _parent_pid = parent_pid
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # see start_ignoring_sigint
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -47,14 +50,22 @@ def init_child(log_level: str, parent_pid: int) -> None:
 
 
 def start_ignoring_sigint(proc) -> None:
-    """`proc.start()` with SIGINT ignored meanwhile: a spawned child inherits the ignored
-    SIGINT across exec, so Ctrl-C in a terminal, which reaches the whole process group,
-    is acted on by the parent alone, which stops its children itself."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """`proc.start()` with SIGINT blocked in this thread meanwhile: the spawned child
+    inherits the blocked signal across exec, so Ctrl-C in a terminal, which reaches the
+    whole process group, cannot interrupt it while it starts (a KeyboardInterrupt
+    traceback), and `init_child` ignores SIGINT before it unblocks it. The parent alone
+    acts on Ctrl-C, and stops its children itself.
+
+    The parent keeps its own handler throughout: a SIGINT that comes during the start
+    waits until the end of the block (or is handled by another of its threads), where
+    ignoring it here, for the child to inherit, lost it."""
+    # Its first start unblocks SIGINT on its way (multiprocessing.resource_tracker).
+    resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         proc.start()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def parent_alive() -> bool:

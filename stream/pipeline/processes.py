@@ -30,6 +30,9 @@ STOP_GRACE_S = 1.5
 #: The same for a child still starting (importing torch, loading weights): it has
 #: nothing to save, so after a failed start-up it is terminated almost at once.
 STARTING_GRACE_S = 0.2
+#: How long a child whose pipe has closed may take to exit (its interpreter shuts down;
+#: a loaded machine takes its time) before it is reported as Died(None).
+EXIT_WAIT_S = 5.0
 #: Restart delays of a child that died: doubling from the first to the last; back to
 #: the first once it has run for RESTART_RESET_S.
 RESTART_BACKOFF_S = (0.5, 10.0)
@@ -112,7 +115,7 @@ class ProcessGroup:
                 except (EOFError, OSError):
                     pass
             proc = self._procs[name]
-            proc.join(0.2)
+            proc.join(EXIT_WAIT_S)
             return name, control.Died(proc.exitcode)
         return None
 
