@@ -3,11 +3,12 @@ nothing left behind (processes, /dev/shm segments, files).
 
 What stream.run finds while reading its flags and YAML (before any child process starts)
 is checked in this process, calling `stream.run.main`; what only its children can judge
-(a camera, a model, weights, a port) in real runs. One real run per command checks that a
-refused command line exits 2 and leaves nothing behind."""
+(a camera, a model, weights, a port) in real runs; one real run checks that a refused
+command line leaves nothing behind. Each command's other bad input is in its own tests."""
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import re
@@ -159,6 +160,32 @@ def test_help_gives_each_models_own_defaults(capsys):
     assert "seconds of running, after start-up" in text
 
 
+#: Each command's module, and a command line it refuses for its one unknown flag.
+COMMANDS = {
+    "stream.run": ("stream.run", ("--bogus",)),
+    "stream.record": ("stream.train.record", ("--label", "clapping", "--bogus")),
+    "stream.train": ("stream.train.trainer", ("data", "--bogus")),
+    "stream.bench": ("stream.bench.latency", ("--bogus",)),
+    "stream.keys": ("stream.transport.keys", ("keys", "--bogus")),
+    "stream.subscribe": ("stream.transport.subscribe", ("--bogus",)),
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_each_command_refuses_a_bad_flag_in_one_line(command, capsys, tmp_path, monkeypatch):
+    """Every command's parser is stream.errors.ArgumentParser: one line naming the flag and
+    the command's --help, exit 2, and nothing written."""
+    module, argv = COMMANDS[command]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main(list(argv))
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: unrecognized arguments: --bogus (see python -m {command} --help)"
+    ]
+    assert not list(tmp_path.iterdir())
+
+
 # -- real runs -------------------------------------------------------------------------------
 
 
@@ -203,25 +230,12 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
-COMMANDS = {
-    "stream.run": ("--bogus",),
-    "stream.record": ("--label", "clapping", "--bogus"),
-    "stream.train": ("data", "--bogus"),
-    "stream.bench": ("--bogus",),
-    "stream.keys": ("keys", "--bogus"),
-    "stream.subscribe": ("--bogus",),
-}
-
-
-@pytest.mark.parametrize("command", list(COMMANDS))
-def test_each_command_refuses_a_bad_flag_in_one_line(command, tmp_path):
-    """Every command's parser (stream.errors.ArgumentParser): one line naming the flag and
-    the command's --help, exit 2, and no process, shared memory, folder or file left."""
-    code, err = _run(*COMMANDS[command], command=command, cwd=tmp_path)
+def test_a_refused_run_leaves_nothing_behind(tmp_path):
+    """The real command, refused while reading its options: the one line is all stderr
+    holds (also at --log-level debug), exit 2, and no process, shared memory or file."""
+    code, err = _run("--stride", "0", "--log-level", "debug", cwd=tmp_path)
     assert code == 2, err
-    assert err.splitlines() == [
-        f"error: unrecognized arguments: --bogus (see python -m {command} --help)"
-    ]
+    assert err.splitlines() == ["error: --stride 0.0 must be > 0 seconds (e.g. 0.25)"]
     assert not list(tmp_path.iterdir())
 
 
