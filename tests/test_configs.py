@@ -37,7 +37,9 @@ def test_labels_and_a_checkpoint_beside_the_config(tmp_path, monkeypatch):
     run = tmp_path / "runs" / "kettle"
     run.mkdir(parents=True)
     (run / "model.pt").write_bytes(b"")
-    (run / "config.yaml").write_text("model: x3d_xs\nweights: model.pt\nlabels: [kettle, nothing]\n")
+    (run / "config.yaml").write_text(
+        "model: x3d_xs\nweights: model.pt\nlabels: [kettle, nothing]\n"
+    )
     monkeypatch.chdir(tmp_path)
     cfg = config.resolve({"config": str(run / "config.yaml")})
     assert cfg.labels == ["kettle", "nothing"]
