@@ -177,8 +177,8 @@ class _Package:
     """A compiled package, loaded: `package(*inputs)` returns the model's one output tensor.
 
     It is loaded with the C++ loader that `torch._inductor.aoti_load_package` wraps, called
-    directly: importing `torch._inductor` (and with it dynamo) takes over a second, which
-    is most of a cached start; this also skips re-reading the call spec on every call."""
+    directly: importing `torch._inductor` imports dynamo too, which would be most of a
+    cached start; this also skips re-reading the call spec on every call."""
 
     def __init__(self, path: Path):
         loader = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)

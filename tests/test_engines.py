@@ -1117,7 +1117,7 @@ def test_tensorrt_build_failure_falls_back_to_torch(tmp_path, caplog, model, rea
     with caplog.at_level(logging.WARNING, logger="engines"):
         engine = engines.create(
             model, model.example_inputs(), backend="tensorrt", precision="fp32",
-            cache_dir=tmp_path, compile=False,
+            cache_dir=tmp_path, compile=False, cudagraphs=False,  # the fallback: eager
         )  # fmt: skip
     assert engine.name == "torch-cuda-fp32" and engine.mode == "eager"
     (warning,) = _warnings(caplog)
@@ -1165,6 +1165,7 @@ def test_tensorrt_falls_back_to_torch_when_parity_fails(tmp_path, caplog):
             cache_dir=tmp_path,
             tolerance=0.0,
             compile=False,
+            cudagraphs=False,  # the fallback: eager
         )
     assert engine.name == "torch-cuda-fp16"
     (warning,) = _warnings(caplog)
