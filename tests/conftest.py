@@ -69,9 +69,10 @@ class _MJPEGHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def mjpeg_url():
-    """A network camera stand-in: MJPEG over HTTP on 127.0.0.1, 30 fps, until the test ends."""
+    """A network camera stand-in: MJPEG over HTTP on 127.0.0.1, 30 fps, until the module's
+    tests are done."""
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _MJPEGHandler)
     server.daemon_threads = True
     server.stopping = False
@@ -250,3 +251,11 @@ def file_server(isolated_cache):
         httpd.server_close()
         thread.join(timeout=10)
         assert not thread.is_alive()
+
+
+def pytest_collection_modifyitems(items):
+    """A test that starts `python -m stream.run` through the `run_stream` fixture is an
+    end-to-end test, wherever it is: it gets the `e2e` marker without repeating it."""
+    for item in items:
+        if "run_stream" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)

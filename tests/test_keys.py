@@ -78,37 +78,44 @@ def test_keys_are_never_overwritten(tmp_path):
     assert bad.stderr.count("\n") == 1
 
 
-def test_secret_key_readable_by_others_is_refused(tmp_path):
+def test_secret_key_readable_by_others_is_refused(tmp_path, capsys):
+    from stream import run
+
     folder = tmp_path / "keys"
     assert _run("stream.keys", str(folder)).returncode == 0
     server, client = folder / "server.key_secret", folder / "subscriber.key_secret"
     for key in (server, client):
         os.chmod(key, 0o644)
-    run = _run(
-        "stream.run",
-        "--curve-secret-key",
-        str(server),
-        "--curve-clients",
-        str(folder / "clients"),
-        "--camera",
-        "synthetic",
-        "--weights",
-        "none",
+    # stream.run checks the key with its options, before any process starts: in process
+    code = run.main(
+        [
+            "--curve-secret-key",
+            str(server),
+            "--curve-clients",
+            str(folder / "clients"),
+            "--camera",
+            "synthetic",
+            "--weights",
+            "none",
+        ]
     )
     sub_args = (
         "stream.subscribe",
         f"tcp://127.0.0.1:{free_port()}",
         "--timeout",
-        "5",
+        "0.5",
         "--curve-server-key",
         str(folder / "server.key"),
         "--curve-client-key",
         str(client),
     )
     sub = _run(*sub_args)
-    for done, key in ((run, server), (sub, client)):
-        assert done.returncode == 2, done.stderr
-        assert done.stderr == (
+    for (status, stderr), key in (
+        ((code, capsys.readouterr().err), server),
+        ((sub.returncode, sub.stderr), client),
+    ):
+        assert status == 2, stderr
+        assert stderr == (
             f"error: CURVE secret key {key} is readable by other users (mode 0644): "
             f"run chmod 600 {key}\n"
         )
