@@ -1,4 +1,4 @@
-"""Finding, downloading, reading and strictly loading checkpoints.
+"""Finding, downloading, reading, strictly loading and saving checkpoints.
 
 Every failure is a `WeightsError` whose message is one line naming the file or URL and
 what to do, because the command line prints it as the user's only error line.
@@ -11,7 +11,6 @@ import http.client
 import os
 import re
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import torch
+from tqdm import tqdm
 
 from models._files import cache_root, first_line, write_atomically
 from models._registry import WeightsError
@@ -135,31 +135,39 @@ def _fetch(url: str, out: BinaryIO, dest: Path, official: bool = False) -> None:
         ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise _network_error(url, exc, official) from None
-    with response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        progress = _Progress(url, total)
-        received = 0
+    total = int(response.headers.get("Content-Length") or 0) or None
+    received = 0
+    # A bar on a terminal only (tqdm's rule: none in a log or a pipe), gone at the end;
+    # the line printed then says what was downloaded, also in a log.
+    bar = tqdm(
+        total=total,
+        desc=f"downloading {url}",
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=None,
+        leave=False,
+    )
+    with response, bar:
         while True:
             try:
                 chunk = response.read(_CHUNK)
             except (OSError, http.client.HTTPException) as exc:
-                progress.abort()
                 raise _network_error(url, exc, official) from None
             if not chunk:
                 break
             try:
                 out.write(chunk)
             except OSError as exc:
-                progress.abort()
                 raise _cache_error(dest.parent, exc) from None
             received += len(chunk)
-            progress.update(received)
+            bar.update(len(chunk))
     if total is not None and received != total:
-        progress.abort()
         raise WeightsError(
             f"download of {url} stopped after {received} of {total} bytes; try again, or {_FETCH_HINT}"
         )
-    progress.finish(received)
+    size = f"{received}/{total} bytes (100%)" if total else f"{received} bytes"
+    print(f"downloaded {url}: {size}", file=sys.stderr, flush=True)
 
 
 def _network_error(url: str, exc: BaseException, official: bool = False) -> WeightsError:
@@ -190,38 +198,6 @@ def _cache_error(folder: Path, exc: OSError) -> WeightsError:
         f"cannot write the weights cache {folder}: {first_line(exc)}; "
         f"set AVSTREAM_CACHE to a writable folder with free space"
     )
-
-
-class _Progress:
-    """Download progress on stderr: a live line on a terminal, one final line otherwise."""
-
-    def __init__(self, url: str, total: int | None) -> None:
-        self.url = url
-        self.total = total
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-
-    def _text(self, received: int) -> str:
-        if self.total:
-            return f"{received}/{self.total} bytes ({100 * received // self.total}%)"
-        return f"{received} bytes"
-
-    def update(self, received: int) -> None:
-        now = time.monotonic()
-        if self.tty and now - self.last >= 0.1:
-            self.last = now
-            sys.stderr.write(f"\rdownloading {self.url}: {self._text(received)}")
-            sys.stderr.flush()
-
-    def abort(self) -> None:
-        if self.tty and self.last:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    def finish(self, received: int) -> None:
-        prefix = "\r" if self.tty else ""
-        sys.stderr.write(f"{prefix}downloaded {self.url}: {self._text(received)}\n")
-        sys.stderr.flush()
 
 
 def _sha256(path: Path) -> str:

@@ -22,6 +22,7 @@ PIPELINE_MODULES = (
     "psutil",
     "numba",
     "einops",
+    "tqdm",
 )
 
 

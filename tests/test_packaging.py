@@ -149,7 +149,7 @@ def test_pipeline_commands_without_the_run_extra_say_what_to_install(
 ):
     before = shm_segments()
     done = _run_light(light_python, tmp_path, "-m", f"stream.{command}", "--camera", "synthetic")
-    missing = "torch, numpy, cv2, sounddevice, yaml, av, soxr, psutil, numba, einops"
+    missing = "torch, numpy, cv2, sounddevice, yaml, av, soxr, psutil, numba, einops, tqdm"
     assert done.returncode == 2
     expected = (
         f"error: python -m stream.{command} needs the pipeline's packages (missing: {missing}): "

@@ -16,7 +16,10 @@ made each step 5-20 times slower.
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -148,6 +151,15 @@ class _Records(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+def _with_stderr(call):
+    """(what `call()` returns, what it wrote to stderr): a StringIO, as a log or a pipe is
+    not a terminal."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        value = call()
+    return value, err.getvalue()
+
+
 def _train(argv: list[str], **kw) -> tuple[T.TrainResult | None, list[str], float]:
     """Train in this process (CLI parsing included); returns result, log lines, seconds."""
     opts, given = T.options_from_args(T.build_parser().parse_args(argv))
@@ -171,10 +183,10 @@ def av_run(data):
     out = data["root"] / "runs" / "av"
     argv = [
         str(data["train"]), "--model", "avslowfast_r50", "--weights", "none", *arch_args(TINY_AV),
-        "--out", str(out), *FIT, "--hard-negatives-from", str(HARD_FROM),
+        "--out", str(out), *FIT, "--hard-negatives-from", str(HARD_FROM), "--progress",
     ]  # fmt: skip
-    result, lines, seconds = _train(argv)
-    return {"out": out, "result": result, "log": lines, "seconds": seconds}
+    (result, lines, seconds), err = _with_stderr(lambda: _train(argv))
+    return {"out": out, "result": result, "log": lines, "seconds": seconds, "stderr": err}
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +209,7 @@ def video_run(data):
         if record["epoch"] == INTERRUPT_AFTER:
             raise KeyboardInterrupt
 
-    first, first_log, s1 = _train(argv, on_epoch=interrupt)
+    (first, first_log, s1), err = _with_stderr(lambda: _train(argv, on_epoch=interrupt))
     assert first is None
     metrics_then = (out / "metrics.jsonl").read_text()
     files_then = sorted(p.name for p in out.iterdir())
@@ -210,6 +222,7 @@ def video_run(data):
         "seconds": s1 + s2,
         "metrics_then": metrics_then,
         "files_then": files_then,
+        "stderr": err,
     }
 
 
@@ -381,16 +394,18 @@ def test_split_is_stratified_and_seeded(data):
     assert collections.Counter(i.label for i in tiny.val) == {0: 1, 1: 1, 2: 1}
 
 
-def test_progress_bar_is_one_rewritten_line():
-    import io
-
-    buf = io.StringIO()
-    bar = T.Progress(True, stream=buf)
-    for i in range(1, 4):
-        bar.update("epoch 1/2", i, 3, "loss 0.5", force=True)
-    bar.clear()
-    text = buf.getvalue()
-    assert "\n" not in text and text.count("\r") >= 4 and "epoch 1/2 [" in text and "3/3" in text
+def test_progress_bars_when_asked_and_none_in_a_log(av_run, video_run):
+    """--progress: a bar on stderr while the clips decode and one per epoch, each one line
+    rewritten in place (no line of its own in the scrollback). Without it, stderr that is
+    not a terminal (a log, a pipe) gets none."""
+    err = av_run["stderr"]
+    assert "decoding" in err and "loss " in err and " acc " in err
+    for epoch in (1, EPOCHS):
+        assert f"epoch {epoch}/{EPOCHS}" in err
+    assert err.count("\r") > EPOCHS
+    assert not re.search(r"(decoding|epoch \d+/\d+)[^\r]*\n", err), err  # never ends a line
+    quiet = video_run["stderr"]
+    assert "\r" not in quiet and "decoding" not in quiet and "epoch 1/" not in quiet
 
 
 # -- outputs, resume, the stream ------------------------------------------------------------

@@ -4,7 +4,7 @@
 
 writes `data/clapping/clapping-<YYYYmmdd-HHMMSS>-<NNN>.mp4`, the dataset format of
 stream/train/clips.py (one folder per label). Before each clip a countdown; while it records,
-a progress bar (both on stderr).
+a progress bar on a terminal; after it, one line saying what became of it (all on stderr).
 
 The sources are those of `python -m stream.run`, opened by the same capture processes
 into the same shared-memory rings with the same timestamps (the process group and ring
@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from stream import config, control
 from stream.capture import audio as audio_capture
@@ -70,8 +71,8 @@ AUDIO_WAIT_S = 1.0
 AUDIO_END_SLACK_S = 0.1
 #: A folder name: what `list_dataset` takes as a label and every filesystem accepts.
 LABEL_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
-BAR_WIDTH = 30
-BAR_UPDATE_S = 0.1
+#: The bar while a clip records: `clip 3/20 <bar> 1.5/3.0 s`.
+BAR_FORMAT = "{desc} {bar} {n:4.1f}/{total:.1f} s{postfix}"
 
 
 @dataclasses.dataclass
@@ -177,48 +178,6 @@ def clip_path(folder: Path, label: str, number: int, wall_s: float) -> Path:
 def _seconds(s: float) -> str:
     """3 -> '3.0', 0.25 -> '0.25'."""
     return f"{s:.1f}" if round(s, 1) == s else f"{s:g}"
-
-
-class _Progress:
-    """One line on stderr: `clip 3/20 [#####.....]  1.5/3.0 s`, redrawn with \\r on a
-    terminal (at most every BAR_UPDATE_S); elsewhere (a log file) only its last state."""
-
-    def __init__(self, prefix: str, total_s: float, stream=None):
-        self.prefix = prefix
-        self.total_s = total_s
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self._shown = 0  # characters on the line now
-        self._last = 0.0
-
-    def _line(self, done_s: float) -> str:
-        filled = min(BAR_WIDTH, int(BAR_WIDTH * done_s / self.total_s))
-        return f"{self.prefix} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done_s:5.1f}/{self.total_s:.1f} s"
-
-    def _draw(self, text: str, end: str = "") -> None:
-        pad = " " * max(0, self._shown - len(text))
-        self.stream.write(("\r" if self._shown else "") + text + pad + end)
-        self.stream.flush()
-        self._shown = 0 if end else len(text)
-
-    def update(self, done_s: float) -> None:
-        now = time.monotonic()
-        if self.tty and now - self._last >= BAR_UPDATE_S:
-            self._last = now
-            self._draw(self._line(done_s))
-
-    def status(self, done_s: float, text: str) -> None:
-        """The bar with a note after it (e.g. `saving...`), still on the same line."""
-        if self.tty:
-            self._draw(f"{self._line(done_s)}  {text}")
-
-    def finish(self, done_s: float, text: str) -> None:
-        self._draw(f"{self._line(done_s)}  {text}", end="\n")
-
-    def abandon(self, text: str) -> None:
-        """End the line of a clip that will not be written."""
-        if self._shown or not self.tty:
-            self._draw(f"{self.prefix}  {text}", end="\n")
 
 
 class _Stop(Exception):
@@ -421,7 +380,13 @@ class Recorder:
         ring = self.rings.frames
         period_ns = round(1e9 / self.video.fps)
         span_ns = round(opts.seconds * 1e9)
-        progress = _Progress(f"clip {number}/{opts.count}", opts.seconds)
+        prefix = f"clip {number}/{opts.count}"
+        # A bar on a terminal only (tqdm's rule: none in a log or a pipe), gone when the
+        # clip ends; the line printed then says what became of the clip.
+        bar = tqdm(
+            total=opts.seconds, desc=prefix, bar_format=BAR_FORMAT, disable=None, leave=False,
+            dynamic_ncols=True,
+        )  # fmt: skip
         frames: list[np.ndarray] = []
         times: list[int] = []
         after = ring.next_seq - 1  # the clip starts with the next frame captured
@@ -451,17 +416,21 @@ class Recorder:
                     break
                 frames.append(frame)
                 times.append(t_ns)
-                progress.update((t_ns - t0) / 1e9)
+                bar.update((t_ns - t0) / 1e9 - bar.n)
             if lost:
                 log.warning("clip %d: %d frames were lost (this process fell behind the camera)", number, lost)
             audio = self._cut_audio(number, t0) if self.with_audio else None
         except _Stop as stop:
-            progress.abandon(f"dropped ({stop.reason})")
+            bar.close()
+            print(f"{prefix}  dropped ({stop.reason})", file=sys.stderr, flush=True)
             stop.dropped_clip = True
             raise
-        progress.status(opts.seconds, "saving...")
-        path = self._save(number, wall0, frames, times, t0, audio)
-        progress.finish(opts.seconds, f"{len(frames)} frames -> {path}")
+        bar.set_postfix_str("saving...")
+        try:
+            path = self._save(number, wall0, frames, times, t0, audio)
+        finally:
+            bar.close()
+        print(f"{prefix}  {len(frames)} frames -> {path}", file=sys.stderr, flush=True)
 
     def _cut_audio(self, number: int, t0_ns: int) -> np.ndarray:
         """The samples of [t0, t0 + seconds) once they have arrived (zeros where missing)."""

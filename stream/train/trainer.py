@@ -72,6 +72,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from models._files import write_atomically
 from models._weights import plain
 
@@ -463,37 +465,18 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 # -- progress --------------------------------------------------------------------------------
 
 
-class Progress:
-    """One line on stderr, rewritten with \\r: `label [#####-----] n/total  extra`."""
-
-    WIDTH = 24
-
-    def __init__(self, enabled: bool, stream=None):
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.last = 0.0
-        self.shown = False
-
-    def update(
-        self, label: str, n: int, total: int, extra: str = "", *, force: bool = False
-    ) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self.last < 0.1 and n < total:
-            return
-        self.last = now
-        filled = round(self.WIDTH * n / max(total, 1))
-        line = f"{label} [{'#' * filled}{'-' * (self.WIDTH - filled)}] {n}/{total}  {extra}"
-        self.stream.write("\r" + line[:200].ljust(79))
-        self.stream.flush()
-        self.shown = True
-
-    def clear(self) -> None:
-        if self.enabled and self.shown:
-            self.stream.write("\r" + " " * 79 + "\r")
-            self.stream.flush()
-            self.shown = False
+def progress_bar(show: bool | None, total: int, label: str) -> tqdm:
+    """A bar on stderr for one phase (decoding, an epoch), gone when it is closed: the
+    log line that follows says what the phase did. `show` is --progress: None draws it
+    on a terminal only (tqdm's own rule), so that logs and pipes get no bar."""
+    return tqdm(
+        total=total,
+        desc=label,
+        disable=None if show is None else not show,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -617,7 +600,6 @@ def train(
         model.load_state_dict(checkpoint["model_state"])
     model.to(device)
 
-    progress = Progress(opts.progress if opts.progress is not None else sys.stderr.isatty())
     paths = [it.path for it in (*split.train, *split.val)]
     log.info(
         "%s: %d labels (%s), %d clips to train on, %d to validate on; decoding them",
@@ -627,13 +609,13 @@ def train(
         len(split.train),
         len(split.val),
     )
-    store = ClipStore(
-        paths,
-        meta=meta,
-        cache_mb=opts.cache_mb,
-        progress=lambda i, n, p: progress.update("decoding", i, n, p.name if p else ""),
-    )
-    progress.clear()
+    with progress_bar(opts.progress, len(paths), "decoding") as bar:
+
+        def decoded(done: int, total: int, path: Path | None) -> None:
+            bar.set_postfix_str(path.name if path else "", refresh=False)
+            bar.update(done - bar.n)
+
+        store = ClipStore(paths, meta=meta, cache_mb=opts.cache_mb, progress=decoded)
     log.info("decoded %d clips (%.0f MiB kept in memory)", len(paths), store.used / 2**20)
 
     train_set = ClipDataset(
@@ -743,7 +725,7 @@ def train(
                 drop_at=drop_at,
                 step0=(epoch - 1) * steps_per_epoch,
                 total_steps=total_steps,
-                progress=progress,
+                progress=opts.progress,
                 label=f"epoch {epoch}/{opts.epochs}",
             )
             result = evaluate(
@@ -754,7 +736,6 @@ def train(
                 batch_size=opts.batch_size,
                 workers=workers,
             )
-            progress.clear()
             record = {
                 "epoch": epoch,
                 **stats,
@@ -809,7 +790,6 @@ def train(
             if on_epoch is not None:
                 on_epoch(record)
     except BaseException as exc:  # Ctrl-C included: last.pt holds every finished epoch
-        progress.clear()
         if created and completed < start_epoch:
             _remove_empty(out)
         if isinstance(exc, KeyboardInterrupt):
@@ -1041,51 +1021,54 @@ def _train_epoch(
     sums = {"loss": 0.0, "cls_loss": 0.0, "sync_loss": 0.0}
     seen = correct = sync_pairs = hard_pairs = 0
     drop_ps = []
-    for i, batch in enumerate(loader):
-        step = step0 + i
-        if drop_at is not None:
-            model.drop_pathway = float(drop_at(step / max(1, total_steps - 1)))
-            drop_ps.append(model.drop_pathway)
-        inputs = _inputs(batch, device)
-        labels = batch["label"].to(device)
-        with _autocast(device, amp_dtype):
-            s_loss = None
-            if sync_weight > 0:  # one pass for both: the visual trunk below the fusions runs once
-                negative = batch["audio_neg"].to(device, non_blocking=True)
-                logits, visual, sound, sound_neg = model.forward_with_sync(*inputs, negative)
-                mask = batch["sync_ok"].to(device)
-                s_loss = sync_loss(visual.float(), sound.float(), sound_neg.float(), mask)
-            else:
-                logits = model(*inputs)
-            cls_loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-            loss = cls_loss
+    with progress_bar(progress, n_steps, label) as bar:
+        for i, batch in enumerate(loader):
+            step = step0 + i
+            if drop_at is not None:
+                model.drop_pathway = float(drop_at(step / max(1, total_steps - 1)))
+                drop_ps.append(model.drop_pathway)
+            inputs = _inputs(batch, device)
+            labels = batch["label"].to(device)
+            with _autocast(device, amp_dtype):
+                s_loss = None
+                # with sync: one pass for both, the visual trunk below the fusions runs once
+                if sync_weight > 0:
+                    negative = batch["audio_neg"].to(device, non_blocking=True)
+                    logits, visual, sound, sound_neg = model.forward_with_sync(*inputs, negative)
+                    mask = batch["sync_ok"].to(device)
+                    s_loss = sync_loss(visual.float(), sound.float(), sound_neg.float(), mask)
+                else:
+                    logits = model(*inputs)
+                cls_loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+                loss = cls_loss
+                if s_loss is not None:
+                    loss = loss + sync_weight * s_loss
+                    sync_pairs += int(mask.sum())
+                    hard_pairs += int((mask & batch["hard"].to(device)).sum())
+            if not torch.isfinite(loss):
+                raise TrainingFailed(
+                    f"training diverged at epoch {epoch}, step {i + 1} (loss {float(loss)}): "
+                    "lower --lr (or resume from the last good epoch with --resume and a lower "
+                    "--lr in a new run)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            n = labels.shape[0]
+            seen += n
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            sums["loss"] += float(loss.detach()) * n
+            sums["cls_loss"] += float(cls_loss.detach()) * n
             if s_loss is not None:
-                loss = loss + sync_weight * s_loss
-                sync_pairs += int(mask.sum())
-                hard_pairs += int((mask & batch["hard"].to(device)).sum())
-        if not torch.isfinite(loss):
-            raise TrainingFailed(
-                f"training diverged at epoch {epoch}, step {i + 1} (loss {float(loss)}): lower --lr "
-                "(or resume from the last good epoch with --resume and a lower --lr in a new run)"
+                sums["sync_loss"] += float(s_loss.detach()) * n
+            bar.set_postfix_str(
+                f"loss {sums['loss'] / seen:.3f}  acc {correct / seen:.2f}  "
+                f"lr {scheduler.get_last_lr()[0]:.2g}",
+                refresh=False,
             )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        n = labels.shape[0]
-        seen += n
-        correct += int((logits.argmax(dim=1) == labels).sum())
-        sums["loss"] += float(loss.detach()) * n
-        sums["cls_loss"] += float(cls_loss.detach()) * n
-        if s_loss is not None:
-            sums["sync_loss"] += float(s_loss.detach()) * n
-        progress.update(
-            label,
-            i + 1,
-            n_steps,
-            f"loss {sums['loss'] / seen:.3f}  acc {correct / seen:.2f}  lr {scheduler.get_last_lr()[0]:.2g}",
-        )
+            bar.update()
     stats = {k: v / max(seen, 1) for k, v in sums.items()}
     stats.update(
         train_accuracy=correct / max(seen, 1),
