@@ -62,6 +62,9 @@ from stream.transport.subscribe import Subscriber
 
 #: Windows at the start that are not counted (first-call allocations, caches).
 WARMUP_WINDOWS = 3
+#: --kill-every: how long a row waits, after its measurement, for the status that reports
+#: the last kill (a generous bound: a loaded machine is slow to notice and report it).
+KILL_REPORT_WAIT_S = 30.0
 #: The bar while a row is measured, on a terminal:
 #: `x3d_xs torch stride 0.25: <bar>   3/8 s, 12 windows, engine 40.1 ms, overhead 3.2 ms`.
 BAR_FORMAT = "{desc}: {bar} {n:3.0f}/{total:.0f} s{postfix}"
@@ -179,6 +182,8 @@ class ProcessWatch:
         for p in self._tree():
             try:
                 with p.oneshot():
+                    if p.status() == self._psutil.STATUS_ZOMBIE:
+                        continue  # it has exited (a killed capture not yet reaped): no memory
                     t = p.cpu_times()
                     cpu_s = t.user + t.system
                     rss = p.memory_info().rss / 2**20
@@ -189,7 +194,7 @@ class ProcessWatch:
             self.cpu[p.pid] = (name, first, cpu_s)
             self.peak_rss[p.pid] = (name, max(rss, self.peak_rss.get(p.pid, ("", 0.0))[1]))
             self.rss_series.setdefault(p.pid, []).append((time.monotonic() - self.started, rss))
-        self.shm_series.append((time.monotonic() - self.started, shm_mb()))
+        self.shm_series.append((time.monotonic() - self.started, shm_mb(self.root.pid)))
 
     def name_children(self, names: dict[int, str]) -> None:
         for pid, name in names.items():
@@ -219,14 +224,16 @@ class ProcessWatch:
         return cpu, rss
 
 
-def shm_mb(shm_dir: str = "/dev/shm") -> float:
-    """Size of this project's shared-memory segments now (0 where there is no /dev/shm)."""
+def shm_mb(owner: int, shm_dir: str = "/dev/shm") -> float:
+    """Size of the shared-memory segments that process `owner` created (the pipeline's
+    main process creates its rings; a segment's name holds its creator's pid), now; 0
+    where there is no /dev/shm. Other pipelines on the machine are not counted."""
     from stream.pipeline.ring import SEGMENT_PREFIX
 
     total = 0
     try:
         for entry in os.scandir(shm_dir):
-            if entry.name.startswith(SEGMENT_PREFIX):
+            if entry.name.startswith(SEGMENT_PREFIX) and f"_{owner}_" in entry.name:
                 try:
                     total += entry.stat().st_size
                 except OSError:
@@ -333,6 +340,7 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
     watch = ProcessWatch(proc.pid)
     load = SubscriberLoad(endpoint, args.load_subscribers) if args.load_subscribers else None
     kills: list[str] = []
+    killed_pids: set[int] = set()
     next_kill = None
     bar = None
     try:
@@ -349,8 +357,10 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                     watch.sample()
                     next_sample = time.monotonic() + 1.0
                 if next_kill is not None and time.monotonic() >= next_kill and statuses:
-                    kills.append(_kill_a_capture(statuses[-1].body, len(kills)))
-                    next_kill += args.kill_every
+                    killed = _kill_a_capture(statuses[-1].body, len(kills), killed_pids)
+                    if killed is not None:  # else the next status may show it back up
+                        kills.append(killed)
+                        next_kill += args.kill_every
                 try:
                     msg = sub.recv(timeout=0.5)
                 except TimeoutError:
@@ -382,7 +392,9 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                 procs = statuses[-1].body.get("processes", {})
                 watch.name_children({pid: name for name, pid in procs.items()})
             watch.sample()
-            end = time.monotonic() + 1.5  # one more heartbeat for the final counts
+            # One more heartbeat for the final counts; after kills, the one that reports
+            # the last kill's death (the supervisor notices it, then tells the inference).
+            end = time.monotonic() + (KILL_REPORT_WAIT_S if kills else 1.5)
             while time.monotonic() < end:
                 try:
                     msg = sub.recv(timeout=max(0.01, end - time.monotonic()))
@@ -390,7 +402,8 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                     break
                 if msg.topic.startswith("status."):
                     statuses.append(msg)
-                    break
+                    if _restarts(msg.body) >= len(kills):
+                        break
     finally:
         if bar is not None:
             bar.close()
@@ -468,15 +481,28 @@ class SubscriberLoad:
             s.close(0)
 
 
-def _kill_a_capture(status: dict, n: int) -> str:
-    """SIGKILL a capture process (video and audio in turn); returns its name."""
+def _kill_a_capture(status: dict, n: int, killed: set[int]) -> str | None:
+    """SIGKILL a capture process (video and audio in turn) and return its name; None, and
+    no kill, while the status shows it down or still with a pid killed before (until its
+    restart is up: a kill then would hit a process already dead, or a zombie its parent
+    has not reaped yet, and count a kill that nothing reports)."""
     names = sorted(k for k in status["processes"] if k.startswith("capture-"))
     name = names[n % len(names)]
+    pid = status["processes"][name]
+    source = status["sources"].get(name.removeprefix("capture-"), {})
+    if pid in killed or source.get("state") != "up":
+        return None
     try:
-        os.kill(status["processes"][name], signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return None
+    killed.add(pid)
     return name
+
+
+def _restarts(status: dict) -> int:
+    """Restarts of the capture processes that a status reports, summed over the sources."""
+    return sum(src.get("restarts", 0) for src in status["sources"].values())
 
 
 def soak_summary(preds: list, statuses: list, kills: list[str], watch: ProcessWatch, model: str) -> dict:
@@ -485,7 +511,7 @@ def soak_summary(preds: list, statuses: list, kills: list[str], watch: ProcessWa
     import models
 
     span_s = models.create(model).meta.span_s
-    restarts = {}
+    restarts = {}  # per source, the most any status said (they only grow)
     for s in statuses:
         for kind, src in s.body["sources"].items():
             if "restarts" in src:
