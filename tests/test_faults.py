@@ -4,6 +4,7 @@ run are swept at the next start, and nobody else's are touched."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -11,69 +12,107 @@ from multiprocessing import resource_tracker, shared_memory
 
 import pytest
 
-from helpers import descendants, running, shm_segments
+from helpers import StreamProcess, descendants, running, segments_of, wait_until
 from stream.pipeline.ring import sweep_stale_segments
 from stream.transport.subscribe import Subscriber
 
 ARGS = ("--camera", "synthetic", "--size", "320x240", "--weights", "none", "--stride", "0.2", "--log-level", "info")
 
 
-def _collect(sub: Subscriber, seconds: float) -> tuple[list, list]:
-    preds, statuses = [], []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            msg = sub.recv(timeout=max(0.01, end - time.monotonic()))
-        except TimeoutError:
-            break
-        (preds if msg.topic.startswith("pred.") else statuses).append(msg)
-    return preds, statuses
+@dataclasses.dataclass
+class Faulted:
+    """What a run went through: its video capture process SIGKILLed (and restarted),
+    then the main process SIGKILLed."""
+
+    victim: int  # the capture process killed
+    preds: list  # predictions after the kill
+    statuses: list  # heartbeats after the kill
+    err: str
+    children: set[int]  # the run's processes before its main process was killed
+    segments: set[str]  # its shared memory then
+    survivors: set[int]  # of `children`, still running after it
+    segments_after: set[str]  # of `segments`, still in /dev/shm after it
 
 
-def test_killed_capture_is_restarted_and_reported(run_stream):
-    stream = run_stream(*ARGS)
-    with Subscriber(stream.endpoint, topics=("pred.", "status.")) as sub:
-        preds, statuses = _collect(sub, 0)
-        # Until the inference attaches the rings, its heartbeat names no capture process;
-        # the first prediction can come before the next heartbeat.
-        while not (preds and statuses and "capture-video" in statuses[-1].body["processes"]):
-            more = _collect(sub, 1.0)
-            preds += more[0]
-            statuses += more[1]
-            assert stream.proc.poll() is None, stream.wait()[1]
-        victim = statuses[-1].body["processes"]["capture-video"]
-        os.kill(victim, signal.SIGKILL)
-        preds, statuses = _collect(sub, 6.0)
-    code, err = stream.stop()
-    assert code == 0, err
-    video = statuses[-1].body["sources"]["video"]
+def _video(status) -> dict:
+    return status.body["sources"]["video"]
+
+
+@pytest.fixture(scope="module")
+def faulted(x3d_xs_compiled) -> Faulted:
+    stream = StreamProcess(*ARGS)
+    try:
+        with Subscriber(stream.endpoint, topics=("pred.", "status.")) as sub:
+
+            def recv():
+                assert stream.proc.poll() is None, stream.wait()[1]
+                try:
+                    return sub.recv(timeout=1.0)
+                except TimeoutError:
+                    return None
+
+            # Until the inference attaches the rings, its heartbeat names no capture process;
+            # the first prediction can come before the next heartbeat.
+            seen_pred, status = False, None
+            deadline = time.monotonic() + 180
+            while not (seen_pred and status and "capture-video" in status.body["processes"]):
+                assert time.monotonic() < deadline, "no prediction and heartbeat naming the capture"
+                if (msg := recv()) is not None:
+                    seen_pred |= msg.topic.startswith("pred.")
+                    status = msg if msg.topic.startswith("status.") else status
+            victim = status.body["processes"]["capture-video"]
+            os.kill(victim, signal.SIGKILL)
+            # Until the restart shows, predictions have resumed and one says it had a gap.
+            preds, statuses = [], []
+            deadline = time.monotonic() + 180
+            while not (
+                statuses
+                and _video(statuses[-1])["restarts"] >= 1
+                and _video(statuses[-1])["state"] == "up"
+                and len(preds) >= 5
+                and any(any("video gap" in d for d in p.body["degraded"]) for p in preds)
+            ):
+                assert time.monotonic() < deadline, (
+                    f"after the kill: {len(preds)} predictions, last heartbeat "
+                    f"{statuses[-1].body if statuses else None}"
+                )
+                if (msg := recv()) is not None:
+                    (preds if msg.topic.startswith("pred.") else statuses).append(msg)
+        children = descendants(stream.proc.pid)
+        segments = segments_of(stream.proc.pid)
+        stream.proc.kill()
+        stream.proc.wait(30)
+        deadline = time.monotonic() + 60
+        while (running(children) or segments_of(stream.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors, segments_after = running(children), segments_of(stream.proc.pid)
+        _, err = stream.wait(60)
+    finally:
+        stream.kill()
+    return Faulted(victim, preds, statuses, err, children, segments, survivors, segments_after)
+
+
+@pytest.mark.e2e
+def test_killed_capture_is_restarted_and_reported(faulted):
+    video = _video(faulted.statuses[-1])
     assert video["state"] == "up" and video["restarts"] == 1
     assert video["last_failure"] == "exit code -9"
-    assert statuses[-1].body["processes"]["capture-video"] != victim
-    assert "capture-video stopped" in err and "restart 1" in err
+    assert faulted.statuses[-1].body["processes"]["capture-video"] != faulted.victim
+    assert "capture-video stopped" in faulted.err and "restart 1" in faulted.err
     # predictions resumed, and the windows across the outage say they had a gap
-    assert len(preds) >= 5
-    assert any(any("video gap" in d for d in p.body["degraded"]) for p in preds)
-    for p in preds:  # never built from frames older than the window's span
+    assert len(faulted.preds) >= 5
+    assert any(any("video gap" in d for d in p.body["degraded"]) for p in faulted.preds)
+    for p in faulted.preds:  # never built from frames older than the window's span
         w = p.body["window"]
         assert (w["end_ns"] - w["start_ns"]) / 1e9 <= 1.2 + 0.1
         assert w["end_ns"] == p.body["t"]["capture_ns"]
 
 
-def test_sigkill_of_the_main_process_leaves_nothing(run_stream):
-    before = shm_segments()
-    stream = run_stream(*ARGS)
-    with Subscriber(stream.endpoint) as sub:
-        sub.recv(timeout=120)
-    children = descendants(stream.proc.pid)
-    assert children and shm_segments() - before
-    stream.proc.kill()
-    stream.proc.wait(10)
-    deadline = time.monotonic() + 5
-    while (running(children) or shm_segments() - before) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not running(children), "children outlived a SIGKILLed parent"
-    assert not shm_segments() - before, "shared memory left after SIGKILL of the parent"
+@pytest.mark.e2e
+def test_sigkill_of_the_main_process_leaves_nothing(faulted):
+    assert faulted.children and faulted.segments
+    assert not faulted.survivors, "children outlived a SIGKILLed parent"
+    assert not faulted.segments_after, "shared memory left after SIGKILL of the parent"
 
 
 def _orphan_segment(name: str) -> None:
@@ -103,12 +142,14 @@ def test_sweep_removes_only_stale_segments_of_our_naming():
                 pass
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_start_up_exits_cleanly(run_stream, sig):
-    before = shm_segments()
     stream = run_stream(*ARGS)
-    time.sleep(1.0)  # children spawned, model loading
+    # the capture and inference processes are spawned: start-up (loading the model) is on
+    wait_until(lambda: len(descendants(stream.proc.pid)) >= 2, "no child processes", 120)
     code, err = stream.stop(sig)
     assert code == 0, err
+    assert "running:" not in err, err  # the signal came during start-up
     assert "Traceback" not in err
-    assert shm_segments() <= before
+    assert not segments_of(stream.proc.pid)
