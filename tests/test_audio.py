@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import models
-from helpers import AV_CLIP_EVENT_S, REPO, shm_segments
+from helpers import AV_CLIP_EVENT_S, REPO, segments_of, wait_until
 from stream.control import AudioEnded, AudioOpened, BadInput, VideoEnded, VideoOpened, WriteRing
 from stream.errors import FrameLost
 from stream.pipeline.preprocess import LogMel
@@ -131,7 +131,7 @@ def _start_audio_capture(spec: str, loop: bool = False):
     proc = ctx.Process(target=capture_main, args=(spec, RATE, loop, "warning", os.getpid(), child, stop))
     proc.start()
     child.close()
-    assert parent.poll(30), "the audio capture did not report"
+    assert parent.poll(120), "the audio capture did not report"
     return proc, parent, stop, parent.recv()
 
 
@@ -143,12 +143,13 @@ def test_real_sounddevice_path_over_alsa_file_device(alsa_file_mic):
     try:
         t_start = time.monotonic_ns()
         conn.send(WriteRing(ring.name, t_start))
-        time.sleep(2.0)
+        wait_until(lambda: ring.clock()[0] >= RATE, "a second of sound in the ring", 60)
         count, _, _ = ring.clock()
-        elapsed = (time.monotonic_ns() - t_start) / 1e9
-        assert 0.6 * elapsed * RATE < count < 1.4 * elapsed * RATE, (count, elapsed)  # real time
-        newest = ring.time_of(count)
-        assert abs(newest - time.monotonic_ns()) < 0.5e9  # stamped on the monotonic clock
+        now = time.monotonic_ns()
+        # At the device's pace, not as fast as the file reads (a busy machine only slows
+        # the capture down, so only the upper bound is checked).
+        assert count < 1.4 * (now - t_start) / 1e9 * RATE, (count, (now - t_start) / 1e9)
+        assert t_start <= ring.time_of(count - 1) <= now  # stamped on the monotonic clock
         out = np.empty(RATE // 2, np.float32)
         ring.read(count - len(out), out)
         assert 0.2 < np.abs(out).max() < 0.4
@@ -191,7 +192,7 @@ def test_video_and_audio_of_one_file_play_in_sync(av_clip):
     vproc.start()
     aproc, aconn, astop, ainfo = _start_audio_capture(str(av_clip))
     assert isinstance(ainfo, AudioOpened), ainfo
-    assert vparent.poll(30)
+    assert vparent.poll(120), "the video capture did not report"
     vinfo = vparent.recv()
     assert isinstance(vinfo, VideoOpened), vinfo
     frames = FrameRing.create(200, vinfo.height, vinfo.width)
@@ -200,8 +201,8 @@ def test_video_and_audio_of_one_file_play_in_sync(av_clip):
         start_ns = time.monotonic_ns() + 100_000_000
         vparent.send(WriteRing(frames.name, start_ns))
         aconn.send(WriteRing(audio.name, start_ns))
-        assert vparent.poll(15) and isinstance(vparent.recv(), VideoEnded)
-        assert aconn.poll(15) and isinstance(aconn.recv(), AudioEnded)
+        assert vparent.poll(60) and isinstance(vparent.recv(), VideoEnded)
+        assert aconn.poll(60) and isinstance(aconn.recv(), AudioEnded)
         seqs, times = frames.snapshot()
         brightness = [frames.read(int(s))[0].mean() for s in seqs]
         t_flash = int(times[int(np.argmax(brightness))])
@@ -403,23 +404,21 @@ def test_no_microphone_suggests_what_to_pass(tmp_path, monkeypatch):
     assert message == BadInput(NO_MIC)
 
 
-def _run_cli_with_mic(mic: str, env: dict | None = None) -> str:
+def _run_cli_with_mic(mic: str) -> str:
     """`python -m stream.run` with a model that listens; returns its one error line after
     checking exit status 2, no traceback and nothing left in /dev/shm."""
-    before = shm_segments()
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "stream.run", "--camera", "synthetic", "--model", "avslowfast_r50",
          "--weights", "none", "--no-compile", "--log-level", "warning", "--mic", mic],
-        cwd=REPO, capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})},
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, proc.stderr
-    deadline = time.monotonic() + 10
-    while not shm_segments() <= before:  # the children unlink as they exit
-        assert time.monotonic() < deadline, "shared memory left behind"
-        time.sleep(0.1)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr
+    # the children unlink as they exit
+    wait_until(lambda: not segments_of(proc.pid), "shared memory left behind", 60)
     return lines[0]
 
 
@@ -428,15 +427,14 @@ needs_av_model = pytest.mark.skipif(
 )
 
 
+@pytest.mark.e2e
 @needs_av_model
 def test_cli_folder_as_mic(tmp_path):
+    """What the audio capture process refuses (a folder here; no microphone, an unknown
+    device, a file without sound: their lines are checked above) is the run's one error
+    line: the same path for every refusal, so one real run checks it."""
     line = _run_cli_with_mic(str(tmp_path))
     assert line == (
         f"error: --mic '{tmp_path}' is a folder: pass an audio or video file, a microphone name "
         "or index, synthetic, or none"
     )
-
-
-@needs_av_model
-def test_cli_without_microphone(tmp_path):
-    assert _run_cli_with_mic("default", _no_sound_home(tmp_path)) == f"error: {NO_MIC}"

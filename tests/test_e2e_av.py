@@ -8,14 +8,13 @@ import signal
 import pytest
 
 import models
-from helpers import shm_segments
+from helpers import segments_of
 from stream.transport.subscribe import Subscriber
 
 pytestmark = pytest.mark.skipif("avslowfast_r50" not in models.available(), reason="needs the AVSlowFast model")
 
 
 def test_avslowfast_from_camera_and_alsa_microphone(run_stream, alsa_file_mic):
-    before = shm_segments()
     stream = run_stream(
         "--camera", "synthetic", "--size", "320x240", "--mic", alsa_file_mic, "--model", "avslowfast_r50",
         "--weights", "none", "--stride", "1.0", "--log-level", "info",
@@ -29,7 +28,7 @@ def test_avslowfast_from_camera_and_alsa_microphone(run_stream, alsa_file_mic):
             (preds if msg.topic.startswith("pred.") else statuses).append(msg.body)
     code, err = stream.stop(signal.SIGINT)
     assert code == 0, err
-    assert shm_segments() <= before
+    assert not segments_of(stream.proc.pid)
     assert "audio: device 'testmic" in err
     audio = statuses[-1]["sources"]["audio"]
     assert audio["source"] == "device" and audio["used"] and audio["healthy"], audio

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, free_port, shm_segments
+from helpers import REPO, free_port, segments_of, wait_until
 from stream.transport import wire
 from stream.transport.publish import Publisher
+
+pytestmark = pytest.mark.slow  # a wheel built in an isolated environment, a fresh venv
 
 PACKAGE_ROOTS = ("stream", "engines", "models", "configs")
 ENTRY_MODULES = ("run", "record", "train", "bench")
@@ -75,10 +77,13 @@ def light_python(wheel, tmp_path_factory) -> Path:
     """The python of a fresh venv holding `pip install <wheel>`: base dependencies only."""
     venv = tmp_path_factory.mktemp("light") / "venv"
     env = _clean_env()
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], env=env, check=True, timeout=120)
+    # Without pip of its own (bootstrapping one takes seconds): this pip installs into it.
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], env=env, check=True, timeout=120
+    )
     python = venv / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", str(wheel)],
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", str(wheel)],
         cwd=venv.parent,
         env=env,
         check=True,
@@ -147,17 +152,24 @@ def test_light_install_imports_the_wire_side_without_the_pipeline(light_python, 
 def test_pipeline_commands_without_the_run_extra_say_what_to_install(
     light_python, tmp_path, command
 ):
-    before = shm_segments()
-    done = _run_light(light_python, tmp_path, "-m", f"stream.{command}", "--camera", "synthetic")
+    proc = subprocess.Popen(
+        [str(light_python), "-m", f"stream.{command}", "--camera", "synthetic"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stdout, stderr = proc.communicate(timeout=60)
     missing = "torch, numpy, cv2, sounddevice, yaml, av, soxr, psutil, numba, einops, tqdm"
-    assert done.returncode == 2
+    assert proc.returncode == 2
     expected = (
         f"error: python -m stream.{command} needs the pipeline's packages (missing: {missing}): "
         "pip install 'avstream[run]'"
     )
-    assert done.stderr.splitlines() == [expected]
-    assert done.stdout == ""
-    assert shm_segments() - before == set()
+    assert stderr.splitlines() == [expected]
+    assert stdout == ""
+    assert not segments_of(proc.pid)
 
 
 LIGHT_SUBSCRIBER = """
@@ -188,11 +200,14 @@ def test_light_subscriber_receives_from_a_publisher(light_python, tmp_path):
         text=True,
     )
     try:
-        # A SUB socket misses what is sent before it has connected (ZeroMQ's slow joiner), so
-        # keep sending until the subscriber has its three messages and exits.
-        seq = 0
-        deadline = time.monotonic() + 180
-        while sub.poll() is None and time.monotonic() < deadline:
+        # A SUB socket misses what is sent before its subscription has reached the
+        # publisher (ZeroMQ's slow joiner): the XPUB counts it; then three are enough.
+        wait_until(
+            lambda: sub.poll() is not None or publisher.count_subscriptions() >= 1,
+            "the light subscriber did not subscribe",
+            timeout=180,
+        )
+        for seq in range(3):
             # Every field a running stream's heartbeat has, so the body stays valid.
             body = wire.status(
                 seq=seq,
@@ -214,9 +229,7 @@ def test_light_subscriber_receives_from_a_publisher(light_python, tmp_path):
                 processes={"inference": os.getpid()},
             )
             publisher.send(wire.topic(wire.STATUS_TOPIC, "light"), body)
-            seq += 1
-            time.sleep(0.05)  # the send rate, not a wait for the subscriber
-        out, err = sub.communicate(timeout=60)
+        out, err = sub.communicate(timeout=120)
     finally:
         if sub.poll() is None:
             sub.kill()
@@ -225,8 +238,7 @@ def test_light_subscriber_receives_from_a_publisher(light_python, tmp_path):
     assert sub.returncode == 0, err
     received = [json.loads(line) for line in out.splitlines()]
     assert len(received) == 3
-    seqs = [m["body"]["seq"] for m in received]
-    assert seqs == sorted(seqs) and seqs[-1] < seq
+    assert [m["body"]["seq"] for m in received] == [0, 1, 2]
     assert all(
         m["topic"] == "status.light" and m["body"]["schema"] == wire.STATUS_SCHEMA for m in received
     )
