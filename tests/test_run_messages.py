@@ -5,80 +5,23 @@ terminated, and a no-weights warning that suggests what exists for the model."""
 
 from __future__ import annotations
 
-import queue
 import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 
 import pytest
+from helpers import StreamProcess, segments_of
 
-from helpers import REPO, free_port, shm_segments
 from stream import config
 from stream.pipeline.inference import PaceWatch, _weights_hint, keeping_stride
 
 
-class _Run:
-    """`python -m stream.run` with its stderr read line by line as it comes."""
-
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.run", "--publish", f"tcp://127.0.0.1:{free_port()}",
-             *args],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def wait_for(self, pattern: str, timeout: float = 180.0) -> str:
-        """The first stderr line (from now on) matching `pattern`; fails if the run ends first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"no line matching {pattern!r} in {timeout} s:\n{self.text}")
-            if line is None:
-                code = self.proc.wait()
-                pytest.fail(f"the run ended (exit {code}) before {pattern!r}:\n{self.text}")
-            self.lines.append(line)
-            if re.search(pattern, line):
-                return line
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    def finish(self, sig: int | None = None, timeout: float = 120.0) -> tuple[int, str]:
-        if sig is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self._reader.join(timeout)
-        while (line := self._queue.get_nowait()) is not None:
-            self.lines.append(line)
-        return code, self.text
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def start_run():
-    runs: list[_Run] = []
+    """`python -m stream.run ARGS` (helpers.StreamProcess), killed after the test."""
+    runs: list[StreamProcess] = []
 
-    def start(*args: str) -> _Run:
-        runs.append(_Run(*args))
+    def start(*args: str) -> StreamProcess:
+        runs.append(StreamProcess(*args))
         return runs[-1]
 
     yield start
@@ -104,10 +47,10 @@ def test_a_stride_too_short_for_the_engine_is_warned_about(start_run):
     stride = float(m[5])
     assert 2 <= skipped <= ticks and 0 < engine_ms <= window_ms
     assert stride >= 1.2 * window_ms / 1e3 and stride == keeping_stride(stride)
-    code, err = run.finish(signal.SIGINT)
+    code, err = run.stop(signal.SIGINT)
     assert code == 0, err
     assert "Traceback" not in err
-    assert not [n for n in shm_segments() if f"_{run.proc.pid}_" in n], "shared memory left behind"
+    assert not segments_of(run.proc.pid), "shared memory left behind"
 
 
 def test_the_stride_says_where_it_comes_from(tmp_path):
@@ -140,7 +83,7 @@ def test_slow_model_stops_without_being_terminated(start_run):
         "--no-compile", "--duration", "2", "--log-level", "info",
     )
     assert run.wait_for("running: publishing on").endswith("stopping after 2 s")
-    code, err = run.finish(timeout=300)
+    code, err = run.wait(timeout=300)
     assert code == 0, err
     assert "--duration reached" in err
     assert "terminating" not in err, err
