@@ -57,7 +57,8 @@ class _MJPEGHandler(http.server.BaseHTTPRequestHandler):
                 _, jpg = cv2.imencode(".jpg", frame)
                 self.wfile.write(
                     b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
-                    + jpg.tobytes() + b"\r\n"
+                    + jpg.tobytes()
+                    + b"\r\n"
                 )
                 if self.server.stopping:
                     return
@@ -157,7 +158,9 @@ def av_clip(tmp_path_factory) -> Path:
         click = round(AV_CLIP_EVENT_S * 16000)
         audio[click : click + 160] = 20000
         for i in range(0, len(audio), 1024):
-            frame = av.AudioFrame.from_ndarray(audio[i : i + 1024].reshape(1, -1), format="s16", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                audio[i : i + 1024].reshape(1, -1), format="s16", layout="mono"
+            )
             frame.sample_rate, frame.pts = 16000, i
             for packet in aus.encode(frame):
                 c.mux(packet)

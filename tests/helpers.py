@@ -127,7 +127,11 @@ class StreamProcess:
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         argv = [sys.executable, "-m", "stream.run", "--publish", self.endpoint, *args]
         self.proc = subprocess.Popen(
-            argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            argv,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, **(env or {})},
         )
         self.lines: list[str] = []
@@ -170,8 +174,10 @@ class StreamProcess:
             try:
                 line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                pytest.fail(f"stream.run exited ({code}), but something it started still "
-                            f"holds its stderr:\n{self.err}")
+                pytest.fail(
+                    f"stream.run exited ({code}), but something it started still "
+                    f"holds its stderr:\n{self.err}"
+                )
             if line is None:
                 break
             self.lines.append(line)
@@ -230,7 +236,7 @@ class Sending:
         self.publisher.close()
         self._context.term()
 
-    def __enter__(self) -> Sending:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:

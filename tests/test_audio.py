@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import pytest
+from helpers import AV_CLIP_EVENT_S, REPO, segments_of, wait_until
 
 import models
-from helpers import AV_CLIP_EVENT_S, REPO, segments_of, wait_until
 from stream.control import AudioEnded, AudioOpened, BadInput, VideoEnded, VideoOpened, WriteRing
 from stream.errors import FrameLost
 from stream.pipeline.preprocess import LogMel
@@ -83,7 +83,9 @@ def test_audio_window_is_cut_by_time_and_zero_filled():
     with AudioRing.create(64000, RATE, max_block=1600) as ring:
         t0 = 10**9
         for k in range(20):  # 2 s of a ramp, 0.1 s blocks
-            ring.write(np.arange(k * 1600, (k + 1) * 1600, dtype=np.float32) + 1, t0 + k * 100_000_000)
+            ring.write(
+                np.arange(k * 1600, (k + 1) * 1600, dtype=np.float32) + 1, t0 + k * 100_000_000
+            )
         sampler = AudioSampler(ring, 8000)  # 0.5 s
         w = sampler.sample(t0 + 750_000_000)  # from 0.75 s: samples 12000..20000
         assert w.missing == 0 and w.samples[0] == 12001 and w.samples[-1] == 20000
@@ -100,7 +102,9 @@ def test_logmel_matches_librosa():
     logmel = LogMel(cfg)
     rng = np.random.default_rng(0)
     t = np.arange(logmel.samples) / RATE
-    x = (0.1 * rng.standard_normal(logmel.samples) + 0.2 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    x = (0.1 * rng.standard_normal(logmel.samples) + 0.2 * np.sin(2 * np.pi * 1000 * t)).astype(
+        np.float32
+    )
     ours = logmel(x)
     assert ours.shape == (1, 1, 128, 80)
     mel = librosa.feature.melspectrogram(
@@ -116,7 +120,10 @@ def test_resampler_keeps_pitch():
     rs = _Resampler(48000, RATE)
     t = np.arange(48000) / 48000
     x = np.sin(2 * np.pi * 440 * t).astype(np.float32)
-    y = np.concatenate([rs(x[i : i + 768]) for i in range(0, 48000, 768)] + [rs(np.zeros(0, np.float32), last=True)])
+    y = np.concatenate(
+        [rs(x[i : i + 768]) for i in range(0, 48000, 768)]
+        + [rs(np.zeros(0, np.float32), last=True)]
+    )
     assert abs(len(y) - RATE) <= 64
     spectrum = np.abs(np.fft.rfft(y[: RATE // 2]))
     assert abs(np.argmax(spectrum) * 2 - 440) <= 2  # bins of 2 Hz over 0.5 s
@@ -128,7 +135,9 @@ def _start_audio_capture(spec: str, loop: bool = False):
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=capture_main, args=(spec, RATE, loop, "warning", os.getpid(), child, stop))
+    proc = ctx.Process(
+        target=capture_main, args=(spec, RATE, loop, "warning", os.getpid(), child, stop)
+    )
     proc.start()
     child.close()
     assert parent.poll(120), "the audio capture did not report"
@@ -162,20 +171,20 @@ def test_real_sounddevice_path_over_alsa_file_device(alsa_file_mic):
 
 
 def test_unknown_microphone_lists_devices(alsa_file_mic):
-    proc, conn, stop, message = _start_audio_capture("no such mic")
+    proc, _, _, message = _start_audio_capture("no such mic")
     proc.join(10)
     assert isinstance(message, BadInput)
     assert "'no such mic' not found" in message.line and "testmic" in message.line
 
 
 def test_audio_file_without_audio_track(video_file):
-    proc, conn, stop, message = _start_audio_capture(str(video_file))
+    proc, _, _, message = _start_audio_capture(str(video_file))
     proc.join(10)
     assert isinstance(message, BadInput) and "has no audio track" in message.line
 
 
 def test_missing_audio_file():
-    proc, conn, stop, message = _start_audio_capture("no/such/sound.wav")
+    proc, _, _, message = _start_audio_capture("no/such/sound.wav")
     proc.join(10)
     assert isinstance(message, BadInput) and "does not exist" in message.line
 
@@ -188,7 +197,10 @@ def test_video_and_audio_of_one_file_play_in_sync(av_clip):
     ctx = mp.get_context("spawn")
     vstop = ctx.Event()
     vparent, vchild = ctx.Pipe()
-    vproc = ctx.Process(target=video_main, args=(str(av_clip), None, None, False, "warning", os.getpid(), vchild, vstop))
+    vproc = ctx.Process(
+        target=video_main,
+        args=(str(av_clip), None, None, False, "warning", os.getpid(), vchild, vstop),
+    )
     vproc.start()
     aproc, aconn, astop, ainfo = _start_audio_capture(str(av_clip))
     assert isinstance(ainfo, AudioOpened), ainfo
@@ -339,7 +351,7 @@ def test_damaged_file_loops_with_its_timeline(tmp_path):
 
 def test_audio_track_of_which_nothing_decodes(tmp_path):
     path = _damaged_tone(tmp_path / "garbage.mkv", bad=range(1000))
-    proc, conn, stop, message = _start_audio_capture(str(path))
+    proc, _, _, message = _start_audio_capture(str(path))
     proc.join(10)
     assert isinstance(message, BadInput), message
     message = message.line
@@ -364,7 +376,7 @@ def test_megamind_sample_clip_is_heard():
 
 
 def test_folder_as_mic(tmp_path):
-    proc, conn, stop, message = _start_audio_capture(str(tmp_path))
+    proc, _, _, message = _start_audio_capture(str(tmp_path))
     proc.join(10)
     assert message == BadInput(
         f"--mic '{tmp_path}' is a folder: pass an audio or video file, a microphone name or index, "
@@ -381,7 +393,12 @@ def _no_sound_home(tmp_path) -> dict:
     count = "from stream.capture.audio import list_input_devices as d; print(len(d()))"
     probe = subprocess.run(
         [sys.executable, "-c", count],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, cwd=REPO,
+        check=False,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     assert probe.returncode == 0, probe.stderr
     if probe.stdout.strip() != "0":
@@ -399,7 +416,7 @@ NO_MIC = (
 def test_no_microphone_suggests_what_to_pass(tmp_path, monkeypatch):
     for name, value in _no_sound_home(tmp_path).items():
         monkeypatch.setenv(name, value)
-    proc, conn, stop, message = _start_audio_capture("default")
+    proc, _, _, message = _start_audio_capture("default")
     proc.join(10)
     assert message == BadInput(NO_MIC)
 
@@ -408,9 +425,26 @@ def _run_cli_with_mic(mic: str) -> str:
     """`python -m stream.run` with a model that listens; returns its one error line after
     checking exit status 2, no traceback and nothing left in /dev/shm."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.run", "--camera", "synthetic", "--model", "avslowfast_r50",
-         "--weights", "none", "--no-compile", "--log-level", "warning", "--mic", mic],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "stream.run",
+            "--camera",
+            "synthetic",
+            "--model",
+            "avslowfast_r50",
+            "--weights",
+            "none",
+            "--no-compile",
+            "--log-level",
+            "warning",
+            "--mic",
+            mic,
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 2, stderr

@@ -9,13 +9,13 @@ tests."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import signal
 import statistics
 import time
 from pathlib import Path
 
 import pytest
-
 from helpers import (
     StreamProcess,
     auto_cpu_precision,
@@ -25,6 +25,7 @@ from helpers import (
     segments_of,
     wait_until,
 )
+
 from stream.transport import wire
 from stream.transport.subscribe import Message, Subscriber
 
@@ -78,8 +79,15 @@ def _observe(stream: StreamProcess, sig: int, preds: int, statuses: int = 0) -> 
     while running(children) and time.monotonic() < deadline:
         time.sleep(0.05)
     return Observed(
-        got_preds, got_statuses, missed, children, segments, code, err,
-        running(children), segments_of(stream.proc.pid),
+        got_preds,
+        got_statuses,
+        missed,
+        children,
+        segments,
+        code,
+        err,
+        running(children),
+        segments_of(stream.proc.pid),
     )
 
 
@@ -95,7 +103,13 @@ def _check_predictions(preds, stream_id="cam0"):
         scores = [x["score"] for x in b["labels"]]
         assert scores == sorted(scores, reverse=True)
         t = b["t"]
-        assert t["capture_ns"] <= t["infer_start_ns"] <= t["infer_end_ns"] <= t["publish_ns"] <= m.received_ns
+        assert (
+            t["capture_ns"]
+            <= t["infer_start_ns"]
+            <= t["infer_end_ns"]
+            <= t["publish_ns"]
+            <= m.received_ns
+        )
         assert b["window"]["start_ns"] < b["window"]["end_ns"] == t["capture_ns"]
         assert b["window"]["frames"] == 4
         # the window spans X3D-XS's 3 × 12/30 s within a frame period either side
@@ -178,7 +192,7 @@ def test_heartbeat_twice_a_second(file_run):
     assert all(b["schema"] == wire.STATUS_SCHEMA for b in bodies)
     seqs = [b["seq"] for b in bodies]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
-    gaps = [(b["t"]["mono_ns"] - a["t"]["mono_ns"]) / 1e9 for a, b in zip(bodies, bodies[1:])]
+    gaps = [(b["t"]["mono_ns"] - a["t"]["mono_ns"]) / 1e9 for a, b in itertools.pairwise(bodies)]
     assert min(gaps) >= HEARTBEAT_S * 0.99, gaps  # not per window (10 a second here)
     assert statistics.median(gaps) <= 1.0, gaps
 
@@ -206,8 +220,16 @@ def test_file_end_stops_the_run_cleanly(run_stream, video_file):
 @pytest.mark.e2e
 def test_duration_threads_and_no_compile(run_stream):
     stream = run_stream(
-        "--camera", "synthetic", "--size", "160x120", "--duration", "1", "--threads", "1",
-        "--no-compile", *MODEL_ARGS,
+        "--camera",
+        "synthetic",
+        "--size",
+        "160x120",
+        "--duration",
+        "1",
+        "--threads",
+        "1",
+        "--no-compile",
+        *MODEL_ARGS,
     )
     code, err = stream.wait(timeout=120)
     assert code == 0, err
@@ -234,7 +256,12 @@ def test_stopping_while_the_engine_compiles_leaves_nothing_behind(run_stream, tm
     """Ctrl-C during a cold start, while g++ compiles the engine: the compiler dies with
     the run, and no half-written package stays in the cache."""
     stream = run_stream(
-        "--camera", "synthetic", "--size", "160x120", *MODEL_ARGS, env={"AVSTREAM_CACHE": str(tmp_path)},
+        "--camera",
+        "synthetic",
+        "--size",
+        "160x120",
+        *MODEL_ARGS,
+        env={"AVSTREAM_CACHE": str(tmp_path)},
     )
     seen: set[int] = set()
 

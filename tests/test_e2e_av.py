@@ -6,18 +6,32 @@ from __future__ import annotations
 import signal
 
 import pytest
+from helpers import segments_of
 
 import models
-from helpers import segments_of
 from stream.transport.subscribe import Subscriber
 
-pytestmark = pytest.mark.skipif("avslowfast_r50" not in models.available(), reason="needs the AVSlowFast model")
+pytestmark = pytest.mark.skipif(
+    "avslowfast_r50" not in models.available(), reason="needs the AVSlowFast model"
+)
 
 
 def test_avslowfast_from_camera_and_alsa_microphone(run_stream, alsa_file_mic):
     stream = run_stream(
-        "--camera", "synthetic", "--size", "320x240", "--mic", alsa_file_mic, "--model", "avslowfast_r50",
-        "--weights", "none", "--stride", "1.0", "--log-level", "info",
+        "--camera",
+        "synthetic",
+        "--size",
+        "320x240",
+        "--mic",
+        alsa_file_mic,
+        "--model",
+        "avslowfast_r50",
+        "--weights",
+        "none",
+        "--stride",
+        "1.0",
+        "--log-level",
+        "info",
         "--no-compile",  # compiling AVSlowFast-R50 takes minutes; the engine has its own tests
     )
     preds, statuses = [], []
@@ -41,5 +55,10 @@ def test_avslowfast_from_camera_and_alsa_microphone(run_stream, alsa_file_mic):
         audio_centre = (w["audio_start_ns"] + w["audio_end_ns"]) / 2
         assert abs(video_centre - audio_centre) < 40e6  # centred, within a frame
         assert p["t"]["capture_ns"] >= w["end_ns"]
-        assert p["t"]["capture_ns"] <= p["t"]["infer_start_ns"] <= p["t"]["infer_end_ns"] <= p["t"]["publish_ns"]
+        assert (
+            p["t"]["capture_ns"]
+            <= p["t"]["infer_start_ns"]
+            <= p["t"]["infer_end_ns"]
+            <= p["t"]["publish_ns"]
+        )
     assert len(preds[-1]["labels"]) == 5

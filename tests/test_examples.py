@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO, Sending
-from stream.transport.keys import make_keys
 from test_wire import _prediction
+
+from stream.transport.keys import make_keys
 
 EXAMPLES = sorted((REPO / "examples").glob("*.py"))
 LIGHT = {"stream.transport", "stream.transport.wire"}

@@ -11,12 +11,23 @@ import time
 from multiprocessing import resource_tracker, shared_memory
 
 import pytest
-
 from helpers import StreamProcess, descendants, running, segments_of, wait_until
+
 from stream.pipeline.ring import sweep_stale_segments
 from stream.transport.subscribe import Subscriber
 
-ARGS = ("--camera", "synthetic", "--size", "320x240", "--weights", "none", "--stride", "0.2", "--log-level", "info")
+ARGS = (
+    "--camera",
+    "synthetic",
+    "--size",
+    "320x240",
+    "--weights",
+    "none",
+    "--stride",
+    "0.2",
+    "--log-level",
+    "info",
+)
 
 
 @dataclasses.dataclass

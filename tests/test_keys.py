@@ -12,7 +12,6 @@ import sys
 import pytest
 import zmq
 import zmq.auth
-
 from helpers import REPO, free_port
 
 MODES = {

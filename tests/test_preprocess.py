@@ -20,8 +20,16 @@ from stream.pipeline.ring import FrameRing, Frames
 MEAN, STD = (0.45, 0.40, 0.35), (0.225, 0.25, 0.2)
 # The blend runs as a numba kernel where numba is installed, else as torch operations:
 # both are checked wherever numba is there.
-PATHS = [False, pytest.param(True, marks=pytest.mark.skipif(
-    Preprocessor(short_side=8, crop=8, mean=MEAN, std=STD).fused is False, reason="numba is not installed"))]
+PATHS = [
+    False,
+    pytest.param(
+        True,
+        marks=pytest.mark.skipif(
+            Preprocessor(short_side=8, crop=8, mean=MEAN, std=STD).fused is False,
+            reason="numba is not installed",
+        ),
+    ),
+]
 
 
 def resize_then_crop(frames: np.ndarray, short_side: int, crop: int) -> torch.Tensor:
@@ -56,7 +64,9 @@ def test_crop_only_blend_matches_resize_then_crop(fused, hw, short_side, crop):
     frames = rng.integers(0, 256, size=(3, *hw, 3), dtype=np.uint8)
     pre = Preprocessor(short_side=short_side, crop=crop, mean=MEAN, std=STD, fused=fused)
     ours = pre.clip(frames)
-    assert ours.shape == (1, 3, 3, crop, crop) and ours.dtype == torch.float32 and ours.is_contiguous()
+    assert (
+        ours.shape == (1, 3, 3, crop, crop) and ours.dtype == torch.float32 and ours.is_contiguous()
+    )
     # 1e-5 after dividing by std is under 1/1000 of a grey level: the same taps and
     # weights as torch's kernel, only the order of the float32 multiply-adds differs
     torch.testing.assert_close(ours, resize_then_crop(frames, short_side, crop), rtol=0, atol=1e-5)
@@ -68,7 +78,11 @@ def test_taps_are_torchs():
     for n_in, n_out in [(640, 242), (480, 182), (320, 341), (457, 275), (5, 4), (7, 7)]:
         i0, i1, w0, w1 = bilinear_taps(n_in, n_out, 0, n_out)
         ramp = torch.arange(n_in, dtype=torch.float32).view(1, 1, 1, n_in)
-        got = F.interpolate(ramp, size=(1, n_out), mode="bilinear", align_corners=False).view(-1).numpy()
+        got = (
+            F.interpolate(ramp, size=(1, n_out), mode="bilinear", align_corners=False)
+            .view(-1)
+            .numpy()
+        )
         np.testing.assert_allclose(w0 * i0 + w1 * i1, got, rtol=0, atol=1e-4)
         assert ((i1 == i0 + 1) | (i1 == i0)).all() and (i1 < n_in).all()
         np.testing.assert_allclose(w0 + w1, 1, atol=1e-6)
@@ -88,7 +102,9 @@ def test_matches_reference_test_transform(hw):
     ref = []
     for f in frames:
         rgb = f[..., ::-1].astype(np.float32) / 255.0
-        r = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)[top : top + 160, left : left + 160]
+        r = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)[
+            top : top + 160, left : left + 160
+        ]
         ref.append((r - np.array(mean, np.float32)) / np.array(std, np.float32))
     ref = torch.from_numpy(np.stack(ref)).permute(3, 0, 1, 2)  # (T,H,W,C) -> (C,T,H,W)
     assert ours.shape == (1, 3, 4, 160, 160)
@@ -100,7 +116,9 @@ def test_matches_reference_test_transform(hw):
 def test_channel_order_and_normalisation_by_hand(fused):
     frames = np.zeros((2, 8, 8, 3), np.uint8)
     frames[..., 0] = 255  # pure blue in BGR
-    x = Preprocessor(short_side=8, crop=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), fused=fused).clip(frames)
+    x = Preprocessor(
+        short_side=8, crop=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), fused=fused
+    ).clip(frames)
     assert torch.allclose(x[0, 2], torch.ones(2, 8, 8))  # B lands in the last (RGB) channel
     assert torch.allclose(x[0, :2], -torch.ones(2, 2, 8, 8))
 
@@ -111,7 +129,9 @@ def test_short_side_size_and_bad_input():
     with pytest.raises(ValueError):
         Preprocessor(short_side=100, crop=160, mean=(0,) * 3, std=(1,) * 3)
     with pytest.raises(ValueError):
-        Preprocessor(short_side=182, crop=160, mean=(0,) * 3, std=(1,) * 3).clip(np.zeros((4, 8, 8), np.uint8))
+        Preprocessor(short_side=182, crop=160, mean=(0,) * 3, std=(1,) * 3).clip(
+            np.zeros((4, 8, 8), np.uint8)
+        )
 
 
 @pytest.mark.parametrize("fused", PATHS)
@@ -149,7 +169,11 @@ def test_frames_in_place_in_a_ring(fused):
         torch.testing.assert_close(fast, resize_then_crop(copies, 40, 32), rtol=0, atol=1e-5)
 
 
-@pytest.mark.skipif(not Preprocessor(short_side=8, crop=8, mean=MEAN, std=STD).fused, reason="numba is not installed")
+@pytest.mark.skipif(
+    not Preprocessor(short_side=8, crop=8, mean=MEAN, std=STD).fused,
+    reason="numba is not installed",
+)
+@pytest.mark.slow  # two processes that import torch and numba, one of them compiles
 def test_fused_kernel_is_compiled_once_then_loaded_from_disk(tmp_path):
     """A second process finds the kernel in numba's on-disk cache: no compile at start-up."""
     import subprocess
@@ -166,7 +190,13 @@ def test_fused_kernel_is_compiled_once_then_loaded_from_disk(tmp_path):
 
     def hits_misses() -> list[int]:
         out = subprocess.run(
-            [sys.executable, "-c", script], check=False, cwd=root, env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", script],
+            check=False,
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert out.returncode == 0, out.stderr
         return [int(v) for v in out.stdout.split()]
@@ -176,7 +206,10 @@ def test_fused_kernel_is_compiled_once_then_loaded_from_disk(tmp_path):
     assert any(tmp_path.rglob("*.nbc"))
 
 
-@pytest.mark.skipif(not Preprocessor(short_side=8, crop=8, mean=MEAN, std=STD).fused, reason="numba is not installed")
+@pytest.mark.skipif(
+    not Preprocessor(short_side=8, crop=8, mean=MEAN, std=STD).fused,
+    reason="numba is not installed",
+)
 def test_fused_kernel_without_a_writable_cache_is_compiled_without_it(monkeypatch, caplog):
     """Where numba finds no directory to cache the kernel in (every locator fails, as on a
     read-only install with no writable home), the kernel is still compiled, with one

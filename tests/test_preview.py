@@ -9,13 +9,24 @@ import signal
 import subprocess
 
 import pytest
-
 from helpers import wait_until
+
 from stream.transport.subscribe import Subscriber
 
 pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
 
-ARGS = ("--camera", "synthetic", "--size", "320x240", "--weights", "none", "--stride", "0.2", "--log-level", "warning")
+ARGS = (
+    "--camera",
+    "synthetic",
+    "--size",
+    "320x240",
+    "--weights",
+    "none",
+    "--stride",
+    "0.2",
+    "--log-level",
+    "warning",
+)
 
 
 @pytest.fixture
@@ -27,7 +38,8 @@ def xvfb_display():
     read_end, write_end = os.pipe()
     server = subprocess.Popen(
         ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "800x600x24"],
-        pass_fds=(write_end,), stderr=subprocess.DEVNULL,
+        pass_fds=(write_end,),
+        stderr=subprocess.DEVNULL,
     )
     os.close(write_end)
     try:
@@ -42,8 +54,12 @@ def xvfb_display():
 
 def _windows(display: str) -> str:
     return subprocess.run(
-        ["xwininfo", "-root", "-tree"], env={**os.environ, "DISPLAY": display},
-        capture_output=True, text=True, timeout=30,
+        ["xwininfo", "-root", "-tree"],
+        check=False,
+        env={**os.environ, "DISPLAY": display},
+        capture_output=True,
+        text=True,
+        timeout=30,
     ).stdout
 
 

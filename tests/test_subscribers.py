@@ -12,12 +12,12 @@ import time
 
 import pytest
 import zmq
-
 from helpers import REPO, Sending
+from test_wire import _prediction
+
 from stream.transport import wire
 from stream.transport.keys import make_keys
 from stream.transport.subscribe import HandshakeError, Subscriber
-from test_wire import _prediction
 
 ARGS = (
     "--camera",
@@ -142,6 +142,7 @@ def test_curve_encryption_and_authentication(run_stream, tmp_path):
             "--curve-client-key",
             str(keys / "viewer.key_secret"),
         ],
+        check=False,
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -164,6 +165,7 @@ def test_curve_key_errors(tmp_path):
             "--weights",
             "none",
         ],
+        check=False,
         cwd=REPO,
         capture_output=True,
         text=True,
