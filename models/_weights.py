@@ -75,7 +75,10 @@ def resolve(
         official = os.fspath(weights) == ZOO_KEYWORD
         path = download(spec, sha256_prefix=expected, official=official)
         return path, f"{spec} (cached as {path})"
-    path = Path(spec).expanduser()
+    try:
+        path = Path(spec).expanduser()
+    except RuntimeError:  # ~name of a user this machine does not have: a file not found
+        path = Path(spec)
     if path.is_dir():
         raise WeightsError(f"weights {path} is a folder: {_folder_hint(path)}")
     if not path.is_file():
