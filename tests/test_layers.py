@@ -1,0 +1,80 @@
+"""The import arrows of docs/architecture.md ("Layout"), checked on the source: a module
+may import only from the folders its layer allows, so an arrow running upward (a model
+importing the pipeline, the transport importing torch) fails here, not in a user's
+light install."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+
+#: Folder (or module) → the project modules it may import (prefixes), and whether it may
+#: import third-party packages other than pyzmq.
+ALLOWED = {
+    "models": ("models",),
+    "engines": ("engines", "models"),
+    "stream/transport": ("stream.transport", "stream.errors"),
+    "stream/control.py": (),
+    "stream/errors.py": (),
+    "stream/_deps.py": (),
+    "stream/options.py": ("stream.errors", "stream.config"),
+    "stream/capture": ("stream.capture", "stream.control", "stream.errors", "stream.pipeline"),
+    "stream/pipeline": (
+        "stream.pipeline", "stream.capture", "stream.control", "stream.errors",
+        "stream.transport", "stream._deps", "engines", "models",
+        "stream.config",  # the run's settings (RunConfig), which the supervisor is given
+    ),
+}
+OURS = ("stream", "engines", "models", "configs")
+#: What the light layers may import besides the standard library.
+LIGHT_THIRD_PARTY = {"zmq"}
+LIGHT = ("stream/transport", "stream/control.py", "stream/errors.py", "stream/_deps.py")
+
+
+def _files(where: str) -> list[Path]:
+    path = REPO / where
+    return [path] if path.suffix == ".py" else sorted(path.rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            if node.module in OURS:  # `from stream import control`
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            package = ".".join(path.relative_to(REPO).with_suffix("").parts[: -node.level])
+            names.add(f"{package}.{node.module}" if node.module else package)
+    return names
+
+
+@pytest.mark.parametrize("where", sorted(ALLOWED))
+def test_imports_follow_the_layers(where):
+    allowed = ALLOWED[where]
+    wrong = []
+    for path in _files(where):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if top in OURS and name not in OURS:
+                if not name.startswith(tuple(a + "." for a in allowed) + allowed):
+                    wrong.append(f"{path.relative_to(REPO)} imports {name}")
+            elif top in OURS:  # `from stream import X` is checked as stream.X above
+                continue
+            elif where in LIGHT and top not in sys.stdlib_module_names | LIGHT_THIRD_PARTY:
+                wrong.append(f"{path.relative_to(REPO)} imports {name} (light layer)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_check_sees_a_wrong_arrow(tmp_path):
+    # The parser reads every import form the tree uses.
+    source = tmp_path / "m.py"
+    source.write_text("import torch\nfrom stream import run\nfrom stream.pipeline.ring import X\n")
+    assert {"torch", "stream", "stream.run", "stream.pipeline.ring"} <= _imports(source)
