@@ -33,7 +33,9 @@ def per_call_us(fn, calls: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--calls", type=int, default=3000)
     p.add_argument("--channels", default="216,16", help="in,out")
     args = p.parse_args()
@@ -53,7 +55,9 @@ def main() -> None:
         "multiply and sum (eager)": lambda: (x2 * w3).sum(-1).add_(b),
         "MKL linear (packed)": lambda: torch.ops.mkl._mkl_linear(x.view(1, c_in), mkl, w2, b, 1),
     }
-    print(f"# {c_in} -> {c_out} channels over a (1, {c_in}, 1, 1, 1) input; torch {torch.__version__}")
+    print(
+        f"# {c_in} -> {c_out} channels over a (1, {c_in}, 1, 1, 1) input; torch {torch.__version__}"
+    )
     print("| call | 1 thread | 2 threads |")
     print("|---|---|---|")
     with torch.no_grad():

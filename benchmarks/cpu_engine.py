@@ -59,7 +59,10 @@ def textures(n: int, frames: int, crop: int, seed: int = 0) -> list[torch.Tensor
         dx, dy = torch.randint(-step, step + 1, (2,), generator=g).tolist()
         o = crop // 2
         clip = torch.stack(
-            [big[0, :, o + t * dy : o + t * dy + crop, o + t * dx : o + t * dx + crop] for t in range(frames)],
+            [
+                big[0, :, o + t * dy : o + t * dy + crop, o + t * dx : o + t * dx + crop]
+                for t in range(frames)
+            ],
             dim=1,
         )
         out.append(((clip - 0.45) / 0.225).unsqueeze(0).contiguous())
@@ -70,10 +73,14 @@ def bench(name: str, args) -> list[str]:
     ref = reference_x3d(name)
     model = models.create(name)
     model.load_state_dict(x3d.remap_pytorchvideo(ref.state_dict()), strict=True)
-    model.weights_id = f"bench-pytorchvideo-seed0-{name}"  # the compiled engines are cached under this
+    model.weights_id = (
+        f"bench-pytorchvideo-seed0-{name}"  # the compiled engines are cached under this
+    )
     (x,) = model.example_inputs()
     variants = {"pytorchvideo eager": ref}
-    variants["ours eager"] = engines.create(model, (x,), backend="torch", device="cpu", precision="fp32", compile=False)
+    variants["ours eager"] = engines.create(
+        model, (x,), backend="torch", device="cpu", precision="fp32", compile=False
+    )
     modes = {}
     for precision in args.precisions:
         t0 = time.perf_counter()
@@ -81,19 +88,25 @@ def bench(name: str, args) -> list[str]:
         modes[f"engine {precision}"] = f"{engine.mode}, ready in {time.perf_counter() - t0:.1f} s"
         variants[f"engine {precision}"] = engine
         if args.without_rewrites:  # compiled from the graph as exported: the rewrites' worth
-            eager = engines.create(model, (x,), backend="torch", device="cpu", precision=precision, compile=False)
+            eager = engines.create(
+                model, (x,), backend="torch", device="cpu", precision=precision, compile=False
+            )
             label = f"engine {precision} without rewrites"
             variants[label] = inductor.start(eager, passes=0)
             modes[label] = f"{variants[label].mode} from the graph as exported (passes=0)"
     with torch.inference_mode():
         expected = ref(x)
         outputs = {k: f(x).float() for k, f in variants.items()}
-        times = interleaved({k: functools.partial(f, x) for k, f in variants.items()}, args.runs, args.warmup)
+        times = interleaved(
+            {k: functools.partial(f, x) for k, f in variants.items()}, args.runs, args.warmup
+        )
         agree = {}
         if "engine bf16" in variants and "engine fp32" in variants and args.windows:
             same = 0
             for w in textures(args.windows, x.shape[2], x.shape[-1]):
-                same += int(variants["engine bf16"](w).argmax() == variants["engine fp32"](w).argmax())
+                same += int(
+                    variants["engine bf16"](w).argmax() == variants["engine fp32"](w).argmax()
+                )
             agree["engine bf16"] = f"top-1 = fp32's on {same}/{args.windows} windows"
     base = statistics.median(times["pytorchvideo eager"])
     target = TARGETS.get(name)
@@ -118,7 +131,9 @@ TARGETS = {"x3d_xs": 0.35, "x3d_s": 0.30, "x3d_m": 0.25}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="x3d_xs,x3d_s,x3d_m")
     p.add_argument("--precision", default="fp32,bf16" if inductor.bf16_native() else "fp32")
     p.add_argument("--runs", type=int, default=12)

@@ -94,10 +94,26 @@ extern "C" void depthwise3(const float* x, const float* w, const float* b, float
 
 # (channels, frames, side, spatial stride) of each distinct depthwise layer
 SHAPES = {
-    "x3d_xs": [(54, 4, 91, 2), (54, 4, 46, 1), (108, 4, 46, 2), (108, 4, 23, 1),
-               (216, 4, 23, 2), (216, 4, 12, 1), (432, 4, 12, 2), (432, 4, 6, 1)],
-    "x3d_m": [(54, 16, 128, 2), (54, 16, 64, 1), (108, 16, 64, 2), (108, 16, 32, 1),
-              (216, 16, 32, 2), (216, 16, 16, 1), (432, 16, 16, 2), (432, 16, 8, 1)],
+    "x3d_xs": [
+        (54, 4, 91, 2),
+        (54, 4, 46, 1),
+        (108, 4, 46, 2),
+        (108, 4, 23, 1),
+        (216, 4, 23, 2),
+        (216, 4, 12, 1),
+        (432, 4, 12, 2),
+        (432, 4, 6, 1),
+    ],
+    "x3d_m": [
+        (54, 16, 128, 2),
+        (54, 16, 64, 1),
+        (108, 16, 64, 2),
+        (108, 16, 32, 1),
+        (216, 16, 32, 2),
+        (216, 16, 16, 1),
+        (432, 16, 16, 2),
+        (432, 16, 8, 1),
+    ],
 }
 
 
@@ -110,7 +126,9 @@ def build(workdir: str) -> ctypes.CDLL:
     return ctypes.CDLL(lib)
 
 
-def compare(lib: ctypes.CDLL, c: int, t: int, side: int, s: int, rounds: int) -> tuple[float, float]:
+def compare(
+    lib: ctypes.CDLL, c: int, t: int, side: int, s: int, rounds: int
+) -> tuple[float, float]:
     """Median ms of oneDNN's call and of the hand-written kernel, on one layer's shape."""
     x = torch.randn(1, c, t, side, side).contiguous(memory_format=torch.channels_last_3d)
     w, b = torch.randn(c, 1, 3, 3, 3), torch.randn(c)
@@ -120,10 +138,22 @@ def compare(lib: ctypes.CDLL, c: int, t: int, side: int, s: int, rounds: int) ->
     taps = w.view(c, 27).t().contiguous()
     y = torch.empty_like(want)
     ptr = ctypes.c_void_p
-    args = [ptr(x.data_ptr()), ptr(taps.data_ptr()), ptr(b.data_ptr()), ptr(y.data_ptr()), t, side, side, c, s]
+    args = [
+        ptr(x.data_ptr()),
+        ptr(taps.data_ptr()),
+        ptr(b.data_ptr()),
+        ptr(y.data_ptr()),
+        t,
+        side,
+        side,
+        c,
+        s,
+    ]
 
     def onednn():
-        return torch.ops.mkldnn._convolution_pointwise(x, packed, b, pad, stride, one, c, "none", [], "")
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, packed, b, pad, stride, one, c, "none", [], ""
+        )
 
     def ours():
         lib.depthwise3(*args)
@@ -131,14 +161,18 @@ def compare(lib: ctypes.CDLL, c: int, t: int, side: int, s: int, rounds: int) ->
     ours()
     err = ((y - want).abs().max() / want.abs().max()).item()
     if err > 1e-5:
-        sys.exit(f"depthwise_kernel: the hand-written kernel is wrong at {(c, t, side, s)}: {err:.1e}")
+        sys.exit(
+            f"depthwise_kernel: the hand-written kernel is wrong at {(c, t, side, s)}: {err:.1e}"
+        )
     calls = max(1, int(2e6 // (c * t * side * side)))  # a few ms per timing
     times = interleaved({"onednn": onednn, "ours": ours}, rounds, calls=calls)
     return statistics.median(times["onednn"]) * 1e3, statistics.median(times["ours"]) * 1e3
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="x3d_xs,x3d_m")
     p.add_argument("--rounds", type=int, default=30, help="interleaved rounds per layer")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -150,14 +184,20 @@ def main() -> None:
     keep_freed_memory()
     with tempfile.TemporaryDirectory() as workdir:
         lib = build(workdir)
-    print(f"# fp32, {args.threads} threads, medians of {args.rounds} interleaved rounds; torch {torch.__version__}")
-    print("| model | depthwise layer (C, T×H², stride) | oneDNN | hand-written | oneDNN / hand-written |")
+    print(
+        f"# fp32, {args.threads} threads, medians of {args.rounds} interleaved rounds; torch {torch.__version__}"
+    )
+    print(
+        "| model | depthwise layer (C, T×H², stride) | oneDNN | hand-written | oneDNN / hand-written |"
+    )
     print("|---|---|---|---|---|")
     with torch.no_grad():
         for model in args.model.split(","):
             for c, t, side, s in SHAPES[model]:
                 a, m = compare(lib, c, t, side, s, args.rounds)
-                print(f"| {model} | {c}, {t}×{side}², {s} | {a:.3f} ms | {m:.3f} ms | {a / m:.2f} |")
+                print(
+                    f"| {model} | {c}, {t}×{side}², {s} | {a:.3f} ms | {m:.3f} ms | {a / m:.2f} |"
+                )
 
 
 if __name__ == "__main__":

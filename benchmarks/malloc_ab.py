@@ -47,17 +47,33 @@ def child(name: str, precision: str, runs: int) -> None:
             t0 = time.perf_counter()
             engine(x)
             times.append(time.perf_counter() - t0)
-    print(json.dumps({"median_ms": statistics.median(times) * 1e3, "mode": engine.mode, "malloc": malloc.active()}))
+    print(
+        json.dumps(
+            {
+                "median_ms": statistics.median(times) * 1e3,
+                "mode": engine.mode,
+                "malloc": malloc.active(),
+            }
+        )
+    )
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="x3d_xs")
     p.add_argument("--precision", default="fp32")
-    p.add_argument("--malloc", default="glibc,tcmalloc", help="allocators: glibc, tcmalloc, or a library's path")
+    p.add_argument(
+        "--malloc",
+        default="glibc,tcmalloc",
+        help="allocators: glibc, tcmalloc, or a library's path",
+    )
     p.add_argument("--rounds", type=int, default=6, help="processes per allocator, taking turns")
     p.add_argument("--runs", type=int, default=60, help="windows timed per process")
-    p.add_argument("--child", nargs=3, metavar=("MODEL", "PRECISION", "RUNS"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--child", nargs=3, metavar=("MODEL", "PRECISION", "RUNS"), help=argparse.SUPPRESS
+    )
     args = p.parse_args()
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))

@@ -63,7 +63,9 @@ def bench(name: str, runs: int, folder: str) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="x3d_xs,x3d_m")
     p.add_argument("--runs", type=int, default=20)
     args = p.parse_args()

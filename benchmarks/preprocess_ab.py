@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=300)
     args = p.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
-    frames = np.random.default_rng(0).integers(0, 256, (args.frames, height, width, 3), dtype=np.uint8)
+    frames = np.random.default_rng(0).integers(
+        0, 256, (args.frames, height, width, 3), dtype=np.uint8
+    )
     threads = torch.get_num_threads()
 
     def one_thread(fn):
@@ -64,12 +66,17 @@ def main(argv: list[str] | None = None) -> int:
                 return fn(x)
             finally:
                 torch.set_num_threads(threads)
+
         return run
 
     kw = {"short_side": args.short_side, "crop": args.crop, "mean": MEAN, "std": STD}
     variants = {
-        f"resize-then-crop, {threads} threads": lambda x: resize_then_crop(x, args.short_side, args.crop),
-        "resize-then-crop, 1 thread": one_thread(lambda x: resize_then_crop(x, args.short_side, args.crop)),
+        f"resize-then-crop, {threads} threads": lambda x: resize_then_crop(
+            x, args.short_side, args.crop
+        ),
+        "resize-then-crop, 1 thread": one_thread(
+            lambda x: resize_then_crop(x, args.short_side, args.crop)
+        ),
         "crop-only, torch ops": Preprocessor(**kw, fused=False).clip,
     }
     fused = Preprocessor(**kw)
@@ -90,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             fn(frames)
             cpu[name].append(time.thread_time_ns() - c0)
             wall[name].append(time.perf_counter_ns() - t0)
-    print(f"{args.frames} frames {width}x{height} -> {args.crop}x{args.crop}, {args.runs} rounds; "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(
+        f"{args.frames} frames {width}x{height} -> {args.crop}x{args.crop}, {args.runs} rounds; "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
     print(f"{'ms':34s} {'wall p50 / p90 / p99 / max':>30s}   {'CPU p50 / p90':>14s}")
     for name in variants:
         w, c = summary_ms(np.array(wall[name]) / 1e6), summary_ms(np.array(cpu[name]) / 1e6)

@@ -57,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                 times["in place"].append(t3 - t2)
             if args.fps:
                 time.sleep(1 / args.fps)
-    print(f"{width}x{height}x3 frames, {args.runs} frames at {args.fps or 'full'} fps; "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(
+        f"{width}x{height}x3 frames, {args.runs} frames at {args.fps or 'full'} fps; "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
     for name, v in times.items():
         s = summary_ms(np.array(v) / 1e6)
         shown = " / ".join(f"{s[k]:6.3f}" for k in STATS)

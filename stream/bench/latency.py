@@ -129,7 +129,10 @@ def machine() -> dict:
     from engines.inductor import cpu_model
 
     info = {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "os": platform.platform(),
     }
     try:
         import torch
@@ -219,7 +222,10 @@ class ProcessWatch:
 
     def summary(self) -> tuple[dict, dict]:
         wall = max(1e-9, time.monotonic() - self.started)
-        cpu = {f"{n} ({pid})": round(100 * (last - first) / wall, 1) for pid, (n, first, last) in self.cpu.items()}
+        cpu = {
+            f"{n} ({pid})": round(100 * (last - first) / wall, 1)
+            for pid, (n, first, last) in self.cpu.items()
+        }
         rss = {f"{n} ({pid})": round(mb, 1) for pid, (n, mb) in self.peak_rss.items()}
         return cpu, rss
 
@@ -246,11 +252,21 @@ def shm_mb(owner: int, shm_dir: str = "/dev/shm") -> float:
 # -- pipeline mode -----------------------------------------------------------------------
 
 
-def summarise(preds: list, statuses: list, rss_cpu: tuple[dict, dict], *, model: str, engine: str, stride: float) -> tuple[dict, dict]:
+def summarise(
+    preds: list,
+    statuses: list,
+    rss_cpu: tuple[dict, dict],
+    *,
+    model: str,
+    engine: str,
+    stride: float,
+) -> tuple[dict, dict]:
     """(summary row, per-window samples) from received messages (stream.subscribe.Message)."""
     rows = preds[WARMUP_WINDOWS:]
-    t = {k: np.array([m.body["t"][k] for m in rows], dtype=np.int64)
-         for k in ("capture_ns", "window_ns", "infer_start_ns", "infer_end_ns", "publish_ns")}
+    t = {
+        k: np.array([m.body["t"][k] for m in rows], dtype=np.int64)
+        for k in ("capture_ns", "window_ns", "infer_start_ns", "infer_end_ns", "publish_ns")
+    }
     recv = np.array([m.received_ns for m in rows], dtype=np.int64)
     engine_ms = (t["infer_end_ns"] - t["infer_start_ns"]) / 1e6
     c2p = (t["publish_ns"] - t["capture_ns"]) / 1e6
@@ -259,7 +275,9 @@ def summarise(preds: list, statuses: list, rss_cpu: tuple[dict, dict], *, model:
     minutes = (t["capture_ns"] - (t["capture_ns"][0] if len(rows) else 0)) / 60e9
     slope = float(np.polyfit(minutes, c2p, 1)[0]) if len(rows) >= 2 and minutes[-1] > 0 else None
     frames = np.array([m.body["window"]["frames"] for m in rows], dtype=np.float64)
-    read_per_frame = np.array([m.body.get("stages_ms", {}).get("ring_read", np.nan) for m in rows]) / np.maximum(frames, 1)
+    read_per_frame = np.array(
+        [m.body.get("stages_ms", {}).get("ring_read", np.nan) for m in rows]
+    ) / np.maximum(frames, 1)
     preprocess = np.array([m.body.get("stages_ms", {}).get("preprocess", np.nan) for m in rows])
     videos = [s.body["sources"]["video"] for s in statuses if s.body["state"] == "running"]
 
@@ -269,8 +287,12 @@ def summarise(preds: list, statuses: list, rss_cpu: tuple[dict, dict], *, model:
         parts = [v[key] for v in videos if v.get(key)]
         if not parts:
             return dict.fromkeys(STATS)
-        return {"p50": float(np.median([p["p50"] for p in parts])), "p90": max(p["p90"] for p in parts),
-                "p99": max(p["p99"] for p in parts), "max": max(p["max"] for p in parts)}
+        return {
+            "p50": float(np.median([p["p50"] for p in parts])),
+            "p90": max(p["p90"] for p in parts),
+            "p99": max(p["p99"] for p in parts),
+            "max": max(p["max"] for p in parts),
+        }
 
     last = statuses[-1].body if statuses else {}
     windows = last.get("windows", {})
@@ -279,8 +301,11 @@ def summarise(preds: list, statuses: list, rss_cpu: tuple[dict, dict], *, model:
         "model": model,
         "engine": rows[0].body["engine"] if rows else engine,
         "stride": stride,
-        "windows": {"run": windows.get("run", len(preds)), "skipped": windows.get("skipped", 0),
-                    "measured": len(rows)},
+        "windows": {
+            "run": windows.get("run", len(preds)),
+            "skipped": windows.get("skipped", 0),
+            "measured": len(rows),
+        },
         "fps_in": last.get("fps_in"),
         "engine_ms": summary_ms(engine_ms),
         "overhead_ms": summary_ms(overhead),
@@ -309,7 +334,9 @@ def summarise(preds: list, statuses: list, rss_cpu: tuple[dict, dict], *, model:
         "capture_to_subscriber_ms": c2s.round(4).tolist(),
         # the overhead's parts, per window: where a slow one lost its time
         "capture_to_window_ms": ((t["window_ns"] - t["capture_ns"]) / 1e6).round(4).tolist(),
-        "window_and_preprocess_ms": ((t["infer_start_ns"] - t["window_ns"]) / 1e6).round(4).tolist(),
+        "window_and_preprocess_ms": ((t["infer_start_ns"] - t["window_ns"]) / 1e6)
+        .round(4)
+        .tolist(),
         "publish_ms": ((t["publish_ns"] - t["infer_end_ns"]) / 1e6).round(4).tolist(),
     }
     return row, samples
@@ -317,8 +344,25 @@ def summarise(preds: list, statuses: list, rss_cpu: tuple[dict, dict], *, model:
 
 def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, dict]:
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    argv = [sys.executable, "-m", "stream.run", "--camera", args.source, "--model", model, "--engine", engine,
-            "--stride", str(stride), "--publish", endpoint, "--log-level", "warning", "--mic", args.mic]
+    argv = [
+        sys.executable,
+        "-m",
+        "stream.run",
+        "--camera",
+        args.source,
+        "--model",
+        model,
+        "--engine",
+        engine,
+        "--stride",
+        str(stride),
+        "--publish",
+        endpoint,
+        "--log-level",
+        "warning",
+        "--mic",
+        args.mic,
+    ]
     if args.config:
         argv += ["--config", args.config]
     if args.precisions:
@@ -352,7 +396,9 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                 # before the pipeline's exit: Ctrl-C in a terminal stops it too
                 _check_stop(args)
                 if time.monotonic() > give_up or proc.poll() is not None:
-                    raise SystemExit(f"error: the pipeline did not run ({model}, {engine}): exit code {proc.poll()}")
+                    raise SystemExit(
+                        f"error: the pipeline did not run ({model}, {engine}): exit code {proc.poll()}"
+                    )
                 if time.monotonic() >= next_sample:
                     watch.sample()
                     next_sample = time.monotonic() + 1.0
@@ -376,10 +422,19 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                         next_kill = first + args.kill_every
                     # One line per row, also in a log; the bar below it on a terminal only
                     # (tqdm's rule: none in a log or a pipe), gone when the row ends.
-                    print(f"{model} {engine} stride {stride}: measuring {args.duration:g} s",
-                          file=sys.stderr, flush=True)
-                    bar = tqdm(total=args.duration, desc=f"{model} {engine} stride {stride}",
-                               bar_format=BAR_FORMAT, disable=None, leave=False, dynamic_ncols=True)
+                    print(
+                        f"{model} {engine} stride {stride}: measuring {args.duration:g} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    bar = tqdm(
+                        total=args.duration,
+                        desc=f"{model} {engine} stride {stride}",
+                        bar_format=BAR_FORMAT,
+                        disable=None,
+                        leave=False,
+                        dynamic_ncols=True,
+                    )
                 preds.append(msg)
                 lat = msg.body["latency_ms"]
                 bar.set_postfix_str(
@@ -415,7 +470,9 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    row, samples = summarise(preds, statuses, watch.summary(), model=model, engine=engine, stride=stride)
+    row, samples = summarise(
+        preds, statuses, watch.summary(), model=model, engine=engine, stride=stride
+    )
     # Launch to the first prediction received: start-up (imports, the model, loading or
     # compiling the engine, opening the source) plus the first window's span of frames.
     row["startup_s"] = None if first is None else round(first - launched, 2)
@@ -505,7 +562,9 @@ def _restarts(status: dict) -> int:
     return sum(src.get("restarts", 0) for src in status["sources"].values())
 
 
-def soak_summary(preds: list, statuses: list, kills: list[str], watch: ProcessWatch, model: str) -> dict:
+def soak_summary(
+    preds: list, statuses: list, kills: list[str], watch: ProcessWatch, model: str
+) -> dict:
     """What a soak run must show: every restart reported, memory and /dev/shm flat, and
     no prediction built from frames older than its window."""
     import models
@@ -517,7 +576,8 @@ def soak_summary(preds: list, statuses: list, kills: list[str], watch: ProcessWa
             if "restarts" in src:
                 restarts[kind] = max(restarts.get(kind, 0), src["restarts"])
     too_old = sum(
-        (p.body["window"]["end_ns"] - p.body["window"]["start_ns"]) / 1e9 > span_s + 0.1 for p in preds
+        (p.body["window"]["end_ns"] - p.body["window"]["start_ns"]) / 1e9 > span_s + 0.1
+        for p in preds
     )
     shm = [mb for _, mb in watch.shm_series]
     return {
@@ -525,7 +585,9 @@ def soak_summary(preds: list, statuses: list, kills: list[str], watch: ProcessWa
         "restarts_reported": sum(restarts.values()),
         "degraded_predictions": sum(bool(p.body["degraded"]) for p in preds),
         "windows_older_than_span": too_old,
-        "shm_mb": {"first": round(shm[0], 3), "last": round(shm[-1], 3), "max": round(max(shm), 3)} if shm else None,
+        "shm_mb": {"first": round(shm[0], 3), "last": round(shm[-1], 3), "max": round(max(shm), 3)}
+        if shm
+        else None,
         "rss_slope_mb_per_min": watch.rss_slopes(
             min_span_s=0.8 * (watch.shm_series[-1][0] - watch.shm_series[0][0]) if shm else 0
         ),
@@ -634,11 +696,16 @@ def _time_engine(
     model = models.create(name, seed=0)  # seeded: a compiled engine is cached for the next run
     inputs = model.example_inputs()
     row = {
-        "model": name, "engine": backend, "precision": precision, "gflops": round(gflops(model, inputs), 2),
+        "model": name,
+        "engine": backend,
+        "precision": precision,
+        "gflops": round(gflops(model, inputs), 2),
         "malloc": malloc.active(),
     }
     try:
-        engine = engines.create(model, inputs, backend=backend, precision=precision, compile=compile)
+        engine = engines.create(
+            model, inputs, backend=backend, precision=precision, compile=compile
+        )
     except engines.EngineError as exc:
         return {**row, "error": str(exc)}
     engine.warmup(3)
@@ -721,15 +788,28 @@ def run_engines(args, rows: list[dict] | None = None) -> list[dict]:
             for precision in args.precisions or [None]:
                 # the child starts inside: it runs with the allocator stream.run gives
                 with malloc.preloaded(args.malloc):
-                    row = _in_child(ctx, _time_engine, (
-                        name, backend, precision, args.runs, args.compile, args.threads,
-                    ), lambda: _check_stop(args))
+                    row = _in_child(
+                        ctx,
+                        _time_engine,
+                        (
+                            name,
+                            backend,
+                            precision,
+                            args.runs,
+                            args.compile,
+                            args.threads,
+                        ),
+                        lambda: _check_stop(args),
+                    )
                 rows.append(row)
                 if "error" in row:
                     print(f"{name} {backend} {precision}: {row['error']}", file=sys.stderr)
                     continue
-                print(f"{name:18s} {row['engine']:18s} {row['mode'] or '':13s} {row['gflops']:7.2f} GFLOPs  median "
-                      f"{row['engine_ms']['p50']:8.1f} ms  peak RSS {row['peak_rss_mb']:7.1f} MB  malloc {row['malloc']}", file=sys.stderr)
+                print(
+                    f"{name:18s} {row['engine']:18s} {row['mode'] or '':13s} {row['gflops']:7.2f} GFLOPs  median "
+                    f"{row['engine_ms']['p50']:8.1f} ms  peak RSS {row['peak_rss_mb']:7.1f} MB  malloc {row['malloc']}",
+                    file=sys.stderr,
+                )
     return rows
 
 
@@ -744,33 +824,71 @@ def largest_fitting(rows: list[dict], stride: float) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m stream.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", default="synthetic", help="synthetic (default), a video file, or a camera index")
-    p.add_argument("--mic", default="synthetic", help="audio source for audiovisual models (default synthetic)")
+    p.add_argument(
+        "--source", default="synthetic", help="synthetic (default), a video file, or a camera index"
+    )
+    p.add_argument(
+        "--mic", default="synthetic", help="audio source for audiovisual models (default synthetic)"
+    )
     p.add_argument("--size", default="640x480", help="synthetic frame size (default 640x480)")
     p.add_argument("--fps", type=float, default=30.0, help="synthetic frame rate (default 30)")
     p.add_argument("--model", default="x3d_xs", help="model name(s), comma-separated to sweep")
     p.add_argument("--config", help="YAML run config passed to stream.run")
-    p.add_argument("--weights", default="none", help="weights (default none: timing does not need them)")
+    p.add_argument(
+        "--weights", default="none", help="weights (default none: timing does not need them)"
+    )
     p.add_argument("--engine", default="auto", help="engine(s), comma-separated to sweep")
-    p.add_argument("--precision", default="",
-                   help="fp32, fp16 or bf16 (default: the engine's); --engine-only: comma-separated to sweep")
+    p.add_argument(
+        "--precision",
+        default="",
+        help="fp32, fp16 or bf16 (default: the engine's); --engine-only: comma-separated to sweep",
+    )
     p.add_argument("--threads", type=int, help="CPU threads of the engine (default: one per core)")
-    p.add_argument("--no-compile", dest="compile", action="store_false",
-                   help="eager PyTorch: do not compile the model (see stream.run --no-compile)")
-    p.add_argument("--malloc", default="auto",
-                   help="allocator of the engine's process: auto (default), tcmalloc, glibc, or a library's path")
-    p.add_argument("--stride", default="0.5", help="seconds between windows, comma-separated to sweep")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds measured per row, after the first window")
-    p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds allowed for start-up")
-    p.add_argument("--load-subscribers", type=int, default=0,
-                   help="add N subscribers that never read, one that stalls, and one that keeps reconnecting")
-    p.add_argument("--kill-every", type=float, default=0,
-                   help="soak: SIGKILL a capture process every this many seconds (video and audio in turn)")
+    p.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="eager PyTorch: do not compile the model (see stream.run --no-compile)",
+    )
+    p.add_argument(
+        "--malloc",
+        default="auto",
+        help="allocator of the engine's process: auto (default), tcmalloc, glibc, or a library's path",
+    )
+    p.add_argument(
+        "--stride", default="0.5", help="seconds between windows, comma-separated to sweep"
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=30.0,
+        help="seconds measured per row, after the first window",
+    )
+    p.add_argument(
+        "--startup-timeout", type=float, default=300.0, help="seconds allowed for start-up"
+    )
+    p.add_argument(
+        "--load-subscribers",
+        type=int,
+        default=0,
+        help="add N subscribers that never read, one that stalls, and one that keeps reconnecting",
+    )
+    p.add_argument(
+        "--kill-every",
+        type=float,
+        default=0,
+        help="soak: SIGKILL a capture process every this many seconds (video and audio in turn)",
+    )
     p.add_argument("--engine-only", action="store_true", help="time the models alone (no pipeline)")
-    p.add_argument("--runs", type=int, default=10, help="--engine-only: timed runs per row after warm-up")
+    p.add_argument(
+        "--runs", type=int, default=10, help="--engine-only: timed runs per row after warm-up"
+    )
     p.add_argument("--json", help="write the results to this file")
-    p.add_argument("--plot", help="pipeline mode: write a PNG of latency over time and the distributions "
-                   "(needs matplotlib: pip install 'avstream[bench]')")
+    p.add_argument(
+        "--plot",
+        help="pipeline mode: write a PNG of latency over time and the distributions "
+        "(needs matplotlib: pip install 'avstream[bench]')",
+    )
     args = p.parse_args(argv)
     try:
         args.models = _csv(args.model)
@@ -778,10 +896,16 @@ def main(argv: list[str] | None = None) -> int:
         args.precisions = _csv(args.precision)
         strides = [float(s) for s in _csv(args.stride)]
     except ValueError:
-        print(f"error: --stride {args.stride!r} must be seconds, e.g. 0.5 or 0.25,0.5", file=sys.stderr)
+        print(
+            f"error: --stride {args.stride!r} must be seconds, e.g. 0.5 or 0.25,0.5",
+            file=sys.stderr,
+        )
         return 2
     if args.threads is not None and args.threads < 1:
-        print(f"error: --threads {args.threads} must be >= 1 (leave it out for one per core)", file=sys.stderr)
+        print(
+            f"error: --threads {args.threads} must be >= 1 (leave it out for one per core)",
+            file=sys.stderr,
+        )
         return 2
     try:
         malloc.resolve(args.malloc)
@@ -789,12 +913,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --malloc {args.malloc!r}: {exc}", file=sys.stderr)
         return 2
     if len(args.precisions) > 1 and not args.engine_only:
-        print(f"error: --precision {args.precision!r}: the pipeline runs one precision; "
-              "sweep precisions with --engine-only", file=sys.stderr)
+        print(
+            f"error: --precision {args.precision!r}: the pipeline runs one precision; "
+            "sweep precisions with --engine-only",
+            file=sys.stderr,
+        )
         return 2
     if args.plot and args.engine_only:
-        print("error: --plot draws the pipeline's latencies and --engine-only measures none: "
-              "leave out --plot (or --engine-only)", file=sys.stderr)
+        print(
+            "error: --plot draws the pipeline's latencies and --engine-only measures none: "
+            "leave out --plot (or --engine-only)",
+            file=sys.stderr,
+        )
         return 2
     if args.plot:
         # Checked before anything starts: the plot is drawn after the whole benchmark.
@@ -806,8 +936,11 @@ def main(argv: list[str] | None = None) -> int:
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         folder = os.path.dirname(os.path.abspath(path)) if path else None
         if folder and not os.path.isdir(folder):
-            print(f"error: {flag} {path!r}: the folder {folder!r} does not exist: create it or "
-                  "write the file elsewhere", file=sys.stderr)
+            print(
+                f"error: {flag} {path!r}: the folder {folder!r} does not exist: create it or "
+                "write the file elsewhere",
+                file=sys.stderr,
+            )
             return 2
     with _Signals() as args.signals:
         if args.engine_only:
@@ -822,8 +955,12 @@ def _stopped(name: str, done: int, total: int, written: list[str]) -> None:
         print(line, file=sys.stderr, flush=True)
         return
     where = f", written to {' and '.join(written)}" if written else " (printed above)"
-    print(f"interrupted ({name}): kept the {done} of {total} rows that finished{where}; "
-          "the row being measured was dropped", file=sys.stderr, flush=True)
+    print(
+        f"interrupted ({name}): kept the {done} of {total} rows that finished{where}; "
+        "the row being measured was dropped",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _engines_main(args, strides: list[float]) -> int:
@@ -837,13 +974,24 @@ def _engines_main(args, strides: list[float]) -> int:
     fits = {str(s): largest_fitting(rows, s) for s in strides}
     if stopped is None:
         for s, row in fits.items():
-            verdict = "none of these" if row is None else f"{row['model']} on {row['engine']} ({row['gflops']} GFLOPs)"
+            verdict = (
+                "none of these"
+                if row is None
+                else f"{row['model']} on {row['engine']} ({row['gflops']} GFLOPs)"
+            )
             print(f"largest model that fits a {s} s stride here: {verdict}")
     written = []
     if args.json and rows:
         with open(args.json, "w") as fh:
-            json.dump({"machine": machine(), "engines": rows,
-                       "largest_fitting": {s: r and r["model"] for s, r in fits.items()}}, fh, indent=1)
+            json.dump(
+                {
+                    "machine": machine(),
+                    "engines": rows,
+                    "largest_fitting": {s: r and r["model"] for s, r in fits.items()},
+                },
+                fh,
+                indent=1,
+            )
         written.append(args.json)
     if stopped is not None:
         _stopped(stopped, len(rows), total, written)

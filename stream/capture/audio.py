@@ -35,8 +35,20 @@ log = logging.getLogger("stream.capture.audio")
 
 
 MEDIA_SUFFIXES = {
-    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".m4v", ".mkv",
-    ".webm", ".mov", ".avi",
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".m4a",
+    ".aac",
+    ".mp4",
+    ".m4v",
+    ".mkv",
+    ".webm",
+    ".mov",
+    ".avi",
 }
 
 
@@ -117,7 +129,9 @@ class DeviceSource(AudioSource):
         try:
             import sounddevice as sd
         except OSError as exc:  # PortAudio library missing
-            raise SourceError(f"microphone input needs PortAudio ({exc}): install libportaudio2") from None
+            raise SourceError(
+                f"microphone input needs PortAudio ({exc}): install libportaudio2"
+            ) from None
         self._sd = sd
         self.rate = rate
         devices = list_input_devices()
@@ -132,14 +146,20 @@ class DeviceSource(AudioSource):
         elif spec.isdigit():
             device = int(spec)
             if device not in {i for i, _ in devices}:
-                raise SourceError(f"microphone {spec} is not an input device; input devices: {listing}")
+                raise SourceError(
+                    f"microphone {spec} is not an input device; input devices: {listing}"
+                )
         else:
-            matches = [i for i, n in devices if n == spec] or [i for i, n in devices if spec.lower() in n.lower()]
+            matches = [i for i, n in devices if n == spec] or [
+                i for i, n in devices if spec.lower() in n.lower()
+            ]
             if not matches:
                 raise SourceError(f"microphone {spec!r} not found; input devices: {listing}")
             if len(matches) > 1:
                 names = ", ".join(repr(n) for i, n in devices if i in matches)
-                raise SourceError(f"microphone {spec!r} matches several devices ({names}): use its index or full name")
+                raise SourceError(
+                    f"microphone {spec!r} matches several devices ({names}): use its index or full name"
+                )
             device = matches[0]
         self.device = device
         try:
@@ -155,14 +175,23 @@ class DeviceSource(AudioSource):
             self.device_rate = rate
         except (ValueError, sd.PortAudioError):
             self.device_rate = int(info["default_samplerate"])
-            log.info("microphone %r cannot capture at %d Hz: capturing at %d Hz and resampling",
-                     self.description, rate, self.device_rate)
+            log.info(
+                "microphone %r cannot capture at %d Hz: capturing at %d Hz and resampling",
+                self.description,
+                rate,
+                self.device_rate,
+            )
         self._resample = _Resampler(self.device_rate, rate)
         self._block = max(16, round(self.device_rate * BLOCK_S))
         try:
             self._stream = sd.InputStream(
-                device=device, samplerate=self.device_rate, channels=1, dtype="float32",
-                blocksize=self._block, callback=self._callback, latency="low",
+                device=device,
+                samplerate=self.device_rate,
+                channels=1,
+                dtype="float32",
+                blocksize=self._block,
+                callback=self._callback,
+                latency="low",
             )
         except sd.PortAudioError as exc:
             raise SourceError(
@@ -248,7 +277,9 @@ class _PacedSource(AudioSource):
             self._error = f"{self.kind} audio source failed: {exc}"
 
     def start(self, ring, start_ns: int) -> None:
-        self._thread = threading.Thread(target=self._run, args=(ring, start_ns), daemon=True, name="audio")
+        self._thread = threading.Thread(
+            target=self._run, args=(ring, start_ns), daemon=True, name="audio"
+        )
         self._thread.start()
 
     def finished(self) -> bool:
@@ -307,7 +338,9 @@ class FileSource(_PacedSource):
                 "index, synthetic, or none"
             )
         if not path.is_file():
-            raise SourceError(f"audio file {spec!r} does not exist: check the path (or pass a device name to --mic)")
+            raise SourceError(
+                f"audio file {spec!r} does not exist: check the path (or pass a device name to --mic)"
+            )
         self.path = path
         self.loop = loop
         self.description = path.name
@@ -343,10 +376,14 @@ class FileSource(_PacedSource):
         try:
             container = av.open(str(self.path))
         except (av.error.FFmpegError, OSError) as exc:
-            raise SourceError(f"audio file {str(self.path)!r} cannot be read ({exc}): is it an audio or video file?") from None
+            raise SourceError(
+                f"audio file {str(self.path)!r} cannot be read ({exc}): is it an audio or video file?"
+            ) from None
         if not container.streams.audio:
             container.close()
-            raise SourceError(f"file {str(self.path)!r} has no audio track: pass a file with sound, a microphone or 'synthetic' to --mic")
+            raise SourceError(
+                f"file {str(self.path)!r} has no audio track: pass a file with sound, a microphone or 'synthetic' to --mic"
+            )
         self._container = container
         self._track = container.streams.audio[0]
         self._packets = container.demux(self._track)
@@ -439,7 +476,11 @@ class FileSource(_PacedSource):
         n = self.skipped
         log.warning(
             "skipped %d undecodable audio packet%s in %s (%s): %.3f s of silence in their place",
-            n, "" if n == 1 else "s", self.path, self._first_error, self._skipped_s,
+            n,
+            "" if n == 1 else "s",
+            self.path,
+            self._first_error,
+            self._skipped_s,
         )
 
     def _decode_more(self) -> bool:
@@ -491,7 +532,9 @@ def open_source(spec: str, rate: int, *, loop: bool = False) -> AudioSource:
     return DeviceSource(spec, rate)
 
 
-def capture_main(spec: str, rate: int, loop: bool, log_level: str, parent_pid: int, conn, stop) -> None:
+def capture_main(
+    spec: str, rate: int, loop: bool, log_level: str, parent_pid: int, conn, stop
+) -> None:
     """Entry point of the audio capture process."""
     import sys
 

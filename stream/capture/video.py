@@ -24,7 +24,16 @@ import numpy as np
 from stream import control
 from stream.errors import SourceError, UserError
 
-URL_SCHEMES = ("http://", "https://", "rtsp://", "rtsps://", "rtp://", "udp://", "tcp://", "rtmp://")
+URL_SCHEMES = (
+    "http://",
+    "https://",
+    "rtsp://",
+    "rtsps://",
+    "rtp://",
+    "udp://",
+    "tcp://",
+    "rtmp://",
+)
 #: How long a network stream may take to open or to deliver a frame.
 NETWORK_TIMEOUT_MS = 5000
 DEFAULT_SYNTHETIC_SIZE = (640, 480)
@@ -66,8 +75,12 @@ class VideoSource:
 
     def info(self) -> control.VideoOpened:
         return control.VideoOpened(
-            kind=self.kind, width=self.width, height=self.height, fps=self.fps,
-            paced=self.paced, live=self.live,
+            kind=self.kind,
+            width=self.width,
+            height=self.height,
+            fps=self.fps,
+            paced=self.paced,
+            live=self.live,
         )
 
 
@@ -163,8 +176,10 @@ class OpenCVSource(VideoSource):
             )
         elif self.kind == "url":
             params = [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS,
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS,
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                NETWORK_TIMEOUT_MS,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                NETWORK_TIMEOUT_MS,
             ]
             cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, params)
             failure = (
@@ -174,7 +189,9 @@ class OpenCVSource(VideoSource):
         else:
             path = Path(spec)
             if not path.exists():
-                raise SourceError(f"video file {spec!r} does not exist: check the path (or pass a camera index)")
+                raise SourceError(
+                    f"video file {spec!r} does not exist: check the path (or pass a camera index)"
+                )
             if not path.is_file() or not os.access(path, os.R_OK):
                 raise SourceError(f"video file {spec!r} is not a readable file")
             cap = cv2.VideoCapture(str(path))
@@ -228,7 +245,9 @@ class OpenCVSource(VideoSource):
         if scheduled is not None:
             t_ns = scheduled  # a file frame's capture time is its place in the paced timeline
         if frame.shape[:2] != (self.height, self.width):  # a camera that changed mode
-            frame = self._cv2.resize(frame, (self.width, self.height), interpolation=self._cv2.INTER_AREA)
+            frame = self._cv2.resize(
+                frame, (self.width, self.height), interpolation=self._cv2.INTER_AREA
+            )
         return frame, t_ns
 
     def skip(self) -> None:
@@ -244,7 +263,9 @@ def open_source(
 ) -> VideoSource:
     """Open `--camera spec`; raises SourceError (one line, what to do) when it cannot."""
     if not spec:
-        raise UserError("--camera is empty: pass a camera index, a video file, a URL or 'synthetic'")
+        raise UserError(
+            "--camera is empty: pass a camera index, a video file, a URL or 'synthetic'"
+        )
     if describe(spec) == "synthetic":
         return SyntheticSource(size, fps)
     return OpenCVSource(spec, size=size, fps=fps, loop=loop)
@@ -307,8 +328,13 @@ def capture_main(
     if resize:
         import cv2
 
-        log.warning("the source now gives %dx%d frames: resizing them to the ring's %dx%d",
-                    source.width, source.height, ring.shape[1], ring.shape[0])
+        log.warning(
+            "the source now gives %dx%d frames: resizing them to the ring's %dx%d",
+            source.width,
+            source.height,
+            ring.shape[1],
+            ring.shape[0],
+        )
     frames = 0
     code = 0
     try:
@@ -317,13 +343,17 @@ def capture_main(
             if got is not None:
                 frame, t_ns = got
                 if resize:
-                    frame = cv2.resize(frame, (ring.shape[1], ring.shape[0]), interpolation=cv2.INTER_AREA)
+                    frame = cv2.resize(
+                        frame, (ring.shape[1], ring.shape[0]), interpolation=cv2.INTER_AREA
+                    )
                 ring.write(frame, t_ns)
                 frames += 1
                 continue
             if source.live:
                 conn.send(
-                    control.SourceFailed(f"{source.kind} {spec} stopped delivering frames after {frames}")
+                    control.SourceFailed(
+                        f"{source.kind} {spec} stopped delivering frames after {frames}"
+                    )
                 )
                 code = 1
             else:

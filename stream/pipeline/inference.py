@@ -27,10 +27,10 @@ import numpy as np
 
 from engines import malloc
 from stream import control
-from stream.transport import wire
+from stream.errors import UserError
 from stream.pipeline.aggregate import softmax, top_k
 from stream.pipeline.stats import summary_ms
-from stream.errors import UserError
+from stream.transport import wire
 
 log = logging.getLogger("stream.inference")
 
@@ -115,7 +115,11 @@ class _Stats:
 
     def _capture(self, name: str) -> dict:
         c = self.capture.get(name, {})
-        return {"state": c.get("state", "up"), "restarts": c.get("restarts", 0), "last_failure": c.get("last_failure")}
+        return {
+            "state": c.get("state", "up"),
+            "restarts": c.get("restarts", 0),
+            "last_failure": c.get("last_failure"),
+        }
 
     @property
     def degraded(self) -> bool:
@@ -145,9 +149,13 @@ class _Stats:
         count, _, _ = ring.clock()
         age_ms = (now_ns - ring.time_of(count - 1)) / 1e6 if count else None
         return {
-            **self.audio, **self._capture("capture-audio"),
-            "samples": count, "rate": ring.sample_rate, "overflows": ring.overflows,
-            "last_sample_age_ms": age_ms, "healthy": age_ms is not None and age_ms < 500,
+            **self.audio,
+            **self._capture("capture-audio"),
+            "samples": count,
+            "rate": ring.sample_rate,
+            "overflows": ring.overflows,
+            "last_sample_age_ms": age_ms,
+            "healthy": age_ms is not None and age_ms < 500,
         }
 
 
@@ -173,12 +181,23 @@ class _Heartbeat(threading.Thread):
             last_ns, last_frames = now, video["frames"]
             state = "degraded" if s.state == "running" and s.degraded else s.state
             body = wire.status(
-                seq=seq, stream=self.stream_id, model=s.model, engine=s.engine, state=state,
-                mono_ns=now, wall_ns=time.time_ns(), fps_in=round(fps_in, 2),
-                windows_run=s.windows_run, windows_skipped=s.skipped, windows_stale=s.stale,
-                video=video, audio=s.audio_health(now),
-                sent=self.publisher.sent, dropped=self.publisher.dropped,
-                subscriptions=self.publisher.count_subscriptions(), processes=s.processes,
+                seq=seq,
+                stream=self.stream_id,
+                model=s.model,
+                engine=s.engine,
+                state=state,
+                mono_ns=now,
+                wall_ns=time.time_ns(),
+                fps_in=round(fps_in, 2),
+                windows_run=s.windows_run,
+                windows_skipped=s.skipped,
+                windows_stale=s.stale,
+                video=video,
+                audio=s.audio_health(now),
+                sent=self.publisher.sent,
+                dropped=self.publisher.dropped,
+                subscriptions=self.publisher.count_subscriptions(),
+                processes=s.processes,
             )
             self.publisher.send(self.topic, body)
             seq += 1
@@ -238,7 +257,6 @@ class InferenceLoop:
         """Build model and engine, then wait for the rings. False when stopped meanwhile."""
         import engines
         import models
-
         from stream.pipeline.aggregate import Smoother
         from stream.pipeline.preprocess import LogMel, Preprocessor
         from stream.pipeline.proc import parent_alive
@@ -255,29 +273,47 @@ class InferenceLoop:
             # seed: without weights the model is the same on every start, and so is the key
             # of its compiled engine in the cache.
             model = models.create(
-                cfg.model, weights=cfg.weights, num_classes=cfg.num_classes, labels=cfg.labels,
-                seed=0, **cfg.model_options,
+                cfg.model,
+                weights=cfg.weights,
+                num_classes=cfg.num_classes,
+                labels=cfg.labels,
+                seed=0,
+                **cfg.model_options,
             )
         except models.ModelError as exc:
             raise UserError(str(exc)) from None
         meta = self.meta = model.meta
         stats.model = meta.name
         audio = meta.audio
-        self.conn.send(control.ModelBuilt(
-            name=meta.name, span_s=meta.span_s,
-            audio=None if audio is None else control.AudioNeeds(audio.sample_rate, audio.span_s),
-        ))
+        self.conn.send(
+            control.ModelBuilt(
+                name=meta.name,
+                span_s=meta.span_s,
+                audio=None
+                if audio is None
+                else control.AudioNeeds(audio.sample_rate, audio.span_s),
+            )
+        )
         if cfg.weights is None:
             log.warning(
                 "no weights: %s is randomly initialised and its predictions are random (%s)",
-                meta.name, _weights_hint(cfg.model),
+                meta.name,
+                _weights_hint(cfg.model),
             )
         if audio is None and cfg.mic != "none":
-            log.info("%s is a video-only model: the microphone (--mic %s) is not used", meta.name, cfg.mic)
+            log.info(
+                "%s is a video-only model: the microphone (--mic %s) is not used",
+                meta.name,
+                cfg.mic,
+            )
             stats.audio = {"source": "none", "used": False, "note": f"{meta.name} is video-only"}
         try:
             engine = engines.create(
-                model, model.example_inputs(), backend=cfg.engine, device=cfg.device, precision=cfg.precision,
+                model,
+                model.example_inputs(),
+                backend=cfg.engine,
+                device=cfg.device,
+                precision=cfg.precision,
                 compile=cfg.compile,
             )
         except engines.EngineError as exc:
@@ -289,7 +325,10 @@ class InferenceLoop:
 
             log.info(
                 "engine %s (%s) on %d CPU thread(s), malloc %s",
-                engine.name, engine.mode, torch.get_num_threads(), malloc.active(),
+                engine.name,
+                engine.mode,
+                torch.get_num_threads(),
+                malloc.active(),
             )
         # Each warm-up window timed: the last one (past first-call set-up) tells the parent
         # how long a window in progress may hold up a stop.
@@ -298,10 +337,16 @@ class InferenceLoop:
             engine.warmup(1)
             window_s = time.monotonic() - started
         self.preprocess = Preprocessor(
-            short_side=meta.short_side, crop=meta.crop, mean=meta.mean, std=meta.std,
-            device=engine.device, dtype=engine.dtype,
+            short_side=meta.short_side,
+            crop=meta.crop,
+            mean=meta.mean,
+            std=meta.std,
+            device=engine.device,
+            dtype=engine.dtype,
         )
-        self.logmel = None if audio is None else LogMel(audio, device=engine.device, dtype=engine.dtype)
+        self.logmel = (
+            None if audio is None else LogMel(audio, device=engine.device, dtype=engine.dtype)
+        )
         self.smoother = Smoother(cfg.smoothing)
         if cfg.preview:
             from stream.pipeline.preview import Preview
@@ -355,7 +400,9 @@ class InferenceLoop:
             if not self._tick_due():
                 continue
             window_ns = time.monotonic_ns()
-            got = self.sampler.sample_in_place(lambda w, last=last_newest: self._preprocess(w, last))
+            got = self.sampler.sample_in_place(
+                lambda w, last=last_newest: self._preprocess(w, last)
+            )
             if got is None:  # warming up: the span is not covered yet; again at the next frame
                 self.scheduler.restart(self.frame_period_s)
                 continue
@@ -375,7 +422,9 @@ class InferenceLoop:
             stats.skipped = self.scheduler.skipped
             work_ns = time.monotonic_ns() - window_ns - stages.get("audio_wait", 0.0) * 1e6
             warning = self.pace.window(
-                skipped=behind, engine_s=self.engine_ns / 1e9, work_s=work_ns / 1e9,
+                skipped=behind,
+                engine_s=self.engine_ns / 1e9,
+                work_s=work_ns / 1e9,
                 now=time.monotonic(),
             )
             if warning is not None:
@@ -419,11 +468,15 @@ class InferenceLoop:
         inputs = self.preprocess(window.in_ring, window.seqs)
         return inputs, time.monotonic_ns() - started
 
-    def _infer(self, window, inputs: tuple, stages: dict, window_ns: int, seq: int) -> tuple[dict, list]:
+    def _infer(
+        self, window, inputs: tuple, stages: dict, window_ns: int, seq: int
+    ) -> tuple[dict, list]:
         cfg, meta = self.cfg, self.meta
         degraded: list[str] = []
         if window.max_gap_ns > self.gap_limit_ns:  # frames missing inside the window
-            degraded.append(f"video gap: a frame {window.max_gap_ns / 1e6:.0f} ms from its target time")
+            degraded.append(
+                f"video gap: a frame {window.max_gap_ns / 1e6:.0f} ms from its target time"
+            )
         capture_ns = window.end_ns
         audio_span = (0, 0)
         if self.audio_sampler is not None:
@@ -437,7 +490,9 @@ class InferenceLoop:
             stages["audio_wait"] = (time.monotonic_ns() - waited_ns) / 1e6
             aw = self.audio_sampler.sample(first_ns)
             if aw.missing:
-                degraded.append(f"audio gap: {aw.missing} of {self.audio_sampler.samples} samples missing")
+                degraded.append(
+                    f"audio gap: {aw.missing} of {self.audio_sampler.samples} samples missing"
+                )
             else:
                 capture_ns = max(capture_ns, aw.end_ns)
             audio_span = (aw.start_ns, aw.end_ns)
@@ -449,13 +504,26 @@ class InferenceLoop:
         probs = softmax(logits[0].detach().cpu().numpy().astype(np.float64))
         labels = top_k(self.smoother.update(probs), meta.labels, cfg.topk)
         body = wire.prediction(
-            seq=seq, stream=cfg.stream_id, model=meta.name, engine=self.engine.name, labels=labels,
-            window_start_ns=window.start_ns, window_end_ns=window.end_ns, frames=window.frames,
-            audio_start_ns=audio_span[0], audio_end_ns=audio_span[1],
-            capture_ns=capture_ns, window_ns=window_ns,
-            infer_start_ns=infer_start_ns, infer_end_ns=infer_end_ns, smoothing=cfg.smoothing,
-            random_weights=cfg.weights is None, stride_s=cfg.stride, skipped=self.scheduler.skipped,
-            degraded=degraded, stages_ms=stages,
+            seq=seq,
+            stream=cfg.stream_id,
+            model=meta.name,
+            engine=self.engine.name,
+            labels=labels,
+            window_start_ns=window.start_ns,
+            window_end_ns=window.end_ns,
+            frames=window.frames,
+            audio_start_ns=audio_span[0],
+            audio_end_ns=audio_span[1],
+            capture_ns=capture_ns,
+            window_ns=window_ns,
+            infer_start_ns=infer_start_ns,
+            infer_end_ns=infer_end_ns,
+            smoothing=cfg.smoothing,
+            random_weights=cfg.weights is None,
+            stride_s=cfg.stride,
+            skipped=self.scheduler.skipped,
+            degraded=degraded,
+            stages_ms=stages,
         )
         return body, labels
 

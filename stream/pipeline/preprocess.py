@@ -79,7 +79,9 @@ class _Plan:
     wy: np.ndarray  # (2, crop) float32: their weights
     col0: int  # first byte of each source row that is used
     span: int  # bytes of each source row that are used
-    cols: np.ndarray  # (2, crop) int64: byte offset (from col0) of the two source pixels of each output column
+    cols: (
+        np.ndarray
+    )  # (2, crop) int64: byte offset (from col0) of the two source pixels of each output column
     wx: np.ndarray  # (2, 3, crop) float32: their weights per RGB channel, times 1 / (255 std)
     shift: np.ndarray  # (3,) float32: -mean / std
 
@@ -129,7 +131,9 @@ class Preprocessor:
         self._shift = (-np.asarray(mean, dtype=np.float64) / std64).astype(np.float32)
         if fused and self.device.type != "cpu":
             raise ValueError("the fused preprocessing kernel runs on the CPU only")
-        self._kernel = _fused_kernel() if fused or (fused is None and self.device.type == "cpu") else None
+        self._kernel = (
+            _fused_kernel() if fused or (fused is None and self.device.type == "cpu") else None
+        )
         if fused and self._kernel is None:
             raise ValueError("the fused preprocessing kernel needs numba: pip install numba")
         self._plans: dict[tuple[int, int], _Plan] = {}
@@ -173,11 +177,22 @@ class Preprocessor:
         plan = self._plan(frames.height, frames.width)
         with _one_thread():
             if self._kernel is not None:
-                x = torch.empty((1, 3, len(frames), self.crop, self.crop))  # torch's alignment (64 bytes)
+                x = torch.empty(
+                    (1, 3, len(frames), self.crop, self.crop)
+                )  # torch's alignment (64 bytes)
                 tmp = np.empty(plan.span, dtype=np.float32)
                 self._kernel(
-                    frames.buffer, frames.offsets, frames.width * 3, plan.rows, plan.wy, plan.col0,
-                    plan.cols, plan.wx, plan.shift, tmp, x.numpy()[0],
+                    frames.buffer,
+                    frames.offsets,
+                    frames.width * 3,
+                    plan.rows,
+                    plan.wy,
+                    plan.col0,
+                    plan.cols,
+                    plan.wx,
+                    plan.shift,
+                    tmp,
+                    x.numpy()[0],
                 )
             else:
                 x = self._blend_torch(frames, plan)
@@ -201,9 +216,13 @@ class Preprocessor:
         first = int(x0.min())
         wx = np.stack([wx0, wx1])[:, None, :] * self._scale[None, :, None]  # (2, RGB, crop)
         plan = _Plan(
-            rows=np.stack([y0, y1]), wy=np.stack([wy0, wy1]), col0=first * 3,
-            span=(int(x1.max()) - first + 1) * 3, cols=np.stack([x0, x1]) * 3 - first * 3,
-            wx=wx.astype(np.float32), shift=self._shift,
+            rows=np.stack([y0, y1]),
+            wy=np.stack([wy0, wy1]),
+            col0=first * 3,
+            span=(int(x1.max()) - first + 1) * 3,
+            cols=np.stack([x0, x1]) * 3 - first * 3,
+            wx=wx.astype(np.float32),
+            shift=self._shift,
         )
         if len(self._plans) >= _PLAN_CACHE:
             self._plans.pop(next(iter(self._plans)))
@@ -216,7 +235,9 @@ class Preprocessor:
         c, n, row = self.crop, len(frames), frames.width * 3
         key = (frames.height, frames.width)
         if key not in self._device_plans:
-            planar = plan.cols[:, None, :] + np.array([2, 1, 0])[None, :, None]  # (2, RGB, crop): BGR bytes
+            planar = (
+                plan.cols[:, None, :] + np.array([2, 1, 0])[None, :, None]
+            )  # (2, RGB, crop): BGR bytes
             self._device_plans[key] = (
                 torch.from_numpy(plan.rows.reshape(-1)),
                 torch.from_numpy(plan.wy[1]).view(c, 1).to(self.device),
@@ -257,7 +278,9 @@ def _blend(buffer, offsets, row_stride, rows, wy, col0, cols, wx, shift, tmp, ou
                 sh = shift[ch]
                 for j in range(crop_w):
                     out[ch, t, i, j] = (
-                        tmp[cols[0, j] + bgr] * wx[0, ch, j] + tmp[cols[1, j] + bgr] * wx[1, ch, j] + sh
+                        tmp[cols[0, j] + bgr] * wx[0, ch, j]
+                        + tmp[cols[1, j] + bgr] * wx[1, ch, j]
+                        + sh
                     )
 
 
@@ -281,12 +304,23 @@ def _fused_kernel():
             return None
         t = numba.types
         signature = t.void(
-            t.uint8[::1], t.int64[::1], t.int64, t.int64[:, ::1], t.float32[:, ::1], t.int64,
-            t.int64[:, ::1], t.float32[:, :, ::1], t.float32[::1], t.float32[::1], t.float32[:, :, :, ::1],
+            t.uint8[::1],
+            t.int64[::1],
+            t.int64,
+            t.int64[:, ::1],
+            t.float32[:, ::1],
+            t.int64,
+            t.int64[:, ::1],
+            t.float32[:, :, ::1],
+            t.float32[::1],
+            t.float32[::1],
+            t.float32[:, :, :, ::1],
         )
 
         def build(cache: bool):
-            return numba.njit(signature, nogil=True, boundscheck=False, error_model="numpy", cache=cache)(_blend)
+            return numba.njit(
+                signature, nogil=True, boundscheck=False, error_model="numpy", cache=cache
+            )(_blend)
 
         try:
             kernel = build(cache=True)
@@ -294,18 +328,24 @@ def _fused_kernel():
             try:
                 kernel = build(cache=False)
             except Exception:  # noqa: BLE001 (a numba that does not work here: the torch operations do)
-                log.warning("numba could not compile the preprocessing kernel (%s): using torch operations", exc)
+                log.warning(
+                    "numba could not compile the preprocessing kernel (%s): using torch operations",
+                    exc,
+                )
                 kernel = None
             else:
                 log.warning(
                     "numba cannot cache the preprocessing kernel (%s): it is compiled again at "
-                    "every start; set NUMBA_CACHE_DIR to a writable directory", exc,
+                    "every start; set NUMBA_CACHE_DIR to a writable directory",
+                    exc,
                 )
         _KERNEL.append(kernel)
     return _KERNEL[0]
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+) -> np.ndarray:
     """(n_mels, n_fft // 2 + 1) triangular filters on the Slaney mel scale, area-normalised.
 
     The same construction as librosa.filters.mel's defaults (htk=False, norm="slaney"):
@@ -318,10 +358,16 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
 
     def hz_to_mel(f: np.ndarray) -> np.ndarray:
         f = np.asarray(f, dtype=np.float64)
-        return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
+        return np.where(
+            f >= min_log_hz,
+            min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep,
+            f / f_sp,
+        )
 
     def mel_to_hz(m: np.ndarray) -> np.ndarray:
-        return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+        return np.where(
+            m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m
+        )
 
     fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
     mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
@@ -342,7 +388,9 @@ class LogMel:
     with `log_eps`, then (x - mean) / std. Settings come from `models.AudioInput`.
     """
 
-    def __init__(self, audio, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, audio, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ):
         self.cfg = audio
         self.device = torch.device(device)
         self.dtype = dtype
@@ -357,10 +405,16 @@ class LogMel:
             raise ValueError(f"expected {self.samples} mono samples, got {samples.shape}")
         x = torch.from_numpy(samples).to(self.device, torch.float32, non_blocking=True)
         spec = torch.stft(
-            x, n_fft=self.cfg.n_fft, hop_length=self.cfg.hop_length, window=self._window,
-            center=False, return_complex=True,
+            x,
+            n_fft=self.cfg.n_fft,
+            hop_length=self.cfg.hop_length,
+            window=self._window,
+            center=False,
+            return_complex=True,
         )  # (n_fft // 2 + 1, frames)
         mel = self._fb @ spec.abs().square()  # (n_mels, frames)
         logmel = (torch.log(mel + self.cfg.log_eps) - self.cfg.mean) / self.cfg.std
         # (n_mels, frames) -> (1, 1, frames, n_mels): time first, as the model takes it
-        return logmel.t().reshape(1, 1, self.cfg.frames, self.cfg.n_mels).to(self.dtype).contiguous()
+        return (
+            logmel.t().reshape(1, 1, self.cfg.frames, self.cfg.n_mels).to(self.dtype).contiguous()
+        )

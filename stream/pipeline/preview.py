@@ -16,7 +16,9 @@ class Preview:
         if sys.platform.startswith("linux") and not (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
         ):
-            raise UserError("--preview needs a display and DISPLAY is not set: run without --preview")
+            raise UserError(
+                "--preview needs a display and DISPLAY is not set: run without --preview"
+            )
         import cv2
 
         self._cv2 = cv2
@@ -24,7 +26,9 @@ class Preview:
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
         except cv2.error:
-            raise UserError("--preview: OpenCV cannot open a window here: run without --preview") from None
+            raise UserError(
+                "--preview: OpenCV cannot open a window here: run without --preview"
+            ) from None
         self.labels: list[dict] = []
         self.closed = False
         self._min_interval = 1.0 / max_fps
@@ -53,8 +57,12 @@ class Preview:
         for i, item in enumerate(self.labels):
             text = f"{item['score']:.2f} {item['label']}"
             y = 28 + 26 * i
-            cv2.putText(image, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 4, cv2.LINE_AA)
-            cv2.putText(image, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.putText(
+                image, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 4, cv2.LINE_AA
+            )
+            cv2.putText(
+                image, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA
+            )
         cv2.imshow(self.title, image)
         key = cv2.waitKey(1) & 0xFF
         visible = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE)

@@ -41,8 +41,8 @@ SEGMENT_PREFIX = "avstream_"
 
 _MAGIC = 0x41565346524D0002  # "AVSFRM" + layout version 2
 # Header words (int64).
-_H_MAGIC, _H_SLOTS, _H_HEIGHT, _H_WIDTH, _H_CHANNELS, _H_NEXT_SEQ, _H_CLOSED, _H_WRITER_PID = (
-    range(8)
+_H_MAGIC, _H_SLOTS, _H_HEIGHT, _H_WIDTH, _H_CHANNELS, _H_NEXT_SEQ, _H_CLOSED, _H_WRITER_PID = range(
+    8
 )
 _HEADER_WORDS = 16
 _META_COLS = 3
@@ -105,12 +105,17 @@ class Frames:
 
     def __post_init__(self):
         object.__setattr__(self, "offsets", np.ascontiguousarray(self.offsets, dtype=np.int64))
-        if self.buffer.ndim != 1 or self.buffer.dtype != np.uint8 or not self.buffer.flags.c_contiguous:
+        if (
+            self.buffer.ndim != 1
+            or self.buffer.dtype != np.uint8
+            or not self.buffer.flags.c_contiguous
+        ):
             raise ValueError("Frames.buffer must be a contiguous 1-D uint8 array")
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"bad frame size {self.width}x{self.height}")
         if len(self.offsets) and (
-            self.offsets.min() < 0 or self.offsets.max() + self.height * self.width * 3 > len(self.buffer)
+            self.offsets.min() < 0
+            or self.offsets.max() + self.height * self.width * 3 > len(self.buffer)
         ):
             raise ValueError("a frame offset lies outside the buffer")
 
@@ -118,9 +123,16 @@ class Frames:
     def of(cls, frames: np.ndarray) -> Frames:
         """The frames of a (T, H, W, 3) uint8 array (copied only when not contiguous)."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+            raise ValueError(
+                f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}"
+            )
         t, h, w, _ = frames.shape
-        return cls(np.ascontiguousarray(frames).reshape(-1), np.arange(t, dtype=np.int64) * (h * w * 3), h, w)
+        return cls(
+            np.ascontiguousarray(frames).reshape(-1),
+            np.arange(t, dtype=np.int64) * (h * w * 3),
+            h,
+            w,
+        )
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -192,13 +204,19 @@ class FrameRing(_Segment):
         self._header = header
         meta_off = _aligned(_HEADER_WORDS * 8)
         # (slots, 3): the sequence word, t_capture_ns, and how long the write took (ns).
-        self._meta = np.ndarray((self.slots, _META_COLS), dtype=np.int64, buffer=shm.buf, offset=meta_off)
+        self._meta = np.ndarray(
+            (self.slots, _META_COLS), dtype=np.int64, buffer=shm.buf, offset=meta_off
+        )
         data_off = _aligned(meta_off + self.slots * _META_COLS * 8)
         self._slot_bytes = _aligned(int(np.prod(self.shape)))
         # All slots as one flat array, for readers that read frames in place (`buffer`).
-        self._buffer = np.ndarray((self.slots * self._slot_bytes,), dtype=np.uint8, buffer=shm.buf, offset=data_off)
+        self._buffer = np.ndarray(
+            (self.slots * self._slot_bytes,), dtype=np.uint8, buffer=shm.buf, offset=data_off
+        )
         self._data = [
-            self._buffer[i * self._slot_bytes : i * self._slot_bytes + int(np.prod(self.shape))].reshape(self.shape)
+            self._buffer[
+                i * self._slot_bytes : i * self._slot_bytes + int(np.prod(self.shape))
+            ].reshape(self.shape)
             for i in range(self.slots)
         ]
 
@@ -219,14 +237,21 @@ class FrameRing(_Segment):
         if slots < 2 or height <= 0 or width <= 0 or channels <= 0:
             raise ValueError(f"bad ring dimensions: slots={slots} {height}x{width}x{channels}")
         size = cls.nbytes(slots, height, width, channels)
-        shm = shared_memory.SharedMemory(name=name or new_segment_name("frames"), create=True, size=size)
+        shm = shared_memory.SharedMemory(
+            name=name or new_segment_name("frames"), create=True, size=size
+        )
         cls._allocate(shm)
         header = np.ndarray((_HEADER_WORDS,), dtype=np.int64, buffer=shm.buf)
         header[:] = 0
         header[_H_SLOTS], header[_H_HEIGHT], header[_H_WIDTH], header[_H_CHANNELS] = (
-            slots, height, width, channels,
+            slots,
+            height,
+            width,
+            channels,
         )
-        meta = np.ndarray((slots, _META_COLS), dtype=np.int64, buffer=shm.buf, offset=_aligned(_HEADER_WORDS * 8))
+        meta = np.ndarray(
+            (slots, _META_COLS), dtype=np.int64, buffer=shm.buf, offset=_aligned(_HEADER_WORDS * 8)
+        )
         meta[:, 0] = -1
         meta[:, 1:] = 0
         del meta
@@ -252,7 +277,9 @@ class FrameRing(_Segment):
     def write(self, frame: np.ndarray, t_ns: int) -> int:
         """Copy one frame into the oldest slot; never waits. Returns its sequence number."""
         if frame.shape != self.shape or frame.dtype != np.uint8:
-            raise ValueError(f"frame {frame.shape} {frame.dtype} does not fit ring {self.shape} uint8")
+            raise ValueError(
+                f"frame {frame.shape} {frame.dtype} does not fit ring {self.shape} uint8"
+            )
         started = time.perf_counter_ns()
         seq = int(self._header[_H_NEXT_SEQ])
         slot = seq % self.slots
@@ -373,8 +400,18 @@ class FrameRing(_Segment):
 
 _AUDIO_MAGIC = 0x4156534155440001  # "AVSAUD" + layout version 1
 # Header words (int64) of an AudioRing.
-(_A_MAGIC, _A_CAPACITY, _A_RATE, _A_MAX_BLOCK, _A_COUNT, _A_VERSION, _A_ANCHOR_IDX,
- _A_ANCHOR_T, _A_CLOSED, _A_OVERFLOWS) = range(10)
+(
+    _A_MAGIC,
+    _A_CAPACITY,
+    _A_RATE,
+    _A_MAX_BLOCK,
+    _A_COUNT,
+    _A_VERSION,
+    _A_ANCHOR_IDX,
+    _A_ANCHOR_T,
+    _A_CLOSED,
+    _A_OVERFLOWS,
+) = range(10)
 
 
 class AudioRing(_Segment):
@@ -401,18 +438,30 @@ class AudioRing(_Segment):
         self.capacity = int(header[_A_CAPACITY])
         self.sample_rate = int(header[_A_RATE])
         self.max_block = int(header[_A_MAX_BLOCK])
-        self._data = np.ndarray((self.capacity,), dtype=np.float32, buffer=shm.buf, offset=_aligned(_HEADER_WORDS * 8))
+        self._data = np.ndarray(
+            (self.capacity,), dtype=np.float32, buffer=shm.buf, offset=_aligned(_HEADER_WORDS * 8)
+        )
 
     @classmethod
-    def create(cls, capacity: int, sample_rate: int, *, max_block: int = 4096, name: str | None = None) -> AudioRing:
+    def create(
+        cls, capacity: int, sample_rate: int, *, max_block: int = 4096, name: str | None = None
+    ) -> AudioRing:
         if capacity < 4 * max_block or sample_rate <= 0 or max_block <= 0:
-            raise ValueError(f"bad audio ring: capacity={capacity} rate={sample_rate} max_block={max_block}")
+            raise ValueError(
+                f"bad audio ring: capacity={capacity} rate={sample_rate} max_block={max_block}"
+            )
         size = _aligned(_HEADER_WORDS * 8) + capacity * 4
-        shm = shared_memory.SharedMemory(name=name or new_segment_name("audio"), create=True, size=size)
+        shm = shared_memory.SharedMemory(
+            name=name or new_segment_name("audio"), create=True, size=size
+        )
         cls._allocate(shm)
         header = np.ndarray((_HEADER_WORDS,), dtype=np.int64, buffer=shm.buf)
         header[:] = 0
-        header[_A_CAPACITY], header[_A_RATE], header[_A_MAX_BLOCK] = capacity, sample_rate, max_block
+        header[_A_CAPACITY], header[_A_RATE], header[_A_MAX_BLOCK] = (
+            capacity,
+            sample_rate,
+            max_block,
+        )
         header[_A_MAGIC] = _AUDIO_MAGIC
         del header
         return cls(shm, owner=True)
@@ -497,7 +546,9 @@ class AudioRing(_Segment):
         n = len(out)
         count, _, _ = self.clock()
         if start < self.oldest_safe(count) or start + n > count:
-            raise FrameLost(f"samples [{start}, {start + n}) are not in the ring (it holds up to {count})")
+            raise FrameLost(
+                f"samples [{start}, {start + n}) are not in the ring (it holds up to {count})"
+            )
         pos = start % self.capacity
         first = min(n, self.capacity - pos)
         out[:first] = self._data[pos : pos + first]

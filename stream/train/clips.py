@@ -62,7 +62,9 @@ def _av():
     return av
 
 
-def read_clip(path: str | os.PathLike[str], *, sample_rate: int = 16_000, max_short_side: int | None = None) -> Clip:
+def read_clip(
+    path: str | os.PathLike[str], *, sample_rate: int = 16_000, max_short_side: int | None = None
+) -> Clip:
     """Decode a whole clip: every video frame with its time, and the first audio track
     resampled to mono `sample_rate` (None when the file has no audio track).
 
@@ -75,7 +77,9 @@ def read_clip(path: str | os.PathLike[str], *, sample_rate: int = 16_000, max_sh
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
-        raise ClipError(f"clip {str(path)!r} cannot be read ({exc}): delete or replace the file") from None
+        raise ClipError(
+            f"clip {str(path)!r} cannot be read ({exc}): delete or replace the file"
+        ) from None
     try:
         if not container.streams.video:
             raise ClipError(f"clip {str(path)!r} has no video track: delete it or record it again")
@@ -91,9 +95,15 @@ def read_clip(path: str | os.PathLike[str], *, sample_rate: int = 16_000, max_sh
                 if size != (frame.width, frame.height):
                     frame = frame.reformat(width=size[0], height=size[1])
                 frames.append(frame.to_ndarray(format="bgr24"))
-                times.append(float(frame.time) if frame.time is not None else len(times) / float(vstream.average_rate or 30))
+                times.append(
+                    float(frame.time)
+                    if frame.time is not None
+                    else len(times) / float(vstream.average_rate or 30)
+                )
         except av.error.FFmpegError as exc:
-            raise ClipError(f"clip {str(path)!r} is damaged ({exc}): delete or replace the file") from None
+            raise ClipError(
+                f"clip {str(path)!r} is damaged ({exc}): delete or replace the file"
+            ) from None
         if not frames:
             raise ClipError(f"clip {str(path)!r} has no video frames: delete it or record it again")
         start = times[0]
@@ -133,7 +143,9 @@ def _read_audio(av, path: Path, sample_rate: int, video_start_s: float) -> np.nd
                 chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
             chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
     except av.error.FFmpegError as exc:
-        raise ClipError(f"clip {str(path)!r} has a damaged audio track ({exc}): delete or replace the file") from None
+        raise ClipError(
+            f"clip {str(path)!r} has a damaged audio track ({exc}): delete or replace the file"
+        ) from None
     audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     # Put sample 0 at the first video frame: pad when the sound starts later, trim when
     # it starts earlier.
@@ -184,7 +196,9 @@ def write_clip(
             astream.layout = "mono"
         last_pts = -1
         for image, t in zip(frames, times_s - times_s[0]):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:height, :width]), format="bgr24")
+            frame = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(image[:height, :width]), format="bgr24"
+            )
             frame.pts = max(round(t / VIDEO_TIME_BASE), last_pts + 1)
             frame.time_base = VIDEO_TIME_BASE
             last_pts = frame.pts
@@ -213,11 +227,14 @@ def list_dataset(root: str | os.PathLike[str]) -> dict[str, list[Path]]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise ClipError(f"dataset folder {str(root)!r} does not exist: record clips with python -m stream.record --out {root}")
+        raise ClipError(
+            f"dataset folder {str(root)!r} does not exist: record clips with python -m stream.record --out {root}"
+        )
     dataset: dict[str, list[Path]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         clips = sorted(
-            p for p in folder.iterdir()
+            p
+            for p in folder.iterdir()
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in VIDEO_SUFFIXES
         )
         if not clips:

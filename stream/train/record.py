@@ -101,7 +101,9 @@ class RecordOptions:
                 "(at most 100, not starting with a dot), e.g. --label clapping"
             )
         if not (self.seconds > 0 and math.isfinite(self.seconds)):
-            raise UserError(f"--seconds {self.seconds} must be > 0 (the length of each clip, e.g. 3)")
+            raise UserError(
+                f"--seconds {self.seconds} must be > 0 (the length of each clip, e.g. 3)"
+            )
         if self.count < 1:
             raise UserError(f"--count {self.count} must be >= 1 (how many clips to record)")
         if self.countdown < 0:
@@ -110,9 +112,13 @@ class RecordOptions:
             raise UserError(f"--fps {self.fps} must be > 0")
         config.parse_size(self.size)
         if not self.camera:
-            raise UserError("--camera is empty: pass a camera index, a video file, a URL or 'synthetic'")
+            raise UserError(
+                "--camera is empty: pass a camera index, a video file, a URL or 'synthetic'"
+            )
         if not self.mic:
-            raise UserError("--mic is empty: pass default, a device name or index, an audio/video file, synthetic or none")
+            raise UserError(
+                "--mic is empty: pass default, a device name or index, an audio/video file, synthetic or none"
+            )
         check_output_folder(self.folder)
         return self
 
@@ -121,16 +127,22 @@ def check_output_folder(folder: Path) -> None:
     """The clips' folder can be made and written to; nothing is created here."""
     if folder.exists():
         if not folder.is_dir():
-            raise UserError(f"--out: {str(folder)!r} is a file, not a folder: pass another --out or --label")
+            raise UserError(
+                f"--out: {str(folder)!r} is a file, not a folder: pass another --out or --label"
+            )
         existing = folder
     else:
         existing = folder.parent
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
         if not existing.is_dir():
-            raise UserError(f"--out: {str(existing)!r} is a file, not a folder: pass a folder to --out")
+            raise UserError(
+                f"--out: {str(existing)!r} is a file, not a folder: pass a folder to --out"
+            )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--out: cannot write into {str(existing)!r} (permission denied): pass a folder you can write to")
+        raise UserError(
+            f"--out: cannot write into {str(existing)!r} (permission denied): pass a folder you can write to"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,17 +153,32 @@ def build_parser() -> argparse.ArgumentParser:
         "into <out>/<label>/*.mp4.",
     )
     a = p.add_argument
-    a("--camera", default=d.camera,
-      help=f"camera index, video file, URL (http/rtsp/udp...) or 'synthetic' (default {d.camera})")
-    a("--mic", default=d.mic,
-      help=f"microphone: default, a device name or index, an audio/video file, synthetic, or none for "
-      f"video only (default {d.mic})")
+    a(
+        "--camera",
+        default=d.camera,
+        help=f"camera index, video file, URL (http/rtsp/udp...) or 'synthetic' (default {d.camera})",
+    )
+    a(
+        "--mic",
+        default=d.mic,
+        help=f"microphone: default, a device name or index, an audio/video file, synthetic, or none for "
+        f"video only (default {d.mic})",
+    )
     a("--label", required=True, help="what the clips show, e.g. clapping: the name of their folder")
-    a("--seconds", type=float, default=d.seconds, help=f"length of each clip in seconds (default {d.seconds:g})")
+    a(
+        "--seconds",
+        type=float,
+        default=d.seconds,
+        help=f"length of each clip in seconds (default {d.seconds:g})",
+    )
     a("--count", type=int, default=d.count, help=f"how many clips to record (default {d.count})")
     a("--out", default=d.out, help=f"dataset folder; clips go to OUT/LABEL/ (default {d.out})")
-    a("--countdown", type=int, default=d.countdown,
-      help=f"seconds of countdown before each clip, 0 for none (default {d.countdown})")
+    a(
+        "--countdown",
+        type=int,
+        default=d.countdown,
+        help=f"seconds of countdown before each clip, 0 for none (default {d.countdown})",
+    )
     a("--size", help="capture size WIDTHxHEIGHT for cameras and synthetic (e.g. 640x480)")
     a("--fps", type=float, help="capture rate for cameras and synthetic")
     a("--loop", action="store_true", help="repeat a video file instead of stopping at its end")
@@ -233,12 +260,21 @@ class Recorder:
     def _start_children(self) -> None:
         opts = self.opts
         self.group.start(
-            CAPTURE_VIDEO, video_capture.capture_main,
-            (opts.camera, config.parse_size(opts.size), opts.fps, opts.loop, opts.log_level, os.getpid()),
+            CAPTURE_VIDEO,
+            video_capture.capture_main,
+            (
+                opts.camera,
+                config.parse_size(opts.size),
+                opts.fps,
+                opts.loop,
+                opts.log_level,
+                os.getpid(),
+            ),
         )
         if self.with_audio:
             self.group.start(
-                CAPTURE_AUDIO, audio_capture.capture_main,
+                CAPTURE_AUDIO,
+                audio_capture.capture_main,
                 (opts.mic, AUDIO_RATE, opts.loop, opts.log_level, os.getpid()),
             )
 
@@ -271,10 +307,12 @@ class Recorder:
         """Rings for a clip plus a margin; paced sources start on one timeline."""
         video, opts = self.video, self.opts
         self.rings.create(
-            video, min(opts.seconds, RING_MAX_S),
+            video,
+            min(opts.seconds, RING_MAX_S),
             # The sound of a clip is cut once its last frame is in: the whole clip and
             # the wait for its last block.
-            audio_rate=AUDIO_RATE if self.with_audio else None, audio_s=opts.seconds + AUDIO_WAIT_S,
+            audio_rate=AUDIO_RATE if self.with_audio else None,
+            audio_s=opts.seconds + AUDIO_WAIT_S,
         )
         for name, message in self.rings.handout().items():
             self.group.send(name, message)
@@ -288,7 +326,9 @@ class Recorder:
             case control.SourceFailed(line) | control.Crash(line) | control.BadInput(line):
                 raise _Stop(line, 1)
             case control.Died(code):
-                raise _Stop(f"the {name} process of {source!r} exited unexpectedly (exit code {code})", 1)
+                raise _Stop(
+                    f"the {name} process of {source!r} exited unexpectedly (exit code {code})", 1
+                )
             case _:
                 control.unexpected(message, f"stream.record (from {name})")
 
@@ -320,9 +360,16 @@ class Recorder:
             self._open_sources()
             self._make_rings()
             if not self.with_audio:
-                print("--mic none: recording video only (the clips have no sound)", file=sys.stderr, flush=True)
-            print(f"recording {self._what(opts.count)} into {opts.folder} from {self._sources()}; Ctrl-C stops",
-                  file=sys.stderr, flush=True)
+                print(
+                    "--mic none: recording video only (the clips have no sound)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            print(
+                f"recording {self._what(opts.count)} into {opts.folder} from {self._sources()}; Ctrl-C stops",
+                file=sys.stderr,
+                flush=True,
+            )
             for number in range(1, opts.count + 1):
                 self._countdown(number)
                 self._record_clip(number)
@@ -333,10 +380,15 @@ class Recorder:
                 dropped = "; the clip being recorded was dropped" if stop.dropped_clip else ""
                 line = f"{stop.reason}: kept {done} of {self._what(opts.count)} {where}{dropped}"
             else:
-                line = f"{stop.reason}: recorded {done} of {self._what(opts.count)} into {opts.folder}"
+                line = (
+                    f"{stop.reason}: recorded {done} of {self._what(opts.count)} into {opts.folder}"
+                )
             print(line, file=sys.stderr, flush=True)
             return stop.code
-        print(f"recorded {self._what(len(self.saved))} into {opts.folder} ({self._format()})", flush=True)
+        print(
+            f"recorded {self._what(len(self.saved))} into {opts.folder} ({self._format()})",
+            flush=True,
+        )
         return 0
 
     def _what(self, n: int) -> str:
@@ -349,13 +401,20 @@ class Recorder:
 
     def _sources(self) -> str:
         v, a = self.video, self.audio
-        names = {"camera": f"camera {self.opts.camera}", "file": f"video file {self.opts.camera!r}",
-                 "url": f"video stream {self.opts.camera}", "synthetic": "the synthetic test pattern"}
+        names = {
+            "camera": f"camera {self.opts.camera}",
+            "file": f"video file {self.opts.camera!r}",
+            "url": f"video stream {self.opts.camera}",
+            "synthetic": "the synthetic test pattern",
+        }
         video = f"{names.get(v.kind, self.opts.camera)} ({v.width}x{v.height} at {v.fps:g} fps)"
         if a is None:
             return video
-        sound = {"device": f"microphone {a.description!r}", "file": f"the sound of {a.description!r}",
-                 "synthetic": "synthetic beeps"}
+        sound = {
+            "device": f"microphone {a.description!r}",
+            "file": f"the sound of {a.description!r}",
+            "synthetic": "synthetic beeps",
+        }
         return f"{video} and {sound.get(a.kind, a.description)} ({a.rate} Hz)"
 
     def _countdown(self, number: int) -> None:
@@ -418,7 +477,11 @@ class Recorder:
                 times.append(t_ns)
                 bar.update((t_ns - t0) / 1e9 - bar.n)
             if lost:
-                log.warning("clip %d: %d frames were lost (this process fell behind the camera)", number, lost)
+                log.warning(
+                    "clip %d: %d frames were lost (this process fell behind the camera)",
+                    number,
+                    lost,
+                )
             audio = self._cut_audio(number, t0) if self.with_audio else None
         except _Stop as stop:
             bar.close()
@@ -448,8 +511,11 @@ class Recorder:
             if ring.closed and short_end > AUDIO_END_SLACK_S * AUDIO_RATE:
                 raise _Stop(f"the sound of {self.opts.mic!r} ended", 1)
             if window.missing > AUDIO_END_SLACK_S * AUDIO_RATE / 2:
-                log.warning("clip %d: %.0f ms of sound were not captured (silence in their place)",
-                            number, window.missing * 1000 / AUDIO_RATE)
+                log.warning(
+                    "clip %d: %.0f ms of sound were not captured (silence in their place)",
+                    number,
+                    window.missing * 1000 / AUDIO_RATE,
+                )
         return window.samples.copy()
 
     def _ended_reason(self) -> str:

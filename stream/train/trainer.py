@@ -76,7 +76,6 @@ from tqdm import tqdm
 
 from models._files import write_atomically
 from models._weights import plain
-
 from stream.config import LOG_LEVELS
 from stream.errors import ArgumentParser, UserError
 
@@ -556,7 +555,6 @@ def train(
     import torch
 
     import models
-
     from stream.train.clips import list_dataset  # noqa: F401  (documents the dataset format)
     from stream.train.dataset import ClipDataset, ClipStore, split_dataset
 
@@ -818,7 +816,9 @@ def train(
     )
 
 
-def _resume(opts: TrainOptions, given: set[str], last_path: Path) -> tuple[TrainOptions, dict | None]:
+def _resume(
+    opts: TrainOptions, given: set[str], last_path: Path
+) -> tuple[TrainOptions, dict | None]:
     """With --resume: the options of the run in `last_path` (those in RESUME_MAY_CHANGE
     as given now) and its checkpoint. Without: `opts`, None, once --out is free to use.
     Raises UserError for a run that cannot be resumed or an --out already in use."""
@@ -887,7 +887,9 @@ def _check_same_clips(checkpoint: dict, split, data: str, out: Path) -> None:
         )
 
 
-def _optimiser(model, opts: TrainOptions, *, lr: float, total_steps: int, warmup_steps: int, amp: bool):
+def _optimiser(
+    model, opts: TrainOptions, *, lr: float, total_steps: int, warmup_steps: int, amp: bool
+):
     """(optimizer, LR schedule, gradient scaler, autocast dtype or None) for a run."""
     import torch
 
@@ -1129,8 +1131,8 @@ def stopped_line(signal_name: str, kept: Kept | None, out: Path | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stream.pipeline.proc import setup_logging
     from stream.errors import error_line
+    from stream.pipeline.proc import setup_logging
 
     ns = build_parser().parse_args(argv)
     if logging.getLogger().handlers:  # called from a program that set up logging itself

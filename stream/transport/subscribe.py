@@ -24,8 +24,8 @@ import time
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from stream.transport import wire
 from stream.errors import ArgumentParser, UserError
+from stream.transport import wire
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -67,7 +67,9 @@ def _peer_mechanism(endpoint: str, timeout: float = 2.0) -> str | None:
         with conn:
             conn.sendall(_GREETING_START)
             greeting = b""
-            while len(greeting) < 64:  # signature 10, version 2, mechanism 20, as-server 1, filler 31
+            while (
+                len(greeting) < 64
+            ):  # signature 10, version 2, mechanism 20, as-server 1, filler 31
                 chunk = conn.recv(64 - len(greeting))
                 if not chunk:
                     break
