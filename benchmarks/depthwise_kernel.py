@@ -57,7 +57,8 @@ static inline void block(const float* x, const float* w, const float* b, float* 
       if (ih < 0 || ih >= H) continue;
       const float* xr = x + (((ptrdiff_t)id * H + ih) * W + w0) * C + c;
       const float* wt = w + (kd * 9 + kh * 3) * C + c;
-      __m512 w0v = _mm512_loadu_ps(wt), w1v = _mm512_loadu_ps(wt + C), w2v = _mm512_loadu_ps(wt + 2 * C);
+      __m512 w0v = _mm512_loadu_ps(wt), w1v = _mm512_loadu_ps(wt + C),
+             w2v = _mm512_loadu_ps(wt + 2 * C);
       __m512 col[NC];
       for (int j = 0; j < NC; j++) col[j] = _mm512_maskz_loadu_ps(m[j], xr + (ptrdiff_t)j * C);
       for (int i = 0; i < WB; i++) {
@@ -74,7 +75,8 @@ static inline void block(const float* x, const float* w, const float* b, float* 
 }
 
 template <int WB, int S>
-static void run(const float* x, const float* w, const float* b, float* y, int D, int H, int W, int C) {
+static void run(const float* x, const float* w, const float* b, float* y,
+                int D, int H, int W, int C) {
   int Ho = (H - 1) / S + 1, Wo = (W - 1) / S + 1, nvec = (C + 15) / 16;
   #pragma omp parallel for schedule(static) collapse(2)
   for (int od = 0; od < D; od++)
@@ -185,10 +187,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         lib = build(workdir)
     print(
-        f"# fp32, {args.threads} threads, medians of {args.rounds} interleaved rounds; torch {torch.__version__}"
+        f"# fp32, {args.threads} threads, medians of {args.rounds} interleaved rounds; "
+        f"torch {torch.__version__}"
     )
     print(
-        "| model | depthwise layer (C, T×H², stride) | oneDNN | hand-written | oneDNN / hand-written |"
+        "| model | depthwise layer (C, T×H², stride) | oneDNN | hand-written "
+        "| oneDNN / hand-written |"
     )
     print("|---|---|---|---|---|")
     with torch.no_grad():

@@ -10,7 +10,8 @@ $AVSTREAM_CACHE/engines on the first run), warms it up and times `--runs` window
 table gives the median of the processes' medians, and their range.
 
     python benchmarks/malloc_ab.py --model x3d_xs,x3d_m --precision fp32,bf16
-    python benchmarks/malloc_ab.py --malloc glibc,tcmalloc,/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+    python benchmarks/malloc_ab.py \\
+        --malloc glibc,tcmalloc,/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def bench(name: str, runs: int, folder: str) -> str:
         times = interleaved(variants, runs)
     base = statistics.median(times[f"ours ({engine.mode})"])
     return "\n".join(
-        f"| {name} | {k} | {statistics.median(ts) * 1e3:.1f} | {statistics.median(ts) / base:.2f}× | {errors[k]:.1e} |"
+        f"| {name} | {k} | {statistics.median(ts) * 1e3:.1f} "
+        f"| {statistics.median(ts) / base:.2f}× | {errors[k]:.1e} |"
         for k, ts in times.items()
     )
 
@@ -75,7 +76,8 @@ def main() -> None:
         sys.exit("error: onnxruntime is not installed: pip install onnxruntime onnx onnxscript")
     print(
         f"# {inductor.cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"onnxruntime {ort.__version__}; fp32, batch 1; medians of {args.runs} interleaved rounds after 3"
+        f"onnxruntime {ort.__version__}; fp32, batch 1; "
+        f"medians of {args.runs} interleaved rounds after 3"
     )
     print("| model | runtime | median ms | × ours | rel. error vs eager |")
     print("|---|---|---|---|---|")

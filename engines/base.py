@@ -52,7 +52,8 @@ TOLERANCE = {"fp32": 1e-2, "fp16": 5e-2, "bf16": 1e-1}
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| over max |expected| (float32 on the CPU; inf for NaN or a shape mismatch)."""
+    """max |actual - expected| over max |expected| (float32 on the CPU; inf for NaN or a
+    shape mismatch)."""
     actual = actual.detach().float().cpu()
     expected = expected.detach().float().cpu()
     if actual.shape != expected.shape:

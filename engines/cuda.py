@@ -51,7 +51,8 @@ class _CudaGraph:
         for dst, src in zip(self.inputs, inputs, strict=True):
             if src.shape != dst.shape:  # copy_ would broadcast silently
                 raise ValueError(
-                    f"the CUDA graph was captured for inputs {tuple(dst.shape)}, got {tuple(src.shape)}"
+                    f"the CUDA graph was captured for inputs {tuple(dst.shape)}, "
+                    f"got {tuple(src.shape)}"
                 )
             dst.copy_(src)
         self.graph.replay()

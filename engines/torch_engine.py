@@ -58,7 +58,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
             raise EngineError(
-                f"--device {device}: PyTorch sees {count} CUDA GPU(s): use cuda:0 to cuda:{count - 1}"
+                f"--device {device}: PyTorch sees {count} CUDA GPU(s): "
+                f"use cuda:0 to cuda:{count - 1}"
             )
         if resolved.index is None:
             resolved = torch.device("cuda", torch.cuda.current_device())

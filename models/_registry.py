@@ -3,8 +3,8 @@
 Each family module (`models/x3d.py`, ...) registers its variants with `register`;
 `models/__init__.py` imports every family module when the registry is first used through
 it (`models.create`, `models.available`, ...), so that the registry is complete then, and
-`import models` alone stays free of torch. Registering a name twice raises (torchvision's `models/_api.py`
-does the same; timm only warns).
+`import models` alone stays free of torch. Registering a name twice raises (torchvision's
+`models/_api.py` does the same; timm only warns).
 """
 
 from __future__ import annotations

@@ -167,7 +167,8 @@ def _fetch(url: str, out: BinaryIO, dest: Path, official: bool = False) -> None:
             bar.update(len(chunk))
     if total is not None and received != total:
         raise WeightsError(
-            f"download of {url} stopped after {received} of {total} bytes; try again, or {_FETCH_HINT}"
+            f"download of {url} stopped after {received} of {total} bytes; "
+            f"try again, or {_FETCH_HINT}"
         )
     size = f"{received}/{total} bytes (100%)" if total else f"{received} bytes"
     print(f"downloaded {url}: {size}", file=sys.stderr, flush=True)

@@ -257,7 +257,8 @@ class RunConfig:
                 raise UserError("labels name a class more than once: give each class its own name")
             if self.num_classes is not None and self.num_classes != len(self.labels):
                 raise UserError(
-                    f"{len(self.labels)} labels for num_classes {self.num_classes}: give one name per class"
+                    f"{len(self.labels)} labels for num_classes {self.num_classes}: "
+                    "give one name per class"
                 )
         if self.engine not in BACKENDS:
             raise UserError(

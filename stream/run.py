@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     return options.parser(
         config.RunConfig,
         prog="python -m stream.run",
-        description="Recognise what happens in front of a camera and publish predictions on ZeroMQ.",
+        description="Recognise what happens in front of a camera and publish predictions "
+        "on ZeroMQ.",
     )
 
 

@@ -397,7 +397,8 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                 _check_stop(args)
                 if time.monotonic() > give_up or proc.poll() is not None:
                     raise SystemExit(
-                        f"error: the pipeline did not run ({model}, {engine}): exit code {proc.poll()}"
+                        f"error: the pipeline did not run ({model}, {engine}): "
+                        f"exit code {proc.poll()}"
                     )
                 if time.monotonic() >= next_sample:
                     watch.sample()
@@ -606,7 +607,8 @@ def format_row(row: dict) -> str:
     w = row["windows"]
     lines = [
         (
-            f"{row['model']} on {row['engine']}, stride {row['stride']} s ({row['fps_in']} fps in): "
+            f"{row['model']} on {row['engine']}, stride {row['stride']} s "
+            f"({row['fps_in']} fps in): "
             f"windows run {w['run']}, skipped {w['skipped']}, measured {w['measured']}; "
             f"capture→publish slope {row['latency_slope_ms_per_min']} ms/min; "
             f"first prediction {row['startup_s']} s after launch"
@@ -806,8 +808,9 @@ def run_engines(args, rows: list[dict] | None = None) -> list[dict]:
                     print(f"{name} {backend} {precision}: {row['error']}", file=sys.stderr)
                     continue
                 print(
-                    f"{name:18s} {row['engine']:18s} {row['mode'] or '':13s} {row['gflops']:7.2f} GFLOPs  median "
-                    f"{row['engine_ms']['p50']:8.1f} ms  peak RSS {row['peak_rss_mb']:7.1f} MB  malloc {row['malloc']}",
+                    f"{name:18s} {row['engine']:18s} {row['mode'] or '':13s} "
+                    f"{row['gflops']:7.2f} GFLOPs  median {row['engine_ms']['p50']:8.1f} ms  "
+                    f"peak RSS {row['peak_rss_mb']:7.1f} MB  malloc {row['malloc']}",
                     file=sys.stderr,
                 )
     return rows
@@ -853,7 +856,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--malloc",
         default="auto",
-        help="allocator of the engine's process: auto (default), tcmalloc, glibc, or a library's path",
+        help="allocator of the engine's process: auto (default), tcmalloc, glibc, "
+        "or a library's path",
     )
     p.add_argument(
         "--stride", default="0.5", help="seconds between windows, comma-separated to sweep"

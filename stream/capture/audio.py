@@ -158,7 +158,8 @@ class DeviceSource(AudioSource):
             if len(matches) > 1:
                 names = ", ".join(repr(n) for i, n in devices if i in matches)
                 raise SourceError(
-                    f"microphone {spec!r} matches several devices ({names}): use its index or full name"
+                    f"microphone {spec!r} matches several devices ({names}): "
+                    "use its index or full name"
                 )
             device = matches[0]
         self.device = device
@@ -195,7 +196,8 @@ class DeviceSource(AudioSource):
             )
         except sd.PortAudioError as exc:
             raise SourceError(
-                f"microphone {self.description!r} cannot be opened ({exc}): is another program using it?"
+                f"microphone {self.description!r} cannot be opened ({exc}): "
+                "is another program using it?"
             ) from None
         self._ring = None
         self._failure: str | None = None
@@ -339,7 +341,8 @@ class FileSource(_PacedSource):
             )
         if not path.is_file():
             raise SourceError(
-                f"audio file {spec!r} does not exist: check the path (or pass a device name to --mic)"
+                f"audio file {spec!r} does not exist: check the path "
+                "(or pass a device name to --mic)"
             )
         self.path = path
         self.loop = loop
@@ -377,12 +380,14 @@ class FileSource(_PacedSource):
             container = av.open(str(self.path))
         except (av.error.FFmpegError, OSError) as exc:
             raise SourceError(
-                f"audio file {str(self.path)!r} cannot be read ({exc}): is it an audio or video file?"
+                f"audio file {str(self.path)!r} cannot be read ({exc}): "
+                "is it an audio or video file?"
             ) from None
         if not container.streams.audio:
             container.close()
             raise SourceError(
-                f"file {str(self.path)!r} has no audio track: pass a file with sound, a microphone or 'synthetic' to --mic"
+                f"file {str(self.path)!r} has no audio track: pass a file with sound, "
+                "a microphone or 'synthetic' to --mic"
             )
         self._container = container
         self._track = container.streams.audio[0]

@@ -2,8 +2,9 @@
 
 Start-up and source health go over the pipe to the parent, with the messages of
 stream/control.py (ModelBuilt, EngineReady, then ReadRings; SourceHealth while running;
-BadInput or Crash when it fails). A heartbeat thread publishes `status.<stream-id>` twice a second from the moment the
-publisher is bound, also while the model loads and while a slow window runs.
+BadInput or Crash when it fails). A heartbeat thread publishes `status.<stream-id>` twice
+a second from the moment the publisher is bound, also while the model loads and while a
+slow window runs.
 
 Ticks are aligned to frames: when a tick is due, the loop waits for the next frame to
 land in the ring (at most two frame periods) and cuts the window right then, so the
@@ -102,7 +103,8 @@ class _Stats:
         self.video_kind = "?"
         self.audio = {"source": "none", "used": False}
         self.processes: dict[str, int] = {}
-        # capture process name -> {"state": "up" | "down", "restarts", "last_failure"} (from the parent)
+        # capture process name -> {"state": "up" | "down", "restarts", "last_failure"}
+        # (from the parent)
         self.capture: dict[str, dict] = {}
 
     def source_event(self, health: control.SourceHealth) -> None:

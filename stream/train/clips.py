@@ -228,7 +228,8 @@ def list_dataset(root: str | os.PathLike[str]) -> dict[str, list[Path]]:
     root = Path(root)
     if not root.is_dir():
         raise ClipError(
-            f"dataset folder {str(root)!r} does not exist: record clips with python -m stream.record --out {root}"
+            f"dataset folder {str(root)!r} does not exist: "
+            f"record clips with python -m stream.record --out {root}"
         )
     dataset: dict[str, list[Path]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):

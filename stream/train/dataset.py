@@ -101,8 +101,8 @@ def split_dataset(root: str | Path, *, val_fraction: float, seed: int) -> Split:
     for label, paths in dataset.items():
         if len(paths) < 2:
             raise DatasetError(
-                f"label folder {str(paths[0].parent)!r} holds 1 clip: training needs at least 2 per "
-                f"label (one to train on, one to validate on); record more clips of {label!r}"
+                f"label folder {str(paths[0].parent)!r} holds 1 clip: training needs at least 2 "
+                f"per label (one to train on, one to validate on); record more clips of {label!r}"
             )
     rng = random.Random(seed)
     train: list[Item] = []

@@ -1,6 +1,7 @@
 """`python -m stream.record`: record labelled clips (video with its sound) for training.
 
-    python -m stream.record --camera 0 --mic default --label clapping --seconds 3 --count 20 --out data/
+    python -m stream.record --camera 0 --mic default --label clapping \\
+        --seconds 3 --count 20 --out data/
 
 writes `data/clapping/clapping-<YYYYmmdd-HHMMSS>-<NNN>.mp4`, the dataset format of
 stream/train/clips.py (one folder per label). Before each clip a countdown; while it records,
@@ -8,8 +9,9 @@ a progress bar on a terminal; after it, one line saying what became of it (all o
 
 The sources are those of `python -m stream.run`, opened by the same capture processes
 into the same shared-memory rings with the same timestamps (the process group and ring
-plan of stream.run's supervisor, with recording in place of inference): what a model sees in a recorded clip is what it
-sees live. A clip is `--seconds` of frames from the first frame captured after the
+plan of stream.run's supervisor, with recording in place of inference): what a model sees
+in a recorded clip is what it sees live. A clip is `--seconds` of frames from the first
+frame captured after the
 countdown, every frame read from the ring as it arrives; its sound is the audio samples
 of the same span of the monotonic clock (sample 0 at the first frame's capture time),
 cut by the stream's own `AudioSampler`.
@@ -97,7 +99,8 @@ class RecordOptions:
         """Check every value (touches nothing); raises UserError naming the flag."""
         if not LABEL_RE.fullmatch(self.label) or self.label.startswith("."):
             raise UserError(
-                f"--label {self.label!r} is not a folder name: use letters, digits, '_', '-' and '.' "
+                f"--label {self.label!r} is not a folder name: "
+                "use letters, digits, '_', '-' and '.' "
                 "(at most 100, not starting with a dot), e.g. --label clapping"
             )
         if not (self.seconds > 0 and math.isfinite(self.seconds)):
@@ -117,7 +120,8 @@ class RecordOptions:
             )
         if not self.mic:
             raise UserError(
-                "--mic is empty: pass default, a device name or index, an audio/video file, synthetic or none"
+                "--mic is empty: pass default, a device name or index, an audio/video file, "
+                "synthetic or none"
             )
         check_output_folder(self.folder)
         return self
@@ -141,7 +145,8 @@ def check_output_folder(folder: Path) -> None:
             )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(
-            f"--out: cannot write into {str(existing)!r} (permission denied): pass a folder you can write to"
+            f"--out: cannot write into {str(existing)!r} (permission denied): "
+            "pass a folder you can write to"
         )
 
 
@@ -156,13 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--camera",
         default=d.camera,
-        help=f"camera index, video file, URL (http/rtsp/udp...) or 'synthetic' (default {d.camera})",
+        help="camera index, video file, URL (http/rtsp/udp...) or 'synthetic' "
+        f"(default {d.camera})",
     )
     a(
         "--mic",
         default=d.mic,
-        help=f"microphone: default, a device name or index, an audio/video file, synthetic, or none for "
-        f"video only (default {d.mic})",
+        help="microphone: default, a device name or index, an audio/video file, synthetic, "
+        f"or none for video only (default {d.mic})",
     )
     a("--label", required=True, help="what the clips show, e.g. clapping: the name of their folder")
     a(
@@ -366,7 +372,8 @@ class Recorder:
                     flush=True,
                 )
             print(
-                f"recording {self._what(opts.count)} into {opts.folder} from {self._sources()}; Ctrl-C stops",
+                f"recording {self._what(opts.count)} into {opts.folder} from {self._sources()}; "
+                "Ctrl-C stops",
                 file=sys.stderr,
                 flush=True,
             )
@@ -397,7 +404,10 @@ class Recorder:
     def _format(self) -> str:
         v = self.video
         audio = f"audio {AUDIO_RATE} Hz" if self.with_audio else "no audio"
-        return f"{_seconds(self.opts.seconds)} s each, video {v.width}x{v.height} at {v.fps:g} fps, {audio}"
+        return (
+            f"{_seconds(self.opts.seconds)} s each, "
+            f"video {v.width}x{v.height} at {v.fps:g} fps, {audio}"
+        )
 
     def _sources(self) -> str:
         v, a = self.video, self.audio

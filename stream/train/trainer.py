@@ -41,9 +41,10 @@ CUDA, mixed precision (bf16 where the GPU has it, else fp16 with loss scaling).
 Output in `--out` (default runs/<model>): `last.pt` after every epoch (model, optimiser,
 schedule, RNG states, history; `--resume` continues from it), `metrics.jsonl` (one line
 per epoch), `model.pt` (the weights of the epoch with the best validation accuracy, ties
-going to a clearly lower validation loss; a `models.save_checkpoint` file) and, at the end, `config.yaml` for `python -m stream.run
---config` (model, weights, labels and run defaults). Every file is written under a
-temporary name and renamed; a run that fails to start leaves nothing.
+going to a clearly lower validation loss; a `models.save_checkpoint` file) and, at the
+end, `config.yaml` for `python -m stream.run --config` (model, weights, labels and run
+defaults). Every file is written under a temporary name and renamed; a run that fails to
+start leaves nothing.
 
 Exit status: 0 when training finished, and after Ctrl-C or SIGTERM (an orderly stop: one
 line names the best checkpoint so far, or says that nothing was saved; continue with
@@ -84,7 +85,8 @@ log = logging.getLogger("stream.train")
 CHECKPOINT_FORMAT = "avstream.train.v1"
 #: AVSlowFast-only options (their flag names), refused for video-only models.
 AV_OPTIONS = (
-    "drop_pathway", "drop_pathway_schedule", "sync_weight", "hard_negatives_from", "hard_fraction", "shift_s",
+    "drop_pathway", "drop_pathway_schedule", "sync_weight", "hard_negatives_from",
+    "hard_fraction", "shift_s",
 )  # fmt: skip
 #: Options a resumed run may change; all others are the run's own (stored in last.pt).
 RESUME_MAY_CHANGE = (
@@ -177,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainOptions
     p = ArgumentParser(
         prog="python -m stream.train",
-        description="Fine-tune a model on labelled clips (DATA/<label>/*.mp4) for python -m stream.run.",
+        description="Fine-tune a model on labelled clips (DATA/<label>/*.mp4) "
+        "for python -m stream.run.",
     )
     a = p.add_argument
     # Defaults are None where a resumed run must tell "given" from "not given".
@@ -188,14 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--model", help=f"model to fine-tune (default {d.model})")
     a(
         "--weights",
-        help="kinetics400 (default; AVSlowFast: SlowFast-R50's for its visual pathways), a checkpoint path, or none",
+        help="kinetics400 (default; AVSlowFast: SlowFast-R50's for its visual pathways), "
+        "a checkpoint path, or none",
     )
     a("--out", help="output folder (default runs/<model>)")
     a(
         "--arch",
         action="append",
         metavar="KEY=VALUE",
-        help="architecture override for a reduced network, e.g. width=16 depths=1,1,1,1 (repeatable; random weights)",
+        help="architecture override for a reduced network, e.g. width=16 depths=1,1,1,1 "
+        "(repeatable; random weights)",
     )
     a("--epochs", type=int, help=f"epochs to train (default {d.epochs})")
     a("--batch-size", type=int, help=f"clips per step (default {d.batch_size})")
@@ -229,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--cache-mb",
         type=float,
-        help=f"memory for decoded clips; clips past it are decoded again when sampled (default {d.cache_mb:.0f})",
+        help="memory for decoded clips; clips past it are decoded again when sampled "
+        f"(default {d.cache_mb:.0f})",
     )
     a(
         "--resume",
@@ -253,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--drop-pathway-schedule",
         metavar="SCHEDULE",
-        help="constant (default, as the paper), linear:P0 or cosine:P0 (from P0 at the first step to P at the last)",
+        help="constant (default, as the paper), linear:P0 or cosine:P0 "
+        "(from P0 at the first step to P at the last)",
     )
     g.add_argument(
         "--sync-weight",
@@ -346,13 +353,15 @@ def _check_av_options(opts: TrainOptions, given: set[str], *, audio: bool, name:
         if av:
             flags = ", ".join(f"--{k.replace('_', '-')}" for k in av)
             raise UserError(
-                f"{flags}: {'these apply' if len(av) > 1 else 'it applies'} to audiovisual models only, "
-                f"and {name} is video-only: leave {'them' if len(av) > 1 else 'it'} out (or train avslowfast_r50)"
+                f"{flags}: {'these apply' if len(av) > 1 else 'it applies'} "
+                f"to audiovisual models only, and {name} is video-only: "
+                f"leave {'them' if len(av) > 1 else 'it'} out (or train avslowfast_r50)"
             )
         return
     if opts.drop_pathway is not None and not 0.0 <= opts.drop_pathway <= 1.0:
         raise UserError(
-            f"--drop-pathway {opts.drop_pathway} must be a probability in [0, 1] (the paper's is 0.8)"
+            f"--drop-pathway {opts.drop_pathway} must be a probability in [0, 1] "
+            "(the paper's is 0.8)"
         )
     drop_schedule(opts.drop_pathway_schedule, 0.8)  # raises when malformed
     if opts.sync_weight < 0:
@@ -701,8 +710,8 @@ def train(
                 log.info(
                     "epoch %d: sync negatives %s",
                     epoch,
-                    f"hard: {opts.hard_fraction:.0%} the same clip's sound shifted by >= {opts.shift_s} s, "
-                    "the rest another clip's"
+                    f"hard: {opts.hard_fraction:.0%} the same clip's sound shifted by "
+                    f">= {opts.shift_s} s, the rest another clip's"
                     if hard
                     else "easy: another clip's sound",
                 )
@@ -772,11 +781,13 @@ def train(
                 _write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
                 completed = epoch
             log.info(
-                "epoch %d/%d: loss %.3f%s, train accuracy %.3f, validation accuracy %.3f%s%s (%.1f s)",
+                "epoch %d/%d: loss %.3f%s, train accuracy %.3f, "
+                "validation accuracy %.3f%s%s (%.1f s)",
                 epoch,
                 opts.epochs,
                 stats["loss"],
-                f" (sync {stats['sync_loss']:.3f} on {stats['sync_pairs']} {record['negatives']} pairs)"
+                f" (sync {stats['sync_loss']:.3f} on {stats['sync_pairs']} "
+                f"{record['negatives']} pairs)"
                 if can_sync
                 else "",
                 stats["train_accuracy"],
@@ -796,7 +807,8 @@ def train(
 
     summary = (
         f"{opts.model} on {len(split.train) + len(split.val)} clips of {opts.data} "
-        f"({len(split.labels)} labels); validation accuracy {best_accuracy:.3f} at epoch {best_epoch} of {opts.epochs}"
+        f"({len(split.labels)} labels); validation accuracy {best_accuracy:.3f} "
+        f"at epoch {best_epoch} of {opts.epochs}"
     )
     _write_text(out / "config.yaml", run_config(opts.model, split.labels, audio, summary))
     log.info(
@@ -835,11 +847,13 @@ def _resume(
             checkpoint = torch.load(last_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 (a damaged file makes torch.load raise anything)
             raise UserError(
-                f"--resume: {str(last_path)!r} cannot be read ({exc}): start a new run with another --out"
+                f"--resume: {str(last_path)!r} cannot be read ({exc}): "
+                "start a new run with another --out"
             ) from None
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise UserError(
-                f"--resume: {str(last_path)!r} is not a stream.train checkpoint: start a new run with another --out"
+                f"--resume: {str(last_path)!r} is not a stream.train checkpoint: "
+                "start a new run with another --out"
             )
         fields = {f.name for f in dataclasses.fields(TrainOptions)}
         # "options": where a last.pt of before the model's build options took that name kept them
@@ -848,8 +862,9 @@ def _resume(
         for key in sorted(given - set(RESUME_MAY_CHANGE)):
             if plain(getattr(opts, key)) != plain(getattr(stored, key)):
                 raise UserError(
-                    f"--{key.replace('_', '-')} {getattr(opts, key)!r} differs from the run being resumed "
-                    f"({getattr(stored, key)!r}): leave it out when resuming, or start a new run with another --out"
+                    f"--{key.replace('_', '-')} {getattr(opts, key)!r} differs from the run "
+                    f"being resumed ({getattr(stored, key)!r}): leave it out when resuming, "
+                    "or start a new run with another --out"
                 )
         kept = {
             k: getattr(opts, k)
@@ -878,12 +893,13 @@ def _check_same_clips(checkpoint: dict, split, data: str, out: Path) -> None:
     if tuple(checkpoint["labels"]) != split.labels:
         raise UserError(
             f"the labels in {data!r} ({', '.join(split.labels)}) are not those of the run being "
-            f"resumed ({', '.join(checkpoint['labels'])}): resume with the same dataset, or start a new run"
+            f"resumed ({', '.join(checkpoint['labels'])}): resume with the same dataset, "
+            "or start a new run"
         )
     if _split_names(split, data) != checkpoint["split"]:
         raise UserError(
-            f"the clips in {data!r} changed since the run in {str(out)!r} started: resume with the same "
-            "clips, or start a new run with another --out"
+            f"the clips in {data!r} changed since the run in {str(out)!r} started: "
+            "resume with the same clips, or start a new run with another --out"
         )
 
 

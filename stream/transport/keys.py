@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in clients:
         if not _NAME.match(name) or name == "server":
             print(
-                f"error: client name {name!r} must be 1-64 letters, digits, '_' or '-', and not 'server'",
+                f"error: client name {name!r} must be 1-64 letters, digits, '_' or '-', "
+                "and not 'server'",
                 file=sys.stderr,
             )
             return 2

@@ -39,7 +39,8 @@ def load_curve_keys(path: str, *, secret: bool) -> tuple[bytes, bytes | None]:
         public, secret_key = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
         raise UserError(
-            f"CURVE key file {path!r} cannot be read ({exc}): make keys with python -m stream.keys DIR"
+            f"CURVE key file {path!r} cannot be read ({exc}): "
+            "make keys with python -m stream.keys DIR"
         ) from None
     if secret and secret_key is None:
         raise UserError(f"CURVE key file {path!r} has no secret key: pass the *.key_secret file")

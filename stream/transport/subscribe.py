@@ -156,7 +156,8 @@ class Subscriber:
         except zmq.ZMQError as exc:
             self.close()
             raise UserError(
-                f"cannot subscribe to {endpoint!r}: {exc.strerror}; pass an endpoint like {DEFAULT_ENDPOINT}"
+                f"cannot subscribe to {endpoint!r}: {exc.strerror}; "
+                f"pass an endpoint like {DEFAULT_ENDPOINT}"
             ) from None
         self.invalid = 0  # messages that failed validation (skipped)
         self.missed = 0
@@ -171,8 +172,9 @@ class Subscriber:
         where = f"the publisher at {self.endpoint}"
         if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             raise HandshakeError(
-                f"{where} does not accept the client key {self.curve_client_key}: copy its public key "
-                "(clients/NAME.key from python -m stream.keys) into the publisher's --curve-clients folder"
+                f"{where} does not accept the client key {self.curve_client_key}: "
+                "copy its public key (clients/NAME.key from python -m stream.keys) "
+                "into the publisher's --curve-clients folder"
             )
         if (
             kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -286,7 +288,10 @@ def waiting_line(endpoint: str, topics: tuple[str, ...]) -> str:
         else:
             names.append(t or "every message")
     shown = ", ".join(t.rstrip(".") or '""' for t in topics)
-    return f"waiting for {' and '.join(names)} on {endpoint} (topic{'s' if len(topics) > 1 else ''} {shown})"
+    return (
+        f"waiting for {' and '.join(names)} on {endpoint} "
+        f"(topic{'s' if len(topics) > 1 else ''} {shown})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.endpoint.startswith(("tcp://", "ipc://", "inproc://")):
         print(
-            f"error: endpoint {args.endpoint!r} is not a ZeroMQ endpoint such as {DEFAULT_ENDPOINT}",
+            f"error: endpoint {args.endpoint!r} is not a ZeroMQ endpoint "
+            f"such as {DEFAULT_ENDPOINT}",
             file=sys.stderr,
         )
         return 2
@@ -352,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                     msg = sub.recv(timeout=args.timeout or None)
                 except TimeoutError:
                     print(
-                        f"error: no message from {args.endpoint} in {args.timeout} s: is stream.run publishing there?",
+                        f"error: no message from {args.endpoint} in {args.timeout} s: "
+                        "is stream.run publishing there?",
                         file=sys.stderr,
                     )
                     return 1
