@@ -1,7 +1,8 @@
 """What can be proven about the TensorRT path without a GPU: every registered model exports
 with torch.export at its static example shapes, and its lowered graph uses only operators
-torch-tensorrt converts (engines/tensorrt_ops.py). Export traces with fake tensors: the
-models are built but never run."""
+torch-tensorrt converts (engines/tensorrt_ops.py). Export traces with fake tensors, so the
+models are built on the meta device (no memory, no initialisation) and never run; that this
+finds the operators a CPU model has is checked too."""
 
 from __future__ import annotations
 
@@ -10,16 +11,40 @@ import runpy
 
 import pytest
 import torch
+from helpers_models import meta_inputs, on_meta, small
 
 import models
 from engines import _trt_ops_data, tensorrt_ops
 from engines.tensorrt_ops import check_model
 
 
+def _findings(report) -> tuple:
+    return (
+        report.export_error,
+        dict(report.ops),
+        report.unsupported,
+        dict(report.folded),
+        dict(report.trt_decomposed),
+    )
+
+
+# Convolutions, BatchNorm and pooling; attention (whose kernel torch picks by device),
+# LayerNorm and GELU.
+@pytest.mark.parametrize("name", ["x3d_xs", "motionformer_b"])
+def test_meta_device_export_finds_the_cpu_operators(name):
+    on_cpu = small(name)
+    with torch.device("meta"):
+        meta = small(name)
+    assert next(meta.parameters()).is_meta
+    expected = _findings(check_model(on_cpu, on_cpu.example_inputs()))
+    assert expected[1], "no operators found"
+    assert _findings(check_model(meta, meta_inputs(meta))) == expected
+
+
 @pytest.mark.parametrize("name", models.available())
 def test_model_exports_and_every_op_converts(name):
-    model = models.create(name)
-    report = check_model(model, model.example_inputs(), name)
+    model = on_meta(name)
+    report = check_model(model, meta_inputs(model), name)
     assert report.export_error is None, report.summary()
     assert report.ops, f"{name}: the lowered graph has no operators"
     assert report.ok, report.summary()
