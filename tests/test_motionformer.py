@@ -14,16 +14,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import rel_err
+from helpers_models import on_meta
 
 import models
 from models import _weights, motionformer
 from models._registry import ModelMeta, VideoInput
 
 NAMES = ["motionformer_b", "motionformer_b_hr", "motionformer_b_l"]
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def small_config(**changes) -> motionformer.MotionformerConfig:
@@ -220,7 +218,8 @@ def test_orthoformer_model_switch():
         a, b = exact(clip), approx(clip)
     assert a.shape == b.shape == (2, 5)
     assert torch.isfinite(b).all() and rel_err(b, a) > 1e-4
-    zoo = motionformer.motionformer_b(attention="orthoformer", landmarks=128)
+    with torch.device("meta"):  # the full-size builder takes the options too
+        zoo = motionformer.motionformer_b(attention="orthoformer", landmarks=128)
     assert zoo.cfg.attention == "orthoformer" and zoo.cfg.landmarks == 128
 
 
@@ -383,8 +382,8 @@ def test_official_l_checkpoint_needs_the_l_variant(official_state):
     state = {**official_state, "temp_embed": torch.randn(1, 16, 768)}
     state, options = motionformer.adapt_checkpoint(state)
     assert options["num_classes"] == 400
-    with pytest.raises(models.WeightsError) as info:
-        _weights.load_strict(models.create("motionformer_b"), state, source="L", name="b")
+    with pytest.raises(models.WeightsError) as info:  # refused on shapes: a meta model does
+        _weights.load_strict(on_meta("motionformer_b"), state, source="L", name="b")
     assert info.value.mismatched == [("temp_embed", (1, 16, 768), (1, 8, 768))]
     assert not info.value.missing and not info.value.unexpected
     model = models.create("motionformer_b_l")
@@ -435,7 +434,7 @@ def test_kinetics400_is_the_readme_url(name, monkeypatch, tmp_path):
     ],
 )
 def test_meta_matches_official_configs(name, frames, rate, crop):
-    model = models.create(name)
+    model = on_meta(name)
     meta = model.meta
     assert meta.video == (models.VideoInput(frames, rate / 30),)
     assert meta.crop == meta.short_side == crop

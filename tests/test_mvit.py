@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import rel_err
+from helpers_models import on_meta
 
 import models
 from models import _weights, mvit
@@ -23,10 +25,6 @@ TV_WEIGHTS = {
     "mvit_v1_b": tv_video.MViT_V1_B_Weights.KINETICS400_V1,
     "mvit_v2_s": tv_video.MViT_V2_S_Weights.KINETICS400_V1,
 }
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def perturb(module: torch.nn.Module, seed: int = 0) -> None:
@@ -85,8 +83,7 @@ def test_parity_with_torchvision(reference):
 
 
 def test_param_count_matches_torchvision(reference):
-    model = models.create(reference.name)
-    ours = sum(p.numel() for p in model.parameters())
+    ours = sum(p.numel() for p in on_meta(reference.name).parameters())
     assert ours == sum(p.numel() for p in reference.ref.parameters())
     assert ours == TV_WEIGHTS[reference.name].meta["num_params"]
 
@@ -221,7 +218,7 @@ def test_wrong_variant_weights_fail_with_key_lists(tmp_path, reference):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_meta_matches_torchvision(name):
-    model = models.create(name)
+    model = on_meta(name)
     meta, weights = model.meta, TV_WEIGHTS[name]
     preset = weights.transforms()
     assert meta.crop == preset.crop_size[0] == preset.crop_size[1] == 224
@@ -269,7 +266,8 @@ def test_kinetics400_base_url_override(monkeypatch, file_server, isolated_cache)
 def test_block_table_matches_torchvision():
     # Widths, heads and strides per block, against torchvision's written-out tables.
     for name in NAMES:
-        ref = getattr(tv_video, name)()
+        with torch.device("meta"):  # shapes and strides only
+            ref = getattr(tv_video, name)()
         ours = mvit._block_settings(mvit._config(name))
         assert len(ours) == len(ref.blocks) == 16
         for setting, block in zip(ours, ref.blocks):

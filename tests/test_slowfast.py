@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from helpers import perturb_batchnorm, rel_err
+from helpers_models import on_meta
 
 import models
 from models import _weights
@@ -158,7 +159,7 @@ def visual():
 
 
 def test_param_counts(reference):
-    model = models.create("slowfast_r50")
+    model = on_meta("slowfast_r50")
     assert sum(p.numel() for p in model.parameters()) == SLOWFAST_PARAMS
     assert sum(p.numel() for p in reference.parameters()) == SLOWFAST_PARAMS
     for fusion, count in AVSLOWFAST_PARAMS.items():
@@ -167,12 +168,12 @@ def test_param_counts(reference):
         assert sum(p.numel() for p in av.parameters()) == count, fusion
         visual = [p for n, p in av.named_parameters() if not n.startswith(sf.AUDIO_PREFIXES)]
         assert sum(p.numel() for p in visual) == SLOWFAST_PARAMS  # the same visual network
-    assert models.create("avslowfast_r50").cfg.fusion == "a_fs"
+    assert on_meta("avslowfast_r50").cfg.fusion == "a_fs"
 
 
 @pytest.mark.parametrize("name", ["slowfast_r50", "avslowfast_r50"])
 def test_meta_and_example_inputs(name):
-    model = models.create(name)
+    model = on_meta(name)  # example_inputs are drawn on the CPU all the same
     meta = model.meta
     slow, fast = meta.video
     assert slow == models.VideoInput(8, 31 * (2 / 30) / 7)
@@ -200,7 +201,7 @@ def test_meta_and_example_inputs(name):
 
 
 def test_test_layout_matches_pytorchvideo_keys(reference):
-    ours = models.create("slowfast_r50").state_dict()
+    ours = on_meta("slowfast_r50").state_dict()  # keys and shapes
     ref_state = reference.state_dict()
     converted = to_layout(ours, "pytorchvideo")
     assert set(converted) == set(ref_state)
@@ -369,7 +370,9 @@ def test_forward_with_sync_is_forward_and_sync_embeddings_in_one_pass():
         logits, visual, sound, sound_neg = model.forward_with_sync(slow, fast, audio, negative)
         assert stems == ["slow"]  # the visual pathways ran once
         torch.testing.assert_close(logits, model(slow, fast, audio))
-        v, a = model.sync_embeddings(torch.cat([slow, slow]), torch.cat([fast, fast]), torch.cat([audio, negative]))
+        v, a = model.sync_embeddings(
+            torch.cat([slow, slow]), torch.cat([fast, fast]), torch.cat([audio, negative])
+        )
     torch.testing.assert_close(visual, v[:2])
     torch.testing.assert_close(sound, a[:2])
     torch.testing.assert_close(sound_neg, a[2:])
