@@ -296,7 +296,8 @@ def test_live_sources_fill_the_first_window_while_the_engine_loads():
     assert not rings_due(ready=False, model=model, video=file, audio=None, audio_ready=True)
     assert not rings_due(ready=False, model=model, video=camera, audio=sound_file, audio_ready=True)
     assert rings_due(ready=True, model=model, video=file, audio=sound_file, audio_ready=True)
-    # not before the model's span, the video's format and (for listening models) the sound's are known
+    # not before the model's span, the video's format and (for listening models) the sound's
+    # are known
     assert not rings_due(ready=False, model=None, video=camera, audio=None, audio_ready=True)
     assert not rings_due(ready=True, model=model, video=None, audio=None, audio_ready=True)
     assert not rings_due(ready=False, model=model, video=camera, audio=None, audio_ready=False)

@@ -209,8 +209,9 @@ def test_plain_subscriber_on_an_encrypted_stream_is_told_to_pass_keys(tmp_path):
     assert cli.stderr.splitlines() == [
         f"waiting for predictions on {pub.endpoint} (topic pred)",
         (
-            f"error: the publisher at {pub.endpoint} requires CURVE encryption: pass --curve-server-key "
-            "server.key and --curve-client-key NAME.key_secret (python -m stream.keys)"
+            f"error: the publisher at {pub.endpoint} requires CURVE encryption: pass "
+            "--curve-server-key server.key and --curve-client-key NAME.key_secret "
+            "(python -m stream.keys)"
         ),
     ]
 
@@ -247,8 +248,9 @@ def test_subscriber_with_a_key_the_publisher_does_not_know_is_refused(tmp_path):
     assert cli.returncode == 2, cli.stderr
     assert cli.stderr.splitlines()[1:] == [
         (
-            f"error: the publisher at {pub.endpoint} does not accept the client key {intruder}: copy its public key "
-            "(clients/NAME.key from python -m stream.keys) into the publisher's --curve-clients folder"
+            f"error: the publisher at {pub.endpoint} does not accept the client key {intruder}: "
+            "copy its public key (clients/NAME.key from python -m stream.keys) into the "
+            "publisher's --curve-clients folder"
         )
     ]
     assert ok.returncode == 0, ok.stderr
@@ -286,8 +288,8 @@ def test_curve_subscriber_on_a_plain_stream_or_with_the_wrong_server_key(tmp_pat
     assert cli.returncode == 2, cli.stderr
     assert cli.stderr.splitlines()[1:] == [
         (
-            f"error: the CURVE handshake with {pub.endpoint} fails: is {other / 'server.key'} the publisher's "
-            "server.key (the public half of its --curve-secret-key)?"
+            f"error: the CURVE handshake with {pub.endpoint} fails: is {other / 'server.key'} "
+            "the publisher's server.key (the public half of its --curve-secret-key)?"
         )
     ]
 
@@ -319,7 +321,8 @@ def test_cli_line_shows_random_weights_skips_and_degraded_reasons():
     assert err[0] == f"waiting for cam1 on {pub.endpoint} (topic pred.cam1)"
     # what "skipped" means is said once, not on every line
     assert err[1:] == [
-        "(skipped N: windows left out because the engine is slower than the 0.5 s stride; a longer --stride keeps up)"
+        "(skipped N: windows left out because the engine is slower than the 0.5 s stride; "
+        "a longer --stride keeps up)"
     ]
     assert plain.returncode == 0 and plain.stderr.splitlines()[0].startswith(
         "waiting for predictions on "
