@@ -77,13 +77,21 @@ def light_python(wheel, tmp_path_factory) -> Path:
     """The python of a fresh venv holding `pip install <wheel>`: base dependencies only."""
     venv = tmp_path_factory.mktemp("light") / "venv"
     env = _clean_env()
-    # Without pip of its own (bootstrapping one takes seconds): this pip installs into it.
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--without-pip", str(venv)], env=env, check=True, timeout=120
-    )
     python = venv / "bin" / "python"
+    # pip 22.3 and later installs into another interpreter (--python): the venv then needs
+    # no pip of its own, whose bootstrap takes seconds. Older ones (Ubuntu 22.04's venvs
+    # have 22.0) bootstrap it.
+    import pip
+
+    if tuple(int(part) for part in pip.__version__.split(".")[:2]) >= (22, 3):
+        venv_args, pip_cmd = ["--without-pip"], [sys.executable, "-m", "pip", "--python", python]
+    else:
+        venv_args, pip_cmd = [], [python, "-m", "pip"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", str(wheel)],
+        [sys.executable, "-m", "venv", *venv_args, str(venv)], env=env, check=True, timeout=120
+    )
+    subprocess.run(
+        [*map(str, pip_cmd), "install", "-q", str(wheel)],
         cwd=venv.parent,
         env=env,
         check=True,
