@@ -1,4 +1,5 @@
-"""A tiny model for --precision auto's bf16 check (tests/test_engines.py, tests/test_precision.py)."""
+"""A tiny model for --precision auto's bf16 check (tests/test_engines.py and
+tests/test_precision.py)."""
 
 import torch
 

@@ -23,7 +23,11 @@ STAT_KEYS = {"p50", "p90", "p99", "max"}
 
 def _bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "stream.bench", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "stream.bench", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         check=False,
     )
 
@@ -63,7 +67,12 @@ def test_pipeline_bench_json(pipeline_bench):
     assert [r["stride"] for r in rows] == [0.25, 0.5]
     for row in rows:
         assert row["model"] == "x3d_xs" and row["engine"] == expected_cpu_engine_name()
-        for key in ("overhead_ms", "engine_ms", "capture_to_publish_ms", "capture_to_subscriber_ms"):
+        for key in (
+            "overhead_ms",
+            "engine_ms",
+            "capture_to_publish_ms",
+            "capture_to_subscriber_ms",
+        ):
             assert set(row[key]) == STAT_KEYS and _ordered(row[key]), (key, row[key])
         assert row["windows"]["run"] >= row["windows"]["measured"] > 0
         assert row["windows"]["skipped"] >= 0
@@ -76,7 +85,15 @@ def test_pipeline_bench_json(pipeline_bench):
         for stage, stat in row["stages_ms"].items():
             assert set(stat) == STAT_KEYS, stage
         s = report["samples"][f"{row['model']}|{row['engine']}|{row['stride']}"]
-        c2p, eng, ovh, c2s = (np.array(s[k]) for k in ("capture_to_publish_ms", "engine_ms", "overhead_ms", "capture_to_subscriber_ms"))
+        c2p, eng, ovh, c2s = (
+            np.array(s[k])
+            for k in (
+                "capture_to_publish_ms",
+                "engine_ms",
+                "overhead_ms",
+                "capture_to_subscriber_ms",
+            )
+        )
         assert len(c2p) == row["windows"]["measured"]
         np.testing.assert_allclose(ovh, c2p - eng, atol=1e-3)  # overhead = capture→publish − engine
         assert (c2s >= c2p - 1e-3).all() and (eng > 0).all()
@@ -95,16 +112,30 @@ def test_pipeline_bench_plot(pipeline_bench):
 def test_engine_only_mode(tmp_path):
     out = tmp_path / "engines.json"
     # auto's CPU precision by name: the engine the session compiled (fp32 would compile anew)
-    proc = _bench("--engine-only", "--model", "x3d_xs", "--engine", "torch",
-                  "--precision", f"{auto_cpu_precision()},fp16",
-                  "--runs", "3", "--stride", "10", "--json", str(out))
+    proc = _bench(
+        "--engine-only",
+        "--model",
+        "x3d_xs",
+        "--engine",
+        "torch",
+        "--precision",
+        f"{auto_cpu_precision()},fp16",
+        "--runs",
+        "3",
+        "--stride",
+        "10",
+        "--json",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     ok, refused = report["engines"]
     assert ok["engine"] == expected_cpu_engine_name()
     assert ok["gflops"] > 0.3 and _ordered(ok["engine_ms"])
     assert ok["peak_rss_mb"] > 100  # measured in the row's own process
-    assert ok["malloc"] == ("tcmalloc" if malloc.find_tcmalloc() else "glibc")  # as stream.run's inference
+    assert ok["malloc"] == (
+        "tcmalloc" if malloc.find_tcmalloc() else "glibc"
+    )  # as stream.run's inference
     assert "fp16" in refused["error"]  # fp16 on the CPU is refused with the engine's own message
     assert report["largest_fitting"] == {"10.0": "x3d_xs"}
     assert "largest model that fits a 10.0 s stride here: x3d_xs" in proc.stdout
@@ -132,9 +163,15 @@ def test_bench_under_subscriber_load(pipeline_bench):
 @pytest.mark.parametrize(
     "args, line",
     [
-        (("--precision", "fp32,bf16"), "error: --precision 'fp32,bf16': the pipeline runs one precision"),
+        (
+            ("--precision", "fp32,bf16"),
+            "error: --precision 'fp32,bf16': the pipeline runs one precision",
+        ),
         (("--threads", "0"), "error: --threads 0 must be >= 1"),
-        (("--malloc", "/no/libjemalloc.so.2"), "error: --malloc '/no/libjemalloc.so.2': no such file"),
+        (
+            ("--malloc", "/no/libjemalloc.so.2"),
+            "error: --malloc '/no/libjemalloc.so.2': no such file",
+        ),
         (("--engine-only", "--plot", "x.png"), "error: --plot draws the pipeline's latencies"),
         (("--json", "no/such/folder/b.json"), "error: --json 'no/such/folder/b.json': the folder"),
     ],
@@ -142,7 +179,9 @@ def test_bench_under_subscriber_load(pipeline_bench):
 def test_bad_options_give_one_line(args, line):
     proc = _bench(*args, "--duration", "1", timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(line), proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(
+        line
+    ), proc.stderr
 
 
 def test_plot_without_matplotlib_fails_before_anything_starts(tmp_path):
@@ -151,9 +190,13 @@ def test_plot_without_matplotlib_fails_before_anything_starts(tmp_path):
     fake = tmp_path / "site" / "matplotlib"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.bench", "--plot", str(tmp_path / "x.png"), "--duration", "1"],
+        [sys.executable, "-m", "stream.bench", "--plot", str(tmp_path / "x.png"),
+         "--duration", "1"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     seen: set[int] = set()
@@ -162,7 +205,9 @@ def test_plot_without_matplotlib_fails_before_anything_starts(tmp_path):
         time.sleep(0.01)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
-    assert err.splitlines() == ["error: --plot needs matplotlib: pip install 'avstream[bench]'"], err
+    assert err.splitlines() == ["error: --plot needs matplotlib: pip install 'avstream[bench]'"], (
+        err
+    )
     assert out == "" and not seen
     assert not (tmp_path / "x.png").exists()
 
@@ -195,7 +240,9 @@ def test_plot_figure():
         legend = [x.get_text() for x in over_time.get_legend().get_texts()]
         assert legend == [*names, f"stride = budget ({budget:g} ms)"]
         assert [x.get_text() for x in dist.get_xticklabels()] == names
-    assert fig.get_suptitle().startswith("overhead = capture→publish − engine: what the pipeline adds")
+    assert fig.get_suptitle().startswith(
+        "overhead = capture→publish − engine: what the pipeline adds"
+    )
 
 
 def test_plot_writes_a_png(tmp_path):
@@ -214,7 +261,8 @@ def test_ctrl_c_keeps_the_finished_rows(tmp_path):
     exit 0, nothing left running."""
     out = tmp_path / "bench.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.bench", "--duration", "3", "--stride", "0.25,0.5", "--size", "160x120",
+        [sys.executable, "-m", "stream.bench", "--duration", "3", "--stride", "0.25,0.5",
+         "--size", "160x120",
          "--json", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -264,7 +312,8 @@ def test_ctrl_c_in_engine_mode_ends_the_row_being_timed(tmp_path):
     its process: exit 0, the finished row written, nothing left running."""
     out = tmp_path / "engines.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.bench", "--engine-only", "--model", "x3d_xs", "--engine", "torch",
+        [sys.executable, "-m", "stream.bench", "--engine-only", "--model", "x3d_xs",
+         "--engine", "torch",
          "--precision", "fp16,fp32", "--runs", "1000000", "--no-compile", "--json", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip

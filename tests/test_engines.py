@@ -903,7 +903,8 @@ def test_an_engine_that_cannot_be_saved_is_served(tmp_path, caplog):
     "version, explicit", [("2.9.0", False), ("2.10.0", True), ("2.14.0", True)]
 )
 def test_fp16_build_follows_the_release(version, explicit):
-    """Half model and inputs on every release; enabled_precisions only before explicit typing (2.10)."""
+    """Half model and inputs on every release; enabled_precisions only before explicit
+    typing (2.10)."""
     stand_in = _StandInTorchTensorRT()
     stand_in.__version__ = version
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)).half()

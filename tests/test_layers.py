@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO
 
 #: Folder (or module) → the project modules it may import (prefixes), and whether it may
@@ -25,8 +24,14 @@ ALLOWED = {
     "stream/options.py": ("stream.errors", "stream.config"),
     "stream/capture": ("stream.capture", "stream.control", "stream.errors", "stream.pipeline"),
     "stream/pipeline": (
-        "stream.pipeline", "stream.capture", "stream.control", "stream.errors",
-        "stream.transport", "stream._deps", "engines", "models",
+        "stream.pipeline",
+        "stream.capture",
+        "stream.control",
+        "stream.errors",
+        "stream.transport",
+        "stream._deps",
+        "engines",
+        "models",
         "stream.config",  # the run's settings (RunConfig), which the supervisor is given
     ),
 }

@@ -9,10 +9,10 @@ import time
 import jsonschema
 import pytest
 import zmq
-
 from helpers import REPO, StreamProcess
-from stream.transport import wire
 from test_wire import _prediction, _status
+
+from stream.transport import wire
 
 SCHEMAS = REPO / "docs" / "schemas"
 

@@ -26,8 +26,11 @@ def _record(*args: str, act=None, timeout: float = 60) -> tuple[int, str, str]:
     Checks that nothing is left behind: no process it started (collected while it ran)
     and none of its shared-memory segments (named after its pid)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.record", *args], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "stream.record", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     seen: set[int] = set()
     acted = act is None
@@ -59,14 +62,30 @@ def test_clips_from_a_looped_file_with_its_sound(av_clip, tmp_path):
     """Three 1.5 s clips from the 4 s file: --loop carries the recording past its end."""
     out = tmp_path / "data"
     code, stdout, err = _record(
-        "--camera", str(av_clip), "--mic", str(av_clip), "--loop", "--label", "flash", "--seconds", "1.5",
-        "--count", "3", "--out", str(out), *FAST,
+        "--camera",
+        str(av_clip),
+        "--mic",
+        str(av_clip),
+        "--loop",
+        "--label",
+        "flash",
+        "--seconds",
+        "1.5",
+        "--count",
+        "3",
+        "--out",
+        str(out),
+        *FAST,
     )
     assert code == 0, err
     assert stdout.strip() == (
-        f"recorded 3 clips of 'flash' into {out / 'flash'} (1.5 s each, video 320x240 at 30 fps, audio 16000 Hz)"
+        f"recorded 3 clips of 'flash' into {out / 'flash'} "
+        "(1.5 s each, video 320x240 at 30 fps, audio 16000 Hz)"
     )
-    assert f"from video file {str(av_clip)!r} (320x240 at 30 fps) and the sound of 'flash_click.mkv'" in err
+    assert (
+        f"from video file {str(av_clip)!r} (320x240 at 30 fps) and the sound of 'flash_click.mkv'"
+        in err
+    )
     paths = _clips(out / "flash")
     assert len(paths) == 3
     assert [CLIP_NAME.fullmatch(p.name)["label"] for p in paths] == ["flash"] * 3
@@ -77,7 +96,9 @@ def test_clips_from_a_looped_file_with_its_sound(av_clip, tmp_path):
         assert np.median(np.diff(clip.times_s)) == pytest.approx(1 / 30, abs=2e-3)
         assert clip.duration_s == pytest.approx(1.5, abs=0.05)
         assert clip.sample_rate == 16000
-        assert len(clip.audio) == pytest.approx(24000, abs=1100)  # AAC pads to its 1024-sample frames
+        assert len(clip.audio) == pytest.approx(
+            24000, abs=1100
+        )  # AAC pads to its 1024-sample frames
     assert list_dataset(out) == {"flash": paths}
 
 
@@ -86,13 +107,25 @@ def test_flash_and_click_stay_aligned_and_a_file_that_ends_stops(av_clip, tmp_pa
     written clip they still do. The file's 4 s hold one 3 s clip, not two."""
     out = tmp_path / "data"
     code, stdout, err = _record(
-        "--camera", str(av_clip), "--mic", str(av_clip), "--label", "event", "--seconds", "3", "--count", "2",
-        "--out", str(out), *FAST,
+        "--camera",
+        str(av_clip),
+        "--mic",
+        str(av_clip),
+        "--label",
+        "event",
+        "--seconds",
+        "3",
+        "--count",
+        "2",
+        "--out",
+        str(out),
+        *FAST,
     )
     assert code == 1, err
     assert stdout == ""
     assert err.strip().splitlines()[-1] == (
-        f"the video file {str(av_clip)!r} ended (--loop repeats it): recorded 1 of 2 clips of 'event' "
+        f"the video file {str(av_clip)!r} ended (--loop repeats it): "
+        "recorded 1 of 2 clips of 'event' "
         f"into {out / 'event'}"
     )
     (path,) = _clips(out / "event")
@@ -111,8 +144,21 @@ def test_flash_and_click_stay_aligned_and_a_file_that_ends_stops(av_clip, tmp_pa
 def test_synthetic_camera_and_alsa_microphone(alsa_file_mic, tmp_path):
     out = tmp_path / "data"
     code, stdout, err = _record(
-        "--camera", "synthetic", "--size", "160x120", "--mic", alsa_file_mic, "--label", "tone",
-        "--seconds", "1", "--count", "1", "--out", str(out), *FAST,
+        "--camera",
+        "synthetic",
+        "--size",
+        "160x120",
+        "--mic",
+        alsa_file_mic,
+        "--label",
+        "tone",
+        "--seconds",
+        "1",
+        "--count",
+        "1",
+        "--out",
+        str(out),
+        *FAST,
     )
     assert code == 0, err
     assert stdout.startswith("recorded 1 clip of 'tone' into")
@@ -152,7 +198,10 @@ BAD = {
     "zero count": (("--count", "0"), "--count 0 must be >= 1"),
     "negative countdown": (("--countdown", "-1"), "--countdown -1 must be >= 0"),
     "bad size": (("--size", "160by120"), "--size '160by120' is not WIDTHxHEIGHT"),
-    "missing camera file": (("--camera", "no/such/clip.mp4"), "video file 'no/such/clip.mp4' does not exist"),
+    "missing camera file": (
+        ("--camera", "no/such/clip.mp4"),
+        "video file 'no/such/clip.mp4' does not exist",
+    ),
     "unknown microphone": (("--mic", "nosuchmic"), "microphone 'nosuchmic' not found"),
     "camera file without sound as the mic": (_no_sound_file, "has no audio track"),
     "out is a file": (_out_is_a_file, "notes.txt' is a file, not a folder"),
@@ -170,8 +219,22 @@ def test_bad_input_gives_one_line_and_leaves_nothing(case, tmp_path, video_file,
         args = args(tmp_path, video_file)
     before = sorted(tmp_path.rglob("*"))
     code, stdout, err = _record(
-        "--camera", "synthetic", "--size", "160x120", "--mic", "none", "--label", "clap", "--seconds", "0.5",
-        "--count", "1", "--out", str(tmp_path / "data"), *FAST, *args,
+        "--camera",
+        "synthetic",
+        "--size",
+        "160x120",
+        "--mic",
+        "none",
+        "--label",
+        "clap",
+        "--seconds",
+        "0.5",
+        "--count",
+        "1",
+        "--out",
+        str(tmp_path / "data"),
+        *FAST,
+        *args,
     )
     assert code == 2, err
     assert stdout == ""
@@ -182,7 +245,9 @@ def test_bad_input_gives_one_line_and_leaves_nothing(case, tmp_path, video_file,
     assert sorted(tmp_path.rglob("*")) == before  # nothing written, not even a folder
 
 
-@pytest.mark.parametrize("sig, mic", [(signal.SIGINT, "synthetic"), (signal.SIGTERM, "none")], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "sig, mic", [(signal.SIGINT, "synthetic"), (signal.SIGTERM, "none")], ids=["SIGINT", "SIGTERM"]
+)
 def test_a_signal_during_a_clip_drops_that_clip_only(tmp_path, sig, mic):
     folder = tmp_path / "data" / "wave"
 
@@ -194,14 +259,29 @@ def test_a_signal_during_a_clip_drops_that_clip_only(tmp_path, sig, mic):
         return True
 
     code, stdout, err = _record(
-        "--camera", "synthetic", "--size", "160x120", "--mic", mic, "--label", "wave", "--seconds", "2",
-        "--count", "3", "--out", str(tmp_path / "data"), *FAST, act=interrupt_second_clip,
+        "--camera",
+        "synthetic",
+        "--size",
+        "160x120",
+        "--mic",
+        mic,
+        "--label",
+        "wave",
+        "--seconds",
+        "2",
+        "--count",
+        "3",
+        "--out",
+        str(tmp_path / "data"),
+        *FAST,
+        act=interrupt_second_clip,
     )
     assert code == 0, err  # an orderly stop the user asked for, as stream.run's
     assert stdout == ""
     name = signal.Signals(sig).name
     assert err.strip().splitlines()[-1] == (
-        f"interrupted ({name}): kept 1 of 3 clips of 'wave' in {folder}; the clip being recorded was dropped"
+        f"interrupted ({name}): kept 1 of 3 clips of 'wave' in {folder}; "
+        "the clip being recorded was dropped"
     ), err
     assert "clip 2/3  dropped" in err
     (path,) = _clips(folder)

@@ -31,8 +31,19 @@ def start_run():
 
 def test_a_stride_too_short_for_the_engine_is_warned_about(start_run):
     run = start_run(
-        "--camera", "synthetic", "--size", "160x120", "--model", "x3d_xs", "--weights", "none",
-        "--no-compile", "--stride", "0.01", "--log-level", "info",
+        "--camera",
+        "synthetic",
+        "--size",
+        "160x120",
+        "--model",
+        "x3d_xs",
+        "--weights",
+        "none",
+        "--no-compile",
+        "--stride",
+        "0.01",
+        "--log-level",
+        "info",
     )
     assert run.wait_for("windows every").endswith("windows every 0.01 s (from --stride)")
     warning = run.wait_for("not keeping up")
@@ -79,8 +90,19 @@ def test_slow_model_stops_without_being_terminated(start_run):
     """A stop while a slow window runs (eager X3D-M takes seconds per window on 2 cores):
     the inference process gets time to finish it, so no 'terminating it' on a normal stop."""
     run = start_run(
-        "--camera", "synthetic", "--size", "160x120", "--model", "x3d_m", "--weights", "none",
-        "--no-compile", "--duration", "2", "--log-level", "info",
+        "--camera",
+        "synthetic",
+        "--size",
+        "160x120",
+        "--model",
+        "x3d_m",
+        "--weights",
+        "none",
+        "--no-compile",
+        "--duration",
+        "2",
+        "--log-level",
+        "info",
     )
     assert run.wait_for("running: publishing on").endswith("stopping after 2 s")
     code, err = run.wait(timeout=300)
@@ -95,4 +117,3 @@ def test_no_weights_warning_suggests_what_exists():
     assert "kinetics400" not in hint
     for part in ("python -m stream.record", "python -m stream.train", "--weights PATH"):
         assert part in hint, hint
-

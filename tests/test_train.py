@@ -264,7 +264,8 @@ def test_video_only_model_cannot_hear_the_difference(video_run, data):
     pair_accuracy = np.mean([t == p for t, p in pair])
     motion_accuracy = np.mean([CLASSES[t][0] == CLASSES[p][0] for t, p in zip(truth, pred)])
     print(
-        f"SlowFast (video only) held-out: sound-only pair {pair_accuracy:.3f}, motion {motion_accuracy:.3f}; "
+        f"SlowFast (video only) held-out: sound-only pair {pair_accuracy:.3f}, "
+        f"motion {motion_accuracy:.3f}; "
         f"{video_run['seconds']:.0f} s"
     )
     assert motion_accuracy >= 0.8  # it does see
@@ -677,7 +678,8 @@ def _two_labels(root: Path, per_label: int = 3, seed: int = 6) -> Path:
 
 def _video_args(data: Path, out: Path, epochs: int) -> list[str]:
     return [
-        str(data), "--model", "slowfast_r50", "--weights", "none", *arch_args(TINY), "--out", str(out),
+        str(data), "--model", "slowfast_r50", "--weights", "none", *arch_args(TINY),
+        "--out", str(out),
         "--epochs", str(epochs), "--batch-size", "2", "--val-fraction", "0.3", "--seed", "0",
     ]  # fmt: skip
 
@@ -753,13 +755,19 @@ def test_ctrl_c_keeps_the_best_checkpoint_and_exits_0(tmp_path):
             break
     last = err[-1].strip()
     match = re.fullmatch(
-        rf"interrupted \(SIGINT\): the best checkpoint so far is {re.escape(str(out / 'model.pt'))} "
-        r"\(epoch (\d+), validation accuracy [0-9.]+\); continue with the same command and --resume",
+        r"interrupted \(SIGINT\): the best checkpoint so far is "
+        rf"{re.escape(str(out / 'model.pt'))} "
+        r"\(epoch (\d+), validation accuracy [0-9.]+\); "
+        r"continue with the same command and --resume",
         last,
     )
     assert match, "".join(err)
     assert "Traceback" not in "".join(err)
-    assert sorted(p.name for p in out.iterdir()) == ["last.pt", "metrics.jsonl", "model.pt"]  # no .part
+    assert sorted(p.name for p in out.iterdir()) == [
+        "last.pt",
+        "metrics.jsonl",
+        "model.pt",
+    ]  # no .part
     model = models.create("slowfast_r50", weights=out / "model.pt")
     assert model.meta.labels == ("bounce_beep", "bounce_crash")
     assert torch.load(out / "model.pt", weights_only=True)["epoch"] == int(match[1])

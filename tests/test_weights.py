@@ -244,7 +244,9 @@ def test_saved_checkpoint_rebuilds_a_reduced_model_with_its_labels(tmp_path):
     torch.manual_seed(0)
     model = models.create("avslowfast_r50", labels=["clap", "whistle"], **TINY_AV)
     perturb_batchnorm(model)
-    assert model.meta.crop == 64 and model.meta.audio.n_mels == 40 and model.meta.video[0].frames == 4
+    assert (
+        model.meta.crop == 64 and model.meta.audio.n_mels == 40 and model.meta.video[0].frames == 4
+    )
     path = models.save_checkpoint(model, tmp_path / "model.pt", epoch=3)
     assert not list(tmp_path.glob(".*"))  # no temporary file left
     saved = torch.load(path, weights_only=True)
@@ -257,7 +259,10 @@ def test_saved_checkpoint_rebuilds_a_reduced_model_with_its_labels(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(*inputs), again(*inputs))
     # Names may be changed at load time (the run config's `labels`).
-    assert models.create("avslowfast_r50", weights=path, labels=["a", "b"]).meta.labels == ("a", "b")
+    assert models.create("avslowfast_r50", weights=path, labels=["a", "b"]).meta.labels == (
+        "a",
+        "b",
+    )
     with pytest.raises(models.WeightsError) as info:
         models.create("avslowfast_r50", weights=path, width=32)
     assert one_line(info.value) == (
@@ -290,15 +295,26 @@ def test_orthoformer_checkpoint_round_trips(tmp_path):
 
 def test_checkpoint_options_under_the_old_arch_key_still_load(tmp_path):
     """Checkpoints written before build options were general keep them under "arch"."""
-    model = models.create("slowfast_r50", seed=0, width=16, depths=(1, 1, 1, 1), crop=64, short_side=64)
-    old = {"model_state": model.state_dict(), "model": "slowfast_r50", "labels": list(model.meta.labels)}
-    save(tmp_path / "old.pt", {**old, "arch": {"width": 16, "depths": [1, 1, 1, 1], "crop": 64, "short_side": 64}})
+    model = models.create(
+        "slowfast_r50", seed=0, width=16, depths=(1, 1, 1, 1), crop=64, short_side=64
+    )
+    old = {
+        "model_state": model.state_dict(),
+        "model": "slowfast_r50",
+        "labels": list(model.meta.labels),
+    }
+    save(
+        tmp_path / "old.pt",
+        {**old, "arch": {"width": 16, "depths": [1, 1, 1, 1], "crop": 64, "short_side": 64}},
+    )
     again = models.create("slowfast_r50", weights=tmp_path / "old.pt")
     assert again.options == model.options and again.meta.crop == 64
     save(tmp_path / "bad.pt", {**old, "arch": {"widht": 16}})
     with pytest.raises(models.ModelError) as info:
         models.create("slowfast_r50", weights=tmp_path / "bad.pt")
-    assert one_line(info.value).startswith(f"weights {tmp_path / 'bad.pt'}: slowfast_r50 has no option 'widht'")
+    assert one_line(info.value).startswith(
+        f"weights {tmp_path / 'bad.pt'}: slowfast_r50 has no option 'widht'"
+    )
 
 
 # -- checkpoints that do not fit -------------------------------------------------------
@@ -396,8 +412,6 @@ def test_not_an_x3d_checkpoint(tmp_path, content, match):
 
 
 # -- downloads -------------------------------------------------------------------------
-
-
 
 
 def test_download_url_then_cache(file_server, ptv_file, xs, isolated_cache, capfd):
