@@ -41,6 +41,7 @@ def test_meta_device_export_finds_the_cpu_operators(name):
     assert _findings(check_model(meta, meta_inputs(meta))) == expected
 
 
+@pytest.mark.slow  # full-size graphs: seconds each to export and lower
 @pytest.mark.parametrize("name", models.available())
 def test_model_exports_and_every_op_converts(name):
     model = on_meta(name)

@@ -379,6 +379,7 @@ def reference_x3d(name: str) -> torch.nn.Module:
     return helpers.reference_x3d(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", X3D_NAMES)
 def test_parity_with_pytorchvideo(name):
     ref = reference_x3d(name)
@@ -403,6 +404,7 @@ def test_parity_with_pytorchvideo(name):
         assert rel_err(model(clip), expected) > 1e-3
 
 
+@pytest.mark.slow
 def test_parity_with_pytorchvideo_fully_convolutional():
     # Test crop larger than the train crop: several head positions, logits averaged.
     ref = reference_x3d("x3d_s")

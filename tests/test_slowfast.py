@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from helpers import perturb_batchnorm, rel_err
-from helpers_models import on_meta
+from helpers_models import on_meta, small
 
 import models
 from models import _weights
@@ -129,19 +129,31 @@ def save(path, state: dict, layout: str | None = None):
     return path
 
 
-@pytest.fixture(scope="module")
-def reference():
-    """pytorchvideo 0.1.5's hub slowfast_r50 (logits out) with perturbed BatchNorm, its
-    head pool sized for a 4/16-frame 96x96 clip: the final maps (4 and 16 x 3x3) are
-    pooled whole, as the zoo model's 8x7x7 / 32x7x7 pool does for its 8/32-frame 224 clip
-    (kept small for CPU time; the pool holds no weights)."""
+def pytorchvideo_slowfast() -> torch.nn.Module:
+    """pytorchvideo 0.1.5's hub slowfast_r50 (logits out), its head pool sized for a
+    4/16-frame 96x96 clip: the final maps (4 and 16 x 3x3) are pooled whole, as the zoo
+    model's 8x7x7 / 32x7x7 pool does for its 8/32-frame 224 clip (kept small for CPU time;
+    the pool holds no weights)."""
     hub = pytest.importorskip("pytorchvideo.models.hub.slowfast")
-    torch.manual_seed(0)
-    ref = hub.slowfast_r50(
+    return hub.slowfast_r50(
         pretrained=False, head_activation=None, head_pool_kernel_sizes=((4, 3, 3), (16, 3, 3))
     )
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """`pytorchvideo_slowfast()` with perturbed BatchNorm, in eval mode."""
+    torch.manual_seed(0)
+    ref = pytorchvideo_slowfast()
     perturb_batchnorm(ref)
     return ref.eval()
+
+
+@pytest.fixture(scope="module")
+def reference_shapes():
+    """`pytorchvideo_slowfast()` on the meta device: its keys, shapes and counts."""
+    with torch.device("meta"):
+        return pytorchvideo_slowfast()
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +170,10 @@ def visual():
 # -- sizes and metadata ----------------------------------------------------------------
 
 
-def test_param_counts(reference):
+def test_param_counts(reference_shapes):
     model = on_meta("slowfast_r50")
     assert sum(p.numel() for p in model.parameters()) == SLOWFAST_PARAMS
-    assert sum(p.numel() for p in reference.parameters()) == SLOWFAST_PARAMS
+    assert sum(p.numel() for p in reference_shapes.parameters()) == SLOWFAST_PARAMS
     for fusion, count in AVSLOWFAST_PARAMS.items():
         with torch.device("meta"):  # shapes only: no memory, no initialisation time
             av = sf.avslowfast_r50(fusion=fusion)
@@ -200,15 +212,16 @@ def test_meta_and_example_inputs(name):
 # -- parity and checkpoint layouts -----------------------------------------------------
 
 
-def test_test_layout_matches_pytorchvideo_keys(reference):
+def test_test_layout_matches_pytorchvideo_keys(reference_shapes):
     ours = on_meta("slowfast_r50").state_dict()  # keys and shapes
-    ref_state = reference.state_dict()
+    ref_state = reference_shapes.state_dict()
     converted = to_layout(ours, "pytorchvideo")
     assert set(converted) == set(ref_state)
     assert all(converted[k].shape == ref_state[k].shape for k in ref_state)
     assert sf.remap_pytorchvideo(converted).keys() == ours.keys()
 
 
+@pytest.mark.slow
 def test_parity_with_pytorchvideo(reference):
     state = sf.remap_pytorchvideo(reference.state_dict())
     model = models.create("slowfast_r50")
@@ -225,6 +238,7 @@ def test_parity_with_pytorchvideo(reference):
     assert rel_err(run(model, slow, fast), expected) > 1e-3
 
 
+@pytest.mark.slow
 def test_pytorchvideo_and_pyslowfast_layouts_load(tmp_path, visual):
     for layout in ("pytorchvideo", "pyslowfast"):
         path = save(tmp_path / f"{layout}.pyth", visual.state, layout)
@@ -235,8 +249,8 @@ def test_pytorchvideo_and_pyslowfast_layouts_load(tmp_path, visual):
     assert "s1.pathway0_stem.conv.weight" in keys and "s1_fuse.conv_f2s.weight" in keys
 
 
-def test_remap_rejects_swapped_pathways(visual):
-    state = to_layout(visual.state, "pyslowfast")
+def test_remap_rejects_swapped_pathways():
+    state = to_layout(on_meta("slowfast_r50").state_dict(), "pyslowfast")  # keys and shapes
     swapped = {}
     for key, value in state.items():
         key = key.replace("pathway0", "pathway@").replace("pathway1", "pathway0")
@@ -245,6 +259,7 @@ def test_remap_rejects_swapped_pathways(visual):
         sf.remap_pyslowfast(swapped)
 
 
+@pytest.mark.slow
 def test_kinetics400_for_both_is_the_slowfast_zoo_file(tmp_path, visual, monkeypatch, file_server):
     body = save(tmp_path / "SLOWFAST_8x8_R50.pyth", visual.state, "pytorchvideo").read_bytes()
     file_server.files["/zoo/SLOWFAST_8x8_R50.pyth"] = body
@@ -402,9 +417,10 @@ def test_av_wrong_inputs_raise():
             model(slow[:, :2], fast, audio)  # two channels
 
 
-def test_slowfast_takes_any_clip_size(visual):
-    # Global pooling: any T (fast = 4 T) and crop; the 256 test crop and the 224 train crop.
-    model = models.create("slowfast_r50")
+def test_slowfast_takes_any_clip_size():
+    # Global pooling: any T (fast = 4 T) and crop, 64 and the 256 test crop; the reduced
+    # network has the full one's stem, strides and head.
+    model = small("slowfast_r50")
     for slow, fast in (clips(2, 64), clips(2, 256)):
         assert run(model, slow, fast).shape == (1, 400)
     with pytest.raises(ValueError, match="expects"):
@@ -454,6 +470,7 @@ def test_avslowfast_config_checks(changes):
 # -- partial initialisation from SlowFast ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_avslowfast_from_slowfast_checkpoint(tmp_path, visual):
     path = save(tmp_path / "slowfast_pyslowfast.pyth", visual.state, "pyslowfast")
     with warnings.catch_warnings(record=True) as caught:
@@ -499,6 +516,7 @@ def test_avslowfast_checkpoint_loads_strictly(tmp_path):
     assert info.value.missing == ["audio.stages.1.0.conv_b_t.weight"]
 
 
+@pytest.mark.slow
 def test_avslowfast_zoo_size_checkpoint_round_trip(tmp_path):
     source = sf.avslowfast_r50(fusion="av_nonlocal", drop_pathway=0.5)
     perturb_batchnorm(source)
@@ -511,6 +529,7 @@ def test_avslowfast_zoo_size_checkpoint_round_trip(tmp_path):
         assert torch.equal(model.state_dict()[key], value), key
 
 
+@pytest.mark.slow
 def test_wrong_checkpoints_fail_with_key_lists(tmp_path, visual):
     # A SlowFast checkpoint with a visual tensor gone and a stray one: the audio tensors may
     # be absent, the rest stays strict.
