@@ -38,13 +38,13 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # the reference model is the tests' own
 
-from helpers import reference_x3d
 from interleave import interleaved
 
 import engines
 import models
 from engines import inductor
 from engines.base import relative_error
+from helpers import reference_x3d
 from models import x3d
 
 

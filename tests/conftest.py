@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers import AV_CLIP_EVENT_S, StreamProcess, auto_cpu_precision, expected_cpu_engine_name
 
 

@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import pytest
-from helpers import AV_CLIP_EVENT_S, REPO, segments_of, wait_until
 
 import models
+from helpers import AV_CLIP_EVENT_S, REPO, segments_of, wait_until
 from stream.control import AudioEnded, AudioOpened, BadInput, VideoEnded, VideoOpened, WriteRing
 from stream.errors import FrameLost
 from stream.pipeline.preprocess import LogMel

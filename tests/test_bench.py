@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import pytest
-from helpers import REPO, auto_cpu_precision, descendants, expected_cpu_engine_name, running
 
 from engines import malloc
+from helpers import REPO, auto_cpu_precision, descendants, expected_cpu_engine_name, running
 
 pipelines = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
 

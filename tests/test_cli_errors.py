@@ -19,8 +19,8 @@ import tempfile
 
 import pytest
 import zmq
-from helpers import REPO, descendants, free_port, running, segments_of, wait_until
 
+from helpers import REPO, descendants, free_port, running, segments_of, wait_until
 from stream import options, run
 
 FAST = ("--weights", "none", "--log-level", "warning")

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO
 
+from helpers import REPO
 from stream import config, control
 
 EXAMPLES = [

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers import (
     StreamProcess,
     auto_cpu_precision,
@@ -25,7 +26,6 @@ from helpers import (
     segments_of,
     wait_until,
 )
-
 from stream.transport import wire
 from stream.transport.subscribe import Message, Subscriber
 

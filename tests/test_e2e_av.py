@@ -6,9 +6,9 @@ from __future__ import annotations
 import signal
 
 import pytest
-from helpers import segments_of
 
 import models
+from helpers import segments_of
 from stream.transport.subscribe import Subscriber
 
 pytestmark = pytest.mark.skipif(

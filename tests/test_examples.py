@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, Sending
 from test_wire import _prediction
 
+from helpers import REPO, Sending
 from stream.transport.keys import make_keys
 
 EXAMPLES = sorted((REPO / "examples").glob("*.py"))

@@ -11,11 +11,11 @@ import runpy
 
 import pytest
 import torch
-from helpers_models import meta_inputs, on_meta, small
 
 import models
 from engines import _trt_ops_data, tensorrt_ops
 from engines.tensorrt_ops import check_model
+from helpers_models import meta_inputs, on_meta, small
 
 
 def _findings(report) -> tuple:

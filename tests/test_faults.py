@@ -11,8 +11,8 @@ import time
 from multiprocessing import resource_tracker, shared_memory
 
 import pytest
-from helpers import StreamProcess, descendants, running, segments_of, wait_until
 
+from helpers import StreamProcess, descendants, running, segments_of, wait_until
 from stream.pipeline.ring import sweep_stale_segments
 from stream.transport.subscribe import Subscriber
 

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import yaml
-from helpers import REPO, segments_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import REPO, segments_of
 from stream import config, options, run
 from stream.errors import UserError, error_line
 

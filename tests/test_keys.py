@@ -12,6 +12,7 @@ import sys
 import pytest
 import zmq
 import zmq.auth
+
 from helpers import REPO, free_port
 
 MODES = {

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import REPO
 
 #: Folder (or module) → the project modules it may import (prefixes), and whether it may

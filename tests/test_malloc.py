@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, expected_cpu_engine_name
 
 from engines import malloc
+from helpers import REPO, expected_cpu_engine_name
 
 TCMALLOC = malloc.find_tcmalloc()
 needs_tcmalloc = pytest.mark.skipif(

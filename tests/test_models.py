@@ -6,13 +6,13 @@ import dataclasses
 import functools
 import math
 
-import helpers
 import pytest
 import torch
+
+import helpers
+import models
 from helpers import perturb_batchnorm, rel_err
 from helpers_models import REDUCED, meta_inputs, on_meta, small
-
-import models
 from models import x3d
 from models._registry import register
 

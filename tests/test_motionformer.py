@@ -14,10 +14,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import rel_err
-from helpers_models import on_meta
 
 import models
+from helpers import rel_err
+from helpers_models import on_meta
 from models import _weights, motionformer
 from models._registry import ModelMeta, VideoInput
 

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import rel_err
-from helpers_models import on_meta
 
 import models
+from helpers import rel_err
+from helpers_models import on_meta
 from models import _weights, mvit
 
 tv_video = pytest.importorskip("torchvision.models.video")

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import yaml
-from helpers import REPO
 
+from helpers import REPO
 from stream import config, options, run
 from stream.errors import UserError
 from stream.transport.keys import make_keys

@@ -19,8 +19,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import REPO, free_port, segments_of, wait_until
 
+from helpers import REPO, free_port, segments_of, wait_until
 from stream.transport import wire
 from stream.transport.publish import Publisher
 

@@ -9,9 +9,9 @@ import logging
 
 import pytest
 import torch
-from cancels import Cancels as _Cancels
 
 import engines
+from cancels import Cancels as _Cancels
 from engines import inductor, precision
 
 pytestmark = pytest.mark.skipif(not inductor.bf16_native(), reason="this CPU has no native bf16")

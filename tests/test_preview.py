@@ -9,8 +9,8 @@ import signal
 import subprocess
 
 import pytest
-from helpers import wait_until
 
+from helpers import wait_until
 from stream.transport.subscribe import Subscriber
 
 pytestmark = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it

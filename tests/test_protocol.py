@@ -9,9 +9,9 @@ import time
 import jsonschema
 import pytest
 import zmq
-from helpers import REPO, StreamProcess
 from test_wire import _prediction, _status
 
+from helpers import REPO, StreamProcess
 from stream.transport import wire
 
 SCHEMAS = REPO / "docs" / "schemas"

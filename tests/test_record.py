@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import AV_CLIP_EVENT_S, REPO, descendants, running, shm_segments
 
+from helpers import AV_CLIP_EVENT_S, REPO, descendants, running, shm_segments
 from stream.train.clips import list_dataset, read_clip, write_clip
 
 CLIP_NAME = re.compile(r"(?P<label>.+)-\d{8}-\d{6}-\d{3}\.mp4")

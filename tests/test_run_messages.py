@@ -9,8 +9,8 @@ import re
 import signal
 
 import pytest
-from helpers import StreamProcess, segments_of
 
+from helpers import StreamProcess, segments_of
 from stream import config
 from stream.pipeline.inference import PaceWatch, _weights_hint, keeping_stride
 

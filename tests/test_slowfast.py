@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import perturb_batchnorm, rel_err
-from helpers_models import on_meta, small
 
 import models
+from helpers import perturb_batchnorm, rel_err
+from helpers_models import on_meta, small
 from models import _weights
 from models import slowfast as sf
 

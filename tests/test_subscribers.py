@@ -12,9 +12,9 @@ import time
 
 import pytest
 import zmq
-from helpers import REPO, Sending
 from test_wire import _prediction
 
+from helpers import REPO, Sending
 from stream.transport import wire
 from stream.transport.keys import make_keys
 from stream.transport.subscribe import HandshakeError, Subscriber

@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO
 
 import models
+from helpers import REPO
 from stream.train import trainer as T
 from stream.train.clips import list_dataset, write_clip
 from stream.train.dataset import ClipDataset, ClipStore, Item, split_dataset

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import perturb_batchnorm
 
 import models
+from helpers import perturb_batchnorm
 from models import x3d
 
 # Our layout -> the official ones, written out independently of models/x3d.py's tables.
