@@ -259,7 +259,12 @@ def file_server(isolated_cache):
 
 def pytest_collection_modifyitems(items):
     """A test that starts `python -m stream.run` through the `run_stream` fixture is an
-    end-to-end test, wherever it is: it gets the `e2e` marker without repeating it."""
+    end-to-end test, wherever it is: it gets the `e2e` marker without repeating it. One
+    that needs the compiled x3d_xs engine (a compile of about half a minute per session)
+    is `slow`."""
     for item in items:
-        if "run_stream" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "run_stream" in fixtures:
             item.add_marker(pytest.mark.e2e)
+        if "x3d_xs_compiled" in fixtures:
+            item.add_marker(pytest.mark.slow)

@@ -16,6 +16,8 @@ import pytest
 from engines import malloc
 from helpers import REPO, auto_cpu_precision, descendants, expected_cpu_engine_name, running
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # real benchmark runs
+
 pipelines = pytest.mark.usefixtures("x3d_xs_compiled")  # pipelines load it, not compile it
 
 STAT_KEYS = {"p50", "p90", "p99", "max"}

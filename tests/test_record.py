@@ -16,6 +16,8 @@ import pytest
 from helpers import AV_CLIP_EVENT_S, REPO, descendants, running, shm_segments
 from stream.train.clips import list_dataset, read_clip, write_clip
 
+pytestmark = pytest.mark.e2e  # real stream.record runs
+
 CLIP_NAME = re.compile(r"(?P<label>.+)-\d{8}-\d{6}-\d{3}\.mp4")
 FAST = ("--countdown", "0", "--log-level", "warning")
 

@@ -14,6 +14,8 @@ from helpers import StreamProcess, segments_of
 from stream import config
 from stream.pipeline.inference import PaceWatch, _weights_hint, keeping_stride
 
+pytestmark = pytest.mark.e2e  # real stream.run runs
+
 
 @pytest.fixture
 def start_run():

@@ -37,6 +37,8 @@ from stream.train import trainer as T
 from stream.train.clips import list_dataset, write_clip
 from stream.train.dataset import ClipDataset, ClipStore, Item, split_dataset
 
+pytestmark = pytest.mark.slow  # real trainings
+
 TINY = {
     "width": 16, "beta_inv": 4, "depths": (1, 1, 1, 1), "slow_frames": 4, "alpha": 2,
     "crop": 64, "short_side": 64,

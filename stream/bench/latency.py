@@ -444,9 +444,15 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                     refresh=False,
                 )
                 bar.update(min(time.monotonic() - first, args.duration) - bar.n)
-            if statuses:  # the heartbeat names the processes of the pipeline
-                procs = statuses[-1].body.get("processes", {})
-                watch.name_children({pid: name for name, pid in procs.items()})
+            # The heartbeats name the processes of the pipeline; every one seen, since a
+            # capture restarted by --kill-every has a new pid in each life.
+            watch.name_children(
+                {
+                    pid: name
+                    for status in statuses
+                    for name, pid in status.body.get("processes", {}).items()
+                }
+            )
             watch.sample()
             # One more heartbeat for the final counts; after kills, the one that reports
             # the last kill's death (the supervisor notices it, then tells the inference).
