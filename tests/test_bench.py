@@ -42,12 +42,12 @@ def _ordered(stat: dict) -> bool:
 @pytest.fixture(scope="module")
 def pipeline_bench(x3d_xs_compiled, tmp_path_factory) -> dict:
     """One real benchmark run that several tests check (each pipeline run takes its
-    start-up plus --duration): two rows (strides), a capture killed every 2 s once it is
+    start-up plus --duration): two rows (strides), a capture killed every 1.5 s once it is
     back up (the CI form of the soak; docs: 30 min, a kill every minute) and 30 bad
     subscribers beside the measured one, with the JSON and the plot written."""
     folder = tmp_path_factory.mktemp("bench")
     out, png = folder / "bench.json", folder / "bench.png"
-    args = ["--duration", "12", "--stride", "0.25,0.5", "--size", "160x120", "--kill-every", "2",
+    args = ["--duration", "8", "--stride", "0.25,0.5", "--size", "160x120", "--kill-every", "1.5",
             "--load-subscribers", "30", "--json", str(out)]  # fmt: skip
     plots = importlib.util.find_spec("matplotlib") is not None
     if plots:
@@ -62,7 +62,7 @@ def test_pipeline_bench_json(pipeline_bench):
     assert "overhead" in proc.stdout  # the table
     # One line as each row starts; no bar, since stderr is not a terminal.
     for stride in (0.25, 0.5):
-        assert f"x3d_xs auto stride {stride}: measuring 12 s\n" in proc.stderr
+        assert f"x3d_xs auto stride {stride}: measuring 8 s\n" in proc.stderr
     assert "\r" not in proc.stderr
     assert report["machine"]["cores"] >= 1
     rows = report["summary"]
@@ -147,7 +147,7 @@ def test_soak_short_form(pipeline_bench):
     """Captures killed again and again: every kill is seen as a restart, no window is
     older than its span, and the windows across an outage say so."""
     soak = pipeline_bench["report"]["summary"][0]["soak"]
-    assert soak["kills"] >= 3
+    assert soak["kills"] >= 2  # again and again: a restarted capture is killed too
     assert soak["restarts_reported"] == soak["kills"]  # every restart on the status topic
     assert soak["windows_older_than_span"] == 0
     assert soak["degraded_predictions"] >= 1  # windows across an outage say so

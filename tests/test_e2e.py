@@ -254,14 +254,20 @@ def _compilers(pids: set[int]) -> set[int]:
 @pytest.mark.e2e
 def test_stopping_while_the_engine_compiles_leaves_nothing_behind(run_stream, tmp_path):
     """Ctrl-C during a cold start, while g++ compiles the engine: the compiler dies with
-    the run, and no half-written package stays in the cache."""
+    the run, and no half-written package stays in the cache. The model is a reduced
+    x3d_xs (its build options from the YAML), so that g++ starts sooner."""
+    config = tmp_path / "small.yaml"
+    config.write_text("model_options: {depth_factor: 0.2, width_factor: 0.5}\n")
+    cache = tmp_path / "cache"
     stream = run_stream(
         "--camera",
         "synthetic",
         "--size",
         "160x120",
+        "--config",
+        str(config),
         *MODEL_ARGS,
-        env={"AVSTREAM_CACHE": str(tmp_path)},
+        env={"AVSTREAM_CACHE": str(cache)},
     )
     seen: set[int] = set()
 
@@ -277,7 +283,7 @@ def test_stopping_while_the_engine_compiles_leaves_nothing_behind(run_stream, tm
     left = seen | descendants(stream.proc.pid)
     wait_until(lambda: not running(left), "processes outlived stream.run", timeout=30)
     assert not segments_of(stream.proc.pid)
-    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert [p.name for p in cache.rglob("*") if p.is_file()] == []
 
 
 def test_live_sources_fill_the_first_window_while_the_engine_loads():

@@ -172,6 +172,7 @@ def tiny_package(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.mark.slow  # compiles with AOTInductor and g++
 def test_cpu_engine_saves_its_package_with_the_key(no_cuda, tiny_package):
     model = _Tiny()
     (package,) = tiny_package.glob("cpu-tiny-fp32-*.pt2")
@@ -267,13 +268,17 @@ def test_convolutions_of_a_mean_become_sums():
         torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # exports and rewrites registered models
 @pytest.mark.parametrize("name", ["x3d_xs", "x3d_l", "slowfast_r50", "avslowfast_r50"])
 def test_cpu_compile_graph_of_models_with_convolutions(name):
     """What the CPU engine hands inductor for a registered model: X3D's squeeze-excite
-    layers (two per gated block) become sums, every other convolution stays."""
+    layers (two per gated block) become sums, every other convolution stays. x3d_xs at
+    full size (its output is compared too); the others' reduced networks, which have the
+    same kinds of blocks at the same input size (tests/helpers_models.py)."""
+    from helpers_models import small
     from models.x3d import _SqueezeExcite
 
-    model = models.create(name).eval()
+    model = models.create(name).eval() if name == "x3d_xs" else small(name)
     inputs = model.example_inputs()
     before = _convolutions(export(model, inputs).module())
     program = inductor.prepare(model, inputs)
@@ -305,6 +310,7 @@ def test_cached_package_that_disagrees_is_dropped(no_cuda, tiny_package, tmp_pat
     assert not stale.exists() and not stale.with_suffix(".json").exists()  # compiled afresh next
 
 
+@pytest.mark.slow  # compiles with AOTInductor and g++
 def test_corrupt_package_is_compiled_again(no_cuda, tiny_package, tmp_path, caplog):
     shutil.copytree(tiny_package, tmp_path, dirs_exist_ok=True)
     (package,) = tmp_path.glob("cpu-tiny-fp32-*.pt2")
@@ -332,6 +338,7 @@ def test_a_long_build_says_it_is_still_going(caplog):
     assert len(ticks) >= 3, caplog.messages
 
 
+@pytest.mark.slow  # compiles with AOTInductor and g++
 @pytest.mark.skipif(not inductor.bf16_native(), reason="this CPU has no native bf16")
 def test_cpu_bf16_compiled(no_cuda, tmp_path):
     model = _Tiny()
@@ -386,6 +393,7 @@ print(engine.mode)
 """
 
 
+@pytest.mark.slow  # compiles with AOTInductor and g++
 @pytest.mark.skipif(not torch.version.cuda, reason="a CPU-only torch build never looks for CUDA")
 def test_cpu_compile_says_nothing_about_a_missing_cuda_runtime(tmp_path):
     """A CUDA build of torch on a machine without a GPU logs "No CUDA runtime is found,

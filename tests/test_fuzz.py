@@ -93,6 +93,7 @@ def test_yaml_config_never_traceback(tmp_path_factory, doc):
     st.sampled_from(["--camera", "--model", "--weights"]),
     st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12),
 )
+@pytest.mark.e2e  # real stream.run runs
 def test_bad_sources_in_real_runs(flag, value):
     """Values only the children can judge (a camera, a model name, a weights file), in real
     runs: one line, exit 2, no shared memory left."""

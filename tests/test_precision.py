@@ -14,7 +14,10 @@ import engines
 from cancels import Cancels as _Cancels
 from engines import inductor, precision
 
-pytestmark = pytest.mark.skipif(not inductor.bf16_native(), reason="this CPU has no native bf16")
+pytestmark = [
+    pytest.mark.slow,  # compiled engines, built twice each
+    pytest.mark.skipif(not inductor.bf16_native(), reason="this CPU has no native bf16"),
+]
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ VALIDATORS = {
 }
 
 
+@pytest.mark.e2e  # a real stream.run run
 def test_real_messages_match_the_schemas():
     stream = StreamProcess(
         "--camera",
