@@ -10,7 +10,9 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -162,14 +164,42 @@ def _infos(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
 
 
+# Compiles _Tiny into the engine cache argv[1], as a user's start would.
+_COMPILE_SCRIPT = """
+import sys
+import engines
+from tests.test_engines import _Tiny
+
+engine = engines.create(
+    _Tiny(), _Tiny().example_inputs(), backend="torch", device="cpu", precision="fp32",
+    cache_dir=sys.argv[1],
+)
+print(engine.mode)
+"""
+
+
 @pytest.fixture(scope="module")
-def tiny_package(tmp_path_factory) -> Path:
-    """An engine cache holding the compiled _Tiny (seed 0, fp32): compiled once here, and
-    copied by each test that needs it (a compile takes seconds)."""
+def tiny_compile(tmp_path_factory) -> tuple[Path, str]:
+    """The compiled _Tiny (seed 0, fp32) in an engine cache, and the stderr of the process
+    that compiled it: compiled once here (a compile takes seconds), in a process of its
+    own as a user's start compiles, with CUDA_HOME set and no GPU visible (see
+    test_cpu_compile_says_nothing_about_a_missing_cuda_runtime). Tests copy the cache."""
     cache = tmp_path_factory.mktemp("tiny-engines")
-    engine = torch_engine.create(_Tiny(), _Tiny().example_inputs(), device="cpu", cache_dir=cache)
-    assert engine.mode == "aot-compiled"
-    return cache
+    env = {**os.environ, "CUDA_HOME": str(cache.parent), "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT, str(cache)],
+        cwd=Path(__file__).resolve().parent.parent,  # the script imports tests.test_engines
+        check=False, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "aot-compiled", out.stdout + out.stderr
+    return cache, out.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_package(tiny_compile) -> Path:
+    """An engine cache holding the compiled _Tiny (seed 0, fp32)."""
+    return tiny_compile[0]
 
 
 @pytest.mark.slow  # compiles with AOTInductor and g++
@@ -380,37 +410,14 @@ def test_cpu_bf16_refused_without_native_bf16(no_cuda, monkeypatch):
     assert "no native bfloat16" in line and "use fp32" in line
 
 
-_COMPILE_SCRIPT = """
-import sys
-import engines
-from tests.test_engines import _Tiny
-
-engine = engines.create(
-    _Tiny(), _Tiny().example_inputs(), backend="torch", device="cpu", precision="fp32",
-    cache_dir=sys.argv[1],
-)
-print(engine.mode)
-"""
-
-
 @pytest.mark.slow  # compiles with AOTInductor and g++
 @pytest.mark.skipif(not torch.version.cuda, reason="a CPU-only torch build never looks for CUDA")
-def test_cpu_compile_says_nothing_about_a_missing_cuda_runtime(tmp_path):
+def test_cpu_compile_says_nothing_about_a_missing_cuda_runtime(tiny_compile):
     """A CUDA build of torch on a machine without a GPU logs "No CUDA runtime is found,
     using CUDA_HOME=..." when the compiler imports torch.utils.cpp_extension: noise on
     every start that compiles. CUDA_HOME set and no GPU visible make torch log it."""
-    import os
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
-    out = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT, str(tmp_path / "engines")],
-        check=False, cwd=root, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[-1] == "aot-compiled", out.stdout + out.stderr
-    assert "CUDA" not in out.stderr, out.stderr
+    _, stderr = tiny_compile
+    assert "CUDA" not in stderr, stderr
 
 
 def test_relative_error():
