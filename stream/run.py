@@ -22,7 +22,6 @@ import sys
 from stream import config, options
 from stream.errors import UserError, error_line
 from stream.pipeline.proc import setup_logging
-from stream.pipeline.ring import sweep_stale_segments
 from stream.pipeline.supervisor import Supervisor
 
 log = logging.getLogger("stream.run")
@@ -51,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(cfg.log_level)
     log.info("windows every %g s (from %s)", cfg.stride, cfg.origin("stride"))
-    for name in sweep_stale_segments():
-        log.info("removed shared memory %s left by a crashed run", name)
     return Supervisor(cfg).run()
 
 

@@ -5,6 +5,7 @@ run are swept at the next start, and nobody else's are touched."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import time
@@ -151,6 +152,22 @@ def test_sweep_removes_only_stale_segments_of_our_naming():
                 os.unlink(f"/dev/shm/{name}")
             except FileNotFoundError:
                 pass
+
+
+def test_a_ring_plan_sweeps_stale_segments_first(caplog):
+    """stream.run and stream.record sweep before they make rings: their RingPlan does."""
+    from stream.pipeline.ring_plan import RingPlan
+
+    stale = f"avstream_frames_{2**22 + 12346}_fedcba"  # no such process
+    _orphan_segment(stale)
+    try:
+        with caplog.at_level(logging.INFO, logger="stream.pipeline.ring_plan"):
+            RingPlan()
+        assert not os.path.exists(f"/dev/shm/{stale}")
+        assert f"removed shared memory {stale} left by a crashed run" in caplog.text
+    finally:
+        if os.path.exists(f"/dev/shm/{stale}"):
+            os.unlink(f"/dev/shm/{stale}")
 
 
 @pytest.mark.e2e

@@ -444,15 +444,6 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                     refresh=False,
                 )
                 bar.update(min(time.monotonic() - first, args.duration) - bar.n)
-            # The heartbeats name the processes of the pipeline; every one seen, since a
-            # capture restarted by --kill-every has a new pid in each life.
-            watch.name_children(
-                {
-                    pid: name
-                    for status in statuses
-                    for name, pid in status.body.get("processes", {}).items()
-                }
-            )
             watch.sample()
             # One more heartbeat for the final counts; after kills, the one that reports
             # the last kill's death (the supervisor notices it, then tells the inference).
@@ -466,6 +457,15 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                     statuses.append(msg)
                     if _restarts(msg.body) >= len(kills):
                         break
+        # The heartbeats name the processes of the pipeline; every one seen, since a
+        # capture restarted by --kill-every has a new pid in each life.
+        watch.name_children(
+            {
+                pid: name
+                for status in statuses
+                for name, pid in status.body.get("processes", {}).items()
+            }
+        )
     finally:
         if bar is not None:
             bar.close()

@@ -7,13 +7,16 @@ calls `close()` in a `finally`).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 
 from stream import control
 from stream.errors import UserError
-from stream.pipeline.ring import AudioRing, FrameRing
+from stream.pipeline.ring import AudioRing, FrameRing, sweep_stale_segments
+
+log = logging.getLogger(__name__)
 
 #: Seconds each ring holds beyond what its reader needs: a late tick, the read itself.
 RING_MARGIN_S = 1.0
@@ -56,6 +59,9 @@ class RingPlan:
     def __init__(self):
         self.frames: FrameRing | None = None
         self.audio: AudioRing | None = None
+        # Segments of this project's naming whose creator is gone (a crashed run).
+        for name in sweep_stale_segments():
+            log.info("removed shared memory %s left by a crashed run", name)
 
     def create(
         self,

@@ -53,7 +53,6 @@ from stream.control import CAPTURE_AUDIO, CAPTURE_VIDEO
 from stream.errors import ArgumentParser, EndOfStream, UserError, error_line
 from stream.pipeline.proc import setup_logging
 from stream.pipeline.processes import STARTING_GRACE_S, STOP_GRACE_S, ProcessGroup, StopSignals
-from stream.pipeline.ring import sweep_stale_segments
 from stream.pipeline.ring_plan import RingPlan
 from stream.pipeline.window import AudioSampler
 
@@ -555,6 +554,4 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(exc), file=sys.stderr)
         return 2
     setup_logging(opts.log_level)
-    for name in sweep_stale_segments():
-        log.info("removed shared memory %s left by a crashed run", name)
     return Recorder(opts).run()
