@@ -2,13 +2,15 @@
 whole over the multiprocessing pipe between a child and its parent and told apart with
 `match` (what the wire format is for ZeroMQ, this module is for the pipes).
 
-The processes (each child has one pipe, to the main process):
+The processes (each child has one pipe, to the main process). A run serves one or more
+streams (ids cam0, cam1, ... or --stream-id); each stream has its own capture processes,
+named after it (`capture_name`): `capture-video:cam0`, `capture-audio:cam0`.
   main           `python -m stream.run` (stream/pipeline/supervisor.py) or
                  `python -m stream.record` (stream/train/record.py); owns the rings
-  capture-video  stream/capture/video.py: opens --camera, writes the FrameRing
-  capture-audio  stream/capture/audio.py: opens --mic, writes the AudioRing
-  inference      stream/pipeline/inference.py (stream.run only): reads the rings,
-                 publishes predictions
+  capture-video  stream/capture/video.py: opens a stream's camera, writes its FrameRing
+  capture-audio  stream/capture/audio.py: opens a stream's mic, writes its AudioRing
+  inference      stream/pipeline/inference.py (stream.run only): one process for every
+                 stream of the run, one engine; reads the rings, publishes predictions
 
 Who sends what to whom:
   capture → main     VideoOpened | AudioOpened  once, at start-up: the source delivers,
@@ -17,18 +19,26 @@ Who sends what to whom:
                                                 the process exits
   main → capture     WriteRing(name, start_ns)  the ring to write into, and the start of
                                                 the paced timeline (files and synthetic
-                                                sources of one run start together)
+                                                sources of one stream start together)
   capture → main     VideoEnded | AudioEnded    a file played to its end (the ring is
                                                 closed for writing); the process exits 0
   capture → main     SourceFailed(line)         a live source broke; the process exits 1
   inference → main   ModelBuilt                 the model is built: its span and audio
                                                 needs (main sizes the rings from them)
-  inference → main   EngineReady                publisher bound, engine built and warmed
-                                                up; the warm-up window's seconds set the
-                                                stop grace
-  main → inference   ReadRings                  the rings to read, the sources' kinds,
-                                                the process ids for the status topic
-  main → inference   SourceHealth               a capture process went down or came back
+  inference → main   EngineReady                publisher bound, engine built (for batches
+                                                up to max_batch) and warmed up; the warm-up
+                                                window's seconds set the stop grace
+  main → inference   StreamState                a stream the inference does not serve yet
+                                                or any more: starting, restarting, ended,
+                                                failed (for the run-level status)
+  main → inference   AddStream                  serve a stream: its rings, its stride, the
+                                                sources' kinds, its process ids
+  main → inference   SourceHealth               a stream's capture process went down or
+                                                came back
+  main → inference   RemoveStream               stop serving a stream (removed, or its file
+                                                ended): publish its last status, let go of
+                                                its rings ...
+  inference → main   StreamRemoved              ... done: main may unlink them
   inference → main   BadInput(line)             a user error at start-up (exit 2)
   inference → main   Crash(line)                a bug; the process exits 1 (exit 1)
   bench-engine → stream.bench  BenchRow(row) | Crash(line)  the benchmark's engine-only
@@ -52,6 +62,19 @@ from typing import NoReturn
 CAPTURE_VIDEO = "capture-video"
 CAPTURE_AUDIO = "capture-audio"
 INFERENCE = "inference"
+
+
+def capture_name(kind: str, stream: str) -> str:
+    """The process name of a stream's capture process: `capture_name(CAPTURE_VIDEO, "cam0")`
+    is `capture-video:cam0`."""
+    return f"{kind}:{stream}"
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """(kind, stream) of a process name: `capture-video:cam0` → (capture-video, cam0);
+    `inference` → (inference, None)."""
+    kind, _, stream = name.partition(":")
+    return kind, stream or None
 
 
 class UnexpectedMessage(TypeError):
@@ -146,6 +169,14 @@ class ModelBuilt:
 class EngineReady:
     engine: str  # the engine's name, e.g. torch-cpu
     window_s: float  # seconds the last warm-up window took
+    max_batch: int  # most windows one engine call runs
+
+
+@_message
+class StreamRemoved:
+    """The inference process no longer reads the stream's rings (answer to RemoveStream)."""
+
+    stream: str
 
 
 # -- main → children -----------------------------------------------------------------
@@ -161,22 +192,46 @@ class WriteRing:
 
 
 @_message
-class ReadRings:
-    """To the inference process: the rings to read, and what it reports on status."""
+class AddStream:
+    """To the inference process: serve a stream from these rings."""
 
+    stream: str  # its id: topics pred.<id>, status.<id>
+    stride: float  # seconds between its windows
     video: str  # the FrameRing's name
     fps: float
     video_kind: str
     audio: str | None  # the AudioRing's name; None without sound
     audio_kind: str | None
-    processes: dict[str, int]  # process name -> pid
+    # process name -> pid, for its status: main, capture-video, capture-audio (this
+    # stream's, under their kind's name), inference
+    processes: dict[str, int]
+
+
+@_message
+class RemoveStream:
+    """To the inference process: stop serving a stream; answered with StreamRemoved."""
+
+    stream: str
+    reason: str  # removed | ended | failed: its last status says so
+
+
+@_message
+class StreamState:
+    """To the inference process: a stream it does not serve (yet, or any more), for the
+    run-level status."""
+
+    stream: str
+    state: str  # starting | restarting | ended | failed | removed
+    reason: str | None
 
 
 @_message
 class SourceHealth:
-    """To the inference process: a capture process is down (and restarts later) or up."""
+    """To the inference process: a stream's capture process is down (and restarts
+    later) or up."""
 
-    name: str  # capture-video | capture-audio
+    stream: str
+    name: str  # capture-video | capture-audio (the kind, without the stream)
     state: str  # up | down
     reason: str | None  # why it went down
     restarts: int
@@ -213,8 +268,11 @@ Message = (
     | Crash
     | ModelBuilt
     | EngineReady
+    | StreamRemoved
     | WriteRing
-    | ReadRings
+    | AddStream
+    | RemoveStream
+    | StreamState
     | SourceHealth
     | BenchRow
     | Died
