@@ -20,11 +20,13 @@ from stream.pipeline.processes import RESTART_BACKOFF_S, ProcessGroup, StopSigna
 def _child(mode: str, conn, stop) -> None:
     if mode == "exit3":
         sys.exit(3)
+    if mode == "asks_stop":  # as the inference process does when its preview is closed
+        stop.set()
     if mode == "stubborn":  # never looks at the stop event
-        conn.send(control.EngineReady("stubborn", 0.0))
+        conn.send(control.EngineReady("stubborn", 0.0, 1))
         while True:
             time.sleep(0.05)
-    conn.send(control.EngineReady(mode, 0.0))  # "echo": answers until stopped
+    conn.send(control.EngineReady(mode, 0.0, 1))  # "echo": answers until stopped
     while not stop.is_set():
         if conn.poll(0.05):
             conn.send(conn.recv())
@@ -48,7 +50,7 @@ def test_messages_from_any_child_and_a_silent_exit_is_died(group):
     group.start("a", _child, ("echo",))
     group.start("b", _child, ("exit3",))
     got = {_next(group) for _ in range(2)}
-    assert got == {("a", control.EngineReady("echo", 0.0)), ("b", control.Died(3))}
+    assert got == {("a", control.EngineReady("echo", 0.0, 1)), ("b", control.Died(3))}
     group.forget("b")  # as its owner does: else its exit is reported again
     group.send("a", control.WriteRing("ring", 7))
     assert _next(group) == ("a", control.WriteRing("ring", 7))
@@ -58,7 +60,7 @@ def test_children_ignore_ctrl_c(group):
     """Ctrl-C reaches the whole process group in a terminal; the parent acts on it."""
     group.start("a", _child, ("echo",))
     os.kill(group.pid("a"), signal.SIGINT)  # while it starts
-    assert _next(group) == ("a", control.EngineReady("echo", 0.0))
+    assert _next(group) == ("a", control.EngineReady("echo", 0.0, 1))
     os.kill(group.pid("a"), signal.SIGINT)  # while it runs
     group.send("a", control.Died(0))
     assert _next(group) == ("a", control.Died(0))  # echoed: still running
@@ -96,6 +98,32 @@ def test_stop_all_waits_for_the_grace_then_terminates(group, caplog):
         "stubborn did not stop in 0.5 s: terminating it"
     ]
     assert group.pids() == {}
+
+
+def test_stop_one_stops_that_child_alone(group):
+    """A stream removed from a running stream.run: its processes stop, the others run on."""
+    group.start("a", _child, ("echo",))
+    group.start("b", _child, ("echo",))
+    assert {_next(group)[0] for _ in range(2)} == {"a", "b"}
+    a = group._procs["a"]
+    group.stop_one("a", 60.0)
+    assert a.exitcode == 0  # it saw its own stop event: not terminated
+    assert "a" not in group and "b" in group and not group.stop_requested("b")
+    group.send("b", control.WriteRing("ring", 7))
+    assert _next(group) == ("b", control.WriteRing("ring", 7))
+    # one waiting for its restart is not started again, and its count is forgotten
+    group.down("b")
+    group.stop_one("b", 1.0)
+    assert "b" not in group.restarts
+    group.stop_one("b", 1.0)  # again, or a name never started: nothing to do
+    assert group.pids() == {}
+
+
+def test_a_child_can_ask_for_the_stop(group):
+    group.start("quiet", _child, ("echo",))
+    group.start("preview", _child, ("asks_stop",))
+    assert {_next(group)[0] for _ in range(2)} == {"quiet", "preview"}
+    assert group.stop_requested("preview") and not group.stop_requested("quiet")
 
 
 def test_stop_signals_are_noted_and_handlers_restored():

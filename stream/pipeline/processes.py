@@ -3,11 +3,11 @@
 (stream/train/record.py) supervise.
 
 A `ProcessGroup` starts children (spawned, so no torch state is forked, with SIGINT
-ignored: the parent acts on Ctrl-C and stops them itself), gives each one pipe and the
-group's stop event, receives the next message from any of them (a child that exits
-without a word is reported as `control.Died`), restarts one with backoff, and stops them
-all: the stop event first, a grace period, then terminate, then kill. The messages are
-those of stream/control.py.
+ignored: the parent acts on Ctrl-C and stops them itself), gives each one pipe and a
+stop event of its own, receives the next message from any of them (a child that exits
+without a word is reported as `control.Died`), restarts one with backoff, and stops one
+(a stream removed from a running stream.run) or all of them: the stop event first, a
+grace period, then terminate, then kill. The messages are those of stream/control.py.
 """
 
 from __future__ import annotations
@@ -61,16 +61,17 @@ class StopSignals:
 
 
 class ProcessGroup:
-    """Children by name; each gets `(*args, conn, stop)`: its end of a pipe and the
-    group's stop event."""
+    """Children by name; each gets `(*args, conn, stop)`: its end of a pipe and its own
+    stop event (set by the group to stop it, or by the child itself to ask the group's
+    owner to stop everything: `stop_requested`)."""
 
     def __init__(self):
         self.ctx = mp.get_context("spawn")
-        self.stop = self.ctx.Event()
         #: Restarts so far, per name.
         self.restarts: dict[str, int] = {}
         self._procs: dict[str, mp.process.BaseProcess] = {}
         self._conns: dict[str, mp.connection.Connection] = {}
+        self._stops: dict[str, mp.synchronize.Event] = {}
         self._specs: dict[str, tuple] = {}  # name -> (target, args), to start it again
         self._started_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
@@ -90,13 +91,20 @@ class ProcessGroup:
     def start(self, name: str, target, args: tuple) -> None:
         """Start `target(*args, conn, stop)` in a process called `name`."""
         parent_end, child_end = self.ctx.Pipe()
-        proc = self.ctx.Process(target=target, args=(*args, child_end, self.stop), name=name)
+        stop = self.ctx.Event()
+        proc = self.ctx.Process(target=target, args=(*args, child_end, stop), name=name)
         start_ignoring_sigint(proc)
         child_end.close()
         self._procs[name] = proc
         self._conns[name] = parent_end
+        self._stops[name] = stop
         self._specs[name] = (target, args)
         self._started_at[name] = time.monotonic()
+
+    def stop_requested(self, name: str) -> bool:
+        """Whether the running child `name` has set its own stop event (the inference
+        process does when its preview window is closed: the run ends)."""
+        return name in self._procs and self._stops[name].is_set()
 
     def send(self, name: str, message: control.Message) -> None:
         self._conns[name].send(message)
@@ -123,12 +131,14 @@ class ProcessGroup:
         """A child that finished on its own (it exits): collect it and close its pipe."""
         self._procs.pop(name).join(0.5)
         self._conns.pop(name).close()
+        self._stops.pop(name)
 
     def down(self, name: str) -> float:
         """A child died or lost its source: end it if it has not, and start it again
         after the returned delay (doubling while it keeps failing soon after a start)."""
         proc = self._procs.pop(name)
         self._conns.pop(name).close()
+        self._stops.pop(name)
         proc.join(0.5)
         if proc.is_alive():
             proc.terminate()
@@ -151,14 +161,32 @@ class ProcessGroup:
             self.start(name, *self._specs[name])
         return due
 
+    def stop_one(self, name: str, grace_s: float) -> None:
+        """Stop one child for good (its stream was removed): its stop event, `grace_s`
+        seconds to exit, then terminate and kill; a restart it was waiting for is
+        cancelled and its restart count forgotten (a stream added again under the same
+        name starts afresh). A name the group does not know is a no-op."""
+        for table in (self._specs, self._started_at, self._backoff, self._restart_due):
+            table.pop(name, None)
+        self.restarts.pop(name, None)
+        if name in self._procs:
+            self._stop([name], grace_s, warn=True)
+
     def stop_all(self, grace_s: float, *, warn: bool) -> None:
-        """Set the stop event, give the children `grace_s` seconds to exit, then
-        terminate (with a warning when `warn`) and kill what is left; close the pipes."""
-        self.stop.set()
+        """Set every child's stop event, give them `grace_s` seconds to exit, then
+        terminate (with a warning when `warn`) and kill what is left; close the pipes.
+        Children waiting for a restart are not started again."""
+        self._restart_due.clear()
+        self._stop(list(self._procs), grace_s, warn=warn)
+
+    def _stop(self, names: list[str], grace_s: float, *, warn: bool) -> None:
+        for name in names:
+            self._stops[name].set()
         deadline = time.monotonic() + grace_s
-        for proc in self._procs.values():
-            proc.join(max(0.0, deadline - time.monotonic()))
-        for proc in self._procs.values():
+        for name in names:
+            self._procs[name].join(max(0.0, deadline - time.monotonic()))
+        for name in names:
+            proc = self._procs.pop(name)
             if proc.is_alive():
                 if warn:
                     log.warning("%s did not stop in %.1f s: terminating it", proc.name, grace_s)
@@ -167,7 +195,5 @@ class ProcessGroup:
             if proc.is_alive():
                 proc.kill()
                 proc.join(0.3)
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
-        self._procs.clear()
+            self._conns.pop(name).close()
+            del self._stops[name]

@@ -1,8 +1,9 @@
-"""The shared-memory rings of one command (`python -m stream.run`, `python -m stream.record`),
-owned by its main process: sized from how many seconds their reader needs and the
-sources' formats, checked against the free space of /dev/shm, created, handed out to
-the capture processes with one start time, and unlinked on every exit path (the owner
-calls `close()` in a `finally`).
+"""The shared-memory rings of one stream (`python -m stream.run` has a plan per stream,
+`python -m stream.record` one), owned by the command's main process: sized from how many
+seconds their reader needs and the sources' formats, checked against the free space of
+/dev/shm, created, handed out to the stream's capture processes with one start time, and
+unlinked on every exit path (the owner calls `close()` in a `finally`, and when it
+removes the stream).
 """
 
 from __future__ import annotations
@@ -54,14 +55,18 @@ def check_shm_space(nbytes: int) -> None:
 
 
 class RingPlan:
-    """The FrameRing (and the AudioRing when there is sound) of one command."""
+    """The FrameRing (and the AudioRing when there is sound) of one stream.
 
-    def __init__(self):
+    The first plan a command makes sweeps /dev/shm of segments of this project's naming
+    whose creator is gone (a crashed run); a command with many streams makes the others
+    with `sweep=False`, so that it sweeps once."""
+
+    def __init__(self, *, sweep: bool = True):
         self.frames: FrameRing | None = None
         self.audio: AudioRing | None = None
-        # Segments of this project's naming whose creator is gone (a crashed run).
-        for name in sweep_stale_segments():
-            log.info("removed shared memory %s left by a crashed run", name)
+        if sweep:
+            for name in sweep_stale_segments():
+                log.info("removed shared memory %s left by a crashed run", name)
 
     def create(
         self,
@@ -82,8 +87,9 @@ class RingPlan:
             self.audio = AudioRing.create(capacity, audio_rate, max_block=AUDIO_MAX_BLOCK)
 
     def handout(self) -> dict[str, control.WriteRing]:
-        """What each capture process writes into (by process name), all with one start
-        time: picture and sound of paced sources (files) start together."""
+        """What each capture process writes into, by its kind (`control.CAPTURE_VIDEO`,
+        `control.CAPTURE_AUDIO`), all with one start time: picture and sound of paced
+        sources (files) start together."""
         start_ns = time.monotonic_ns() + round(START_DELAY_S * 1e9)
         rings = {control.CAPTURE_VIDEO: self.frames, control.CAPTURE_AUDIO: self.audio}
         return {
