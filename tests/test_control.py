@@ -22,9 +22,12 @@ EXAMPLES = [
     control.BadInput("camera 3 did not open: check that it is connected"),
     control.Crash("inference process failed: ValueError: bad shape"),
     control.ModelBuilt(name="avslowfast_r50", span_s=2.13, audio=control.AudioNeeds(16000, 2.048)),
-    control.EngineReady(engine="torch-cpu", window_s=0.25),
+    control.EngineReady(engine="torch-cpu", window_s=0.25, max_batch=8),
+    control.StreamRemoved(stream="door"),
     control.WriteRing(name="avstream_frames_123_ab", start_ns=12_345_678_901_234),
-    control.ReadRings(
+    control.AddStream(
+        stream="door",
+        stride=0.5,
         video="avstream_frames_123_ab",
         fps=30.0,
         video_kind="synthetic",
@@ -32,8 +35,15 @@ EXAMPLES = [
         audio_kind="synthetic",
         processes={"main": 123, "capture-video": 124, "capture-audio": 125},
     ),
+    control.RemoveStream(stream="door", reason="ended"),
+    control.StreamState(stream="cam1", state="restarting", reason="exit code -9"),
     control.SourceHealth(
-        name="capture-video", state="down", reason="exit code -9", restarts=1, pid=None
+        stream="cam0",
+        name="capture-video",
+        state="down",
+        reason="exit code -9",
+        restarts=1,
+        pid=None,
     ),
     control.BenchRow({"model": "x3d_xs", "engine_ms": {"p50": 12.5}}),
     control.Died(code=-9),
@@ -96,13 +106,25 @@ def test_a_tuple_is_not_a_message():
             control.receive(child, "the test")
 
 
+def test_process_names_say_their_stream():
+    name = control.capture_name(control.CAPTURE_VIDEO, "door")
+    assert name == "capture-video:door"
+    assert control.split_name(name) == (control.CAPTURE_VIDEO, "door")
+    assert control.split_name(control.INFERENCE) == (control.INFERENCE, None)
+
+
 def test_supervisor_fails_loudly_on_a_message_it_does_not_expect():
     """A known message at the wrong end (WriteRing goes to the captures, never to main)."""
-    from stream.pipeline.supervisor import Supervisor
+    from stream.pipeline.ring_plan import RingPlan
+    from stream.pipeline.supervisor import Supervisor, _Stream
 
-    supervisor = Supervisor(config.RunConfig())
-    with pytest.raises(control.UnexpectedMessage, match=r"stream\.run \(from capture-video\)"):
-        supervisor._fail_on("capture-video", control.WriteRing("x", 0))
+    cfg = config.RunConfig()
+    supervisor = Supervisor(cfg)
+    with pytest.raises(control.UnexpectedMessage, match=r"stream\.run \(from inference\)"):
+        supervisor._from_inference(control.WriteRing("x", 0))
+    stream = _Stream(cfg.streams[0], RingPlan(sweep=False), initial=True)
+    with pytest.raises(control.UnexpectedMessage, match=r"stream\.run \(from capture-video:cam0\)"):
+        supervisor._from_capture(stream, control.CAPTURE_VIDEO, control.WriteRing("x", 0))
 
 
 def test_capture_fails_loudly_on_a_message_it_does_not_expect():
@@ -125,7 +147,7 @@ if __name__ == "__main__":
     child.close()
     assert parent.poll(60)
     assert isinstance(parent.recv(), control.VideoOpened)
-    parent.send(control.EngineReady("torch-cpu", 0.1))
+    parent.send(control.EngineReady("torch-cpu", 0.1, 1))
     proc.join(60)
     print("exit", proc.exitcode)
 """
