@@ -118,14 +118,19 @@ def expected_cpu_engine_name() -> str:
 
 
 class StreamProcess:
-    """`python -m stream.run ...` as a real process publishing on a free port of 127.0.0.1.
+    """`python -m stream.run ...` as a real process publishing on a free port of 127.0.0.1,
+    with its control socket (`control`, for stream.ctl) on another unless `args` say
+    `--control` (runs never collide on the default 5554).
 
     Its stderr is read line by line as it comes (a thread), so that a test can wait for a
     log line (`wait_for`) instead of sleeping, and a chatty run never fills the pipe."""
 
     def __init__(self, *args: str, env: dict | None = None):
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        argv = [sys.executable, "-m", "stream.run", "--publish", self.endpoint, *args]
+        own = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--control"]
+        self.control = own[-1] if own else f"tcp://127.0.0.1:{free_port()}"
+        control = [] if own else ["--control", self.control]
+        argv = [sys.executable, "-m", "stream.run", "--publish", self.endpoint, *control, *args]
         self.proc = subprocess.Popen(
             argv,
             cwd=REPO,

@@ -358,9 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--fps", type=float, help="capture rate (cameras, synthetic)")
     add.add_argument(
         "--loop",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="repeat a video file instead of ending the stream at its end",
+        help="repeat a video file (--no-loop: end the stream at its end; default: the run's "
+        "--loop)",
     )
     add.add_argument("--stride", type=float, help="seconds between the stream's windows")
     remove = ops.add_parser("remove", help="stop a stream and free its shared memory")
