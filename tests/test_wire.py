@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 import zmq
 
+from helpers import REPO, Sending
 from stream.errors import UserError
 from stream.pipeline.aggregate import Smoother, softmax, top_k
 from stream.transport import wire
 from stream.transport.publish import Publisher
+from stream.transport.subscribe import Message, Subscriber, format_message
 
 # Every field wire.prediction takes: the body a running stream builds for one window.
 _PREDICTION_FIELDS = {
@@ -36,6 +40,7 @@ _PREDICTION_FIELDS = {
     "skipped": 0,
     "degraded": [],
     "stages_ms": {"ring_read": 0.12345, "preprocess": 2.0},
+    "batch": 1,
 }
 
 
@@ -67,6 +72,36 @@ def _status(**over):
         dropped=0,
         subscriptions=1,
         processes={"main": 100},
+    )
+    body.update(over)
+    return body
+
+
+def _run_status(**over):
+    """A complete run status body: two streams, one of them ended."""
+    body = wire.run_status(
+        seq=0,
+        host="box",
+        pid=4321,
+        model="x3d_xs",
+        engine="torch-cpu",
+        state="running",
+        mono_ns=1,
+        wall_ns=1_700_000_000_000_000_000,
+        max_batch=4,
+        batch_wait_s=0.02,
+        streams=[
+            wire.run_stream(
+                stream="cam0", state="running", reason=None, windows_run=10, windows_skipped=2
+            ),
+            wire.run_stream(
+                stream="door", state="ended", reason="end of file", windows_run=5, windows_skipped=0
+            ),
+        ],
+        batches=[3, 6, 0, 0],
+        sent=40,
+        dropped=0,
+        subscriptions=1,
     )
     body.update(over)
     return body
@@ -161,6 +196,38 @@ def test_status_round_trip():
     assert wire.decode(wire.encode("status.cam0", body)) == ("status.cam0", body)
 
 
+def test_run_status_round_trip():
+    body = _run_status()
+    assert body["windows"] == {"run": 15, "skipped": 2}  # the streams', summed
+    assert body["streams"][0] == {
+        "id": "cam0",
+        "state": "running",
+        "windows_run": 10,
+        "windows_skipped": 2,
+    }  # no reason: nothing to say
+    assert body["streams"][1]["reason"] == "end of file"
+    frames = wire.encode(wire.RUN_TOPIC, body)
+    assert frames[0] == b"run"
+    assert wire.decode(frames) == ("run", body)
+    with pytest.raises(ValueError, match="batches has 2 entries for max_batch 4"):
+        wire.run_status(**{**_RUN_FIELDS, "batches": [1, 2]})
+
+
+_RUN_FIELDS = {
+    k: v for k, v in _run_status().items() if k not in ("schema", "t", "windows", "publish")
+} | {"mono_ns": 1, "wall_ns": 2, "sent": 0, "dropped": 0, "subscriptions": 0}
+
+
+def test_batch_is_checked_when_present():
+    assert wire.validate(_prediction(batch=3))["batch"] == 3
+    older = _prediction()
+    del older["batch"]  # a publisher of before batching
+    wire.validate(older)
+    for bad in (0, -1, 1.0, True, "2"):
+        with pytest.raises(wire.WireError, match="batch"):
+            wire.validate(_prediction(batch=bad))
+
+
 @pytest.mark.parametrize(
     "frames",
     [
@@ -185,11 +252,78 @@ def test_status_round_trip():
         [b"status.cam0", json.dumps(_status(windows={"run": 1})).encode()],
         [b"status.cam0", json.dumps(_status(processes={"main": "x"})).encode()],
         [b"status.cam0", json.dumps(_prediction()).encode()],  # schema does not match the topic
+        [b"pred.cam0", json.dumps(_prediction(batch=0)).encode()],
+        [b"run", json.dumps(_status()).encode()],
+        [b"status.cam0", json.dumps(_run_status()).encode()],
+        [b"run", json.dumps(_run_status(pid="4321")).encode()],
+        [b"run", json.dumps(_run_status(batches=[1, 2.5])).encode()],
+        [b"run", json.dumps(_run_status(streams=[{"id": "cam0", "state": "running"}])).encode()],
+        [
+            b"run",
+            json.dumps(
+                _run_status(
+                    streams=[
+                        {"id": "a", "state": "ended", "reason": None, "windows_run": 1}
+                        | {"windows_skipped": 0}
+                    ]
+                )
+            ).encode(),
+        ],
+        [b"run", json.dumps({k: v for k, v in _run_status().items() if k != "host"}).encode()],
     ],
 )
 def test_invalid_messages_are_refused(frames):
     with pytest.raises(wire.WireError):
         wire.decode(frames)
+
+
+def test_run_status_line():
+    line = format_message(Message(wire.RUN_TOPIC, _run_status(), 0))
+    assert line.endswith(
+        " run box:4321 running x3d_xs on torch-cpu, 2 streams [cam0 running 10/2, door ended 5/0 "
+        "(end of file)] (windows run/skipped), windows run 15 skipped 2, batches (size:calls, at "
+        "most 4) 1:3 2:6"
+    ), line
+    fresh = format_message(
+        Message("run", _run_status(streams=[], batches=[0] * 4, state="loading"), 0)
+    )
+    assert " run box:4321 loading x3d_xs on torch-cpu, 0 streams [none yet]" in fresh
+    assert fresh.endswith("batches (size:calls, at most 4) none yet")
+
+
+def test_subscriber_yields_run_statuses_and_counts_their_gaps_per_run():
+    """Behind a proxy, several runs send topic `run`: each one's seq counts on its own."""
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)  # it tells when the subscription has arrived
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sent = [("box", 0), ("cellar", 0), ("box", 1), ("cellar", 1), ("box", 3), ("cellar", 2)]
+    with Subscriber(f"tcp://127.0.0.1:{port}", topics=(wire.RUN_TOPIC,)) as sub:
+        assert pub.poll(60_000), "the subscription did not reach the publisher"
+        assert pub.recv() == b"\x01run"
+        for host, seq in sent:
+            pub.send_multipart(wire.encode(wire.RUN_TOPIC, _run_status(host=host, seq=seq)))
+        got = [sub.recv(timeout=60) for _ in sent]
+    pub.close(0)
+    assert [(m.topic, m.body["host"], m.body["seq"]) for m in got] == [("run", *x) for x in sent]
+    assert sub.missed == 1  # box's 2
+    assert got[0].age_ms is None  # a run status has no capture time
+
+
+def test_subscribe_cli_prints_run_statuses():
+    with Sending([_run_status()], topic=wire.RUN_TOPIC) as pub:
+        cli = subprocess.run(
+            [sys.executable, "-m", "stream.subscribe", pub.endpoint, "--topic", "run"]
+            + ["--count", "2", "--timeout", "60"],
+            check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stderr.splitlines() == [f"waiting for the run status on {pub.endpoint} (topic run)"]
+    lines = cli.stdout.splitlines()
+    assert len(lines) == 2 and all(" run box:4321 running x3d_xs " in line for line in lines)
 
 
 def test_stream_id_rules():

@@ -226,10 +226,13 @@ class Subscriber:
             except wire.WireError:
                 self.invalid += 1
                 continue
-            last = self._last_seq.get(topic)
+            # Every run sends topic `run` (through a proxy, several reach us): its seq
+            # counts per run, told apart by host and process.
+            key = (topic, body["host"], body["pid"]) if body["schema"] == wire.RUN_SCHEMA else topic
+            last = self._last_seq.get(key)
             if last is not None and body["seq"] > last + 1:
                 self.missed += body["seq"] - last - 1
-            self._last_seq[topic] = body["seq"]  # a restarted stream starts again at 0
+            self._last_seq[key] = body["seq"]  # a restarted stream starts again at 0
             return Message(topic, body, received_ns)
 
     def __iter__(self):
@@ -254,6 +257,8 @@ def format_message(msg: Message) -> str:
     """One human-readable line per message."""
     b = msg.body
     clock = time.strftime("%H:%M:%S", time.localtime(b["t"]["wall_ns"] / 1e9))
+    if b["schema"] == wire.RUN_SCHEMA:
+        return _format_run(clock, b)
     if b["schema"] == wire.STATUS_SCHEMA:
         w = b["windows"]
         return (
@@ -276,6 +281,25 @@ def format_message(msg: Message) -> str:
     return line
 
 
+def _format_run(clock: str, b: dict) -> str:
+    """A run status in one line: the run, its streams (state, windows run/skipped) and
+    how many engine calls ran each batch size."""
+    streams = ", ".join(
+        f"{s['id']} {s['state']} {s['windows_run']}/{s['windows_skipped']}"
+        + (f" ({s['reason']})" if s.get("reason") else "")
+        for s in b["streams"]
+    )
+    batches = " ".join(f"{size}:{calls}" for size, calls in enumerate(b["batches"], 1) if calls)
+    w = b["windows"]
+    return (
+        f"{clock} run {b['host']}:{b['pid']} {b['state']} {b['model']} on {b['engine']}, "
+        f"{len(b['streams'])} stream{'' if len(b['streams']) == 1 else 's'} "
+        f"[{streams or 'none yet'}] (windows run/skipped), windows run {w['run']} "
+        f"skipped {w['skipped']}, batches (size:calls, at most {b['max_batch']}) "
+        f"{batches or 'none yet'}"
+    )
+
+
 def waiting_line(endpoint: str, topics: tuple[str, ...]) -> str:
     """What the CLI says until the first message: which stream, where, which topics."""
     names = []
@@ -285,6 +309,8 @@ def waiting_line(endpoint: str, topics: tuple[str, ...]) -> str:
             names.append(stream_id or "predictions")
         elif kind == wire.STATUS_TOPIC:
             names.append(f"{stream_id} status" if stream_id else "status")
+        elif t == wire.RUN_TOPIC:
+            names.append("the run status")
         else:
             names.append(t or "every message")
     shown = ", ".join(t.rstrip(".") or '""' for t in topics)
@@ -297,7 +323,8 @@ def waiting_line(endpoint: str, topics: tuple[str, ...]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="python -m stream.subscribe",
-        description="Print the predictions (and, with --topic status, the heartbeats) of a stream.",
+        description="Print the predictions (and, with --topic status, the heartbeats; with "
+        "--topic run, the run-level status) of a run's streams.",
     )
     parser.add_argument(
         "endpoint", nargs="?", default=DEFAULT_ENDPOINT, help=f"default {DEFAULT_ENDPOINT}"
@@ -312,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         "--topic",
         action="append",
         default=None,
-        help="topic prefix to receive, e.g. pred.cam0 or status (repeatable; default: pred)",
+        help="topic prefix to receive, e.g. pred.cam0, status or run (the run-level status) "
+        "(repeatable; default: pred)",
     )
     parser.add_argument(
         "--timeout",

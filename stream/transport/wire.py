@@ -1,13 +1,14 @@
 """The wire format, in one place: topics, JSON bodies, their versions and validation.
 
 Every message is a ZeroMQ multipart message `[topic, body]`: `topic` is ASCII
-(`pred.<stream-id>` or `status.<stream-id>`), `body` UTF-8 JSON. Nothing is pickled.
-Publishers build a body with one call, `prediction()` or `status()`, from every field it
-has; a prediction gets its publish stamps from `stamp_publish()` just before the send
+(`pred.<stream-id>`, `status.<stream-id>`, or `run` for the run-level status), `body`
+UTF-8 JSON. Nothing is pickled. Publishers build a body with one call, `prediction()`,
+`status()` or `run_status()`, from every field it has; a prediction gets its publish
+stamps from `stamp_publish()` just before the send
 (`stream.transport.publish.Publisher.send_prediction` does both). They send
-`encode(...)`; subscribers call `decode(frames)`, which validates and raises `WireError` on anything
-that does not match the schema named in the body. docs/protocol.md describes every
-field; docs/schemas/*.json are the same schemas in JSON Schema, for other languages.
+`encode(...)`; subscribers call `decode(frames)`, which validates and raises `WireError`
+on anything that does not match the schema named in the body. docs/protocol.md describes
+every field; docs/schemas/*.json are the same schemas in JSON Schema, for other languages.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from typing import Any, NamedTuple
 
 PREDICTION_SCHEMA = "avstream.prediction.v1"
 STATUS_SCHEMA = "avstream.status.v1"
+RUN_SCHEMA = "avstream.run.v1"
 PRED_TOPIC = "pred"
 STATUS_TOPIC = "status"
+#: The run-level status's topic: one per run (it has no stream id; `host` and `pid` in the
+#: body tell the runs behind one proxy apart).
+RUN_TOPIC = "run"
 
 _STREAM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -62,6 +67,7 @@ def prediction(
     skipped: int,
     degraded: list[str],
     stages_ms: dict[str, float],
+    batch: int,
 ) -> dict:
     """A prediction body with every field but the publish stamps (`t.publish_ns`,
     `t.wall_ns`, `latency_ms.capture_to_publish`), which `stamp_publish` adds just before
@@ -76,7 +82,7 @@ def prediction(
     the engine was slower than the stride. `degraded` lists why the prediction saw less
     than a full window (e.g. "audio gap"); empty when the window was complete. `stages_ms`:
     time per stage before the engine (diagnostics for the benchmark), rounded here to the
-    microsecond.
+    microsecond. `batch`: windows in the engine call that ran this one (1: alone).
     """
     return {
         "schema": PREDICTION_SCHEMA,
@@ -106,6 +112,7 @@ def prediction(
         "skipped": skipped,
         "degraded": list(degraded),
         "stages_ms": {k: round(v, 3) for k, v in stages_ms.items()},
+        "batch": batch,
     }
 
 
@@ -158,6 +165,67 @@ def status(
     }
 
 
+def run_stream(
+    *, stream: str, state: str, reason: str | None, windows_run: int, windows_skipped: int
+) -> dict:
+    """One entry of a run status's `streams`: a stream's id, state, why it is in that
+    state (absent when there is nothing to say) and its window counts."""
+    entry = {
+        "id": stream,
+        "state": state,
+        "windows_run": windows_run,
+        "windows_skipped": windows_skipped,
+    }
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+def run_status(
+    *,
+    seq: int,
+    host: str,
+    pid: int,
+    model: str,
+    engine: str,
+    state: str,
+    mono_ns: int,
+    wall_ns: int,
+    max_batch: int,
+    batch_wait_s: float,
+    streams: list[dict],
+    batches: list[int],
+    sent: int,
+    dropped: int,
+    subscriptions: int,
+) -> dict:
+    """The run-level heartbeat (topic `run`), complete: the run's host and inference
+    process, model and engine, its streams (`run_stream` entries), and how its engine
+    calls were batched: `batches[i]` engine calls ran i + 1 windows (`max_batch` long).
+    The windows' totals are summed here from the streams'."""
+    if len(batches) != max_batch:
+        raise ValueError(f"batches has {len(batches)} entries for max_batch {max_batch}")
+    return {
+        "schema": RUN_SCHEMA,
+        "seq": seq,
+        "host": host,
+        "pid": pid,
+        "model": model,
+        "engine": engine,
+        "state": state,
+        "t": {"mono_ns": mono_ns, "wall_ns": wall_ns},
+        "max_batch": max_batch,
+        "batch_wait_s": batch_wait_s,
+        "streams": [dict(s) for s in streams],
+        "batches": list(batches),
+        "windows": {
+            "run": sum(s["windows_run"] for s in streams),
+            "skipped": sum(s["windows_skipped"] for s in streams),
+        },
+        "publish": {"sent": sent, "dropped": dropped, "subscriptions": subscriptions},
+    }
+
+
 def encode(topic_: str, body: dict) -> list[bytes]:
     return [topic_.encode("ascii"), json.dumps(body, separators=(",", ":")).encode("utf-8")]
 
@@ -205,6 +273,7 @@ _PREDICTION = {
     "skipped": _INT,
     "degraded": _ListOf(_STR),
     "stages_ms": _MapOf(_NUM),
+    "batch?": _INT,
 }
 _STATUS = {
     "schema": _STR,
@@ -219,6 +288,30 @@ _STATUS = {
     "sources": {"video": {}, "audio": {}},
     "publish": {"sent": _INT, "dropped": _INT, "subscriptions": _INT},
     "processes": _MapOf(_INT),
+}
+_RUN = {
+    "schema": _STR,
+    "seq": _INT,
+    "host": _STR,
+    "pid": _INT,
+    "model": _STR,
+    "engine": _STR,
+    "state": _STR,
+    "t": {"mono_ns": _INT, "wall_ns": _INT},
+    "max_batch": _INT,
+    "batch_wait_s": _NUM,
+    "streams": _ListOf(
+        {"id": _STR, "state": _STR, "reason?": _STR, "windows_run": _INT, "windows_skipped": _INT}
+    ),
+    "batches": _ListOf(_INT),
+    "windows": {"run": _INT, "skipped": _INT},
+    "publish": {"sent": _INT, "dropped": _INT, "subscriptions": _INT},
+}
+#: schema -> (its fields, what a message of it is called, the topic kind it comes on)
+_SCHEMAS = {
+    PREDICTION_SCHEMA: (_PREDICTION, "prediction", PRED_TOPIC),
+    STATUS_SCHEMA: (_STATUS, "status", STATUS_TOPIC),
+    RUN_SCHEMA: (_RUN, "run status", RUN_TOPIC),
 }
 _TYPE_NAMES = {_INT: "an integer", _NUM: "a number", _STR: "a string", _BOOL: "true or false"}
 
@@ -252,14 +345,12 @@ def validate(body: Any) -> dict:
     if not isinstance(body, dict):
         raise WireError("message body is not a JSON object")
     schema = body.get("schema")
-    if schema == PREDICTION_SCHEMA:
-        _check(body, _PREDICTION, "prediction")
-    elif schema == STATUS_SCHEMA:
-        _check(body, _STATUS, "status")
-    else:
-        raise WireError(
-            f"unknown schema {schema!r} (this client reads {PREDICTION_SCHEMA}, {STATUS_SCHEMA})"
-        )
+    if schema not in _SCHEMAS:
+        raise WireError(f"unknown schema {schema!r} (this client reads {', '.join(_SCHEMAS)})")
+    fields, name, _ = _SCHEMAS[schema]
+    _check(body, fields, name)
+    if schema == PREDICTION_SCHEMA and body.get("batch", 1) < 1:
+        raise WireError(f"prediction.batch is {body['batch']}, not a count of windows (>= 1)")
     return body
 
 
@@ -272,11 +363,12 @@ def decode(frames: list[bytes]) -> tuple[str, dict]:
         body = json.loads(frames[1].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireError(f"undecodable message: {exc}") from None
-    kind = topic_.partition(".")[0]
     validated = validate(body)
-    expected = (
-        PREDICTION_SCHEMA if kind == PRED_TOPIC else STATUS_SCHEMA if kind == STATUS_TOPIC else None
-    )
-    if expected != validated["schema"]:
+    if topic_kind(topic_) != _SCHEMAS[validated["schema"]][2]:
         raise WireError(f"topic {topic_!r} carries schema {validated['schema']!r}")
     return topic_, validated
+
+
+def topic_kind(topic_: str) -> str:
+    """`pred` of `pred.cam0`, `status` of `status.cam0`, `run` of `run`."""
+    return topic_.partition(".")[0]
