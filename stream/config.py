@@ -7,6 +7,13 @@ docs/cli.md's tables come from there. A YAML file may set any option under its n
 type is a UserError naming the file and the key. Clip length, sampling interval, crop and
 normalisation are not run options: they come from the model's metadata (`model.meta`),
 the one place they live.
+
+A run has one or more streams (`RunConfig.streams`, each a `StreamSpec`): one per
+`--camera` flag (the Nth named by the Nth `--stream-id`, else camN, with the Nth `--mic`),
+or the YAML `streams:` list when no `--camera` flag is given, or the one stream of the
+run-level values. `camera`, `mic` and `stream_id` remain run-level values: the one
+stream's in a one-camera run, and what a stream that does not say takes; the code that
+serves streams reads `streams`.
 """
 
 from __future__ import annotations
@@ -32,6 +39,35 @@ from stream.transport import wire
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+#: The keys of an entry of a YAML `streams:` list, and the option whose value and type
+#: each takes (a key left out takes the run's value; an id left out is camN).
+STREAM_KEYS = {
+    "id": "stream_id",
+    "camera": "camera",
+    "mic": "mic",
+    "size": "size",
+    "fps": "fps",
+    "loop": "loop",
+    "stride": "stride",
+}
+#: What to do when --mic does not match --camera.
+MIC_PER_CAMERA = "give --mic once per --camera, in the same order; none for a camera without sound"
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+    """One stream of a run: its id (topics `pred.<id>`, `status.<id>`), its sources and
+    how they are read (`size` as --size, None: the source's own; `fps` None: the source's
+    own), and the seconds between its windows."""
+
+    id: str
+    camera: str
+    mic: str
+    size: str | None
+    fps: float | None
+    loop: bool
+    stride: float
+
 
 @dataclasses.dataclass
 class RunConfig:
@@ -39,20 +75,28 @@ class RunConfig:
         "0",
         yaml_types=(str, int),
         path=True,
-        help="camera index, video file, URL (http/rtsp/udp...) or 'synthetic' ({default})",
+        repeat=True,
+        help="camera index, video file, URL (http/rtsp/udp...) or 'synthetic' ({default}); "
+        "each --camera is a stream (cam0, cam1, ...), and --camera flags replace a config "
+        "file's streams: list",
         doc="camera index, video file (paced at its frame rate), URL (http, https, rtsp, rtp, "
-        "udp, tcp, rtmp) or `synthetic` (a moving test pattern)",
+        "udp, tcp, rtmp) or `synthetic` (a moving test pattern). Each `--camera` is a stream, "
+        "`cam0`, `cam1`, … in order; `--camera` flags replace a config file's `streams` list",
     )
     mic: str = option(
         "default",
         yaml_types=(str, int),
         path=True,
         per_model=True,
+        repeat=True,
         help="microphone: default, a device name or index, an audio/video file, "
-        "synthetic (a beep every second), or none ({default})",
+        "synthetic (a beep every second), or none ({default}); with several --camera, "
+        "one --mic per camera in the same order, or --mic none once for all",
         doc="`default`, a device name (or a unique part of it) or index, an audio/video file "
         "(its sound, in sync with the same file as `--camera`), `synthetic` (a beep every "
-        "second), or `none`; video-only models say once that they do not use it",
+        "second), or `none`; video-only models say once that they do not use it. With several "
+        "`--camera`: one `--mic` per camera in the same order (`none` for a camera without "
+        "sound), `--mic none` once for all, or none at all (every stream takes the default)",
     )
     model: str = option(
         "x3d_xs",
@@ -133,6 +177,20 @@ class RunConfig:
         help="seconds between windows ({default})",
         doc="seconds between windows; `--help` lists each model's default (`configs/<model>.yaml`)",
     )
+    max_batch: int = option(
+        8,
+        help="most windows, of different streams, that the engine runs in one call ({default})",
+        doc="most windows, of different streams, that the engine runs in one call; the engine "
+        "is built for batches up to this size (`1`: every window alone)",
+    )
+    batch_wait: float = option(
+        0.02,
+        help="seconds the engine waits, once a window is due, for other streams' windows to "
+        "join its batch; less than the stride ({default})",
+        doc="seconds the engine waits, once a window is due, for other streams' windows to "
+        "join its batch (never past a window's next tick); at least 0 and less than the "
+        "smallest stride of the run's streams (left out, it is 0 when a stride is that short)",
+    )
     smoothing: str = option(
         "ema:0.5",
         per_model=True,
@@ -150,13 +208,26 @@ class RunConfig:
     )
     allow_remote: bool = option(
         False,
-        help="allow a --publish address other hosts can reach",
-        doc="needed to bind an address other hosts can reach",
+        help="allow --publish and --control addresses other hosts can reach",
+        doc="needed to bind an address other hosts can reach (`--publish`, `--control`)",
+    )
+    # None: no control socket (`--control none`, or `control: null` in YAML).
+    control: str | None = option(
+        "tcp://127.0.0.1:5554",
+        help="ZeroMQ endpoint of the control socket, where python -m stream.ctl adds, removes "
+        "and lists streams while the run runs; or none ({default})",
+        doc="ZeroMQ endpoint to bind the control socket on: `python -m stream.ctl` adds, "
+        "removes and lists streams there while the run runs (CURVE with the run's keys); "
+        "`none`: no control socket",
     )
     stream_id: str = option(
         "cam0",
-        help="name of this stream in topics and messages ({default})",
-        doc="name of the stream in topics and messages",
+        repeat=True,
+        help="name of the stream in topics and messages ({default}); with several --camera, "
+        "the Nth --stream-id names the Nth camera, and a camera without one is camN",
+        doc="name of the stream in topics and messages; with several `--camera`, the Nth "
+        "`--stream-id` names the Nth camera, and a camera without one is `camN` (N its place, "
+        "from 0)",
     )
     duration: float | None = option(
         None,
@@ -220,9 +291,33 @@ class RunConfig:
         doc="a mapping of the model family's build options, passed to "
         "`models.create(name, **options)` (default `{}`: the published architecture)",
     )
+    # Filled by `resolve` (and __post_init__): YAML gives mappings, the run StreamSpecs.
+    streams: list[StreamSpec] = option(  # noqa: RUF009 (option() returns a dataclasses.field)
+        default_factory=list,
+        flag=None,
+        doc="the run's streams, one mapping each with the keys `id`, `camera`, `mic`, `size`, "
+        "`fps`, `loop`, `stride` (e.g. `streams: [{id: door, camera: rtsp://door/stream, "
+        "mic: none}, {id: yard, camera: 0, stride: 0.5}]`): a key an entry leaves out takes "
+        "the run's value (the flag, else the file's key, else the default), an id left out is "
+        "`camN` (N the entry's place, from 0); `--camera` flags replace the list",
+    )
     # Not an option: where each value came from ("--stride", "configs/x3d_xs.yaml", ...),
     # for log lines that say why a value is what it is. Filled by `resolve`.
     origins: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.streams:  # a run of one stream: the run-level values
+            self.streams = [
+                StreamSpec(
+                    id=self.stream_id,
+                    camera=self.camera,
+                    mic=self.mic,
+                    size=self.size,
+                    fps=self.fps,
+                    loop=self.loop,
+                    stride=self.stride,
+                )
+            ]
 
     def origin(self, name: str) -> str:
         """Where option `name` came from: a flag, a config file, or the built-in default."""
@@ -230,8 +325,7 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check every value; raises UserError with the flag's name and what to do."""
-        if not self.stride > 0:
-            raise UserError(f"--stride {self.stride} must be > 0 seconds (e.g. 0.25)")
+        check_source(self.size, self.fps, self.stride)
         if self.topk < 1:
             raise UserError(f"--topk {self.topk} must be >= 1")
         if self.threads is not None and self.threads < 1:
@@ -246,8 +340,6 @@ class RunConfig:
             )
         if self.duration is not None and not self.duration > 0:
             raise UserError(f"--duration {self.duration} must be > 0 seconds")
-        if self.fps is not None and not self.fps > 0:
-            raise UserError(f"--fps {self.fps} must be > 0")
         if self.num_classes is not None and self.num_classes < 1:
             raise UserError(f"num_classes {self.num_classes} must be >= 1")
         if self.labels is not None:
@@ -280,6 +372,7 @@ class RunConfig:
             wire.check_stream_id(self.stream_id)
         except ValueError as exc:
             raise UserError(f"--stream-id: {exc}") from None
+        self._check_streams()
         options = self.model_options
         if not isinstance(options, dict) or not all(isinstance(k, str) and k for k in options):
             raise UserError(
@@ -292,8 +385,14 @@ class RunConfig:
                 "run without --preview, or from a desktop session"
             )
         Smoother(self.smoothing)  # raises UserError when malformed
-        parse_size(self.size)
         check_endpoint(self.publish, allow_remote=self.allow_remote)
+        if self.control is not None:
+            check_endpoint(
+                self.control,
+                flag="--control",
+                allow_remote=self.allow_remote,
+                others="control this run",
+            )
         if self.curve_clients is not None and self.curve_secret_key is None:
             raise UserError(
                 "--curve-clients needs --curve-secret-key (the server's *.key_secret file)"
@@ -308,6 +407,83 @@ class RunConfig:
             )
         return self
 
+    def _check_streams(self) -> None:
+        """Each stream's id (valid, its own) and values, and the batching options against
+        the streams. The run-level values are checked before with their flags' words, so a
+        stream that takes them passes."""
+        origin = self.origins.get("streams")  # "--camera", a config file, or none
+        from_flags = origin == "--camera"
+        file = f"config file {origin!r}: " if origin and not from_flags else ""
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(self.streams):
+            # From flags, only an id can be wrong here (the rest are the run's values).
+            check_stream(spec, "--stream-id" if from_flags else f"{file}streams[{i}]")
+            if spec.id in seen:
+                how = (
+                    "the Nth --stream-id names the Nth --camera, and a camera without one is camN"
+                    if from_flags
+                    else "an entry of streams: without an id: is camN, N its place"
+                )
+                raise UserError(
+                    f"{file}stream id {spec.id!r} is given twice (streams[{seen[spec.id]}] and "
+                    f"streams[{i}]): give each stream its own id ({how})"
+                )
+            seen[spec.id] = i
+        if self.max_batch < 1:
+            raise UserError(
+                f"--max-batch {self.max_batch} must be >= 1 (1: every window runs alone)"
+            )
+        if not self.batch_wait >= 0:
+            raise UserError(f"--batch-wait {self.batch_wait} must be >= 0 seconds (0: no wait)")
+        smallest = min(self.streams, key=lambda spec: spec.stride)
+        if not self.batch_wait < smallest.stride and "batch_wait" not in self.origins:
+            # The default is for strides well above it: a run with a stride as short as
+            # that waits for no batch (as every run did before batching) rather than being
+            # refused for an option it did not give.
+            self.batch_wait = 0.0
+        if not self.batch_wait < smallest.stride:
+            which = (
+                f"the smallest stride of the streams ({smallest.stride:g} s, {smallest.id})"
+                if len(self.streams) > 1
+                else f"the stride ({smallest.stride:g} s)"
+            )
+            raise UserError(
+                f"--batch-wait {self.batch_wait:g} must be less than {which}: a window would "
+                f"wait for its batch past its next one; give e.g. --batch-wait "
+                f"{min(RunConfig.batch_wait, smallest.stride / 2):g}"
+            )
+
+    def check_new_stream(self, spec: StreamSpec) -> None:
+        """What a stream added while the run runs must pass (that its id is not in use is
+        the caller's to check): UserError naming the stream."""
+        check_stream(spec, f"stream {spec.id!r}")
+        if not self.batch_wait < spec.stride:
+            raise UserError(
+                f"stream {spec.id!r}: --stride {spec.stride:g} must be more than the run's "
+                f"--batch-wait {self.batch_wait:g}"
+            )
+
+
+def check_stream(spec: StreamSpec, where: str) -> None:
+    """A stream's id and values: UserError '<where>: ...' in the words of the flags."""
+    try:
+        wire.check_stream_id(spec.id)
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    try:
+        check_source(spec.size, spec.fps, spec.stride)
+    except UserError as exc:
+        raise UserError(f"{where} (id {spec.id}): {exc}") from None
+
+
+def check_source(size: str | None, fps: float | None, stride: float) -> None:
+    """A stream's capture size, rate and stride: UserError in the words of their flags."""
+    if not stride > 0:
+        raise UserError(f"--stride {stride} must be > 0 seconds (e.g. 0.25)")
+    if fps is not None and not fps > 0:
+        raise UserError(f"--fps {fps} must be > 0")
+    parse_size(size)
+
 
 def parse_size(size: str | None) -> tuple[int, int] | None:
     """'640x480' → (640, 480)."""
@@ -319,11 +495,14 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
     return int(m[1]), int(m[2])
 
 
-def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> None:
-    """A tcp:// endpoint; one other hosts can reach only with `allow_remote`."""
+def check_endpoint(
+    endpoint: str, *, flag: str = "--publish", allow_remote: bool = False, others: str = "subscribe"
+) -> None:
+    """A tcp:// endpoint for `flag`; one other hosts can reach (and `others`) only with
+    `allow_remote`."""
     m = re.fullmatch(r"tcp://(\[[^\]]+\]|[^:/]+):(\d{1,5})", endpoint)
     if not m or not 0 < int(m[2]) < 65536:
-        raise UserError(f"--publish {endpoint!r} is not an endpoint like tcp://127.0.0.1:5555")
+        raise UserError(f"{flag} {endpoint!r} is not an endpoint like tcp://127.0.0.1:5555")
     host = m[1].strip("[]")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -331,8 +510,9 @@ def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> None:
         loopback = False
     if not loopback and not allow_remote:
         raise UserError(
-            f"--publish {endpoint!r} would let other hosts subscribe: add --allow-remote "
-            "if that is what you want, or publish on 127.0.0.1"
+            f"{flag} {endpoint!r} would let other hosts {others}: add --allow-remote "
+            f"if that is what you want, or {'publish' if flag == '--publish' else 'listen'} "
+            "on 127.0.0.1"
         )
 
 
@@ -400,6 +580,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
                 f"{where}: model_options must map option names to values, "
                 f"got keys {sorted(map(repr, value))}"
             )
+        if name == "streams":
+            value = _yaml_streams(where, value)
         out[name] = value
     weights = out.get("weights")
     if (
@@ -415,12 +597,81 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return out
 
 
+def _yaml_streams(where: str, entries: list[Any]) -> list[dict[str, Any]]:
+    """The entries of a YAML `streams:` list, each checked: {StreamSpec field: value} of
+    the keys it gives."""
+    if not entries:
+        raise UserError(
+            f"{where}: streams is empty: give one mapping per stream (id, camera, ...), "
+            "or leave streams out"
+        )
+    declared = options.yaml_options(RunConfig)
+    out = []
+    for i, entry in enumerate(entries):
+        at = f"{where}: streams[{i}]"
+        if not isinstance(entry, dict):
+            raise UserError(
+                f"{at} must be a mapping with the keys {', '.join(STREAM_KEYS)}, "
+                f"got {type(entry).__name__} {entry!r}"
+            )
+        spec: dict[str, Any] = {}
+        for key, value in entry.items():
+            name = STREAM_KEYS.get(key) if isinstance(key, str) else None
+            if name is None:
+                raise UserError(f"{at}: unknown key {key!r} (known keys: {', '.join(STREAM_KEYS)})")
+            value = options.typed(declared[name], at, key, value)
+            if declared[name].path and "\0" in value:
+                raise UserError(
+                    f"{at}: {key} {value!r} contains a NUL character (\\0): "
+                    "give a file, device or URL without it"
+                )
+            spec[key] = value
+        out.append(spec)
+    return out
+
+
+def _listed(value: str | list[str] | None) -> list[str]:
+    """A repeatable flag's values: argparse gives a list, a caller of `resolve` a value."""
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+
+def _check_counts(cameras: list[str], mics: list[str], ids: list[str]) -> None:
+    """--mic and --stream-id name the streams of --camera, in the same order."""
+    n = len(cameras)
+    if len(ids) > max(n, 1):
+        raise UserError(
+            f"more --stream-id ({len(ids)}) than --camera ({n}): give at most one --stream-id "
+            "per --camera, in the same order (a camera without one is camN)"
+        )
+    if len(mics) > max(n, 1):
+        raise UserError(f"more --mic ({len(mics)}) than --camera ({n}): {MIC_PER_CAMERA}")
+    if n > 1 and mics and len(mics) != n and mics != ["none"]:
+        times = "once" if len(mics) == 1 else f"{len(mics)} times"
+        raise UserError(
+            f"--mic given {times} for {n} --camera: {MIC_PER_CAMERA} (or --mic none once, for all)"
+        )
+
+
 def resolve(flags: dict[str, Any]) -> RunConfig:
-    """Merge defaults ← YAML ← flags (flags with value None were not given)."""
+    """Merge defaults ← YAML ← flags (flags with value None were not given), and make the
+    run's streams: from the --camera flags, else the YAML streams: list, else one."""
     given = {k: v for k, v in flags.items() if v is not None}
     paths = options.path_options(RunConfig)
     for name in paths:
-        check_path_text(name, given.get(name))
+        for value in _listed(given.get(name)):
+            check_path_text(name, value)
+    cameras, mics, ids = (_listed(given.pop(name, None)) for name in ("camera", "mic", "stream_id"))
+    _check_counts(cameras, mics, ids)
+    if len(cameras) <= 1:  # one stream, or the YAML's streams: the flags are run-level values
+        given.update(
+            {
+                name: v[0]
+                for name, v in zip(("camera", "mic", "stream_id"), (cameras, mics, ids))
+                if v
+            }
+        )
+    elif mics == ["none"]:
+        given["mic"] = "none"
     config_path = given.get("config")
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -442,4 +693,37 @@ def resolve(flags: dict[str, Any]) -> RunConfig:
         values["weights"] = None
     if values.get("precision", "auto") is None:  # `precision: null` in a YAML file of before auto
         values["precision"] = "auto"
-    return RunConfig(**values, origins=origins).validate()
+    if isinstance(values.get("control"), str) and values["control"].lower() == "none":
+        values["control"] = None
+    listed = values.pop("streams", None)
+    cfg = RunConfig(**values, origins=origins)  # one stream, of the run-level values
+    if cameras:
+        # The flags win over the YAML's streams: each --camera is a stream.
+        cfg.origins["streams"] = "--camera"
+        if len(cameras) > 1:
+            cfg.streams = [
+                StreamSpec(
+                    id=ids[i] if i < len(ids) else f"cam{i}",
+                    camera=camera,
+                    mic=mics[i] if len(mics) == len(cameras) else cfg.mic,
+                    size=cfg.size,
+                    fps=cfg.fps,
+                    loop=cfg.loop,
+                    stride=cfg.stride,
+                )
+                for i, camera in enumerate(cameras)
+            ]
+    elif listed is not None:
+        if "stream_id" in values:  # it would name no stream
+            where = cfg.origin("streams")
+            said = (
+                f"--stream-id {cfg.stream_id} names one stream, but config file {where!r}"
+                if cfg.origin("stream_id") == "--stream-id"
+                else f"config file {where!r}: stream_id names one stream, but the file"
+            )
+            raise UserError(f"{said} has a streams: list: give each entry its id: instead")
+        run_level = {key: getattr(cfg, name) for key, name in STREAM_KEYS.items()}
+        cfg.streams = [
+            StreamSpec(**{**run_level, "id": f"cam{i}", **entry}) for i, entry in enumerate(listed)
+        ]
+    return cfg.validate()

@@ -39,6 +39,8 @@ DOCS_BEGIN = (
     "from stream/config.py's RunConfig; edit them there -->"
 )
 DOCS_END = "<!-- end of run options -->"
+#: What --help and docs/cli.md say of a flag declared with `repeat=True`.
+REPEAT = "repeat per stream"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +69,10 @@ class Option:
     per_model: bool = False
     #: It names a file, a folder or a device: the OS takes no NUL character in it.
     path: bool = False
+    #: The flag may be given once per stream (argparse's append: the value is a list of
+    #: what was given, in order); a YAML file sets the run's one value, and its `streams:`
+    #: list each stream's.
+    repeat: bool = False
     # Filled by options(cls) from the field:
     name: str = ""
     kind: type = str  # str, int, float, bool, list or dict
@@ -178,6 +184,9 @@ def parser(cls: type, *, prog: str, description: str) -> argparse.ArgumentParser
             continue
         words = o.help.replace("{default}", help_default(o)) if "{default}" in o.help else o.help
         kwargs: dict[str, Any] = {"dest": o.name, "help": words}
+        if o.repeat:
+            kwargs["action"] = "append"
+            kwargs["help"] = f"{words}; {REPEAT}"
         if o.kind is bool:
             kwargs["action"] = "store_false" if o.flag.startswith("--no-") else "store_true"
             kwargs["default"] = None
@@ -204,12 +213,18 @@ def yaml_value(cls: type, where: str, key: object, value: object) -> tuple[str, 
     o = known.get(name)
     if o is None:
         raise UserError(f"{where}: unknown key {key!r} (known keys: {', '.join(sorted(known))})")
+    return name, typed(o, where, key, value)
+
+
+def typed(o: Option, where: str, key: object, value: object) -> Any:
+    """`value` of a YAML `key` that sets option `o` (a number where a string is expected
+    becomes one); UserError naming `where` and `key` for a value of the wrong type."""
     if value is None and o.nullable:
-        return name, None
+        return None
     if isinstance(value, bool) and bool not in o.yaml_types or not isinstance(value, o.yaml_types):
         expected = " or ".join(t.__name__ for t in o.yaml_types)
         raise UserError(f"{where}: {key} must be {expected}, got {type(value).__name__} {value!r}")
-    return name, str(value) if o.kind is str else value
+    return str(value) if o.kind is str else value
 
 
 # -- docs/cli.md -------------------------------------------------------------------------
@@ -258,7 +273,8 @@ def markdown(cls: type) -> str:
         if o.flag is None:
             keys.append(f"| `{o.name}` | {_doc(o)} |")
         else:
-            flags.append(f"| `{o.flag}` | {_doc_default(o)} | {_doc(o)} |")
+            flag = f"`{o.flag}` ({REPEAT})" if o.repeat else f"`{o.flag}`"
+            flags.append(f"| {flag} | {_doc_default(o)} | {_doc(o)} |")
     return "\n".join(flags + ["", "Keys that only a YAML file sets:", ""] + keys) + "\n"
 
 

@@ -106,6 +106,70 @@ FLAG_CASES = {
         ("--config", "no/such.yaml"),
         "error: config file 'no/such.yaml' does not exist",
     ),
+    # Each case starts with --camera synthetic: one more --camera makes two streams.
+    "duplicate stream ids": (
+        ("--camera", "synthetic", "--stream-id", "door", "--stream-id", "door"),
+        (
+            "error: stream id 'door' is given twice (streams[0] and streams[1]): give each "
+            "stream its own id (the Nth --stream-id names the Nth --camera, and a camera "
+            "without one is camN)"
+        ),
+    ),
+    "a stream id that is camN of another camera": (
+        ("--camera", "synthetic", "--stream-id", "cam1"),
+        "error: stream id 'cam1' is given twice (streams[0] and streams[1])",
+    ),
+    "a bad stream id among several": (
+        ("--camera", "synthetic", "--stream-id", "front door"),
+        (
+            "error: --stream-id: stream id 'front door' must be 1-64 characters of letters, "
+            "digits, '_' or '-'"
+        ),
+    ),
+    "more --mic than --camera": (
+        ("--mic", "synthetic", "--mic", "none"),
+        (
+            "error: more --mic (2) than --camera (1): give --mic once per --camera, in the same "
+            "order; none for a camera without sound"
+        ),
+    ),
+    "--mic once for several cameras": (
+        ("--camera", "synthetic", "--mic", "synthetic"),
+        (
+            "error: --mic given once for 2 --camera: give --mic once per --camera, in the same "
+            "order; none for a camera without sound (or --mic none once, for all)"
+        ),
+    ),
+    "more --stream-id than --camera": (
+        ("--stream-id", "a", "--stream-id", "b"),
+        "error: more --stream-id (2) than --camera (1): give at most one --stream-id per --camera",
+    ),
+    "no batch": (
+        ("--max-batch", "0"),
+        "error: --max-batch 0 must be >= 1 (1: every window runs alone)",
+    ),
+    "batch wait as long as the stride": (
+        ("--stride", "0.5", "--batch-wait", "0.5"),
+        (
+            "error: --batch-wait 0.5 must be less than the stride (0.5 s): a window would wait "
+            "for its batch past its next one; give e.g. --batch-wait 0.02"
+        ),
+    ),
+    "negative batch wait": (
+        ("--batch-wait", "-0.1"),
+        "error: --batch-wait -0.1 must be >= 0 seconds (0: no wait)",
+    ),
+    "remote control without --allow-remote": (
+        ("--control", "tcp://0.0.0.0:5554"),
+        (
+            "error: --control 'tcp://0.0.0.0:5554' would let other hosts control this run: "
+            "add --allow-remote if that is what you want, or listen on 127.0.0.1"
+        ),
+    ),
+    "control that is no endpoint": (
+        ("--control", "5554"),
+        "error: --control '5554' is not an endpoint like tcp://127.0.0.1:5555",
+    ),
 }
 
 
@@ -130,12 +194,46 @@ def test_preview_without_a_display(refused, monkeypatch):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("model: x3d_xs\nstrde: 0.5\n", "unknown key 'strde' (known keys: allow_remote, camera,"),
+        (
+            "model: x3d_xs\nstrde: 0.5\n",
+            "unknown key 'strde' (known keys: allow_remote, batch_wait, camera,",
+        ),
         ("stride: [1, 2]\n", "stride must be int or float, got list [1, 2]"),
         ("model: [\n", "is not valid YAML at line 2: fix the syntax"),
         ("- a\n- b\n", "must be a mapping of option: value"),
         ("model_options: [fusion]\n", "model_options must be dict, got list ['fusion']"),
         ("model_options: {1: 2}\n", "model_options must map option names to values"),
+        (
+            "streams:\n  - {id: door, camera: a.mp4}\n  - {id: door, camera: b.mp4}\n",
+            "stream id 'door' is given twice (streams[0] and streams[1]): give each stream its "
+            "own id (an entry of streams: without an id: is camN, N its place)",
+        ),
+        (
+            "streams:\n  - {id: door, camera: a.mp4, colour: red}\n",
+            ": streams[0]: unknown key 'colour' (known keys: id, camera, mic, size, fps, loop, "
+            "stride)",
+        ),
+        (
+            "streams:\n  - {camera: a.mp4}\n  - b.mp4\n",
+            ": streams[1] must be a mapping with the keys id, camera, mic, size, fps, loop, "
+            "stride, got str 'b.mp4'",
+        ),
+        ("streams:\n  - {id: 7, camera: a.mp4}\n", ": streams[0]: id must be str, got int 7"),
+        ("streams:\n  - {camera: a.mp4, loop: 1}\n", ": streams[0]: loop must be bool, got int 1"),
+        (
+            "streams:\n  - {id: front door, camera: a.mp4}\n",
+            ": streams[0]: stream id 'front door' must be 1-64 characters",
+        ),
+        (
+            "streams:\n  - {camera: a.mp4}\n  - {id: yard, camera: b.mp4, size: big}\n",
+            ": streams[1] (id yard): --size 'big' is not WIDTHxHEIGHT, e.g. 640x480",
+        ),
+        ("streams: []\n", "streams is empty: give one mapping per stream"),
+        (
+            "stream_id: door\nstreams:\n  - {camera: a.mp4}\n",
+            "stream_id names one stream, but the file has a streams: list: give each entry its "
+            "id: instead",
+        ),
     ],
 )
 def test_bad_yaml_gives_one_clear_line(tmp_path, refused, text, expected):
@@ -143,6 +241,21 @@ def test_bad_yaml_gives_one_clear_line(tmp_path, refused, text, expected):
     cfg.write_text(text)
     line = refused("--config", str(cfg), *FAST)
     assert expected in line and str(cfg) in line, line
+
+
+def test_flags_against_yaml_streams_give_one_clear_line(tmp_path, refused):
+    """The run-level flags that a YAML streams: list makes wrong: --batch-wait against the
+    stride an entry gives, --stream-id that would name no stream."""
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text("streams:\n  - {camera: a.mp4}\n  - {camera: b.mp4, stride: 0.1}\n")
+    assert refused("--config", str(cfg), "--batch-wait", "0.1", *FAST) == (
+        "error: --batch-wait 0.1 must be less than the smallest stride of the streams (0.1 s, "
+        "cam1): a window would wait for its batch past its next one; give e.g. --batch-wait 0.02"
+    )
+    assert refused("--config", str(cfg), "--stream-id", "door", *FAST) == (
+        f"error: --stream-id door names one stream, but config file {str(cfg)!r} has a "
+        "streams: list: give each entry its id: instead"
+    )
 
 
 def test_help_gives_each_models_own_defaults(capsys):
@@ -236,6 +349,24 @@ def test_a_refused_run_leaves_nothing_behind(tmp_path):
     code, err = _run("--stride", "0", "--log-level", "debug", cwd=tmp_path)
     assert code == 2, err
     assert err.splitlines() == ["error: --stride 0.0 must be > 0 seconds (e.g. 0.25)"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_refused_run_of_several_streams_leaves_nothing_behind(tmp_path):
+    """The same for a command line of several streams: the duplicate id is found before
+    any stream's process starts."""
+    code, err = _run(
+        *("--camera", "synthetic", "--camera", "synthetic", "--camera", "synthetic"),
+        *("--stream-id", "door", "--stream-id", "yard", "--stream-id", "door"),
+        *("--log-level", "debug"),
+        cwd=tmp_path,
+    )
+    assert code == 2, err
+    assert err.splitlines() == [
+        "error: stream id 'door' is given twice (streams[0] and streams[2]): give each stream "
+        "its own id (the Nth --stream-id names the Nth --camera, and a camera without one is "
+        "camN)"
+    ]
     assert not list(tmp_path.iterdir())
 
 

@@ -67,10 +67,13 @@ def _samples(tmp_path) -> dict:
         "threads": 1,
         "malloc": "glibc",
         "stride": 0.75,
+        "max_batch": 4,
+        "batch_wait": 0.05,
         "smoothing": "mean:3",
         "topk": 3,
         "publish": "tcp://127.0.0.1:5999",
         "allow_remote": True,
+        "control": "tcp://127.0.0.1:5998",
         "stream_id": "cam1",
         "duration": 2.5,
         "loop": True,
@@ -83,7 +86,24 @@ def _samples(tmp_path) -> dict:
         "labels": ["kettle", "nothing"],
         "num_classes": 2,
         "model_options": {"frames": 4},
+        "streams": [{"id": "door", "camera": "synthetic", "stride": 0.5}],
     }
+
+
+#: What a sample becomes in the RunConfig, where that is not the sample itself.
+TAKEN = {
+    "streams": [
+        config.StreamSpec(
+            id="door",
+            camera="synthetic",
+            mic="default",
+            size=None,
+            fps=None,
+            loop=False,
+            stride=0.5,
+        )
+    ]
+}
 
 
 def test_each_option_is_the_same_from_a_flag_and_from_yaml(tmp_path, monkeypatch):
@@ -94,20 +114,39 @@ def test_each_option_is_the_same_from_a_flag_and_from_yaml(tmp_path, monkeypatch
     declared = {o.name for o in OPTIONS if o.yaml}
     assert declared == set(samples), "give each declared option a sample value"
     flags = {o.name: o.flag for o in OPTIONS}
-    needs = {"curve_clients": "curve_secret_key"}  # it is refused alone
+    needs = {  # what each is refused without
+        "curve_clients": {"curve_secret_key": samples["curve_secret_key"]},
+    }
     for name, value in samples.items():
-        also = {needs[name]: samples[needs[name]]} if name in needs else {}
+        also = needs.get(name, {})
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump({name: value, **also}), encoding="utf-8")
         from_yaml = getattr(config.resolve({"config": str(path)}), name)
-        assert from_yaml == value != getattr(config.RunConfig(), name), name
+        taken = TAKEN.get(name, value)
+        assert from_yaml == taken != getattr(config.RunConfig(), name), name
         if flags[name] is None:
             with pytest.raises(SystemExit):
                 run.parse_config(["--" + name.replace("_", "-"), str(value)])
             continue
         argv = [flags[name]] if isinstance(value, bool) else [flags[name], str(value)]
         argv += [f"--{k.replace('_', '-')}={v}" for k, v in also.items()]
-        assert getattr(run.parse_config(argv), name) == value, name
+        assert getattr(run.parse_config(argv), name) == taken, name
+
+
+def test_flags_given_per_stream_come_from_the_declarations():
+    """A flag declared `repeat=True` is argparse's append, and --help and docs/cli.md say
+    "repeat per stream"; stream.config.resolve makes streams of exactly these three."""
+    repeated = [o for o in OPTIONS if o.repeat]
+    assert {o.name for o in repeated} == {"camera", "mic", "stream_id"}
+    help_text = " ".join(run.build_parser().format_help().split())
+    table = options.markdown(config.RunConfig)
+    for o in repeated:
+        words = o.help.split("{default}")[-1].split()
+        assert f"{' '.join(words)}; {options.REPEAT}" in help_text, o.name
+        assert f"| `{o.flag}` ({options.REPEAT}) |" in table, o.name
+    assert help_text.count(options.REPEAT) == len(repeated)
+    args = run.build_parser().parse_args(["--camera", "a", "--camera", "b", "--stream-id", "x"])
+    assert (args.camera, args.stream_id, args.mic) == (["a", "b"], ["x"], None)
 
 
 def test_help_and_yaml_keys_come_from_the_declarations():
