@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
-import ipaddress
 import os
 import re
 import sys
@@ -36,6 +35,7 @@ from stream.errors import UserError
 from stream.options import option
 from stream.pipeline.aggregate import Smoother
 from stream.transport import wire
+from stream.transport.publish import check_curve_options, check_endpoint
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -203,8 +203,10 @@ class RunConfig:
     )
     publish: str = option(
         "tcp://127.0.0.1:5555",
-        help="ZeroMQ endpoint to bind ({default})",
-        doc="ZeroMQ endpoint to bind",
+        help="ZeroMQ endpoint to bind ({default}), or connect:tcp://HOST:PORT to publish "
+        "through a python -m stream.proxy",
+        doc="ZeroMQ endpoint to bind, or `connect:tcp://HOST:PORT` to connect to the frontend of "
+        "a `python -m stream.proxy` instead ([deploy.md](deploy.md))",
     )
     allow_remote: bool = option(
         False,
@@ -274,6 +276,16 @@ class RunConfig:
         path=True,
         help="with --curve-secret-key: folder of the public keys of the clients allowed in",
         doc="with `--curve-secret-key`: folder of the public keys of the clients allowed in",
+        doc_default="off",
+    )
+    curve_server_key: str | None = option(
+        None,
+        path=True,
+        help="with --publish connect:...: the proxy's public key (its server.key); "
+        "--curve-secret-key is then this run's own NAME.key_secret",
+        doc="with `--publish connect:tcp://HOST:PORT`: the proxy's public key (its `server.key`); "
+        "`--curve-secret-key` is then this run's own client key `NAME.key_secret` "
+        "([deploy.md](deploy.md))",
         doc_default="off",
     )
     labels: list[str] | None = option(  # noqa: RUF009 (option() returns a dataclasses.field)
@@ -385,7 +397,7 @@ class RunConfig:
                 "run without --preview, or from a desktop session"
             )
         Smoother(self.smoothing)  # raises UserError when malformed
-        check_endpoint(self.publish, allow_remote=self.allow_remote)
+        check_endpoint(self.publish, allow_remote=self.allow_remote, connect=True)
         if self.control is not None:
             check_endpoint(
                 self.control,
@@ -393,6 +405,12 @@ class RunConfig:
                 allow_remote=self.allow_remote,
                 others="control this run",
             )
+        check_curve_options(
+            self.publish,
+            curve_secret_key=self.curve_secret_key,
+            curve_clients=self.curve_clients,
+            curve_server_key=self.curve_server_key,
+        )
         if self.curve_clients is not None and self.curve_secret_key is None:
             raise UserError(
                 "--curve-clients needs --curve-secret-key (the server's *.key_secret file)"
@@ -493,27 +511,6 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
     if not m or int(m[1]) == 0 or int(m[2]) == 0:
         raise UserError(f"--size {size!r} is not WIDTHxHEIGHT, e.g. 640x480")
     return int(m[1]), int(m[2])
-
-
-def check_endpoint(
-    endpoint: str, *, flag: str = "--publish", allow_remote: bool = False, others: str = "subscribe"
-) -> None:
-    """A tcp:// endpoint for `flag`; one other hosts can reach (and `others`) only with
-    `allow_remote`."""
-    m = re.fullmatch(r"tcp://(\[[^\]]+\]|[^:/]+):(\d{1,5})", endpoint)
-    if not m or not 0 < int(m[2]) < 65536:
-        raise UserError(f"{flag} {endpoint!r} is not an endpoint like tcp://127.0.0.1:5555")
-    host = m[1].strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_remote:
-        raise UserError(
-            f"{flag} {endpoint!r} would let other hosts {others}: add --allow-remote "
-            f"if that is what you want, or {'publish' if flag == '--publish' else 'listen'} "
-            "on 127.0.0.1"
-        )
 
 
 def usable_cores() -> int:

@@ -1,4 +1,5 @@
-"""ZeroMQ publishing side: bind, send without ever blocking, count what happened.
+"""ZeroMQ publishing side: bind (or connect to a proxy), send without ever blocking, count
+what happened.
 
 Drop policy: the socket keeps at most `hwm` messages per subscriber; past that ZeroMQ
 drops for that subscriber alone (a slow or stalled subscriber never slows the pipeline
@@ -6,15 +7,28 @@ or the other subscribers; it sees the drop as a gap in `seq`). A send that canno
 queued at all is counted in `dropped`. The socket is an XPUB so that the status topic
 can say how many subscriptions are live.
 
+`connect:tcp://HOST:PORT` connects the XPUB to the frontend of `python -m stream.proxy`
+instead of binding (many hosts, one endpoint for subscribers: docs/deploy.md). The proxy
+is then the one subscriber: `subscriptions` counts the distinct topic prefixes its
+subscribers asked for (libzmq's proxy passes each prefix up once), 0 while the proxy is
+down or has no subscribers; predictions then go nowhere, as with no subscriber at all,
+and ZeroMQ reconnects by itself (every 0.1 s) when the proxy is back.
+
 Security (optional): with a CURVE secret key the socket encrypts everything
 (ZeroMQ's CURVE), and with a folder of client public keys only those clients may
 subscribe (ZeroMQ's ZAP authentication). `python -m stream.keys DIR` makes the keys.
+Connected to a proxy, the run is a CURVE client of the proxy: its secret key is its own
+(a client's NAME.key_secret) and `curve_server_key` is the proxy's public key; the proxy
+decides which publishers it lets in.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
+import logging
 import os
+import re
 import shlex
 import stat
 import threading
@@ -22,9 +36,68 @@ import time
 from pathlib import Path
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from stream.errors import UserError
 from stream.transport import wire
+
+log = logging.getLogger(__name__)
+
+#: The prefix of an endpoint to connect to (a stream.proxy frontend) instead of binding.
+CONNECT = "connect:"
+#: ZMTP heartbeats between a publisher and a proxy, and between the proxy and its peers:
+#: a peer that vanished without closing its connection (a host switched off, a cable
+#: pulled) is seen as gone after HEARTBEAT_TIMEOUT_MS, and the publisher reconnects,
+#: instead of filling a dead TCP connection until the kernel gives up (many minutes).
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 5000
+
+
+_TCP = re.compile(r"tcp://(\[[^\]]+\]|[^:/\[\]]+):(\d{1,5})")
+
+
+def check_endpoint(
+    endpoint: str,
+    *,
+    flag: str = "--publish",
+    allow_remote: bool = False,
+    connect: bool = False,
+    others: str = "subscribe",
+) -> None:
+    """A tcp://HOST:PORT endpoint to bind (UserError otherwise, naming `flag`): one that
+    other hosts can reach only with `allow_remote` (they could then `others`). With
+    `connect`, `connect:tcp://HOST:PORT` is also accepted, for any host: a socket that
+    connects listens nowhere, so it opens nothing to other hosts."""
+    to_connect = connect and endpoint.startswith(CONNECT)
+    m = _TCP.fullmatch(endpoint[len(CONNECT) :] if to_connect else endpoint)
+    if not m or not 0 < int(m[2]) < 65536:
+        if to_connect:
+            example = "connect:tcp://proxyhost:5556 (a stream.proxy's --frontend)"
+        else:
+            example = "tcp://127.0.0.1:5555"
+            if connect:
+                example += " (or connect:tcp://proxyhost:5556 for a stream.proxy)"
+        raise UserError(f"{flag} {endpoint!r} is not an endpoint like {example}")
+    if to_connect:
+        return
+    host = m[1].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not allow_remote:
+        raise UserError(
+            f"{flag} {endpoint!r} would let other hosts {others}: add --allow-remote "
+            f"if that is what you want, or {'publish' if flag == '--publish' else 'listen'} "
+            "on 127.0.0.1"
+        )
+
+
+def set_heartbeats(sock: zmq.Socket) -> None:
+    """ZMTP heartbeats on `sock` (HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS)."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
 
 
 def load_curve_keys(path: str, *, secret: bool) -> tuple[bytes, bytes | None]:
@@ -55,7 +128,43 @@ def load_curve_keys(path: str, *, secret: bool) -> tuple[bytes, bytes | None]:
     return public, secret_key
 
 
+def check_curve_options(
+    endpoint: str,
+    *,
+    curve_secret_key: str | None,
+    curve_clients: str | None,
+    curve_server_key: str | None,
+) -> None:
+    """The CURVE options that go with connecting to a proxy (UserError otherwise): there
+    the run is a client, with its own secret key and the proxy's public key, and the proxy
+    decides who subscribes; a run that binds is the server and takes no server key."""
+    if not endpoint.startswith(CONNECT):
+        if curve_server_key is not None:
+            raise UserError(
+                "--curve-server-key is for --publish connect:tcp://HOST:PORT (the proxy's "
+                "public key): a run that binds is the CURVE server itself"
+            )
+        return
+    if curve_clients is not None:
+        raise UserError(
+            "--curve-clients is for a run that binds: connected to a proxy, the proxy lets "
+            "subscribers in (python -m stream.proxy --curve-clients DIR)"
+        )
+    if (curve_secret_key is None) != (curve_server_key is None):
+        raise UserError(
+            "CURVE through a proxy needs both --curve-secret-key (this run's NAME.key_secret) "
+            "and --curve-server-key (the proxy's server.key)"
+        )
+    if curve_server_key is not None:
+        load_curve_keys(curve_server_key, secret=False)
+
+
 class Publisher:
+    """An XPUB socket bound to `endpoint`, or connected to a stream.proxy's frontend when
+    `endpoint` is `connect:tcp://HOST:PORT`. CURVE: bound, `curve_secret_key` is the
+    server's key and `curve_clients` the folder of subscribers let in; connected, it is
+    this publisher's own client key and `curve_server_key` the proxy's public key."""
+
     def __init__(
         self,
         endpoint: str,
@@ -63,19 +172,30 @@ class Publisher:
         hwm: int = 100,
         curve_secret_key: str | None = None,
         curve_clients: str | None = None,
+        curve_server_key: str | None = None,
         context: zmq.Context | None = None,
     ):
         self.endpoint = endpoint
+        self.connects = endpoint.startswith(CONNECT)
         self._context = context or zmq.Context.instance()
-        self._auth = None
+        self._auth = self._monitor = None
         self._socket = self._context.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription reaches us
         try:
-            if curve_secret_key is not None:
-                self._setup_curve(curve_secret_key, curve_clients)
-            self._socket.bind(endpoint)
+            check_curve_options(
+                endpoint,
+                curve_secret_key=curve_secret_key,
+                curve_clients=curve_clients,
+                curve_server_key=curve_server_key,
+            )
+            if self.connects:
+                self._connect(endpoint[len(CONNECT) :], curve_secret_key, curve_server_key)
+            else:
+                if curve_secret_key is not None:
+                    self._setup_curve(curve_secret_key, curve_clients)
+                self._socket.bind(endpoint)
         except zmq.ZMQError as exc:
             self.close()
             if exc.errno == errno.EADDRINUSE:
@@ -95,6 +215,31 @@ class Publisher:
         self.sent = 0
         self.dropped = 0
         self.subscriptions = 0
+        self._told: int | None = None  # the last connection event logged (connect mode)
+
+    def _connect(self, address: str, secret_key_file: str | None, server_key_file: str | None):
+        """Connect to a proxy's frontend: as a CURVE client when given keys. Nothing waits
+        for the proxy: ZeroMQ connects in the background and reconnects whenever it is lost."""
+        if secret_key_file is not None:
+            server_public = load_curve_keys(server_key_file, secret=False)[0]
+            public, secret = load_curve_keys(secret_key_file, secret=True)
+            self._socket.curve_serverkey = server_public
+            self._socket.curve_publickey, self._socket.curve_secretkey = public, secret
+        set_heartbeats(self._socket)
+        # A queue for the proxy only while it is connected. Without this, libzmq keeps the
+        # pipe (and the proxy's subscriptions) across a lost connection: messages would
+        # queue while the proxy is down, to reach subscribers late after it is back, and
+        # the resent subscriptions would count twice.
+        self._socket.setsockopt(zmq.IMMEDIATE, 1)
+        # Before connecting, so that the first connection is seen (count_subscriptions logs).
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        )
+        self._socket.connect(address)
 
     def _setup_curve(self, secret_key_file: str, clients_dir: str | None) -> None:
         public, secret = load_curve_keys(secret_key_file, secret=True)
@@ -135,7 +280,9 @@ class Publisher:
         return True
 
     def count_subscriptions(self) -> int:
-        """Read pending (un)subscription notices; returns the live subscriptions."""
+        """Read pending (un)subscription notices; returns the live subscriptions. Connected
+        to a proxy, also logs the connection's changes (called twice a second by the run's
+        heartbeat, so a lost or refused proxy shows in the log within a second)."""
         with self._lock:
             while self._socket.poll(0, zmq.POLLIN):
                 notice = self._socket.recv(zmq.NOBLOCK)
@@ -143,9 +290,42 @@ class Publisher:
                     self.subscriptions += 1
                 elif notice[:1] == b"\x00":
                     self.subscriptions = max(0, self.subscriptions - 1)
+            while self._monitor is not None and self._monitor.poll(0, zmq.POLLIN):
+                self._connection_event(recv_monitor_message(self._monitor)["event"])
             return self.subscriptions
 
+    def _connection_event(self, event: int) -> None:
+        """One log line per change of the connection to the proxy (a proxy that refuses
+        us would otherwise repeat its refusal every 0.1 s)."""
+        if event == self._told:
+            return
+        self._told = event
+        proxy = f"the proxy at {self.endpoint[len(CONNECT) :]}"
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            log.info("publishing through %s", proxy)
+        elif event == zmq.EVENT_DISCONNECTED:
+            log.warning(
+                "lost %s: predictions go nowhere until it is back (ZeroMQ reconnects)", proxy
+            )
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            log.error(
+                "%s refuses this run's CURVE key: copy its public key (clients/NAME.key from "
+                "python -m stream.keys) into the proxy's --curve-publishers folder",
+                proxy,
+            )
+        else:  # a mechanism mismatch, or a connection cut during the handshake
+            log.warning(
+                "the handshake with %s failed (ZeroMQ retries): if it keeps failing, give "
+                "--curve-secret-key and --curve-server-key exactly when the proxy has "
+                "--curve-secret-key, and the proxy's server.key as --curve-server-key",
+                proxy,
+            )
+
     def close(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
         self._socket.close(0)
         if self._auth is not None:
             self._auth.stop()
