@@ -308,7 +308,10 @@ class InferenceLoop:
         self.run_seq = 0
         self.previews: dict[str, object] = {}
         self.publisher = Publisher(  # first: a port in use fails fast
-            cfg.publish, curve_secret_key=cfg.curve_secret_key, curve_clients=cfg.curve_clients
+            cfg.publish,
+            curve_secret_key=cfg.curve_secret_key,
+            curve_clients=cfg.curve_clients,
+            curve_server_key=cfg.curve_server_key,
         )
         self.heartbeat = _Heartbeat(self)
         self.heartbeat.start()
