@@ -9,7 +9,7 @@ import time
 import jsonschema
 import pytest
 import zmq
-from test_wire import _prediction, _status
+from test_wire import _prediction, _run_status, _status
 
 from helpers import REPO, StreamProcess
 from stream.transport import wire
@@ -26,6 +26,12 @@ def _validator(kind: str) -> jsonschema.Draft202012Validator:
 VALIDATORS = {
     wire.PREDICTION_SCHEMA: _validator("prediction"),
     wire.STATUS_SCHEMA: _validator("status"),
+    wire.RUN_SCHEMA: _validator("run"),
+}
+TOPICS = {
+    wire.PREDICTION_SCHEMA: "pred.cam0",
+    wire.STATUS_SCHEMA: "status.cam0",
+    wire.RUN_SCHEMA: "run",
 }
 
 
@@ -50,7 +56,7 @@ def test_real_messages_match_the_schemas():
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(stream.endpoint)
-    got: dict[str, list[dict]] = {wire.PREDICTION_SCHEMA: [], wire.STATUS_SCHEMA: []}
+    got: dict[str, list[dict]] = {schema: [] for schema in VALIDATORS}
     deadline = time.monotonic() + 300
     try:
         while stream.proc.poll() is None:  # --duration ends it
@@ -59,50 +65,59 @@ def test_real_messages_match_the_schemas():
                 continue
             topic, body = sub.recv_multipart()
             body = json.loads(body)
-            assert (
-                topic.decode()
-                == f"{'pred' if body['schema'] == wire.PREDICTION_SCHEMA else 'status'}.cam0"
-            )
+            assert topic.decode() == TOPICS[body["schema"]]
             got[body["schema"]].append(body)
         code, err = stream.wait()
     finally:
         sub.close(0)
         stream.kill()
     assert code == 0, err
-    preds, statuses = got[wire.PREDICTION_SCHEMA], got[wire.STATUS_SCHEMA]
+    preds, statuses, runs = (got[schema] for schema in VALIDATORS)
     assert preds and any(s["state"] == "running" for s in statuses), (
         len(preds),
         [s["state"] for s in statuses],
     )
-    for body in preds + statuses:
+    assert runs and runs[-1]["streams"][0]["id"] == "cam0", runs[-1:]
+    for body in preds + statuses + runs:
         errors = [e.message for e in VALIDATORS[body["schema"]].iter_errors(body)]
         assert not errors, (errors, body)
         wire.validate(body)
     assert all(p["random_weights"] is True and p["stride_s"] > 0 for p in preds)
+    assert all(p["batch"] == 1 for p in preds)  # one stream: every window alone
+    assert sum(runs[-1]["batches"]) == runs[-1]["windows"]["run"]
+
+
+def _at(body: dict, path: str) -> tuple[dict | list, str | int]:
+    """The object or array in `body` that holds `path`'s last part, and that part
+    ("streams.0.state": the first stream, "state")."""
+    *parents, last = (int(p) if p.isdigit() else p for p in path.split("."))
+    inner = body
+    for name in parents:
+        inner = inner[name]
+    return inner, last
 
 
 def _without(body: dict, path: str) -> dict:
     body = json.loads(json.dumps(body))
-    *parents, last = path.split(".")
-    inner = body
-    for name in parents:
-        inner = inner[name]
+    inner, last = _at(body, path)
     del inner[last]
     return body
 
 
 def _with(body: dict, path: str, value) -> dict:
     body = json.loads(json.dumps(body))
-    *parents, last = path.split(".")
-    inner = body
-    for name in parents:
-        inner = inner[name]
+    inner, last = _at(body, path)
     inner[last] = value
     return body
 
 
-P, S = _prediction(), _status()
+P, S, R = _prediction(), _status(), _run_status()
 GOOD = [
+    R,
+    _with(P, "batch", 8),
+    _without(P, "batch"),  # a publisher of before batching
+    _with(R, "streams", []),
+    _without(R, "streams.1.reason"),
     P,
     S,
     _with(P, "random_weights", True),
@@ -141,6 +156,20 @@ BAD = [
     _with(S, "processes", {"main": "100"}),
     _with(S, "fps_in", None),
     _with(S, "state", 1),
+    _with(P, "batch", 0),
+    _with(P, "batch", 1.5),
+    _with(P, "batch", "2"),
+    _without(R, "host"),
+    _without(R, "pid"),
+    _without(R, "batches"),
+    _without(R, "max_batch"),
+    _without(R, "windows.skipped"),
+    _without(R, "streams.0.windows_run"),
+    _without(R, "streams.0.state"),
+    _with(R, "streams.1.reason", None),
+    _with(R, "batches", [1, "2"]),
+    _with(R, "pid", True),
+    _with(R, "batch_wait_s", "0.02"),
 ]
 
 
