@@ -81,6 +81,43 @@ def test_requests_are_checked_field_by_field():
             ctl.check_request(body)
 
 
+def test_ctl_prints_readable_lines():
+    door = {"id": "door", "state": "running", "camera": "rtsp://door/stream", "mic": "none"}
+    yard = {"id": "yard", "state": "ended", "camera": "yard.mp4", "reason": "end of yard.mp4"}
+    assert ctl.format_reply("add", ctl.ok(stream=door)) == [
+        "added door: rtsp://door/stream (running)"
+    ]
+    assert ctl.format_reply("remove", ctl.ok(stream="door")) == ["removed door"]
+    assert ctl.format_reply("list", ctl.ok(streams=[door, yard])) == [
+        "door         running    rtsp://door/stream",
+        "yard         ended      yard.mp4: end of yard.mp4",
+    ]
+    assert ctl.format_reply("list", ctl.ok(streams=[])) == ["no streams"]
+    status = {
+        "pid": 12,
+        "host": "box",
+        "state": "starting",
+        "model": "x3d_xs",
+        "engine": None,
+        "max_batch": None,
+        "publish": "tcp://127.0.0.1:5555",
+        "control": "tcp://127.0.0.1:5554",
+        "processes": {"main": 12, "inference": 13, "capture-video:door": 14},
+        "streams": [door],
+    }
+    assert ctl.format_reply("status", ctl.ok(**status)) == [
+        "stream.run pid 12 on box: starting, model x3d_xs, the engine is loading",
+        "publishing on tcp://127.0.0.1:5555, control on tcp://127.0.0.1:5554",
+        "processes: main 12, inference 13, capture-video:door 14",
+        "streams (1):",
+        "  door         running    rtsp://door/stream",
+    ]
+    status.update(state="running", engine="torch-cpu", max_batch=8)
+    assert ctl.format_reply("status", ctl.ok(**status))[0] == (
+        "stream.run pid 12 on box: running, model x3d_xs, engine torch-cpu (batches of up to 8)"
+    )
+
+
 class _Serving:
     """A ControlServer answering every request with `ok(echo=request)` from a thread."""
 

@@ -393,10 +393,14 @@ def format_reply(op: str, reply: dict) -> list[str]:
     streams = reply.get("streams", [])
     if op == "list":
         return [format_stream(s) for s in streams] or ["no streams"]
+    engine = (
+        "the engine is loading"
+        if reply.get("engine") is None
+        else f"engine {reply['engine']} (batches of up to {reply.get('max_batch')})"
+    )
     lines = [
         f"stream.run pid {reply.get('pid')} on {reply.get('host')}: {reply.get('state')}, "
-        f"model {reply.get('model')}, engine {reply.get('engine')} "
-        f"(batches of up to {reply.get('max_batch')})",
+        f"model {reply.get('model') or '(loading)'}, {engine}",
         f"publishing on {reply.get('publish')}, control on {reply.get('control')}",
         "processes: "
         + ", ".join(f"{name} {pid}" for name, pid in reply.get("processes", {}).items()),
