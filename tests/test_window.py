@@ -141,9 +141,12 @@ def test_sampler_never_uses_frames_from_before_the_window(ring):
 
 
 def test_sampler_waits_for_history(ring):
+    assert not WindowSampler(ring, X3D_XS).covered()  # nothing yet
     _fill(ring, [i * 33.3 for i in range(10)])  # 0.3 s of history
     assert _sample(ring, X3D_XS) is None  # needs 1.2 s
-    assert _sample(ring, WindowGeometry((PathwaySpec(4, 0.1),))) is not None
+    assert not WindowSampler(ring, X3D_XS).covered()  # says so without cutting
+    short = WindowGeometry((PathwaySpec(4, 0.1),))
+    assert WindowSampler(ring, short).covered() and _sample(ring, short) is not None
 
 
 def test_sampler_two_pathways_share_frames(ring):

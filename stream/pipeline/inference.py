@@ -161,9 +161,12 @@ class _Stream:
 
     def shown_state(self, run_state: str) -> str:
         """The state its status and the run status show: the run's while the model loads
-        (a stream waits for it), `degraded` while running with a capture source down."""
+        (a stream waits for it) or stops, `degraded` while running with a capture source
+        down."""
         if self.state in LAST_STATES:
             return self.state
+        if run_state == "stopping":
+            return run_state
         if not self.served:
             return run_state if run_state in ("starting", "loading") else self.state
         if self.state == "running" and any(c.get("state") == "down" for c in self.capture.values()):
@@ -394,13 +397,12 @@ class InferenceLoop:
                 malloc.active(),
                 engine.max_batch,
             )
-        # Each warm-up timed (every batch size the engine runs at): the last one (past
-        # first-call set-up) tells the parent how long a batch in progress may hold up a
-        # stop.
-        for _ in range(2):
-            started = time.monotonic()
-            engine.warmup(1)
-            window_s = time.monotonic() - started
+        # One warm-up (every batch size the engine runs at), then one full batch timed: it
+        # tells the parent how long a batch in progress may hold up a stop.
+        engine.warmup(1)
+        started = time.monotonic()
+        engine(*model.example_inputs(batch=engine.max_batch))
+        window_s = time.monotonic() - started
         self.preprocess = Preprocessor(
             short_side=meta.short_side,
             crop=meta.crop,
@@ -611,7 +613,7 @@ class InferenceLoop:
         )
 
     def _run_status(self, now: int, wall: int, subscriptions: int) -> dict:
-        entries = {**self.gone, **{s.id: self._entry(s) for s in self.streams.values()}}
+        entries = [*(self._entry(s) for s in self.streams.values()), *self.gone.values()]
         body = wire.run_status(
             seq=self.run_seq,
             host=self.host,
@@ -623,7 +625,7 @@ class InferenceLoop:
             wall_ns=wall,
             max_batch=self.max_batch,
             batch_wait_s=self.batch_wait_ns / 1e9,
-            streams=list(entries.values()),
+            streams=entries,
             batches=self.batches,
             sent=self.publisher.sent,
             dropped=self.publisher.dropped,
@@ -698,9 +700,19 @@ class InferenceLoop:
         """The streams' windows, each cut as soon as its next frame has landed (or two of
         its frame periods have passed, or its ring closed); the streams wait side by side.
         A stream without a window (history still too short, or no new frame) is left out
-        and its scheduler moved on. In the order of `streams`."""
+        and its scheduler moved on. A stream whose camera is down waits for no frame. In
+        the order of `streams`."""
         decided = time.monotonic()
-        waiting = [(s, s.ring.next_seq, decided + 2 * s.frame_period_s) for s in streams]
+        waiting = []
+        for s in streams:
+            if s.state == "warming" and not s.sampler.covered():
+                # its first window's span is still filling: again at its next frame, and
+                # no wait for a frame now (the other streams of the batch would wait too)
+                s.scheduler.restart(s.frame_period_s)
+            elif s.down(control.CAPTURE_VIDEO):  # no frame is coming: cut what there is
+                waiting.append((s, s.ring.next_seq, decided))
+            else:
+                waiting.append((s, s.ring.next_seq, decided + 2 * s.frame_period_s))
         cuts = []
         while waiting:
             left = []

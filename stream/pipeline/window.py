@@ -226,6 +226,15 @@ class WindowSampler:
             return window, result
         raise FrameLost(f"could not read a consistent window in {retries} attempts")
 
+    def covered(self) -> bool:
+        """Whether the ring holds the whole span of a window yet (`sample_in_place` gives
+        one), without cutting it."""
+        _, times = self.ring.snapshot()
+        return len(times) > 0 and self._covers(self.geometry.plan(int(times[-1])), times)
+
+    def _covers(self, plan: WindowPlan, times: np.ndarray) -> bool:
+        return plan.start_ns + self.geometry.tolerance_ns >= int(times[0])
+
     def _choose(self) -> Window | None:
         """The window ending at the newest frame, or None while history is too short. From
         an unlocked snapshot: check before trusting it."""
@@ -233,7 +242,7 @@ class WindowSampler:
         if len(seqs) == 0:
             return None
         plan = self.geometry.plan(int(times[-1]))
-        if plan.start_ns + self.geometry.tolerance_ns < int(times[0]):
+        if not self._covers(plan, times):
             return None  # not enough history yet for the whole span
         chosen = plan.choose(times)
         picks = [seqs[c] for c in chosen]
