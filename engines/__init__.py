@@ -1,11 +1,13 @@
 """Inference engines behind one protocol.
 
-    engine = engines.create(model, model.example_inputs(), backend="auto")
+    engine = engines.create(model, model.example_inputs(), backend="auto", max_batch=4)
     logits = engine(*inputs)          # inputs on any device; logits float32 on engine.device
 
 Every engine has `name` (e.g. `torch-cpu`, `torch-cuda-fp16`, `tensorrt-fp16`), `device`,
-`dtype`, `precision` and `mode` (how the model runs: `eager`, `aot-compiled`,
-`compiled+cudagraphs`, `tensorrt`...): the `Engine` protocol, engines/base.py.
+`dtype`, `precision`, `mode` (how the model runs: `eager`, `aot-compiled`,
+`compiled+cudagraphs`, `tensorrt`...) and `max_batch`: the `Engine` protocol, engines/base.py.
+The example inputs are one window (dim 0 of size 1); a call takes 1 to `max_batch` windows
+stacked on dim 0 (of every input) and returns their logits (B, classes) in that order.
 
 Backends:
   torch     PyTorch (engines/torch_engine.py). On the CPU fp32 (`torch-cpu`) or bf16
@@ -99,8 +101,10 @@ def create(
     cudagraphs: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
     tolerance: float | None = None,
+    max_batch: int = 1,
 ) -> Engine:
-    """Build an engine that runs `model` at the shapes of `example_inputs`.
+    """Build an engine that runs `model` at the shapes of `example_inputs` (one window),
+    on batches of 1 to `max_batch` windows.
 
     precision: fp32, fp16, bf16, or "auto" (None too): see the module docstring.
     compile: the torch backend compiles (default on): ahead of time with AOTInductor on the
@@ -109,9 +113,12 @@ def create(
         the tensorrt backend's PyTorch fallback.
     cache_dir: where compiled engines are kept (default `$AVSTREAM_CACHE/engines`).
     tolerance: the tensorrt backend's largest relative error against PyTorch.
+    max_batch: the most windows one call takes (1: no batching, the engine of one stream).
     """
     from . import precision as _precision
-    from .base import EngineError
+    from .base import EngineError, check_max_batch
+
+    check_max_batch(max_batch)
 
     auto = precision in (None, _precision.AUTO)
     if auto:
@@ -138,6 +145,7 @@ def create(
                 compile=compile,
                 cudagraphs=cudagraphs,
                 cache_dir=cache_dir,
+                max_batch=max_batch,
             )
         from . import tensorrt
 
@@ -150,6 +158,7 @@ def create(
             tolerance=tolerance,
             compile=compile,
             cudagraphs=cudagraphs,
+            max_batch=max_batch,
         )
 
     if auto and precision == "bf16" and backend == "torch":

@@ -50,12 +50,17 @@ def model_options(model: torch.nn.Module) -> str:
 
 class CacheKey:
     """Mixin for a frozen dataclass of everything a compiled engine depends on, with
-    `model` and `precision` among its fields: any change of a field means a rebuild."""
+    `model` and `precision` among its fields: any change of a field means a rebuild.
+
+    A `max_batch` of 1 is left out of the digest: an engine of one window a call keeps
+    the key (and the cached file) it had before engines took batches."""
 
     @property
     def digest(self) -> str:
         fields = dataclasses.asdict(self)
         fields = {k: [list(s) for s in v] if k == "input_shapes" else v for k, v in fields.items()}
+        if fields.get("max_batch") == 1:
+            del fields["max_batch"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     @property

@@ -10,7 +10,10 @@ for AOTInductor on the CPU (engines/inductor.py), torch.compile and CUDA graphs 
 2. Else it builds, with log lines saying so while it runs (`cache.Progress`).
 3. The engine runs the example inputs, and its output is compared with eager PyTorch at
    the same precision on the same device (`reference`): a relative error above
-   `base.TOLERANCE` (or the tolerance asked for) is a failure.
+   `base.TOLERANCE` (or the tolerance asked for) is a failure. An engine that takes
+   batches (`max_batch` > 1) runs batches of distinct windows too (`base.example_batch`),
+   compared the same way: the largest batch, and every bucket of an engine built for a
+   few batch sizes (`batch_sizes`), since each is a program of its own.
 4. A build that passed is renamed into the cache with its key beside it (`<file>.json`).
    It was written to a temporary file (`models._files.write_atomically`) that is
    renamed only after the check, so no reader ever sees half an engine or one that
@@ -57,10 +60,13 @@ class Backend:
     key: CacheKey | None = None  # written beside the cached file
     load: Callable[[Path], Engine] | None = None  # the engine from the cached file
     save: Callable[[Engine, Path], None] | None = None  # None: `build` wrote the file
+    max_batch: int = 1  # the engine takes 1 to this many windows a call
 
     @property
     def what(self) -> str:
-        return f"{self.model} {self.precision}"
+        """`x3d_xs fp32`, or `x3d_xs fp32 for batches of 1 to 8`."""
+        batches = f" for batches of 1 to {self.max_batch}" if self.max_batch > 1 else ""
+        return f"{self.model} {self.precision}{batches}"
 
 
 class _Failed(Exception):
@@ -88,8 +94,6 @@ def start(
     tolerance = TOLERANCE[backend.precision] if tolerance is None else tolerance
     name, what, (doing, done) = backend.name, backend.what, backend.verbs
     path = backend.path
-    with torch.inference_mode():
-        expected = reference(*reference.example_inputs)
 
     engine: Engine | None = None
     if path is not None and path.exists():
@@ -117,17 +121,25 @@ def start(
                 engine = _build(backend, tmp)
                 build_s = time.perf_counter() - t0
                 log.info("%s: %s %s in %.1f s", name, done, what, build_s)
-            try:
+            error = 0.0
+            for size in (1, *checked_batches(engine)):
+                inputs = reference.example_batch(size)
+                on = "" if size == 1 else f" on a batch of {size}"
                 with torch.inference_mode():
-                    actual = engine(*reference.example_inputs)
-            except Exception as exc:
-                raise _Failed(f"running the {done} {what} failed ({_describe(exc)})") from exc
-            error = relative_error(actual, expected)
-            if not error <= tolerance:
-                raise _Failed(
-                    f"the {done} {what} disagrees with eager PyTorch "
-                    f"(relative error {error:.3g} > {tolerance:g})"
-                )
+                    expected = reference(*inputs)
+                    try:
+                        actual = engine(*inputs)
+                    except Exception as exc:
+                        raise _Failed(
+                            f"running the {done} {what}{on} failed ({_describe(exc)})"
+                        ) from exc
+                batch_error = relative_error(actual, expected)
+                if not batch_error <= tolerance:
+                    raise _Failed(
+                        f"the {done} {what} disagrees with eager PyTorch{on} "
+                        f"(relative error {batch_error:.3g} > {tolerance:g})"
+                    )
+                error = max(error, batch_error)
             if tmp is not None and backend.save is not None:
                 try:
                     backend.save(engine, tmp)
@@ -160,6 +172,18 @@ def start(
             log.warning("%s: could not write %s (%s)", name, path.with_suffix(".json"), exc)
         log.info("%s: saved to %s; the next start loads it", name, path)
     return engine
+
+
+def checked_batches(engine: Engine) -> list[int]:
+    """The batch sizes above 1 that `start` checks `engine` at: none for an engine of one
+    window; the largest for an engine that takes any batch size (one program); every
+    bucket above 1 for an engine built for a few sizes (a program, or a CUDA graph, each)."""
+    if engine.max_batch == 1:
+        return []
+    sizes = getattr(engine, "batch_sizes", None) or range(1, engine.max_batch + 1)
+    if len(sizes) == engine.max_batch:
+        return [engine.max_batch]
+    return [size for size in sizes if size > 1]
 
 
 def _build(backend: Backend, tmp: Path | None) -> Engine:

@@ -32,7 +32,7 @@ import torch
 from . import compiled
 from .base import model_name
 from .cache import CacheKey, default_cache_dir, model_options, weights_digest
-from .export import export
+from .export import batch_dims, export
 from .torch_engine import StagedEngine, TorchEngine
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class CpuKey(CacheKey):
     torch: str
     passes: int = 0  # GRAPH_PASSES: what this module does to the graph before inductor
     options: str = "{}"  # the model's build options (cache.model_options)
+    max_batch: int = 1  # the package takes 1 to this many windows (CacheKey leaves 1 out)
 
 
 # Bumped whenever the graph handed to inductor changes, so that a package built before
@@ -117,7 +118,8 @@ def tiny_convolutions_as_sums(gm: torch.fx.GraphModule) -> int:
         xs, ws = x.meta["val"].shape, w.meta["val"].shape
         if a["groups"] != 1 or any(n != 1 for n in (*xs[2:], *ws[2:])) or any(padding):
             continue  # stride and dilation do nothing to a 1 x ... x 1 input and kernel
-        b, c, out = xs[0], xs[1], ws[0]
+        # A dynamic batch (a symbol, not a number) is left for the reshape to infer.
+        b, c, out = xs[0] if isinstance(xs[0], int) else -1, xs[1], ws[0]
         with graph.inserting_before(node):
             products = graph.call_function(
                 aten.mul.Tensor,
@@ -140,17 +142,22 @@ def tiny_convolutions_as_sums(gm: torch.fx.GraphModule) -> int:
 
 
 def prepare(
-    model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], passes: int = GRAPH_PASSES
+    model: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    passes: int = GRAPH_PASSES,
+    max_batch: int = 1,
 ) -> torch.export.ExportedProgram:
-    """The program inductor compiles: `model` exported at the inputs' shapes, rewritten
-    (`passes` 0: not rewritten, for side-by-side benchmarks)."""
-    program = export(model, inputs)
+    """The program inductor compiles: `model` exported at the inputs' shapes (one window;
+    with `max_batch` > 1, a dynamic batch of 1 to `max_batch`), rewritten (`passes` 0:
+    not rewritten, for side-by-side benchmarks)."""
+    program = export(model, inputs, max_batch)
     if passes == 0:
         return program
     gm = program.module()
     if tiny_convolutions_as_sums(gm):
+        traced, dynamic_shapes = batch_dims(tuple(inputs), max_batch)
         with torch.no_grad():
-            program = torch.export.export(gm, tuple(inputs), strict=False)
+            program = torch.export.export(gm, traced, dynamic_shapes=dynamic_shapes, strict=False)
     return program
 
 
@@ -159,7 +166,9 @@ def key_for(
     inputs: tuple[torch.Tensor, ...],
     precision: str,
     passes: int = GRAPH_PASSES,
+    max_batch: int = 1,
 ) -> CpuKey:
+    """The cache key of `model`'s package for `inputs` (one window), 1 to `max_batch` a call."""
     return CpuKey(
         model=model_name(model),
         weights=weights_digest(model),
@@ -170,6 +179,7 @@ def key_for(
         torch=torch.__version__,
         passes=passes,
         options=model_options(model),
+        max_batch=max_batch,
     )
 
 
@@ -246,7 +256,8 @@ def _quiet_cuda_runtime_notice() -> None:
 
 
 class AotInductorEngine(StagedEngine):
-    """The CPU engine compiled ahead of time: a loaded AOTInductor package.
+    """The CPU engine compiled ahead of time: a loaded AOTInductor package, for one window
+    a call, or for 1 to `reference.max_batch` windows (a package with a dynamic batch).
 
     `package` is its file in the cache, `from_cache` whether this start loaded it (else it
     compiled it): engines.precision keeps its bf16 check's verdict beside the package."""
@@ -258,6 +269,7 @@ class AotInductorEngine(StagedEngine):
             precision=reference.precision,
             mode="aot-compiled",
             example_inputs=reference.example_inputs,
+            max_batch=reference.max_batch,
         )
         self._package = package
         self.package = path
@@ -267,6 +279,33 @@ class AotInductorEngine(StagedEngine):
         return self._package(*inputs).float()
 
 
+class BatchedCpuEngine(StagedEngine):
+    """The CPU engine for batches: one window a call runs the package of one window (the
+    one a `max_batch` 1 engine runs, weights pre-packed), 2 or more the package with a
+    dynamic batch (see the module docstring for why two).
+
+    `package` and `from_cache` are the one-window package's: the bf16 check runs one
+    window at a time, and its verdict is kept beside that package."""
+
+    def __init__(self, single: AotInductorEngine, batched: AotInductorEngine):
+        super().__init__(
+            name=batched.name,
+            device=batched.device,
+            precision=batched.precision,
+            mode="aot-compiled",
+            example_inputs=batched.example_inputs,
+            max_batch=batched.max_batch,
+        )
+        self.single = single
+        self.batched = batched
+        self.package = single.package
+        self.from_cache = single.from_cache and batched.from_cache
+
+    def _forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        engine = self.single if inputs[0].shape[0] == 1 else self.batched
+        return engine._forward(*inputs)
+
+
 def start(
     reference: TorchEngine,
     *,
@@ -274,11 +313,37 @@ def start(
     passes: int = GRAPH_PASSES,
 ):
     """The AOTInductor engine of the eager CPU engine `reference` (its model and example
-    inputs, at its precision), loaded from `cache_dir` (default `$AVSTREAM_CACHE/engines`)
-    or compiled and saved there; `reference` itself when that fails (engines/compiled.py).
-    `passes` 0 compiles the graph as exported, for side-by-side benchmarks."""
-    model, inputs = reference.model, reference.example_inputs
-    key = key_for(model, inputs, reference.precision, passes)
+    inputs, at its precision, for 1 to its `max_batch` windows a call), loaded from
+    `cache_dir` (default `$AVSTREAM_CACHE/engines`) or compiled and saved there;
+    `reference` itself when that fails (engines/compiled.py). `passes` 0 compiles the
+    graph as exported, for side-by-side benchmarks.
+
+    `max_batch` > 1 starts two packages (`BatchedCpuEngine`): the one-window package, the
+    same file a `max_batch` 1 engine uses, and the one with a dynamic batch. When either
+    fails, `reference` serves every batch (the first failure's warning says why; the
+    second package is then not tried)."""
+    if reference.max_batch == 1:
+        return _start(reference, cache_dir, passes)
+    one = TorchEngine(  # the same model (cast already: not copied), one window a call
+        reference.model,
+        reference.example_inputs,
+        device=reference.device,
+        precision=reference.precision,
+    )
+    single = _start(one, cache_dir, passes)
+    if single is one:
+        return reference
+    batched = _start(reference, cache_dir, passes)
+    if batched is reference:
+        return reference
+    return BatchedCpuEngine(single, batched)
+
+
+def _start(reference: TorchEngine, cache_dir: str | os.PathLike | None, passes: int):
+    """`start` for one package: of one window, or with a dynamic batch of 1 to
+    `reference.max_batch`."""
+    model, inputs, max_batch = reference.model, reference.example_inputs, reference.max_batch
+    key = key_for(model, inputs, reference.precision, passes, max_batch)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache_dir / f"cpu-{key.stem}.pt2"
 
@@ -288,7 +353,7 @@ def start(
 
         # no_grad: inductor freezes (folds BN, pre-packs weights) only when grad is off.
         with _unwind_on_sigterm(), torch.no_grad():
-            program = prepare(model, inputs, passes)
+            program = prepare(model, inputs, passes, max_batch)
             aoti_compile_and_package(
                 program, package_path=str(tmp), inductor_configs={"freezing": True}
             )
@@ -307,5 +372,6 @@ def start(
         path=path,
         key=key,
         load=load,
+        max_batch=max_batch,
     )
     return compiled.start(backend, reference, fallback=lambda: reference)

@@ -1,10 +1,19 @@
 """TensorRT engine: torch-tensorrt's dynamo path on a `torch.export` program at the
 window's static shapes, fp16 (default) or fp32, cached on disk.
 
+Batches: an engine for up to `max_batch` windows (> 1) is exported with a dynamic batch
+dimension (engines/export.py) and built with one optimisation profile per input,
+`torch_tensorrt.Input(min_shape=(1, ...), opt_shape=(max_batch, ...),
+max_shape=(max_batch, ...))`: any batch from 1 to `max_batch` runs without padding, and
+TensorRT picks its kernels for the largest batch, the one that comes when every stream
+falls due at once. It is saved with the same dynamic dimension (`torch_tensorrt.save`'s
+`dynamic_shapes`). `max_batch` 1 builds exactly as before batching existed.
+
 Start-up (engines/compiled.py, as for every compiled backend):
-  1. key = model, weights, input shapes, precision, GPU, torch / torch-tensorrt / TensorRT
-     versions (`EngineKey`); a file under `$AVSTREAM_CACHE/engines` (default
-     `~/.cache/avstream/engines`) holds the compiled program for each key
+  1. key = model, weights, input shapes, largest batch, precision, GPU, torch /
+     torch-tensorrt / TensorRT versions (`EngineKey`); a file under
+     `$AVSTREAM_CACHE/engines` (default `~/.cache/avstream/engines`) holds the compiled
+     program for each key
   2. cached: `torch_tensorrt.load`; else build: export (`engines.export`) ->
      `torch_tensorrt.dynamo.compile`, with progress log lines
   3. count the TensorRT engines in the result (`count_tensorrt_engines`): torch-tensorrt
@@ -46,7 +55,7 @@ from models._files import first_line
 from . import compiled, torch_engine
 from .base import EngineError, model_name
 from .cache import CacheKey, default_cache_dir, model_options, weights_digest
-from .export import export
+from .export import batch_dims, export
 from .torch_engine import StagedEngine, TorchEngine, on_device, resolve_device, resolve_kind
 
 log = logging.getLogger(__name__)
@@ -112,6 +121,7 @@ class EngineKey(CacheKey):
     torch_tensorrt: str
     tensorrt: str
     options: str = "{}"  # the model's build options (cache.model_options)
+    max_batch: int = 1  # the profile's batch sizes: 1 to this (CacheKey leaves 1 out)
 
 
 def key_for(
@@ -121,8 +131,10 @@ def key_for(
     precision: str,
     gpu: str,
     versions: tuple[str, str, str],
+    max_batch: int = 1,
 ) -> EngineKey:
-    """The cache key of `model`'s engine; `versions`: torch, torch-tensorrt, TensorRT."""
+    """The cache key of `model`'s engine for 1 to `max_batch` windows a call;
+    `versions`: torch, torch-tensorrt, TensorRT."""
     torch_version, torch_tensorrt_version, tensorrt_version = versions
     return EngineKey(
         model=model_name(model),
@@ -134,6 +146,7 @@ def key_for(
         torch_tensorrt=torch_tensorrt_version,
         tensorrt=tensorrt_version,
         options=model_options(model),
+        max_batch=max_batch,
     )
 
 
@@ -176,6 +189,7 @@ class TensorRTEngine(StagedEngine):
         *,
         device: torch.device,
         precision: str,
+        max_batch: int = 1,
     ):
         super().__init__(
             name=f"tensorrt-{precision}",
@@ -183,6 +197,7 @@ class TensorRTEngine(StagedEngine):
             precision=precision,
             mode="tensorrt",
             example_inputs=example_inputs,
+            max_batch=max_batch,
         )
         self.module = module
 
@@ -221,16 +236,34 @@ def _converted(module, what: str, name: str):
     return module
 
 
-def _build(torch_tensorrt, model, inputs, *, device, precision, what, name):
-    """Export and compile; returns the compiled module."""
+def profile(torch_tensorrt, inputs: tuple[torch.Tensor, ...], max_batch: int) -> list:
+    """The `arg_inputs` of a build for 1 to `max_batch` windows: one `torch_tensorrt.Input`
+    per input (of one window), its batch from 1 to `max_batch`, optimised for `max_batch`."""
+    return [
+        torch_tensorrt.Input(
+            min_shape=(1, *x.shape[1:]),
+            opt_shape=(max_batch, *x.shape[1:]),
+            max_shape=(max_batch, *x.shape[1:]),
+            dtype=x.dtype,
+        )
+        for x in inputs
+    ]
+
+
+def _build(torch_tensorrt, model, inputs, *, device, precision, what, name, max_batch=1):
+    """Export and compile (`inputs`: one window; the engine takes 1 to `max_batch`);
+    returns the compiled module."""
     dtype = torch_engine.DTYPES[precision]
     if dtype != torch.float32:
         model = copy.deepcopy(model)  # the casts must not touch the model PyTorch serves
         _fp32_layer_norms(model, dtype)
-    log.info("%s: torch.export of %s at %s", name, what, [tuple(x.shape) for x in inputs])
-    program = export(model, inputs)
+    batches = "" if max_batch == 1 else f", batches of 1 to {max_batch}"
+    shapes = [tuple(x.shape) for x in inputs]
+    log.info("%s: torch.export of %s at %s%s", name, what, shapes, batches)
+    program = export(model, inputs, max_batch)
     log.info("%s: compiling %s with torch-tensorrt (minutes for big models)", name, what)
-    options = {"arg_inputs": list(inputs), "device": device, "min_block_size": 1}
+    arg_inputs = list(inputs) if max_batch == 1 else profile(torch_tensorrt, inputs, max_batch)
+    options = {"arg_inputs": arg_inputs, "device": device, "min_block_size": 1}
     if precision == "fp16" and _release(torch_tensorrt.__version__) < (2, 10):
         options["enabled_precisions"] = {torch.float16}  # weak typing before 2.10
     return _converted(torch_tensorrt.dynamo.compile(program, **options), what, name)
@@ -246,9 +279,11 @@ def create(
     tolerance: float | None = None,
     compile: bool | None = None,
     cudagraphs: bool | None = None,
+    max_batch: int = 1,
 ):
-    """A TensorRT engine for `model` at the shapes of `example_inputs`, or PyTorch on CUDA
-    (with a warning) when the build fails or its outputs disagree with PyTorch.
+    """A TensorRT engine for `model` at the shapes of `example_inputs` (one window), taking
+    1 to `max_batch` windows a call, or PyTorch on CUDA (with a warning) when the build
+    fails or its outputs disagree with PyTorch.
 
     tolerance: largest relative error against eager PyTorch (default `base.TOLERANCE`).
     compile, cudagraphs: options of the PyTorch engine used as the fallback.
@@ -290,6 +325,7 @@ def create(
             tolerance=tolerance,
             compile=compile,
             cudagraphs=cudagraphs,
+            max_batch=max_batch,
         )
 
 
@@ -305,6 +341,7 @@ def _serve(
     tolerance: float | None,
     compile: bool | None,
     cudagraphs: bool | None,
+    max_batch: int = 1,
 ):
     """Load or build, check against PyTorch, serve (or fall back): engines/compiled.py with
     torch-tensorrt's calls. Takes `torch_tensorrt` as an argument and runs on any device,
@@ -312,10 +349,19 @@ def _serve(
     name = f"tensorrt-{precision}"
     what = f"{model_name(model)} {precision}"
     key = key_for(
-        model, example_inputs, precision=precision, gpu=gpu, versions=_versions(torch_tensorrt)
-    )
+        model, example_inputs, precision=precision, gpu=gpu, versions=_versions(torch_tensorrt),
+        max_batch=max_batch,
+    )  # fmt: skip
     # Eager PyTorch at the same precision: the reference, and what a fallback compiles.
-    reference = TorchEngine(model, example_inputs, device=device, precision=precision)
+    reference = TorchEngine(
+        model, example_inputs, device=device, precision=precision, max_batch=max_batch
+    )
+
+    def engine(module) -> TensorRTEngine:
+        return TensorRTEngine(
+            module, reference.example_inputs, device=device, precision=precision,
+            max_batch=max_batch,
+        )  # fmt: skip
 
     def build(tmp: Path) -> TensorRTEngine:
         module = _build(
@@ -326,17 +372,26 @@ def _serve(
             precision=precision,
             what=what,
             name=name,
+            max_batch=max_batch,
         )
-        return TensorRTEngine(module, reference.example_inputs, device=device, precision=precision)
+        return engine(module)
 
     def load(path: Path) -> TensorRTEngine:
-        module = _converted(torch_tensorrt.load(str(path)).module(), what, name)
-        return TensorRTEngine(module, reference.example_inputs, device=device, precision=precision)
+        return engine(_converted(torch_tensorrt.load(str(path)).module(), what, name))
 
     def save(engine: TensorRTEngine, tmp: Path) -> None:
+        if max_batch == 1:
+            torch_tensorrt.save(
+                engine.module, str(tmp), output_format="exported_program",
+                arg_inputs=list(engine.example_inputs),
+            )  # fmt: skip
+            return
+        # One Dim shared by every input (SlowFast has two): torch_tensorrt.save would infer
+        # one Dim per input from Input objects, which its docs say breaks shared batches.
+        inputs, dynamic_shapes = batch_dims(engine.example_inputs, max_batch)
         torch_tensorrt.save(
             engine.module, str(tmp), output_format="exported_program",
-            arg_inputs=list(engine.example_inputs),
+            arg_inputs=list(inputs), dynamic_shapes=dynamic_shapes,
         )  # fmt: skip
 
     backend = compiled.Backend(
@@ -351,6 +406,7 @@ def _serve(
         key=key,
         load=load,
         save=save,
+        max_batch=max_batch,
     )
     return compiled.start(
         backend,

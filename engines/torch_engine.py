@@ -29,7 +29,7 @@ import os
 import torch
 
 from . import malloc
-from .base import EngineError
+from .base import EngineError, batch_size, check_max_batch, example_batch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -98,9 +98,13 @@ class InputStager:
 
 
 class StagedEngine:
-    """What every engine shares: its name, device, precision and mode (the `Engine`
-    protocol), the example inputs staged once, and a call that stages the inputs, runs
-    `_forward` on them (float32 logits) and, on CUDA, waits for the result."""
+    """What every engine shares: its name, device, precision, mode and largest batch (the
+    `Engine` protocol), the example inputs (one window) staged once, and a call that checks
+    the batch, stages the inputs, runs `_forward` on them (float32 logits) and, on CUDA,
+    waits for the result.
+
+    `batch_sizes` are the batch sizes that `_forward` runs at, which `warmup` runs each:
+    every size from 1 to `max_batch` unless the engine pads batches up to a few buckets."""
 
     def __init__(
         self,
@@ -110,12 +114,18 @@ class StagedEngine:
         precision: str,
         mode: str,
         example_inputs: tuple[torch.Tensor, ...],
+        max_batch: int = 1,
+        batch_sizes: tuple[int, ...] | None = None,
     ):
         self.name = name
         self.device = device
         self.precision = precision
         self.dtype = DTYPES[precision]
         self.mode = mode
+        self.max_batch = check_max_batch(max_batch)
+        self.batch_sizes = batch_sizes or tuple(range(1, max_batch + 1))
+        if batch_size(tuple(example_inputs), self.max_batch) != 1:
+            raise ValueError("the example inputs are one window: dim 0 of size 1")
         self._stage = InputStager(device, self.dtype)
         with on_device(device):
             self.example_inputs = self._stage(tuple(example_inputs))
@@ -125,15 +135,23 @@ class StagedEngine:
 
     @torch.inference_mode()
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        batch_size(inputs, self.max_batch)
         with on_device(self.device):
             logits = self._forward(*self._stage(inputs))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # infer_end must be when the result exists
         return logits
 
+    def example_batch(self, size: int) -> tuple[torch.Tensor, ...]:
+        """`size` distinct example windows, stacked (`base.example_batch`), on the device."""
+        with on_device(self.device):
+            return example_batch(self.example_inputs, size)
+
     def warmup(self, iterations: int = 2) -> None:
+        batches = [self.example_batch(size) for size in self.batch_sizes]
         for _ in range(iterations):
-            self(*self.example_inputs)
+            for inputs in batches:
+                self(*inputs)
 
 
 def engine_name(device: torch.device, precision: str) -> str:
@@ -145,9 +163,10 @@ def engine_name(device: torch.device, precision: str) -> str:
 
 class TorchEngine(StagedEngine):
     """`model` in eager PyTorch on `device` at `precision` (None: fp16 on CUDA, fp32 on
-    the CPU): served as is with `compile=False`, and the reference every compiled engine
-    is checked against and falls back to. The caller's model keeps its device and dtype
-    (a copy is cast when they differ)."""
+    the CPU), taking batches of up to `max_batch` windows: served as is with
+    `compile=False`, and the reference every compiled engine is checked against and falls
+    back to. The caller's model keeps its device and dtype (a copy is cast when they
+    differ)."""
 
     def __init__(
         self,
@@ -156,6 +175,7 @@ class TorchEngine(StagedEngine):
         *,
         device: str | torch.device | None = None,
         precision: str | None = None,
+        max_batch: int = 1,
     ):
         device = resolve_device(device)
         cuda = device.type == "cuda"
@@ -193,6 +213,7 @@ class TorchEngine(StagedEngine):
             precision=precision,
             mode="eager",
             example_inputs=example_inputs,
+            max_batch=max_batch,
         )
 
     def _forward(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -208,13 +229,17 @@ def create(
     compile: bool | None = None,
     cudagraphs: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
+    max_batch: int = 1,
 ):
-    """The torch backend's engine for `model` (see the module docstring for the options)."""
+    """The torch backend's engine for `model` (see the module docstring for the options),
+    taking batches of up to `max_batch` windows."""
     resolved = resolve_device(device)
     if cudagraphs and resolved.type != "cuda":
         raise EngineError("CUDA graphs need a CUDA device: leave cudagraphs off on the CPU")
     with on_device(resolved):
-        reference = TorchEngine(model, example_inputs, device=resolved, precision=precision)
+        reference = TorchEngine(
+            model, example_inputs, device=resolved, precision=precision, max_batch=max_batch
+        )
         return optimise(reference, compile=compile, cudagraphs=cudagraphs, cache_dir=cache_dir)
 
 

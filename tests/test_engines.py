@@ -420,6 +420,47 @@ def test_cpu_compile_says_nothing_about_a_missing_cuda_runtime(tiny_compile):
     assert "CUDA" not in stderr, stderr
 
 
+@pytest.mark.slow  # compiles the package of batches (the one-window package is the fixture's)
+def test_cpu_engine_for_batches(no_cuda, tiny_package, tmp_path, caplog):
+    """max_batch 3: one window runs the package that a max_batch 1 engine runs (loaded
+    here, not compiled), batches the package with a dynamic batch (compiled once, then
+    loaded); each window of a batch gives what it gives alone (fp32, 1e-5)."""
+    shutil.copytree(tiny_package, tmp_path, dirs_exist_ok=True)
+    (single,) = tmp_path.glob("cpu-tiny-fp32-*.pt2")
+    model = _Tiny()
+    inputs = model.example_inputs()
+    with caplog.at_level(logging.INFO, logger="engines"):
+        engine = engines.create(
+            model, inputs, backend="torch", precision="fp32", cache_dir=tmp_path, max_batch=3
+        )
+    assert engine.mode == "aot-compiled" and engine.max_batch == 3, _warnings(caplog)
+    assert engine.package == single and not engine.from_cache
+    infos = _infos(caplog)
+    assert any("loaded the compiled tiny fp32 from" in m for m in infos)
+    assert any("compiling tiny fp32 for batches of 1 to 3 ahead of time" in m for m in infos)
+    (batched,) = set(tmp_path.glob("cpu-tiny-fp32-*.pt2")) - {single}
+    assert json.loads(batched.with_suffix(".json").read_text())["max_batch"] == 3
+    batch = engines.base.example_batch(inputs, 3)
+    one = [engine(x[None]) for x in batch[0]]
+    assert relative_error(torch.cat(one), model(*batch).detach()) < 1e-5
+    logits = engine(*batch)
+    assert logits.shape == (3, 5) and logits.dtype == torch.float32
+    for i in range(3):
+        assert relative_error(logits[i], one[i][0]) < 1e-5, i
+    assert relative_error(one[1], one[0]) > 1e-3  # distinct windows: a mix-up would show
+    assert relative_error(engine(batch[0][1:]), logits[1:]) < 1e-5
+    with pytest.raises(ValueError, match="a batch of 4 windows, but this engine takes 1 to 3"):
+        engine(torch.cat([batch[0], batch[0][:1]]))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="engines"):
+        again = engines.create(
+            model, inputs, backend="torch", precision="fp32", cache_dir=tmp_path, max_batch=3
+        )
+    assert again.mode == "aot-compiled" and again.from_cache
+    assert not any("compiling" in m for m in caplog.messages)
+    assert relative_error(again(*batch), logits) < 1e-6
+
+
 def test_relative_error():
     a = torch.tensor([[1.0, -2.0, 4.0]])
     assert relative_error(a, a) == 0.0
@@ -607,11 +648,14 @@ _OTHER = {
     "torch_tensorrt": "2.14.1",
     "tensorrt": "11.1.1",
     "options": '{"attention": "orthoformer"}',
+    "max_batch": 8,
 }
 
 
 def test_cache_key_is_stable_and_readable():
     assert dataclasses.replace(_KEY).stem == _KEY.stem
+    # An engine of one window a call keeps the key it had before engines took batches.
+    assert _KEY.max_batch == 1 and _KEY.stem == "x3d_xs-fp16-13622fdeb99e54f1"
     assert _KEY.stem.startswith("x3d_xs-fp16-") and len(_KEY.stem) == len("x3d_xs-fp16-") + 16
     assert EngineKey(**{**dataclasses.asdict(_KEY), "model": "a/b c"}).stem.startswith("a_b_c-")
 
@@ -687,6 +731,7 @@ class _StandInTorchTensorRT:
     ):
         self.builds = 0
         self.options: dict = {}
+        self.saved: dict = {}
         self.load_shift = load_shift
         stand_in = self
 
@@ -703,11 +748,17 @@ class _StandInTorchTensorRT:
 
         self.dynamo = dynamo
 
-    @staticmethod
-    def save(module, path, output_format, arg_inputs):
+    class Input:  # mirrors torch_tensorrt.Input's dynamic form
+        def __init__(self, *, min_shape, opt_shape, max_shape, dtype):
+            self.shape = {"min_shape": min_shape, "opt_shape": opt_shape, "max_shape": max_shape}
+            self.dtype = dtype
+
+    def save(self, module, path, output_format, arg_inputs, dynamic_shapes=None):
         assert output_format == "exported_program"
+        self.saved = {"arg_inputs": arg_inputs, "dynamic_shapes": dynamic_shapes}
         engine = module._run_on_acc_0  # what the stand-in TensorRT runs; load wraps it again
-        torch.export.save(torch.export.export(engine, tuple(arg_inputs)), path)
+        program = torch.export.export(engine, tuple(arg_inputs), dynamic_shapes=dynamic_shapes)
+        torch.export.save(program, path)
 
     def load(self, path):
         program = torch.export.load(path)
@@ -765,7 +816,7 @@ class _Tiny(torch.nn.Module):
         return self.head(self.conv(x).relu().mean((2, 3, 4)))
 
 
-def _serve(stand_in, model, cache_dir, tolerance=1e-3):
+def _serve(stand_in, model, cache_dir, tolerance=1e-3, max_batch=1):
     return tensorrt._serve(
         stand_in,
         model,
@@ -777,6 +828,7 @@ def _serve(stand_in, model, cache_dir, tolerance=1e-3):
         tolerance=tolerance,
         compile=False,  # the PyTorch fallback, eager: compiling it has tests of its own
         cudagraphs=None,
+        max_batch=max_batch,
     )
 
 
@@ -912,6 +964,40 @@ def test_an_engine_that_cannot_be_saved_is_served(tmp_path, caplog):
     (warning,) = _warnings(caplog)
     assert "could not save tiny fp32" in warning and "No space left on device" in warning
     assert list(tmp_path.iterdir()) == []  # nothing half-written either
+
+
+def test_tensorrt_batches_build_with_a_profile_and_save_a_dynamic_batch(tmp_path, caplog):
+    """max_batch 3: exported with a dynamic batch, built with one profile per input (min 1,
+    opt and max 3), saved with the same dynamic batch; built and loaded, it runs any batch
+    of 1 to 3 windows, each as its window alone; its key is another file than batch 1's."""
+    stand_in = _StandInTorchTensorRT()
+    model = _Tiny()
+    with caplog.at_level(logging.INFO, logger="engines"):
+        first = _serve(stand_in, model, tmp_path, max_batch=3)
+    assert first.name == "tensorrt-fp32" and first.max_batch == 3, _warnings(caplog)
+    (profile,) = stand_in.options["arg_inputs"]
+    assert profile.shape == {
+        "min_shape": (1, 3, 4, 8, 8),
+        "opt_shape": (3, 3, 4, 8, 8),
+        "max_shape": (3, 3, 4, 8, 8),
+    }
+    (dims,) = stand_in.saved["dynamic_shapes"]
+    assert (dims[0].min, dims[0].max) == (1, 3)
+    assert "tensorrt-fp32: building tiny fp32 for batches of 1 to 3 with" in "\n".join(
+        caplog.messages
+    )
+    second = _serve(stand_in, _Tiny(), tmp_path, max_batch=3)
+    assert stand_in.builds == 1  # loaded
+    batch = engines.base.example_batch(model.example_inputs(), 3)
+    with torch.no_grad():
+        expected = model(*batch)
+    for engine in (first, second):
+        for size in (1, 2, 3):
+            assert relative_error(engine(batch[0][:size]), expected[:size]) < 1e-5
+        with pytest.raises(ValueError, match="a batch of 4 windows, but this engine takes 1 to 3"):
+            engine(torch.cat([batch[0], batch[0][:1]]))
+    _serve(stand_in, _Tiny(), tmp_path)  # one window a call: another key, another build
+    assert stand_in.builds == 2 and len(list(tmp_path.glob("tiny-fp32-*.pt2"))) == 2
 
 
 @pytest.mark.parametrize(
@@ -1209,3 +1295,59 @@ def test_engines_on_a_gpu_that_is_not_the_current_one(tmp_path):
         assert logits.device == torch.device("cuda", 1)
         assert relative_error(logits, reference(*inputs)) <= TOLERANCE["fp16"]
         assert torch.cuda.current_device() == 0
+
+
+def _batch_matches_windows(engine, model, precision: str) -> None:
+    """Each window of a batch of every size from 1 to engine.max_batch gives what eager
+    PyTorch gives it alone, within the precision's tolerance (TF32 and fp16 kernels differ
+    between batch sizes, so not 1e-5)."""
+    reference = TorchEngine(model, model.example_inputs(), device="cuda", precision=precision)
+    batch = engines.base.example_batch(model.example_inputs(), engine.max_batch)
+    alone = torch.cat([reference(*(x[i : i + 1] for x in batch)) for i in range(len(batch[0]))])
+    for size in range(1, engine.max_batch + 1):
+        logits = engine(*(x[:size] for x in batch))
+        assert logits.shape == (size, alone.shape[1]) and logits.dtype == torch.float32
+        for i in range(size):
+            assert relative_error(logits[i], alone[i]) <= TOLERANCE[precision], (size, i)
+    with pytest.raises(ValueError, match="this engine takes 1 to"):
+        engine(*(torch.cat([x, x[:1]]) for x in batch))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("compile", [True, False], ids=["compiled", "captured"])
+def test_torch_cuda_batches_in_buckets(compile):
+    """max_batch 5: CUDA graphs for buckets 1, 2, 4 and 5; 3 runs padded into 4."""
+    model = _perturbed()
+    engine = engines.create(
+        model, model.example_inputs(), backend="torch", device="cuda", compile=compile,
+        max_batch=5,
+    )  # fmt: skip
+    assert engine.mode == ("compiled+cudagraphs" if compile else "cudagraphs")
+    assert engine.batch_sizes == (1, 2, 4, 5) and engine.max_batch == 5
+    _batch_matches_windows(engine, model, "fp16")
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_tensorrt_batches(tmp_path, caplog):
+    """max_batch 4: one TensorRT program with a profile of 1 to 4 (two inputs: SlowFast),
+    any batch size in it, loaded from the cache as built."""
+    model = _reduced_slowfast()
+    with caplog.at_level(logging.INFO, logger="engines"):
+        engine = engines.create(
+            model, model.example_inputs(), backend="tensorrt", precision="fp16",
+            cache_dir=tmp_path, compile=False, max_batch=4,
+        )  # fmt: skip
+    assert engine.mode == "tensorrt" and engine.max_batch == 4, _warnings(caplog)
+    _batch_matches_windows(engine, model, "fp16")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="engines"):
+        again = engines.create(
+            model, model.example_inputs(), backend="tensorrt", precision="fp16",
+            cache_dir=tmp_path, compile=False, max_batch=4,
+        )  # fmt: skip
+    assert any(
+        "loaded the compiled slowfast_r50 fp16 for batches of 1 to 4" in m for m in caplog.messages
+    )
+    _batch_matches_windows(again, model, "fp16")
