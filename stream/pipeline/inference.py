@@ -439,9 +439,10 @@ class InferenceLoop:
                 case control.StreamState() as news:
                     self._stream_state(news)
                 case control.SourceHealth() as health:
-                    s = self.streams.get(health.stream)
-                    if s is not None:
-                        s.source_event(health)
+                    with self.lock:  # the heartbeat reads what it changes
+                        s = self.streams.get(health.stream)
+                        if s is not None:
+                            s.source_event(health)
                     reason = f" ({health.reason})" if health.reason else ""
                     log.info("%s of %s is %s%s", health.name, health.stream, health.state, reason)
                 case other:
