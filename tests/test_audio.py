@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import models
-from helpers import AV_CLIP_EVENT_S, REPO, segments_of, wait_until
+from helpers import AV_CLIP_EVENT_S, REPO, wait_until
 from stream.control import AudioEnded, AudioOpened, BadInput, VideoEnded, VideoOpened, WriteRing
 from stream.errors import FrameLost
 from stream.pipeline.preprocess import LogMel
@@ -419,56 +419,3 @@ def test_no_microphone_suggests_what_to_pass(tmp_path, monkeypatch):
     proc, _, _, message = _start_audio_capture("default")
     proc.join(10)
     assert message == BadInput(NO_MIC)
-
-
-def _run_cli_with_mic(mic: str) -> str:
-    """`python -m stream.run` with a model that listens; returns its one error line after
-    checking exit status 2, no traceback and nothing left in /dev/shm."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stream.run",
-            "--camera",
-            "synthetic",
-            "--model",
-            "avslowfast_r50",
-            "--weights",
-            "none",
-            "--no-compile",
-            "--log-level",
-            "warning",
-            "--mic",
-            mic,
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 2, stderr
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, stderr
-    # the children unlink as they exit
-    wait_until(lambda: not segments_of(proc.pid), "shared memory left behind", 60)
-    return lines[0]
-
-
-needs_av_model = pytest.mark.skipif(
-    "avslowfast_r50" not in models.available(), reason="needs the AVSlowFast model"
-)
-
-
-@pytest.mark.e2e
-@needs_av_model
-def test_cli_folder_as_mic(tmp_path):
-    """What the audio capture process refuses (a folder here; no microphone, an unknown
-    device, a file without sound: their lines are checked above) is the run's one error
-    line: the same path for every refusal, so one real run checks it."""
-    line = _run_cli_with_mic(str(tmp_path))
-    assert line == (
-        f"error: --mic '{tmp_path}' is a folder: pass an audio or video file, a microphone name "
-        "or index, synthetic, or none"
-    )

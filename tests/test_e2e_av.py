@@ -1,14 +1,17 @@
 """Audiovisual end to end: `python -m stream.run --model avslowfast_r50` with the real
-sounddevice path (PortAudio over an ALSA device that plays a file) and a subscriber."""
+sounddevice path (PortAudio over an ALSA device that plays a file) and a subscriber, and
+a microphone that the audio capture process refuses as the run's one error line."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 import pytest
 
 import models
-from helpers import segments_of
+from helpers import REPO, segments_of, wait_until
 from stream.transport.subscribe import Subscriber
 
 pytestmark = pytest.mark.skipif(
@@ -62,3 +65,51 @@ def test_avslowfast_from_camera_and_alsa_microphone(run_stream, alsa_file_mic):
             <= p["t"]["publish_ns"]
         )
     assert len(preds[-1]["labels"]) == 5
+
+
+def _run_cli_with_mic(mic: str) -> str:
+    """`python -m stream.run` with a model that listens; returns its one error line after
+    checking exit status 2, no traceback and nothing left in /dev/shm."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stream.run",
+            "--camera",
+            "synthetic",
+            "--model",
+            "avslowfast_r50",
+            "--weights",
+            "none",
+            "--no-compile",
+            "--log-level",
+            "warning",
+            "--mic",
+            mic,
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr
+    # the children unlink as they exit
+    wait_until(lambda: not segments_of(proc.pid), "shared memory left behind", 60)
+    return lines[0]
+
+
+@pytest.mark.e2e
+def test_cli_folder_as_mic(tmp_path):
+    """What the audio capture process refuses (a folder here; no microphone, an unknown
+    device, a file without sound: test_audio.py checks their lines at the capture process)
+    is the run's one error line: the same path for every refusal, so one real run checks
+    it."""
+    line = _run_cli_with_mic(str(tmp_path))
+    assert line == (
+        f"error: --mic '{tmp_path}' is a folder: pass an audio or video file, a microphone name "
+        "or index, synthetic, or none"
+    )
