@@ -361,6 +361,57 @@ def test_two_streams_run_as_one_batch_each_on_its_own_topic():
             assert run["state"] == "running" and run["max_batch"] == 2
             assert run["batches"][1] >= 3 and run["batches"][0] >= 2, run["batches"]
             assert run["pid"] == os.getpid() and run["model"] == cfg.model
+
+            # cam1's camera goes down: its status says degraded, the run status why
+            def latest(topic: str) -> dict:
+                return got.get(topic, [{}])[-1]
+
+            parent.send(control.SourceHealth("cam1", "capture-video", "down", "exit -9", 1, None))
+            read_until(
+                lambda: (
+                    latest("status.cam1").get("state") == "degraded"
+                    and latest(wire.RUN_TOPIC).get("streams")
+                    == [
+                        {
+                            "id": "cam1",
+                            "state": "degraded",
+                            "reason": "capture-video down: exit -9",
+                            "windows_run": latest("status.cam1")["windows"]["run"],
+                            "windows_skipped": 0,
+                        }
+                    ]
+                ),
+                "cam1 degraded",
+            )
+            parent.send(control.SourceHealth("cam1", "capture-video", "up", None, 1, 4242))
+            # a stream the parent starts, which fails before it is served; then cam1's
+            # file ends: both stay in the run status, with why
+            parent.send(control.StreamState("cam9", "starting", None))
+            read_until(lambda: latest("status.cam9").get("state") == "starting", "cam9")
+            parent.send(control.StreamState("cam9", "failed", "camera 9 did not open"))
+            parent.send(control.RemoveStream("cam1", "ended"))
+            assert receive() == control.StreamRemoved("cam1")
+            parent.send(control.StreamState("cam1", "ended", "end of clip.mp4"))
+            ends = [
+                ("cam9", "failed", "camera 9 did not open"),
+                ("cam1", "ended", "end of clip.mp4"),
+            ]
+            read_until(
+                lambda: (
+                    [
+                        (s["id"], s["state"], s.get("reason"))
+                        for s in latest(wire.RUN_TOPIC).get("streams", [])
+                    ]
+                    == ends
+                ),
+                "the ends in the run status",
+            )
+            assert latest("status.cam9")["state"] == "failed"
+            assert latest("status.cam1")["state"] == "ended"
+            assert latest("status.cam1")["processes"]["capture-video"] == 4242
+            # the run's totals count the streams no longer listed too
+            windows = latest(wire.RUN_TOPIC)["windows"]
+            assert windows == {"run": len(got["pred.cam0"]) + len(got["pred.cam1"]), "skipped": 0}
         assert not failures, failures
     finally:
         stop.set()

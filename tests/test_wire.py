@@ -99,6 +99,8 @@ def _run_status(**over):
             ),
         ],
         batches=[3, 6, 0, 0],
+        windows_run=19,
+        windows_skipped=2,
         sent=40,
         dropped=0,
         subscriptions=1,
@@ -198,7 +200,7 @@ def test_status_round_trip():
 
 def test_run_status_round_trip():
     body = _run_status()
-    assert body["windows"] == {"run": 15, "skipped": 2}  # the streams', summed
+    assert body["windows"] == {"run": 19, "skipped": 2}  # also of streams no longer listed
     assert body["streams"][0] == {
         "id": "cam0",
         "state": "running",
@@ -216,6 +218,7 @@ def test_run_status_round_trip():
 _RUN_FIELDS = {
     k: v for k, v in _run_status().items() if k not in ("schema", "t", "windows", "publish")
 } | {"mono_ns": 1, "wall_ns": 2, "sent": 0, "dropped": 0, "subscriptions": 0}
+_RUN_FIELDS |= {"windows_run": 0, "windows_skipped": 0}
 
 
 def test_batch_is_checked_when_present():
@@ -281,7 +284,7 @@ def test_run_status_line():
     line = format_message(Message(wire.RUN_TOPIC, _run_status(), 0))
     assert line.endswith(
         " run box:4321 running x3d_xs on torch-cpu, 2 streams [cam0 running 10/2, door ended 5/0 "
-        "(end of file)] (windows run/skipped), windows run 15 skipped 2, batches (size:calls, at "
+        "(end of file)] (windows run/skipped), windows run 19 skipped 2, batches (size:calls, at "
         "most 4) 1:3 2:6"
     ), line
     fresh = format_message(

@@ -298,7 +298,8 @@ class InferenceLoop:
         self.max_batch = cfg.max_batch
         self.batch_wait_ns = round(cfg.batch_wait * 1e9)
         self.batches = [0] * cfg.max_batch  # engine calls by batch size - 1
-        self.windows_ran = 0
+        self.windows_ran = 0  # every stream's windows run, and skipped, since the start
+        self.windows_skipped = 0
         self.host, self.pid = socket.gethostname(), os.getpid()
         # The heartbeat thread reads the streams while this one adds and removes them (and
         # closes their rings): both hold the lock meanwhile.
@@ -628,6 +629,8 @@ class InferenceLoop:
             batch_wait_s=self.batch_wait_ns / 1e9,
             streams=entries,
             batches=self.batches,
+            windows_run=self.windows_ran,
+            windows_skipped=self.windows_skipped,
             sent=self.publisher.sent,
             dropped=self.publisher.dropped,
             subscriptions=subscriptions,
@@ -682,6 +685,7 @@ class InferenceLoop:
             self.windows_ran += 1  # the order windows ran in: who waited longest (batching)
             s.ran = self.windows_ran
             behind = s.scheduler.advance()
+            self.windows_skipped += behind
             work_ns = time.monotonic_ns() - cut.window_ns - cut.stages.get("audio_wait", 0.0) * 1e6
             warning = s.pace.window(
                 skipped=behind, engine_s=engine_s, work_s=work_ns / 1e9, now=time.monotonic()

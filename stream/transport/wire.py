@@ -195,6 +195,8 @@ def run_status(
     batch_wait_s: float,
     streams: list[dict],
     batches: list[int],
+    windows_run: int,
+    windows_skipped: int,
     sent: int,
     dropped: int,
     subscriptions: int,
@@ -202,7 +204,8 @@ def run_status(
     """The run-level heartbeat (topic `run`), complete: the run's host and inference
     process, model and engine, its streams (`run_stream` entries), and how its engine
     calls were batched: `batches[i]` engine calls ran i + 1 windows (`max_batch` long).
-    The windows' totals are summed here from the streams'."""
+    `windows_run`, `windows_skipped`: since the run started, over every stream it has
+    served (also those no longer listed)."""
     if len(batches) != max_batch:
         raise ValueError(f"batches has {len(batches)} entries for max_batch {max_batch}")
     return {
@@ -218,10 +221,7 @@ def run_status(
         "batch_wait_s": batch_wait_s,
         "streams": [dict(s) for s in streams],
         "batches": list(batches),
-        "windows": {
-            "run": sum(s["windows_run"] for s in streams),
-            "skipped": sum(s["windows_skipped"] for s in streams),
-        },
+        "windows": {"run": windows_run, "skipped": windows_skipped},
         "publish": {"sent": sent, "dropped": dropped, "subscriptions": subscriptions},
     }
 
