@@ -17,7 +17,7 @@ import pytest
 import zmq
 from test_wire import _prediction
 
-from helpers import REPO, free_port, wait_until
+from helpers import REPO, descendants, free_port, running, segments_of, wait_until
 from stream.errors import UserError
 from stream.transport import proxy, wire
 from stream.transport.keys import make_keys
@@ -196,7 +196,8 @@ def test_curve_on_both_sides_of_the_proxy(start_proxy, tmp_path, caplog):
         )
         for name in ("host1", "rogue")
     )
-    sender = Sender({"host1": host1, "rogue": rogue})
+    plain = Publisher(f"connect:{p.frontend}", context=context)
+    sender = Sender({"host1": host1, "rogue": rogue, "plain": plain})
     try:
         with Subscriber(
             p.backend,
@@ -214,7 +215,16 @@ def test_curve_on_both_sides_of_the_proxy(start_proxy, tmp_path, caplog):
                 ),
                 "the refused publisher's log line",
             )
-            assert not any(viewer.recv(timeout=60).body["stream"] == "rogue" for _ in range(20))
+            # A run without keys cannot talk to a proxy with them, and says so in its log.
+            wait_until(
+                lambda: (
+                    plain.count_subscriptions() == 0
+                    and f"the handshake with the proxy at {p.frontend} failed" in caplog.text
+                ),
+                "the plain publisher's log line",
+            )
+            streams = {viewer.recv(timeout=60).body["stream"] for _ in range(20)}
+            assert streams == {"host1"}
         refused = {
             "plain": {},
             "a run's key": {"curve_client_key": str(keys / "host1.key_secret")},
@@ -403,3 +413,87 @@ def test_a_publisher_without_its_proxy_never_waits():
     finally:
         publisher.close()
         context.term()
+
+
+# -- three runs through a proxy that is killed and started again ----------------------------
+
+RUN_ARGS = (
+    "--camera",
+    "synthetic",
+    "--size",
+    "160x120",
+    "--weights",
+    "none",
+    "--stride",
+    "0.25",
+    "--max-batch",  # one stream per run: the session's compiled engine (batch 1)
+    "1",
+    "--log-level",
+    "info",
+)
+
+
+def _until_each(sub: Subscriber, streams: str, done, timeout: float = 180) -> dict[str, list]:
+    """Messages by stream (predictions and status) until `done(messages of a stream)` holds
+    for every stream."""
+    got: dict[str, list] = {s: [] for s in streams}
+    while not all(done(got[s]) for s in streams):
+        msg = sub.recv(timeout=timeout)
+        got[msg.body["stream"]].append(msg)
+    return got
+
+
+def _preds(msgs) -> list[dict]:
+    return [m.body for m in msgs if m.topic.startswith(wire.PRED_TOPIC + ".")]
+
+
+def _statuses(msgs) -> list[dict]:
+    return [m.body for m in msgs if m.topic.startswith(wire.STATUS_TOPIC + ".")]
+
+
+def test_three_runs_through_a_proxy_killed_and_started_again(run_stream, start_proxy):
+    p = start_proxy()
+    front, back = (int(e.rpartition(":")[2]) for e in (p.frontend, p.backend))
+    runs = {
+        s: run_stream(*RUN_ARGS, "--stream-id", s, "--publish", f"connect:{p.frontend}")
+        for s in "abc"  # started side by side: none waits for another
+    }
+    with Subscriber(p.backend, topics=("pred.", "status.")) as sub:
+        # Through the proxy a run counts the prefixes its subscribers asked for: pred. and
+        # status. here.
+        before = _until_each(
+            sub,
+            "abc",
+            lambda msgs: (
+                len(_preds(msgs)) >= 2
+                and any(b["publish"]["subscriptions"] == 2 for b in _statuses(msgs))
+            ),
+        )
+        for s, run in runs.items():
+            run.wait_for(f"publishing through the proxy at {p.frontend}")
+        p.kill()
+        # Each run's heartbeat saw the proxy go: it shares the publisher (and its lock)
+        # with the inference loop, so a send stuck on the dead proxy would have held it.
+        for run in runs.values():
+            run.wait_for(f"lost the proxy at {p.frontend}: predictions go nowhere")
+        start_proxy(frontend=front, backend=back)
+        # The subscriber and the runs reconnect by themselves.
+        after = _until_each(
+            sub, "abc", lambda msgs: len(_preds(msgs)) >= 3 and len(_statuses(msgs)) >= 1
+        )
+    for s, run in runs.items():
+        run.wait_for(f"publishing through the proxy at {p.frontend}")
+        last, first = _preds(before[s])[-1], _preds(after[s])[0]
+        # The same pipeline went on: seq continued (a restarted one starts at 0) ...
+        assert first["seq"] > last["seq"], (s, last["seq"], first["seq"])
+        # ... and only the gap is lost: once back, nothing is missing.
+        seqs = [b["seq"] for b in _preds(after[s])]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (s, seqs)
+        status = _statuses(after[s])[-1]
+        assert status["state"] == "running" and status["processes"]["main"] == run.proc.pid
+        assert status["windows"]["run"] > _statuses(before[s])[-1]["windows"]["run"]
+    for s, run in runs.items():
+        kids = descendants(run.proc.pid)
+        code, err = run.stop()
+        assert code == 0, err
+        assert not running(kids) and not segments_of(run.proc.pid), s
