@@ -145,6 +145,27 @@ def test_engine_only_mode(tmp_path):
     assert "largest model that fits a 10.0 s stride here: x3d_xs" in proc.stdout
 
 
+def test_engine_only_batches_side_by_side(tmp_path):
+    """--batch 1,2: one engine for batches of 2 in one process, each size timed (eager:
+    nothing to compile); a row per size with windows per second and ms per call."""
+    out = tmp_path / "batches.json"
+    proc = _bench(
+        "--engine-only", "--model", "x3d_xs", "--engine", "torch", "--precision", "fp32",
+        "--no-compile", "--batch", "2,1", "--runs", "1", "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    one, two = json.loads(out.read_text())["engines"]
+    assert [one["batch"], two["batch"]] == [1, 2] and one["max_batch"] == two["max_batch"] == 2
+    assert one["mode"] == two["mode"] == "eager" and one["vs_batch_1"] == 1.0
+    for row in (one, two):
+        assert _ordered(row["engine_ms"]) and row["windows_per_s"] > 0
+        per_call_s = row["engine_ms"]["p50"] / 1000
+        assert abs(row["windows_per_s"] * per_call_s - row["batch"]) < 0.01 * row["batch"]
+    assert two["vs_batch_1"] == round(two["windows_per_s"] / one["windows_per_s"], 2)
+    line = next(x for x in proc.stderr.splitlines() if "batch   2" in x)
+    assert "windows/s" in line and "x batch 1)" in line, proc.stderr
+
+
 def test_soak_short_form(pipeline_bench):
     """Captures killed again and again: every kill is seen as a restart, no window is
     older than its span, and the windows across an outage say so."""
@@ -177,6 +198,8 @@ def test_bench_under_subscriber_load(pipeline_bench):
             "error: --malloc '/no/libjemalloc.so.2': no such file",
         ),
         (("--engine-only", "--plot", "x.png"), "error: --plot draws the pipeline's latencies"),
+        (("--engine-only", "--batch", "0,2"), "error: --batch '0,2' must be windows per call"),
+        (("--batch", "1,4"), "error: --batch '1,4' times the engine alone: add --engine-only"),
         (("--json", "no/such/folder/b.json"), "error: --json 'no/such/folder/b.json': the folder"),
     ],
 )

@@ -28,7 +28,10 @@ leak or a backlog). Comma lists in --model, --engine and --stride sweep, one row
 
 Engine mode (--engine-only) times the models alone at their window shapes over
 models × engines × precisions, and names the largest model (by FLOPs) whose engine
-time fits the stride on this machine.
+time fits the stride on this machine. `--batch 1,2,4,8` times each model's engine at
+several batch sizes side by side, in one process with one engine built for the largest:
+windows per second and ms per call for each, and how many times the windows per second
+of one window a call each batch reaches.
 
 Ctrl-C or SIGTERM is an orderly stop: the row being measured is dropped, the finished
 rows are written (--json, --plot) and one line says what was kept; exit status 0.
@@ -688,9 +691,17 @@ def gflops(model, inputs) -> float:
 
 
 def _time_engine(
-    name: str, backend: str, precision: str | None, runs: int, compile: bool, threads: int | None
+    name: str,
+    backend: str,
+    precision: str | None,
+    runs: int,
+    compile: bool,
+    threads: int | None,
+    batches: list[int],
 ) -> dict:
-    """One row of engine mode, run in its own process so that its peak memory is its own."""
+    """One row of engine mode, run in its own process so that its peak memory is its own:
+    `per_batch` holds the times of each batch size (`run_engines` makes a row of each),
+    measured in turns so that a change of the machine's load falls on all of them."""
     import resource
 
     import torch
@@ -700,6 +711,7 @@ def _time_engine(
 
     import engines
     import models
+    from engines.base import example_batch
 
     model = models.create(name, seed=0)  # seeded: a compiled engine is cached for the next run
     inputs = model.example_inputs()
@@ -712,17 +724,28 @@ def _time_engine(
     }
     try:
         engine = engines.create(
-            model, inputs, backend=backend, precision=precision, compile=compile
-        )
+            model, inputs, backend=backend, precision=precision, compile=compile,
+            max_batch=max(batches),
+        )  # fmt: skip
     except engines.EngineError as exc:
         return {**row, "error": str(exc)}
     engine.warmup(3)
-    times = []
+    stacked = {size: example_batch(inputs, size) for size in batches}
+    times: dict[int, list[float]] = {size: [] for size in batches}
     for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        engine(*inputs)
-        times.append((time.perf_counter_ns() - t0) / 1e6)
-    row.update(engine=engine.name, mode=engine.mode, engine_ms=summary_ms(times))
+        for size in batches:
+            t0 = time.perf_counter_ns()
+            engine(*stacked[size])
+            times[size].append((time.perf_counter_ns() - t0) / 1e6)
+    row.update(engine=engine.name, mode=engine.mode, max_batch=engine.max_batch)
+    row["per_batch"] = [
+        {
+            "batch": size,
+            "engine_ms": summary_ms(times[size]),
+            "windows_per_s": round(size * 1000 / float(np.median(times[size])), 2),
+        }
+        for size in batches
+    ]
     # ru_maxrss is KiB on Linux: the whole process (weights, activations, the runtime)
     row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if torch.cuda.is_available():
@@ -785,8 +808,26 @@ def _end_tree(pid: int) -> None:
             pass
 
 
+def by_batch(row: dict) -> list[dict]:
+    """The rows of one engine's measurement: one per batch size, each with `batch`,
+    `engine_ms` (per call), `windows_per_s` and, when one window a call was measured too,
+    `vs_batch_1`: its windows per second over one window a call's. An error: the row."""
+    per_batch = row.pop("per_batch", None)
+    if per_batch is None:
+        return [row]
+    single = next((b["windows_per_s"] for b in per_batch if b["batch"] == 1), None)
+    rows = []
+    for measured in per_batch:
+        out = {**row, **measured}
+        if single:
+            out["vs_batch_1"] = round(measured["windows_per_s"] / single, 2)
+        rows.append(out)
+    return rows
+
+
 def run_engines(args, rows: list[dict] | None = None) -> list[dict]:
-    """One row per model × engine × precision, appended to `rows` as each finishes."""
+    """One row per model × engine × precision × batch size, appended to `rows` as each
+    engine's rows finish."""
     import multiprocessing as mp
 
     rows = [] if rows is None else rows
@@ -806,25 +847,39 @@ def run_engines(args, rows: list[dict] | None = None) -> list[dict]:
                             args.runs,
                             args.compile,
                             args.threads,
+                            args.batches,
                         ),
                         lambda: _check_stop(args),
                     )
-                rows.append(row)
                 if "error" in row:
+                    rows.append(row)
                     print(f"{name} {backend} {precision}: {row['error']}", file=sys.stderr)
                     continue
-                print(
-                    f"{name:18s} {row['engine']:18s} {row['mode'] or '':13s} "
-                    f"{row['gflops']:7.2f} GFLOPs  median {row['engine_ms']['p50']:8.1f} ms  "
-                    f"peak RSS {row['peak_rss_mb']:7.1f} MB  malloc {row['malloc']}",
-                    file=sys.stderr,
-                )
+                for measured in by_batch(row):
+                    rows.append(measured)
+                    ratio = measured.get("vs_batch_1")
+                    print(
+                        f"{name:18s} {measured['engine']:18s} {measured['mode'] or '':13s} "
+                        f"{measured['gflops']:7.2f} GFLOPs  batch {measured['batch']:3d}  "
+                        f"median {measured['engine_ms']['p50']:8.1f} ms  "
+                        f"{measured['windows_per_s']:8.1f} windows/s"
+                        + (f" ({ratio:.2f}x batch 1)" if ratio and measured["batch"] > 1 else "")
+                        + f"  peak RSS {measured['peak_rss_mb']:7.1f} MB  "
+                        f"malloc {measured['malloc']}",
+                        file=sys.stderr,
+                    )
     return rows
 
 
 def largest_fitting(rows: list[dict], stride: float) -> dict | None:
-    """The model with the most FLOPs whose median engine time fits `stride`."""
-    fits = [r for r in rows if "engine_ms" in r and r["engine_ms"]["p50"] <= stride * 1000]
+    """The model with the most FLOPs whose median engine time fits `stride`, at the
+    smallest batch size measured (one window a call, unless --batch leaves 1 out)."""
+    smallest = min((r["batch"] for r in rows if "batch" in r), default=None)
+    fits = [
+        r
+        for r in rows
+        if "engine_ms" in r and r["batch"] == smallest and r["engine_ms"]["p50"] <= stride * 1000
+    ]
     return max(fits, key=lambda r: r["gflops"], default=None)
 
 
@@ -893,6 +948,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--runs", type=int, default=10, help="--engine-only: timed runs per row after warm-up"
     )
+    p.add_argument(
+        "--batch",
+        default="1",
+        help="--engine-only: windows per engine call, comma-separated to compare (e.g. "
+        "1,2,4,8: one engine for the largest, each size timed in the same process)",
+    )
     p.add_argument("--json", help="write the results to this file")
     p.add_argument(
         "--plot",
@@ -908,6 +969,23 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(
             f"error: --stride {args.stride!r} must be seconds, e.g. 0.5 or 0.25,0.5",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        args.batches = sorted({int(b) for b in _csv(args.batch)})
+    except ValueError:
+        args.batches = []
+    if not args.batches or args.batches[0] < 1:
+        print(
+            f"error: --batch {args.batch!r} must be windows per call, whole numbers >= 1, "
+            "e.g. 1 or 1,2,4,8",
+            file=sys.stderr,
+        )
+        return 2
+    if args.batches != [1] and not args.engine_only:
+        print(
+            f"error: --batch {args.batch!r} times the engine alone: add --engine-only",
             file=sys.stderr,
         )
         return 2
@@ -974,7 +1052,7 @@ def _stopped(name: str, done: int, total: int, written: list[str]) -> None:
 
 
 def _engines_main(args, strides: list[float]) -> int:
-    total = len(args.models) * len(args.engines) * max(1, len(args.precisions))
+    total = len(args.models) * len(args.engines) * max(1, len(args.precisions)) * len(args.batches)
     rows: list[dict] = []
     stopped = None
     try:
