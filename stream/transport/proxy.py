@@ -72,8 +72,8 @@ def _client_keys(folder: str | None, flag: str) -> set[bytes] | None:
 
 
 class Proxy:
-    """The two bound sockets and, with CURVE, the authenticator; `run()` relays until
-    `stop()` (from another thread: the signal handler's)."""
+    """The two bound sockets and, with CURVE, the authenticator. `run()` relays (in a
+    thread of its own) until another thread calls `stop()`."""
 
     def __init__(
         self,
@@ -118,20 +118,21 @@ class Proxy:
                 provider = _AllowedKeys(allowed)
                 for domain in allowed:
                     self._auth.configure_curve_callback(domain, credentials_provider=provider)
-        self.xsub = self._socket(zmq.XSUB, self.frontend, "--frontend", keys, _PUBLISHERS)
-        self.xpub = self._socket(zmq.XPUB, self.backend, "--backend", keys, _SUBSCRIBERS)
-        self._control = self._socket(zmq.PAIR, None, "", None, "")
-        self._steer = self._context.socket(zmq.PAIR)
-        self._sockets.append(self._steer)
-        self._steer.connect(self._control.getsockopt(zmq.LAST_ENDPOINT).decode())
+        self.xsub = self._bind(zmq.XSUB, self.frontend, "--frontend", keys, _PUBLISHERS)
+        self.xpub = self._bind(zmq.XPUB, self.backend, "--backend", keys, _SUBSCRIBERS)
+        # The steering pair: `stop()` sends TERMINATE on one end, the relay reads the other.
+        self._control, self._steer = self._new(zmq.PAIR), self._new(zmq.PAIR)
+        self._control.bind(f"inproc://stream.proxy.control.{id(self)}")
+        self._steer.connect(f"inproc://stream.proxy.control.{id(self)}")
 
-    def _socket(self, kind, endpoint, flag, keys, domain) -> zmq.Socket:
+    def _new(self, kind: int) -> zmq.Socket:
         sock = self._context.socket(kind)
         self._sockets.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
-        if endpoint is None:  # the proxy's control socket: in this process only
-            sock.bind(f"inproc://stream.proxy.control.{id(self)}")
-            return sock
+        return sock
+
+    def _bind(self, kind, endpoint, flag, keys, domain) -> zmq.Socket:
+        sock = self._new(kind)
         sock.setsockopt(zmq.SNDHWM if kind == zmq.XPUB else zmq.RCVHWM, HWM)
         set_heartbeats(sock)
         if keys is not None:
@@ -181,11 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--frontend",
         default=DEFAULT_FRONTEND,
+        metavar="ENDPOINT",
         help=f"where the runs connect (their --publish connect:...; default {DEFAULT_FRONTEND})",
     )
     parser.add_argument(
         "--backend",
         default=DEFAULT_BACKEND,
+        metavar="ENDPOINT",
         help=f"where subscribers connect (default {DEFAULT_BACKEND})",
     )
     parser.add_argument(
@@ -195,15 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--curve-secret-key",
+        metavar="FILE",
         help="encrypt both sides with ZeroMQ CURVE: the proxy's server.key_secret "
         "(python -m stream.keys)",
     )
     parser.add_argument(
         "--curve-publishers",
+        metavar="DIR",
         help="with --curve-secret-key: folder of the public keys of the runs allowed to publish",
     )
     parser.add_argument(
         "--curve-clients",
+        metavar="DIR",
         help="with --curve-secret-key: folder of the public keys of the subscribers allowed in",
     )
     args = parser.parse_args(argv)
