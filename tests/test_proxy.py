@@ -86,7 +86,8 @@ def start_proxy():
 
 class Sender:
     """Publishers that send a prediction on their stream's topic every 20 ms (the send rate,
-    not a wait) until closed, in one thread."""
+    not a wait) until closed, in one thread, and read their subscriptions and connection
+    events as a run's heartbeat does."""
 
     def __init__(self, publishers: dict[str, Publisher]):
         self.publishers = publishers
@@ -100,6 +101,7 @@ class Sender:
             for stream, publisher in self.publishers.items():
                 body = _prediction(stream=stream, seq=seq)
                 publisher.send(wire.topic(wire.PRED_TOPIC, stream), body)
+                publisher.count_subscriptions()
             seq += 1
 
     def close(self) -> None:
@@ -240,6 +242,9 @@ def test_curve_on_both_sides_of_the_proxy(start_proxy, tmp_path, caplog):
         sender.close()
         context.term()
     assert p.stop()[0] == 0
+    # The refused handshakes repeated (ZeroMQ retries every 0.1 s); the log said it once.
+    assert caplog.text.count("refuses this run's CURVE key") == 1
+    assert caplog.text.count("the handshake with the proxy at") == 1
 
 
 # -- bad input -----------------------------------------------------------------------------

@@ -159,6 +159,13 @@ def check_curve_options(
         load_curve_keys(curve_server_key, secret=False)
 
 
+#: The connection's state after a monitor event (a disconnection: see _connection_event).
+_CONNECTION_STATES = {
+    zmq.EVENT_HANDSHAKE_SUCCEEDED: "connected",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused",
+}
+
+
 class Publisher:
     """An XPUB socket bound to `endpoint`, or connected to a stream.proxy's frontend when
     `endpoint` is `connect:tcp://HOST:PORT`. CURVE: bound, `curve_secret_key` is the
@@ -215,7 +222,7 @@ class Publisher:
         self.sent = 0
         self.dropped = 0
         self.subscriptions = 0
-        self._told: int | None = None  # the last connection event logged (connect mode)
+        self._state = "connecting"  # of the connection to the proxy, as last logged
 
     def _connect(self, address: str, secret_key_file: str | None, server_key_file: str | None):
         """Connect to a proxy's frontend: as a CURVE client when given keys. Nothing waits
@@ -295,19 +302,24 @@ class Publisher:
             return self.subscriptions
 
     def _connection_event(self, event: int) -> None:
-        """One log line per change of the connection to the proxy (a proxy that refuses
-        us would otherwise repeat its refusal every 0.1 s)."""
-        if event == self._told:
+        """One log line per change of the connection to the proxy. A refused handshake
+        repeats with every reconnection (each time followed by a disconnection), so the
+        state is what changes, not the event."""
+        if event == zmq.EVENT_DISCONNECTED:
+            state = "lost" if self._state == "connected" else self._state
+        else:
+            state = _CONNECTION_STATES.get(event, "failed")
+        if state == self._state:
             return
-        self._told = event
+        self._state = state
         proxy = f"the proxy at {self.endpoint[len(CONNECT) :]}"
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        if state == "connected":
             log.info("publishing through %s", proxy)
-        elif event == zmq.EVENT_DISCONNECTED:
+        elif state == "lost":
             log.warning(
                 "lost %s: predictions go nowhere until it is back (ZeroMQ reconnects)", proxy
             )
-        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        elif state == "refused":
             log.error(
                 "%s refuses this run's CURVE key: copy its public key (clients/NAME.key from "
                 "python -m stream.keys) into the proxy's --curve-publishers folder",
