@@ -145,3 +145,30 @@ def test_cache_keys_differ_by_max_batch():
         for n in (1, 4, 8)
     ]
     assert len(set(gpu)) == 3
+
+
+def test_a_batch_padded_up_to_its_bucket():
+    """How the CUDA engine runs a batch in a bucket of fixed shapes (engines/cuda.py), on
+    the CPU: copied into the bucket's buffers, whose other rows keep earlier windows, and
+    cut back; a full bucket runs as it is."""
+    from engines.cuda import _Padded
+
+    model = torch.nn.Linear(4, 2)
+    calls = []
+
+    def run(x):
+        calls.append(x)
+        return model(x)
+
+    buffers = (torch.zeros(4, 4),)
+    padded = _Padded(run, buffers)
+    batch = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = padded(batch[:3])
+        assert out.shape == (3, 2) and torch.equal(out, model(batch[:3]))
+        assert calls[-1] is buffers[0] and torch.equal(buffers[0][3], torch.zeros(4))
+        assert torch.equal(padded(batch[3:]), model(batch[3:]))
+        assert torch.equal(buffers[0][1:3], batch[1:3])  # rows of the earlier batch, kept
+        assert padded(batch) is not None and calls[-1] is batch  # full: no copy
+        with pytest.raises(ValueError, match=r"captured for inputs \(4, 4\), got \(5, 4\)"):
+            padded(torch.zeros(5, 4))
