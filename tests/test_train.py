@@ -46,19 +46,12 @@ TINY = {
 TINY_AV = {**TINY, "audio_frames": 64, "n_mels": 40}
 EPOCHS = 20
 HARD_FROM = 11
-INTERRUPT_AFTER = 7
-FIT = (
-    "--epochs",
-    str(EPOCHS),
-    "--batch-size",
-    "4",
-    "--optimizer",
-    "adamw",
-    "--lr",
-    "0.002",
-    "--seed",
-    "0",
-)
+# The video-only control learns the motion in fewer epochs (held-out motion accuracy 0.9 to
+# 1.0 after 12 with seeds 0, 1 and 2; the audiovisual run needs its 20 for the sound-only
+# pair: 0.75 after 12 with seed 1).
+VIDEO_EPOCHS = 12
+INTERRUPT_AFTER = 5
+FIT = ("--batch-size", "4", "--optimizer", "adamw", "--lr", "0.002", "--seed", "0")
 
 SIZE = (96, 72)
 FPS = 15
@@ -186,7 +179,8 @@ def av_run(data):
     out = data["root"] / "runs" / "av"
     argv = [
         str(data["train"]), "--model", "avslowfast_r50", "--weights", "none", *arch_args(TINY_AV),
-        "--out", str(out), *FIT, "--hard-negatives-from", str(HARD_FROM), "--progress",
+        "--out", str(out), "--epochs", str(EPOCHS), *FIT, "--hard-negatives-from", str(HARD_FROM),
+        "--progress",
     ]  # fmt: skip
     (result, lines, seconds), err = _with_stderr(lambda: _train(argv))
     return {"out": out, "result": result, "log": lines, "seconds": seconds, "stderr": err}
@@ -205,6 +199,8 @@ def video_run(data):
         *arch_args(TINY),
         "--out",
         str(out),
+        "--epochs",
+        str(VIDEO_EPOCHS),
         *FIT,
     ]
 
@@ -448,17 +444,17 @@ def test_resume_continues_at_the_next_epoch(video_run, data, capsys):
     out, result = video_run["out"], video_run["result"]
     assert video_run["files_then"] == ["last.pt", "metrics.jsonl", "model.pt"]  # no config.yaml yet
     assert len(video_run["metrics_then"].splitlines()) == INTERRUPT_AFTER
-    assert f"resuming {out} at epoch {INTERRUPT_AFTER + 1} of {EPOCHS}" in "\n".join(
+    assert f"resuming {out} at epoch {INTERRUPT_AFTER + 1} of {VIDEO_EPOCHS}" in "\n".join(
         video_run["log"]
     )
-    assert [h["epoch"] for h in result.history] == list(range(1, EPOCHS + 1))
+    assert [h["epoch"] for h in result.history] == list(range(1, VIDEO_EPOCHS + 1))
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert lines[:INTERRUPT_AFTER] == video_run["metrics_then"].splitlines()
     assert (out / "config.yaml").is_file()
     assert all(h["negatives"] is None for h in result.history)  # video only: no sync task
     # a finished run goes on only for more epochs; its options stay its own
     for args, expected in [
-        ((), f"has finished its {EPOCHS} epochs: pass --epochs larger than {EPOCHS}"),
+        ((), f"has finished its {VIDEO_EPOCHS} epochs: pass --epochs larger than {VIDEO_EPOCHS}"),
         (("--lr", "0.1"), "--lr 0.1 differs from the run being resumed (0.002)"),
     ]:
         assert T.main([str(data["train"]), "--out", str(out), "--resume", *args]) == 2
