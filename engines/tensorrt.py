@@ -357,7 +357,7 @@ def _serve(
         model, example_inputs, device=device, precision=precision, max_batch=max_batch
     )
 
-    def engine(module) -> TensorRTEngine:
+    def serving(module) -> TensorRTEngine:
         return TensorRTEngine(
             module, reference.example_inputs, device=device, precision=precision,
             max_batch=max_batch,
@@ -374,10 +374,10 @@ def _serve(
             name=name,
             max_batch=max_batch,
         )
-        return engine(module)
+        return serving(module)
 
     def load(path: Path) -> TensorRTEngine:
-        return engine(_converted(torch_tensorrt.load(str(path)).module(), what, name))
+        return serving(_converted(torch_tensorrt.load(str(path)).module(), what, name))
 
     def save(engine: TensorRTEngine, tmp: Path) -> None:
         if max_batch == 1:

@@ -75,21 +75,24 @@ def on_device(device: torch.device):
 
 class InputStager:
     """Moves inputs to `device` and `dtype`. Host tensors bound for a GPU are copied into a
-    pinned buffer (kept per input position) and sent with a non-blocking copy; the caller
-    synchronises before the next call, so a buffer is never overwritten mid-transfer."""
+    pinned buffer (kept per input position, shape and dtype: one per batch size a call
+    brings, so that alternating batch sizes never allocate pinned memory again) and sent
+    with a non-blocking copy; the caller synchronises before the next call, so a buffer is
+    never overwritten mid-transfer."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype):
         self.device = device
         self.dtype = dtype
-        self._pinned: dict[int, torch.Tensor] = {}
+        self._pinned: dict[tuple, torch.Tensor] = {}
 
     def __call__(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         staged = []
         for i, x in enumerate(inputs):
             if self.device.type == "cuda" and x.device.type == "cpu" and not x.is_pinned():
-                buf = self._pinned.get(i)
-                if buf is None or buf.shape != x.shape or buf.dtype != x.dtype:
-                    buf = self._pinned[i] = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+                key = (i, tuple(x.shape), x.dtype)
+                buf = self._pinned.get(key)
+                if buf is None:
+                    buf = self._pinned[key] = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
                 buf.copy_(x)
                 x = buf
             # Copy first, cast on the device: the host sends what it has (often uint8 or fp32).
