@@ -497,8 +497,12 @@ def test_three_runs_through_a_proxy_killed_and_started_again(run_stream, start_p
         status = _statuses(after[s])[-1]
         assert status["state"] == "running" and status["processes"]["main"] == run.proc.pid
         assert status["windows"]["run"] > _statuses(before[s])[-1]["windows"]["run"]
+    kids = {s: descendants(run.proc.pid) for s, run in runs.items()}
+    for run in runs.values():  # all at once: each stops in its own time
+        run.proc.send_signal(signal.SIGINT)
     for s, run in runs.items():
-        kids = descendants(run.proc.pid)
-        code, err = run.stop()
+        code, err = run.wait()
         assert code == 0, err
-        assert not running(kids) and not segments_of(run.proc.pid), s
+        # multiprocessing's resource tracker exits once its pipe has closed, a moment later
+        wait_until(lambda s=s: not running(kids[s]), f"the processes of run {s} to end", 30)
+        assert not segments_of(run.proc.pid), s
