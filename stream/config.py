@@ -38,6 +38,8 @@ from stream.transport import wire
 from stream.transport.publish import check_curve_options, check_endpoint
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: --max-batch when it is left out: the streams the run starts with, at most this many.
+MAX_BATCH_AUTO = 8
 
 #: The keys of an entry of a YAML `streams:` list, and the option whose value and type
 #: each takes (a key left out takes the run's value; an id left out is camN).
@@ -177,11 +179,15 @@ class RunConfig:
         help="seconds between windows ({default})",
         doc="seconds between windows; `--help` lists each model's default (`configs/<model>.yaml`)",
     )
-    max_batch: int = option(
-        8,
-        help="most windows, of different streams, that the engine runs in one call ({default})",
+    max_batch: int | None = option(
+        None,
+        help="most windows, of different streams, that the engine runs in one call (default: "
+        f"the number of streams the run starts with, at most {MAX_BATCH_AUTO}; give it to batch "
+        "streams you will add with stream.ctl)",
         doc="most windows, of different streams, that the engine runs in one call; the engine "
-        "is built for batches up to this size (`1`: every window alone)",
+        "is built for batches up to this size (`1`: every window alone). Default: the number "
+        f"of streams the run starts with, at most {MAX_BATCH_AUTO}, so that a one-camera run "
+        "builds no batch engine; give it when you will add streams with `stream.ctl`",
     )
     batch_wait: float = option(
         0.02,
@@ -447,6 +453,8 @@ class RunConfig:
                     f"streams[{i}]): give each stream its own id ({how})"
                 )
             seen[spec.id] = i
+        if self.max_batch is None:
+            self.max_batch = min(MAX_BATCH_AUTO, len(self.streams))
         if self.max_batch < 1:
             raise UserError(
                 f"--max-batch {self.max_batch} must be >= 1 (1: every window runs alone)"
