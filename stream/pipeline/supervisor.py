@@ -299,7 +299,9 @@ class Supervisor:
         name = s.name(kind)
         delay = self.group.down(name)
         restarts = self.group.restarts[name]
-        log.warning("%s stopped (%s): restart %d in %.1f s", name, reason, restarts, delay)
+        log.warning(
+            "stream %s: %s stopped (%s): restart %d in %.1f s", s.id, kind, reason, restarts, delay
+        )
         if s.served:
             self._health(s, kind, "down", reason)
         else:
@@ -439,8 +441,10 @@ class Supervisor:
                 raise UserError(line)  # at start-up, as with one camera: exit 2
             case control.BadInput(line) | control.SourceFailed(line) | control.Crash(line):
                 self._down_or_fail(s, kind, line)
+            case control.Died(code) if s.add is not None:
+                self._fail(s, f"the {name} process exited unexpectedly (exit code {code})")
             case control.Died(code):
-                self._down_or_fail(s, kind, f"the {name} process exited (exit code {code})")
+                self._capture_down(s, kind, f"exit code {code}")
             case _:
                 control.unexpected(message, f"stream.run (from {name})")
 
@@ -472,7 +476,8 @@ class Supervisor:
                 "%s audio: %s %r at %d Hz", s.id, message.kind, message.description, message.rate
             )
         if not first:  # a restarted capture
-            log.info("%s is back after restart %d", name, self.group.restarts.get(name, 0))
+            restarts = self.group.restarts.get(name, 0)
+            log.info("stream %s: %s is back after restart %d", s.id, kind, restarts)
             if s.rings.frames is not None:
                 self.group.send(name, s.rings.handout()[kind])
             if s.served:
