@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import AV_CLIP_EVENT_S, StreamProcess, auto_cpu_precision, expected_cpu_engine_name
+from helpers import (
+    AV_CLIP_EVENT_S,
+    REPO,
+    StreamProcess,
+    auto_cpu_precision,
+    expected_cpu_engine_name,
+)
 
 
 def _moving_frames(count: int, width: int, height: int):
@@ -100,24 +106,80 @@ def engine_cache(tmp_path_factory):
         os.environ["AVSTREAM_CACHE"] = old
 
 
+def _x3d_xs_engine() -> dict:
+    """engines.create's options for x3d_xs as `stream.run --weights none` with one camera
+    builds it on this CPU (its --max-batch included)."""
+    from stream import run
+
+    cfg = run.parse_config(["--model", "x3d_xs", "--weights", "none"])
+    return dict(backend="torch", device="cpu", precision=cfg.precision, max_batch=cfg.max_batch)
+
+
+_X3D_XS_BUILD = """
+import json, sys, engines, models
+model = models.create("x3d_xs", seed=0)
+engines.create(model, model.example_inputs(), **json.loads(sys.argv[1]))
+"""
+
+#: Whether the selected tests need the compiled x3d_xs (pytest_collection_finish).
+_NEEDS_X3D_XS = pytest.StashKey[bool]()
+#: The compile of x3d_xs in a process of its own: (process, its stderr in a file).
+_X3D_XS_BUILDING: dict[str, tuple] = {}
+
+
+def _start_x3d_xs_build(cache: Path) -> None:
+    """Compile x3d_xs into the session's engine cache in a process of its own (once)."""
+    import json
+    import subprocess
+    import sys
+
+    if not _X3D_XS_BUILDING:
+        err = (cache.parent / "x3d_xs-build.log").open("w+")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _X3D_XS_BUILD, json.dumps(_x3d_xs_engine())],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        _X3D_XS_BUILDING["x3d_xs"] = (proc, err)
+
+
+@pytest.fixture(autouse=True)
+def _x3d_xs_ahead(request, engine_cache):
+    """At the first pipeline test of a session whose tests need the compiled x3d_xs, its
+    compile starts in the background: the pipeline tests that do not need it run first
+    (pytest_collection_modifyitems), beside the compile (half a minute of CPU)."""
+    if request.config.stash.get(_NEEDS_X3D_XS, False) and _in_pipeline(request.node.nodeid):
+        _start_x3d_xs_build(engine_cache)
+    yield
+
+
 @pytest.fixture(scope="session")
 def x3d_xs_compiled(engine_cache) -> Path:
     """The CPU engine of x3d_xs without weights (seed 0), compiled once per session
     exactly as `stream.run --weights none` builds it (under --precision auto: the
     precision `auto_cpu_precision()` names, with the bf16 check's verdict saved beside
-    it), so that every pipeline in the tests loads it instead of compiling (about 25 s on
-    2 cores). Returns the engine cache."""
+    it; for the batches a run of one camera takes), so that every pipeline in the tests
+    loads it instead of compiling. The compile runs in a process of its own
+    (_x3d_xs_ahead starts it early); here it is waited for and loaded. Returns the
+    engine cache."""
     import engines
     import models
 
+    _start_x3d_xs_build(engine_cache)
+    proc, err = _X3D_XS_BUILDING["x3d_xs"]
+    proc.wait(timeout=900)
+    err.seek(0)
+    log = err.read()
+    assert proc.returncode == 0, log
     model = models.create("x3d_xs", seed=0)
-    engine = engines.create(
-        model, model.example_inputs(), backend="torch", device="cpu", precision="auto"
+    engine = engines.create(model, model.example_inputs(), **_x3d_xs_engine())
+    assert engine.mode == "aot-compiled", (
+        f"x3d_xs did not compile (is g++ installed?); the compile's log:\n{log}"
     )
-    assert engine.mode == "aot-compiled", "x3d_xs did not compile (see the log): is g++ installed?"
     assert engine.name == expected_cpu_engine_name(), (
         f"--precision auto gave {engine.name} here, not {expected_cpu_engine_name()} "
-        f"({auto_cpu_precision()} is picked): see the bf16 check's line in the log"
+        f"({auto_cpu_precision()} is picked): see the bf16 check's line in the log:\n{log}"
     )
     return engine_cache / "engines"
 
@@ -338,6 +400,27 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
         if "x3d_xs_compiled" in fixtures:
             item.add_marker(pytest.mark.slow)
+    # The files that need the compiled x3d_xs last (a file's tests stay together), so that
+    # the pipeline tests before them run while it compiles (_x3d_xs_ahead).
+    compiled = {
+        item.path for item in items if "x3d_xs_compiled" in getattr(item, "fixturenames", ())
+    }
+    items.sort(key=lambda item: item.path in compiled)
+
+
+def pytest_collection_finish(session):
+    session.config.stash[_NEEDS_X3D_XS] = any(
+        "x3d_xs_compiled" in getattr(item, "fixturenames", ()) for item in session.items
+    )
+
+
+def pytest_sessionfinish(session):
+    """A compile of x3d_xs still running (the session stopped early) is stopped."""
+    for proc, err in _X3D_XS_BUILDING.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        err.close()
 
 
 @pytest.hookimpl(tryfirst=True)  # before its fixtures are set up
