@@ -235,10 +235,13 @@ def _consecutive(bodies: list[dict]) -> bool:
 
 @pytest.fixture(scope="module")
 def run(x3d_xs_compiled, video_file):
-    """stream.run with a synthetic camera (cam0) and a looping video file (cam1)."""
+    """stream.run with a synthetic camera (cam0) and a looping video file (cam1). Its
+    engine runs one window per call (--max-batch 1): the session's compiled x3d_xs is a
+    one-camera run's, loaded instead of compiled again; batching has tests of its own
+    (test_batching.py)."""
     stream = StreamProcess(
         "--camera", "synthetic", "--camera", str(video_file), "--loop", "--size", "160x120",
-        *MODEL_ARGS,
+        "--max-batch", "1", *MODEL_ARGS,
     )  # fmt: skip
     try:
         stream.wait_for("running: publishing on")
