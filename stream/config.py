@@ -185,9 +185,10 @@ class RunConfig:
         f"the number of streams the run starts with, at most {MAX_BATCH_AUTO}; give it to batch "
         "streams you will add with stream.ctl)",
         doc="most windows, of different streams, that the engine runs in one call; the engine "
-        "is built for batches up to this size (`1`: every window alone). Default: the number "
-        f"of streams the run starts with, at most {MAX_BATCH_AUTO}, so that a one-camera run "
-        "builds no batch engine; give it when you will add streams with `stream.ctl`",
+        "is built for batches up to this size (`1`: every window alone). Left out, a "
+        "one-camera run builds no batch engine; give it when you will add streams with "
+        "`stream.ctl`",
+        doc_default=f"streams at start, at most {MAX_BATCH_AUTO}",
     )
     batch_wait: float = option(
         0.02,

@@ -1,10 +1,12 @@
 """`python -m stream.run`: the command that starts the pipeline.
 
-It parses the flags and the YAML config into a checked `RunConfig` and hands it to the
-supervisor (stream/pipeline/supervisor.py), which starts the capture and inference
-processes and owns the shared memory.
+It parses the flags and the YAML config into a checked `RunConfig` (its streams: one per
+--camera, or the config's `streams:` list) and hands it to the supervisor
+(stream/pipeline/supervisor.py), which starts each stream's capture processes and the one
+inference process, owns the shared memory and serves the control socket (stream.ctl).
 
-Exit status: 0 after SIGINT/SIGTERM, --duration or the end of a file; 2 for bad input
+Exit status: 0 after SIGINT/SIGTERM, --duration, or once every stream has ended (a file
+without --loop ends its stream); 2 for bad input
 (one line on stderr that names the problem and what to do); 1 when a process fails
 while running. Every exit path stops the children and unlinks the shared memory.
 """

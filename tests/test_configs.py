@@ -152,8 +152,14 @@ def test_the_batching_and_control_options(tmp_path):
     cfg = run.parse_config(["--max-batch", "2", "--batch-wait", "0", "--control", "none"])
     assert (cfg.max_batch, cfg.batch_wait, cfg.control) == (2, 0.0, None)
     default = config.RunConfig()
-    assert (default.max_batch, default.batch_wait) == (8, 0.02)
+    assert (default.max_batch, default.batch_wait) == (None, 0.02)
     assert default.control == "tcp://127.0.0.1:5554"
+    # Left out, --max-batch is the number of streams the run starts with, at most 8: a
+    # one-camera run builds a batch-1 engine, as before batching.
+    assert run.parse_config([]).max_batch == 1
+    assert run.parse_config(["--camera", "a.mp4", "--camera", "b.mp4"]).max_batch == 2
+    many = [arg for i in range(10) for arg in ("--camera", f"{i}.mp4")]
+    assert run.parse_config(many).max_batch == config.MAX_BATCH_AUTO == 8
     path = tmp_path / "c.yaml"
     path.write_text("control: null\n")
     assert config.resolve({"config": str(path)}).control is None

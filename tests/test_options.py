@@ -83,6 +83,7 @@ def _samples(tmp_path) -> dict:
         "log_level": "debug",
         "curve_secret_key": str(tmp_path / "keys" / "server.key_secret"),
         "curve_clients": str(tmp_path / "keys" / "clients"),
+        "curve_server_key": str(tmp_path / "keys" / "server.key"),
         "labels": ["kettle", "nothing"],
         "num_classes": 2,
         "model_options": {"frames": 4},
@@ -116,6 +117,10 @@ def test_each_option_is_the_same_from_a_flag_and_from_yaml(tmp_path, monkeypatch
     flags = {o.name: o.flag for o in OPTIONS}
     needs = {  # what each is refused without
         "curve_clients": {"curve_secret_key": samples["curve_secret_key"]},
+        "curve_server_key": {
+            "publish": "connect:tcp://127.0.0.1:5999",
+            "curve_secret_key": str(tmp_path / "keys" / "subscriber.key_secret"),
+        },
     }
     for name, value in samples.items():
         also = needs.get(name, {})
