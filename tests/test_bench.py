@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,7 +89,8 @@ def test_pipeline_bench_json(pipeline_bench):
         assert all(v > 0 for v in row["peak_rss_mb"].values())
         for stage, stat in row["stages_ms"].items():
             assert set(stat) == STAT_KEYS, stage
-        s = report["samples"][f"{row['model']}|{row['engine']}|{row['stride']}"]
+        assert row["streams"] == 1 and [s["stream"] for s in row["per_stream"]] == ["cam0"]
+        s = report["samples"][f"{row['model']}|{row['engine']}|{row['stride']}|1"]
         c2p, eng, ovh, c2s = (
             np.array(s[k])
             for k in (
@@ -102,6 +104,106 @@ def test_pipeline_bench_json(pipeline_bench):
         np.testing.assert_allclose(ovh, c2p - eng, atol=1e-3)  # overhead = capture→publish − engine
         assert (c2s >= c2p - 1e-3).all() and (eng > 0).all()
         assert row["engine_ms"]["max"] == pytest.approx(eng.max(), abs=1e-2)
+
+
+def test_streams_row(tmp_path):
+    """--streams 2: one stream.run with two cameras (eager fp32: nothing to compile for
+    batches of 2); the row has each stream's windows and latencies, the engine's calls by
+    windows per call, and CPU and memory of every process. The bench's runs have no control
+    socket: one held on stream.run's default port does not stop them."""
+    out = tmp_path / "streams.json"
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 5554))  # stream.run's default --control
+        holder.listen()
+    except OSError:
+        pass  # held by another run already: as good
+    try:
+        proc = _bench(
+            "--streams", "2", "--engine", "torch", "--no-compile", "--precision", "fp32",
+            "--size", "160x120", "--stride", "0.5", "--duration", "5", "--json", str(out),
+        )  # fmt: skip
+    finally:
+        holder.close()
+    assert proc.returncode == 0, proc.stderr
+    assert "x3d_xs torch stride 0.5, 2 streams: measuring 5 s\n" in proc.stderr
+    report = json.loads(out.read_text())
+    (row,) = report["summary"]
+    assert row["streams"] == 2 and row["max_batch"] == 2 and row["engine"] == "torch-cpu"
+    streams = row["per_stream"]
+    assert [s["stream"] for s in streams] == ["cam0", "cam1"]
+    for s in streams:
+        assert s["windows"]["run"] >= s["windows"]["measured"] > 0, s
+        assert s["windows"]["skipped"] >= 0
+        for key in ("capture_to_publish_ms", "engine_ms", "overhead_ms"):
+            assert set(s[key]) == STAT_KEYS and _ordered(s[key]), (key, s[key])
+        # its measured windows by the size of their engine call: 1 or 2
+        assert set(s["batch_sizes"]) <= {"1", "2"}
+        assert sum(s["batch_sizes"].values()) == s["windows"]["measured"]
+    for key in ("run", "skipped", "measured"):
+        assert row["windows"][key] == sum(s["windows"][key] for s in streams)
+    samples = report["samples"]["x3d_xs|torch-cpu|0.5|2"]
+    assert len(samples["capture_to_publish_ms"]) == row["windows"]["measured"]
+    # the row pools the streams' windows
+    c2p_max = max(s["capture_to_publish_ms"]["max"] for s in streams)
+    assert row["capture_to_publish_ms"]["max"] == pytest.approx(c2p_max, abs=1e-3)
+    # the run status's histogram: calls of 1 and of 2 windows, which ran every window
+    calls = row["batches"]
+    assert len(calls) == 2 and sum(calls) > 0
+    assert calls[0] + 2 * calls[1] >= row["windows"]["measured"]
+    processes = row["processes"]
+    assert set(processes) == {"main", "inference", "capture-video:cam0", "capture-video:cam1"}
+    assert len({p["pid"] for p in processes.values()}) == 4
+    for name, p in processes.items():
+        assert p["rss_mb"] > 0 and p["pss_mb"] > 0 and p["peak_rss_mb"] >= p["rss_mb"], name
+        assert p["cpu_s"] >= 0, name
+    assert processes["inference"]["cpu_s"] > 0  # it ran the model
+    assert row["rss_total_mb"] == pytest.approx(
+        sum(p["rss_mb"] for p in processes.values()), abs=0.2
+    )
+    assert "streams_comparison" not in report  # one row: nothing to set it against
+    assert "2 streams" in proc.stdout and "capture-video:cam1" in proc.stdout
+
+
+def test_streams_comparison():
+    """Rows of 1 and 4 streams side by side: skipped windows, the worst stream's p99 as a
+    ratio of the one-stream row's, and the memory each extra stream added."""
+    from stream.bench import latency as bench
+
+    def row(streams: int, p99s: list[float], rss: float, pss: float) -> dict:
+        per_stream = [
+            {"capture_to_publish_ms": {"p50": p / 2, "p90": p, "p99": p, "max": p}} for p in p99s
+        ]
+        return {
+            "model": "x3d_xs", "engine": "torch-cpu", "stride": 0.5, "streams": streams,
+            "windows": {"run": 10 * streams, "skipped": streams - 1, "measured": 9 * streams},
+            "per_stream": per_stream, "rss_total_mb": rss, "pss_total_mb": pss,
+        }  # fmt: skip
+
+    other = {**row(1, [40.0], 1000.0, 700.0), "stride": 0.25}  # no partner: left out
+    one, four = bench.compare_streams(
+        [row(4, [50.0, 90.0, 60.0, 55.0], 1450.0, 850.0), row(1, [45.0], 1000.0, 700.0), other]
+    )
+    assert (one["streams"], one["vs_streams"], one["p99_ratio"]) == (1, 1, 1.0)
+    assert one["rss_added_per_stream_mb"] is None
+    assert four["streams"] == 4 and four["windows_skipped"] == 3
+    assert four["capture_to_publish_p99_ms"] == 90.0 and four["p99_ratio"] == 2.0
+    assert four["capture_to_publish_p50_ms"] == 45.0
+    assert four["rss_added_per_stream_mb"] == 150.0 and four["pss_added_per_stream_mb"] == 50.0
+    table = bench.format_comparison([one, four])
+    last = table.splitlines()[-1].split()
+    assert last[-10:] == [
+        "4",
+        "40",
+        "3",
+        "45.00",
+        "90.00",
+        "2.00",
+        "1450.0",
+        "150.0",
+        "850.0",
+        "50.0",
+    ]
 
 
 def test_pipeline_bench_plot(pipeline_bench):
@@ -201,6 +303,12 @@ def test_bench_under_subscriber_load(pipeline_bench):
         (("--engine-only", "--batch", "0,2"), "error: --batch '0,2' must be windows per call"),
         (("--batch", "1,4"), "error: --batch '1,4' times the engine alone: add --engine-only"),
         (("--json", "no/such/folder/b.json"), "error: --json 'no/such/folder/b.json': the folder"),
+        (("--streams", "0,2"), "error: --streams '0,2' must be numbers of cameras"),
+        (("--streams", "2", "--engine-only"), "error: --streams '2' runs the pipeline and"),
+        (("--max-batch", "2", "--engine-only"), "error: --max-batch runs the pipeline and"),
+        (("--max-batch", "0"), "error: --max-batch 0 must be >= 1"),
+        (("--streams", "1,4", "--source", "0"), "error: --streams '1,4' opens the source 4 times"),
+        (("--streams", "2", "--kill-every", "5"), "error: --kill-every soaks one stream"),
     ],
 )
 def test_bad_options_give_one_line(args, line):
@@ -259,7 +367,9 @@ def test_plot_figure():
         "capture_to_publish_ms": (35 + t).tolist(),
         "capture_to_subscriber_ms": (36 + t).tolist(),
     }
-    rows = [{"model": "x3d_xs", "engine": "torch-cpu", "stride": s} for s in (0.25, 0.03)]
+    rows = [
+        {"model": "x3d_xs", "engine": "torch-cpu", "stride": s, "streams": 1} for s in (0.25, 0.03)
+    ]
     fig = bench.figure(rows, {bench._row_key(r): samples for r in rows})
     names = ["engine", "pipeline overhead", "capture→publish", "capture→subscriber"]
     for (over_time, dist), row in zip(np.reshape(fig.axes, (2, 2)), rows):
@@ -284,7 +394,7 @@ def test_plot_writes_a_png(tmp_path):
     from stream.bench import latency as bench
 
     samples = {k: [1.0, 2.0, 3.0] for k in ("t_s", *bench.SERIES)}
-    row = {"model": "x3d_xs", "engine": "torch-cpu", "stride": 0.5}
+    row = {"model": "x3d_xs", "engine": "torch-cpu", "stride": 0.5, "streams": 1}
     bench.plot(str(tmp_path / "b.png"), [row], {bench._row_key(row): samples})
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

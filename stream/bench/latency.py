@@ -26,6 +26,15 @@ each as p50 / p90 / p99 / max; windows run and skipped; CPU and peak memory of e
 process; and the slope of capture→publish over the run (ms per minute: growth shows a
 leak or a backlog). Comma lists in --model, --engine and --stride sweep, one row each.
 
+`--streams 1,4` runs rows of 1 and then 4 streams (the source once per --camera, ids
+cam0, cam1, ...; `--max-batch` the number of streams unless given) side by side: a row
+pools every stream's windows and also has each stream's figures alone, the engine's calls
+by windows per call (the run status, topic `run`), and per process (main, inference, each
+capture) its CPU seconds over the measured span and its memory at the end, read from
+/proc/PID/stat, /proc/PID/status and /proc/PID/smaps_rollup. A comparison then sets each
+row against the one with the fewest streams: skipped windows, the worst stream's
+capture→publish p99 as a ratio, and the memory each added stream costs.
+
 Engine mode (--engine-only) times the models alone at their window shapes over
 models × engines × precisions, and names the largest model (by FLOPs) whose engine
 time fits the stride on this machine. `--batch 1,2,4,8` times each model's engine at
@@ -52,6 +61,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -61,6 +71,7 @@ from stream import control
 from stream.errors import ArgumentParser
 from stream.pipeline.proc import start_ignoring_sigint
 from stream.pipeline.stats import STATS, summary_ms
+from stream.transport import wire
 from stream.transport.subscribe import Subscriber
 
 #: Windows at the start that are not counted (first-call allocations, caches).
@@ -164,6 +175,7 @@ class ProcessWatch:
         self.rss_series: dict[int, list[tuple[float, float]]] = {}  # pid -> [(s, MB)]
         self.shm_series: list[tuple[float, float]] = []  # (s, MB of our segments in /dev/shm)
         self.started = time.monotonic()
+        self.marks: dict[int, tuple[float, float]] = {}  # pid -> (when, cpu s) at mark()
 
     def _tree(self):
         try:
@@ -209,6 +221,35 @@ class ProcessWatch:
             if pid in self.peak_rss:
                 self.peak_rss[pid] = (name, self.peak_rss[pid][1])
 
+    def mark(self) -> None:
+        """The CPU time of every process of the tree now: `usage` counts from here."""
+        now = time.monotonic()
+        for p in self._tree():
+            u = proc_usage(p.pid)
+            if u is not None:
+                self.marks[p.pid] = (now, u["cpu_s"])
+
+    def usage(self, names: dict[str, int]) -> dict[str, dict]:
+        """Per named process (name -> pid) still running: its pid, CPU seconds since
+        `mark` (its whole life for one started after) and as a percentage of one core over
+        that span, and its memory now (`proc_usage`)."""
+        now = time.monotonic()
+        out = {}
+        for name, pid in names.items():
+            u = proc_usage(pid)
+            if u is None:
+                continue
+            since, cpu_then = self.marks.get(pid, (None, 0.0))
+            cpu_s = u["cpu_s"] - cpu_then
+            span = now - since if since is not None else u["age_s"]
+            out[name] = {
+                "pid": pid,
+                "cpu_s": round(cpu_s, 2),
+                "cpu_percent": round(100 * cpu_s / max(span, 1e-9), 1),
+                **{k: round(v, 1) for k, v in u.items() if k.endswith("_mb")},
+            }
+        return out
+
     def restart_series(self) -> None:
         """Forget memory samples so far (start-up growth is not a leak)."""
         self.rss_series.clear()
@@ -231,6 +272,54 @@ class ProcessWatch:
         }
         rss = {f"{n} ({pid})": round(mb, 1) for pid, (n, mb) in self.peak_rss.items()}
         return cpu, rss
+
+
+def proc_usage(pid: int) -> dict | None:
+    """CPU seconds (user + system), age and memory of a process from /proc: `rss_mb`
+    (VmRSS) and its parts `anon_mb`, `file_mb`, `shmem_mb` (the rings it maps count in
+    every process that touched them), `peak_rss_mb` (VmHWM, the kernel's own peak) and
+    `pss_mb` (smaps_rollup: each shared page divided among the processes that map it, so
+    that the processes' sum is the memory they take together). None when it is gone or a
+    zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    # stat(5): the fields after the command, which is in parentheses and may hold spaces;
+    # fields[0] is field 3 (state), so utime (14), stime (15), starttime (22) are 11, 12, 19
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    kb = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+            kb[key] = int(value.split()[0])
+    if "VmRSS" not in kb:
+        return None  # a kernel thread, or exiting
+    pss = None
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1]) / 1024
+                break
+    except OSError:
+        pass
+    uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    out = {
+        "cpu_s": (int(fields[11]) + int(fields[12])) / tick,
+        "age_s": uptime_s - int(fields[19]) / tick,
+        "rss_mb": kb["VmRSS"] / 1024,
+        "anon_mb": kb.get("RssAnon", 0) / 1024,
+        "file_mb": kb.get("RssFile", 0) / 1024,
+        "shmem_mb": kb.get("RssShmem", 0) / 1024,
+        "peak_rss_mb": kb.get("VmHWM", kb["VmRSS"]) / 1024,
+    }
+    if pss is not None:
+        out["pss_mb"] = pss
+    return out
 
 
 def shm_mb(owner: int, shm_dir: str = "/dev/shm") -> float:
@@ -264,8 +353,63 @@ def summarise(
     engine: str,
     stride: float,
 ) -> tuple[dict, dict]:
-    """(summary row, per-window samples) from received messages (stream.subscribe.Message)."""
-    rows = preds[WARMUP_WINDOWS:]
+    """(summary row, per-window samples) from received messages (stream.subscribe.Message)
+    of every stream of a run. The row's figures pool the streams' windows (each stream's
+    first WARMUP_WINDOWS left out); `per_stream` has the same figures of each stream alone,
+    with its windows run, skipped and measured and `batch_sizes`: its measured windows by
+    the number of windows their engine call ran."""
+    ids = sorted({m.body["stream"] for m in (*preds, *statuses)}, key=lambda i: (len(i), i))
+    measured, per_stream = [], []
+    for sid in ids:
+        received = [m for m in preds if m.body["stream"] == sid]
+        own_statuses = [m for m in statuses if m.body["stream"] == sid]
+        rows = received[WARMUP_WINDOWS:]
+        measured += rows
+        figures, _ = _figures(rows, own_statuses)
+        last = own_statuses[-1].body if own_statuses else {}
+        windows = last.get("windows", {})
+        batch_sizes: dict[str, int] = {}
+        for m in rows:
+            size = str(m.body.get("batch", 1))
+            batch_sizes[size] = batch_sizes.get(size, 0) + 1
+        per_stream.append(
+            {
+                "stream": sid,
+                "windows": {
+                    "run": windows.get("run", len(received)),
+                    "skipped": windows.get("skipped", 0),
+                    "measured": len(rows),
+                },
+                "fps_in": last.get("fps_in"),
+                "batch_sizes": dict(sorted(batch_sizes.items(), key=lambda kv: int(kv[0]))),
+                **figures,
+            }
+        )
+    measured.sort(key=lambda m: m.body["t"]["capture_ns"])
+    figures, samples = _figures(measured, statuses)
+    fps = [s["fps_in"] for s in per_stream if s["fps_in"] is not None]
+    cpu, rss = rss_cpu
+    row = {
+        "model": model,
+        "engine": measured[0].body["engine"] if measured else engine,
+        "stride": stride,
+        "streams": len(ids),
+        "windows": {
+            k: sum(s["windows"][k] for s in per_stream) for k in ("run", "skipped", "measured")
+        },
+        "fps_in": round(float(np.mean(fps)), 2) if fps else None,  # per stream
+        **figures,
+        "per_stream": per_stream,
+        "cpu_percent": cpu,
+        "peak_rss_mb": rss,
+    }
+    return row, samples
+
+
+def _figures(rows: list, statuses: list) -> tuple[dict, dict]:
+    """The latency figures of measured predictions (in capture order) and the capture-side
+    ones of their streams' heartbeats: ({engine_ms, overhead_ms, capture_to_publish_ms,
+    capture_to_subscriber_ms, stages_ms, latency_slope_ms_per_min}, per-window samples)."""
     t = {
         k: np.array([m.body["t"][k] for m in rows], dtype=np.int64)
         for k in ("capture_ns", "window_ns", "infer_start_ns", "infer_end_ns", "publish_ns")
@@ -297,19 +441,7 @@ def summarise(
             "max": max(p["max"] for p in parts),
         }
 
-    last = statuses[-1].body if statuses else {}
-    windows = last.get("windows", {})
-    cpu, rss = rss_cpu
-    row = {
-        "model": model,
-        "engine": rows[0].body["engine"] if rows else engine,
-        "stride": stride,
-        "windows": {
-            "run": windows.get("run", len(preds)),
-            "skipped": windows.get("skipped", 0),
-            "measured": len(rows),
-        },
-        "fps_in": last.get("fps_in"),
+    figures = {
         "engine_ms": summary_ms(engine_ms),
         "overhead_ms": summary_ms(overhead),
         "capture_to_publish_ms": summary_ms(c2p),
@@ -326,8 +458,6 @@ def summarise(
             "subscriber_receive": summary_ms((recv - t["publish_ns"]) / 1e6),
         },
         "latency_slope_ms_per_min": None if slope is None else round(slope, 4),
-        "cpu_percent": cpu,
-        "peak_rss_mb": rss,
     }
     samples = {
         "t_s": (minutes * 60).round(4).tolist(),
@@ -342,17 +472,25 @@ def summarise(
         .tolist(),
         "publish_ms": ((t["publish_ns"] - t["infer_end_ns"]) / 1e6).round(4).tolist(),
     }
-    return row, samples
+    return figures, samples
 
 
-def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, dict]:
+def _label(model: str, engine: str, stride: float, streams: int) -> str:
+    """A row's name in the lines that announce it: `x3d_xs auto stride 0.5` (one
+    stream), `x3d_xs auto stride 0.5, 4 streams`."""
+    return f"{model} {engine} stride {stride}" + (f", {streams} streams" if streams > 1 else "")
+
+
+def run_pipeline(
+    args, model: str, engine: str, stride: float, streams: int = 1
+) -> tuple[dict, dict]:
+    """One row: stream.run with `streams` cameras, each the source (ids cam0, cam1, ...),
+    measured from this process for --duration seconds after the first prediction."""
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    argv = [
-        sys.executable,
-        "-m",
-        "stream.run",
-        "--camera",
-        args.source,
+    argv = [sys.executable, "-m", "stream.run"]
+    for _ in range(streams):
+        argv += ["--camera", args.source, "--mic", args.mic]
+    argv += [
         "--model",
         model,
         "--engine",
@@ -361,11 +499,14 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
         str(stride),
         "--publish",
         endpoint,
+        # no control socket: a benchmark never takes a run's port (5554) nor needs stream.ctl
+        "--control",
+        "none",
         "--log-level",
         "warning",
-        "--mic",
-        args.mic,
     ]
+    if args.max_batch or streams > 1:
+        argv += ["--max-batch", str(args.max_batch or streams)]
     if args.config:
         argv += ["--config", args.config]
     if args.precisions:
@@ -381,7 +522,8 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
         argv += ["--size", args.size, "--fps", str(args.fps)]
     elif not args.source.isdigit():
         argv += ["--loop"]
-    preds, statuses = [], []
+    label = _label(model, engine, stride, streams)
+    preds, statuses, runs = [], [], []
     launched = time.monotonic()
     proc = subprocess.Popen(argv)
     watch = ProcessWatch(proc.pid)
@@ -391,7 +533,8 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
     next_kill = None
     bar = None
     try:
-        with Subscriber(endpoint, topics=("pred.", "status.")) as sub:
+        topics = ("pred.", "status.", wire.RUN_TOPIC)
+        with Subscriber(endpoint, topics=topics) as sub:
             first = None
             give_up = time.monotonic() + args.startup_timeout
             next_sample = 0.0
@@ -415,6 +558,9 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                     msg = sub.recv(timeout=0.5)
                 except TimeoutError:
                     continue
+                if msg.topic == wire.RUN_TOPIC:
+                    runs.append(msg)
+                    continue
                 if msg.topic.startswith("status."):
                     statuses.append(msg)
                     continue
@@ -422,18 +568,15 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                     first = time.monotonic()
                     give_up = first + args.duration + 60
                     watch.restart_series()
+                    watch.mark()
                     if args.kill_every:
                         next_kill = first + args.kill_every
                     # One line per row, also in a log; the bar below it on a terminal only
                     # (tqdm's rule: none in a log or a pipe), gone when the row ends.
-                    print(
-                        f"{model} {engine} stride {stride}: measuring {args.duration:g} s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    print(f"{label}: measuring {args.duration:g} s", file=sys.stderr, flush=True)
                     bar = tqdm(
                         total=args.duration,
-                        desc=f"{model} {engine} stride {stride}",
+                        desc=label,
                         bar_format=BAR_FORMAT,
                         disable=None,
                         leave=False,
@@ -448,27 +591,33 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
                 )
                 bar.update(min(time.monotonic() - first, args.duration) - bar.n)
             watch.sample()
-            # One more heartbeat for the final counts; after kills, the one that reports
-            # the last kill's death (the supervisor notices it, then tells the inference).
+            # One more heartbeat of every stream and of the run for the final counts; after
+            # kills, the one that reports the last kill's death (the supervisor notices it,
+            # then tells the inference).
+            waiting = {m.body["stream"] for m in preds} | {wire.RUN_TOPIC}
             end = time.monotonic() + (KILL_REPORT_WAIT_S if kills else 1.5)
-            while time.monotonic() < end:
+            while waiting and time.monotonic() < end:
                 try:
                     msg = sub.recv(timeout=max(0.01, end - time.monotonic()))
                 except TimeoutError:
                     break
-                if msg.topic.startswith("status."):
+                if msg.topic == wire.RUN_TOPIC:
+                    runs.append(msg)
+                    waiting.discard(wire.RUN_TOPIC)
+                elif msg.topic.startswith("status."):
                     statuses.append(msg)
                     if _restarts(msg.body) >= len(kills):
-                        break
+                        waiting.discard(msg.body["stream"])
         # The heartbeats name the processes of the pipeline; every one seen, since a
         # capture restarted by --kill-every has a new pid in each life.
         watch.name_children(
-            {
-                pid: name
-                for status in statuses
-                for name, pid in status.body.get("processes", {}).items()
-            }
+            {pid: name for status in statuses for pid, name in _process_names(status.body)}
         )
+        # The last heartbeat of each stream names the processes running now.
+        now_running = {
+            name: pid for status in statuses for pid, name in _process_names(status.body)
+        }
+        processes = watch.usage(now_running)
     finally:
         if bar is not None:
             bar.close()
@@ -483,6 +632,18 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
     row, samples = summarise(
         preds, statuses, watch.summary(), model=model, engine=engine, stride=stride
     )
+    row["streams"] = streams  # as started: one that published nothing has no per_stream entry
+    if runs:
+        last = runs[-1].body
+        row["max_batch"] = last["max_batch"]
+        row["batch_wait_s"] = last["batch_wait_s"]
+        # engine calls since the run started, by windows per call (index 0: one window)
+        row["batches"] = last["batches"]
+    row["processes"] = processes
+    row["rss_total_mb"] = round(sum(p["rss_mb"] for p in processes.values()), 1)
+    if all("pss_mb" in p for p in processes.values()):
+        row["pss_total_mb"] = round(sum(p["pss_mb"] for p in processes.values()), 1)
+    row["shm_mb"] = round(watch.shm_series[-1][1], 1) if watch.shm_series else None
     # Launch to the first prediction received: start-up (imports, the model, loading or
     # compiling the engine, opening the source) plus the first window's span of frames.
     row["startup_s"] = None if first is None else round(first - launched, 2)
@@ -490,6 +651,18 @@ def run_pipeline(args, model: str, engine: str, stride: float) -> tuple[dict, di
     if args.kill_every:
         row["soak"] = soak_summary(preds, statuses, kills, watch, model)
     return row, samples
+
+
+def _process_names(status: dict) -> list[tuple[int, str]]:
+    """(pid, name) of the processes a stream's heartbeat lists: `main`, `inference`, and
+    its captures by stream (`capture-video:cam0`)."""
+    out = []
+    for kind, pid in status.get("processes", {}).items():
+        name = (
+            kind if kind in ("main", "inference") else control.capture_name(kind, status["stream"])
+        )
+        out.append((pid, name))
+    return out
 
 
 class SubscriberLoad:
@@ -605,19 +778,29 @@ def soak_summary(
 
 
 def _row_key(row: dict) -> str:
-    """The key of a row's per-window samples in the JSON's "samples"."""
-    return f"{row['model']}|{row['engine']}|{row['stride']}"
+    """The key of a row's per-window samples in the JSON's "samples":
+    `model|engine|stride|streams`."""
+    return f"{row['model']}|{row['engine']}|{row['stride']}|{row['streams']}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def format_row(row: dict) -> str:
     def f(stat: dict) -> str:
-        return " / ".join("-" if stat[k] is None else f"{stat[k]:.2f}" for k in STATS)
+        return " / ".join(_ms(stat[k]) for k in STATS)
 
     w = row["windows"]
+    n = row["streams"]
+    head = f"{row['model']} on {row['engine']}, stride {row['stride']} s"
+    inputs = f"{row['fps_in']} fps in"
+    if n > 1:
+        head += f", {n} streams"
+        inputs += f" each, batches of up to {row.get('max_batch')}"
     lines = [
         (
-            f"{row['model']} on {row['engine']}, stride {row['stride']} s "
-            f"({row['fps_in']} fps in): "
+            f"{head} ({inputs}): "
             f"windows run {w['run']}, skipped {w['skipped']}, measured {w['measured']}; "
             f"capture→publish slope {row['latency_slope_ms_per_min']} ms/min; "
             f"first prediction {row['startup_s']} s after launch"
@@ -633,8 +816,103 @@ def format_row(row: dict) -> str:
         "  cpu %: " + ", ".join(f"{k} {v}" for k, v in row["cpu_percent"].items()),
         "  peak RSS MB: " + ", ".join(f"{k} {v}" for k, v in row["peak_rss_mb"].items()),
     ]
+    if n > 1:
+        lines.append("  per stream: windows run / skipped / measured; capture→publish ms p50 / p99")
+        for s in row["per_stream"]:
+            sw, c2p = s["windows"], s["capture_to_publish_ms"]
+            lines.append(
+                f"    {s['stream']:10s} {sw['run']} / {sw['skipped']} / {sw['measured']}; "
+                f"{_ms(c2p['p50'])} / {_ms(c2p['p99'])}"
+            )
+    if row.get("batches"):
+        lines.append(
+            "  engine calls by windows per call: "
+            + ", ".join(f"{i + 1}: {c}" for i, c in enumerate(row["batches"]))
+        )
+    if row.get("processes"):
+        lines.append(
+            "  measured span, per process: CPU s, RSS MB (PSS MB): "
+            + ", ".join(
+                f"{name} {p['cpu_s']} s, {p['rss_mb']} ({p.get('pss_mb', '-')})"
+                for name, p in row["processes"].items()
+            )
+        )
     if "soak" in row:
         lines.append(f"  soak: {json.dumps(row['soak'])}")
+    return "\n".join(lines)
+
+
+def compare_streams(rows: list[dict]) -> list[dict]:
+    """Rows of one model, engine and stride with different numbers of streams, each set
+    against the one with the fewest (`vs_streams`): its windows skipped, the worst
+    stream's capture→publish p50 and p99 and that p99 over the fewest streams' worst
+    (`p99_ratio`), the memory of its processes (main, inference, captures) summed as RSS
+    and as PSS, and what each stream beyond the fewest added to them. Empty when no row
+    has a partner."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["engine"], row["stride"]), []).append(row)
+    out = []
+    for group in groups.values():
+        if len({r["streams"] for r in group}) < 2:
+            continue
+        group = sorted(group, key=lambda r: r["streams"])
+        base = group[0]
+
+        def worst(row: dict, key: str) -> float | None:
+            values = [s["capture_to_publish_ms"][key] for s in row["per_stream"]]
+            values = [v for v in values if v is not None]
+            return max(values) if values else None
+
+        base_p99 = worst(base, "p99")
+        for row in group:
+            extra = row["streams"] - base["streams"]
+            p99 = worst(row, "p99")
+            entry = {
+                "model": row["model"],
+                "engine": row["engine"],
+                "stride": row["stride"],
+                "streams": row["streams"],
+                "vs_streams": base["streams"],
+                "windows_run": row["windows"]["run"],
+                "windows_skipped": row["windows"]["skipped"],
+                "capture_to_publish_p50_ms": worst(row, "p50"),
+                "capture_to_publish_p99_ms": p99,
+                "p99_ratio": round(p99 / base_p99, 2) if p99 and base_p99 else None,
+                "rss_total_mb": row.get("rss_total_mb"),
+                "pss_total_mb": row.get("pss_total_mb"),
+            }
+            for key in ("rss", "pss"):
+                total, base_total = row.get(f"{key}_total_mb"), base.get(f"{key}_total_mb")
+                entry[f"{key}_added_per_stream_mb"] = (
+                    round((total - base_total) / extra, 1)
+                    if extra and total is not None and base_total is not None
+                    else None
+                )
+            out.append(entry)
+    return out
+
+
+def format_comparison(entries: list[dict]) -> str:
+    lines = [
+        "streams side by side: capture→publish ms of the worst stream; memory of main, "
+        "inference and the captures",
+        f"  {'':28s} {'streams':>7s} {'run':>6s} {'skipped':>7s} {'p50':>8s} {'p99':>8s} "
+        f"{'p99 ×':>6s} {'RSS MB':>8s} {'+/stream':>8s} {'PSS MB':>8s} {'+/stream':>8s}",
+    ]
+
+    def num(v, spec=".1f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    for e in entries:
+        lines.append(
+            f"  {e['model'] + ' ' + e['engine'] + ' ' + str(e['stride']) + ' s':28s} "
+            f"{e['streams']:7d} {e['windows_run']:6d} {e['windows_skipped']:7d} "
+            f"{num(e['capture_to_publish_p50_ms'], '.2f'):>8s} "
+            f"{num(e['capture_to_publish_p99_ms'], '.2f'):>8s} {num(e['p99_ratio'], '.2f'):>6s} "
+            f"{num(e['rss_total_mb']):>8s} {num(e['rss_added_per_stream_mb']):>8s} "
+            f"{num(e['pss_total_mb']):>8s} {num(e['pss_added_per_stream_mb']):>8s}"
+        )
     return "\n".join(lines)
 
 
@@ -656,8 +934,10 @@ def figure(rows: list[dict], samples: dict):
         for key, name in SERIES.items():
             over_time.plot(s["t_s"], s[key], ".", markersize=2, label=name)
         over_time.axhline(budget_ms, color="black", linestyle="--", linewidth=1, label=budget)
+        streams = f", {row['streams']} streams" if row["streams"] > 1 else ""
         over_time.set_title(
-            f"{row['model']} on {row['engine']}, stride {row['stride']} s: latency per window"
+            f"{row['model']} on {row['engine']}, stride {row['stride']} s{streams}: "
+            "latency per window"
         )
         over_time.set_xlabel("s since the first measured window")
         over_time.set_ylabel("ms")
@@ -944,6 +1224,17 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="soak: SIGKILL a capture process every this many seconds (video and audio in turn)",
     )
+    p.add_argument(
+        "--streams",
+        default="1",
+        help="pipeline mode: cameras in one run (the source once each), comma-separated to "
+        "compare side by side (e.g. 1,4)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        help="pipeline mode: windows per engine call at most (default: the number of streams)",
+    )
     p.add_argument("--engine-only", action="store_true", help="time the models alone (no pipeline)")
     p.add_argument(
         "--runs", type=int, default=10, help="--engine-only: timed runs per row after warm-up"
@@ -986,6 +1277,47 @@ def main(argv: list[str] | None = None) -> int:
     if args.batches != [1] and not args.engine_only:
         print(
             f"error: --batch {args.batch!r} times the engine alone: add --engine-only",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        args.stream_counts = sorted({int(n) for n in _csv(args.streams)})
+    except ValueError:
+        args.stream_counts = []
+    if not args.stream_counts or args.stream_counts[0] < 1:
+        print(
+            f"error: --streams {args.streams!r} must be numbers of cameras, whole numbers >= 1, "
+            "e.g. 4 or 1,4",
+            file=sys.stderr,
+        )
+        return 2
+    if args.engine_only and (args.stream_counts != [1] or args.max_batch is not None):
+        flag = "--max-batch" if args.max_batch is not None else f"--streams {args.streams!r}"
+        print(
+            f"error: {flag} runs the pipeline and --engine-only times the engine alone: "
+            "leave it out (--batch sets the engine's batch sizes)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.max_batch is not None and args.max_batch < 1:
+        print(
+            f"error: --max-batch {args.max_batch} must be >= 1 "
+            "(leave it out for the number of streams)",
+            file=sys.stderr,
+        )
+        return 2
+    many = args.stream_counts[-1]
+    if many > 1 and args.source.isdigit():
+        print(
+            f"error: --streams {args.streams!r} opens the source {many} times, and camera "
+            f"{args.source} opens once: use --source synthetic or a video file",
+            file=sys.stderr,
+        )
+        return 2
+    if many > 1 and args.kill_every:
+        print(
+            f"error: --kill-every soaks one stream, and --streams {args.streams!r} runs {many}: "
+            "leave out --streams (or --kill-every)",
             file=sys.stderr,
         )
         return 2
@@ -1087,23 +1419,30 @@ def _engines_main(args, strides: list[float]) -> int:
 
 
 def _pipeline_main(args, strides: list[float]) -> int:
-    total = len(args.models) * len(args.engines) * len(strides)
+    total = len(args.models) * len(args.engines) * len(strides) * len(args.stream_counts)
     rows, samples = [], {}
     stopped = None
     try:
         for model in args.models:
             for engine in args.engines:
                 for stride in strides:
-                    row, s = run_pipeline(args, model, engine, stride)
-                    rows.append(row)
-                    samples[_row_key(row)] = s
-                    print(format_row(row), flush=True)
+                    for streams in args.stream_counts:
+                        row, s = run_pipeline(args, model, engine, stride, streams)
+                        rows.append(row)
+                        samples[_row_key(row)] = s
+                        print(format_row(row), flush=True)
     except Interrupted as exc:
         stopped = exc.args[0]
+    comparison = compare_streams(rows)
+    if comparison:
+        print(format_comparison(comparison), flush=True)
     written = []
     if args.json and rows:
+        report = {"machine": machine(), "summary": rows, "samples": samples}
+        if comparison:
+            report["streams_comparison"] = comparison
         with open(args.json, "w") as fh:
-            json.dump({"machine": machine(), "summary": rows, "samples": samples}, fh, indent=1)
+            json.dump(report, fh, indent=1)
         written.append(args.json)
     if args.plot and rows:
         plot(args.plot, rows, samples)
