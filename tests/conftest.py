@@ -23,6 +23,13 @@ from helpers import (
     expected_cpu_engine_name,
 )
 
+# OpenMP threads (torch's, and those of the compiled engines in the processes the tests
+# start) sleep while they wait for work instead of spinning: the suite runs two workers and
+# their pipelines on two cores, where a thread that spins waits for a sibling that is not
+# on a core. Under a competing process, MViT's parity tests took 68 s spinning, 24 s
+# sleeping (one thread: 36 s). Set before torch is imported; a value given wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def _moving_frames(count: int, width: int, height: int):
     yy, xx = np.mgrid[0:height, 0:width]
