@@ -23,6 +23,7 @@ PIPELINE_MODULES = (
     "numba",
     "einops",
     "tqdm",
+    "prometheus_client",
 )
 
 

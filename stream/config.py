@@ -30,10 +30,11 @@ import yaml
 
 from engines import malloc
 from engines.names import BACKENDS, PRECISIONS
-from stream import options
+from stream import options, rules
 from stream.errors import UserError
 from stream.options import option
 from stream.pipeline.aggregate import Smoother
+from stream.pipeline.metrics import parse_address
 from stream.transport import wire
 from stream.transport.publish import check_curve_options, check_endpoint
 
@@ -208,6 +209,21 @@ class RunConfig:
     topk: int = option(
         5, per_model=True, help="labels per prediction ({default})", doc="labels per prediction"
     )
+    # The flag names a YAML file whose `events:` list this is; a config file gives the
+    # list itself. Either way the rules are checked (stream/rules.py) before anything starts.
+    events: list[rules.Rule] = option(  # noqa: RUF009 (option() returns a dataclasses.field)
+        default_factory=list,
+        yaml_types=(list,),
+        path=True,
+        help="YAML file of event rules (events: a list of name, labels, on, min_on, off, "
+        "hold, ...): each stream publishes event.ID messages when they start and end; "
+        "replaces a config file's events: list (default: none)",
+        doc="YAML file of event rules (`events:`, a list of `name`, `labels`, `on`, `min_on`, "
+        "`off`, `hold`, `cooldown`, `update_every`, `raw`): each stream publishes a start, "
+        "updates and an end on `event.<stream-id>` ([events.md](events.md)). A config file "
+        "gives the list itself under `events:`; the flag replaces it",
+        doc_default="none",
+    )
     publish: str = option(
         "tcp://127.0.0.1:5555",
         help="ZeroMQ endpoint to bind ({default}), or connect:tcp://HOST:PORT to publish "
@@ -217,8 +233,9 @@ class RunConfig:
     )
     allow_remote: bool = option(
         False,
-        help="allow --publish and --control addresses other hosts can reach",
-        doc="needed to bind an address other hosts can reach (`--publish`, `--control`)",
+        help="allow --publish, --control and --metrics addresses other hosts can reach",
+        doc="needed to bind an address other hosts can reach (`--publish`, `--control`, "
+        "`--metrics`)",
     )
     # None: no control socket (`--control none`, or `control: null` in YAML).
     control: str | None = option(
@@ -228,6 +245,16 @@ class RunConfig:
         doc="ZeroMQ endpoint to bind the control socket on: `python -m stream.ctl` adds, "
         "removes and lists streams there while the run runs (CURVE with the run's keys); "
         "`none`: no control socket",
+    )
+    # None: no metrics served.
+    metrics: str | None = option(
+        None,
+        help="serve Prometheus metrics over HTTP on HOST:PORT, e.g. 127.0.0.1:9108 (default: off)",
+        doc="serve Prometheus metrics over HTTP on `HOST:PORT` (e.g. `127.0.0.1:9108`; any path, "
+        "`/metrics` by convention): per stream engine time and capture→publish, windows run, "
+        "skipped and degraded, capture restarts, active events; subscriptions, batch sizes "
+        "([metrics.md](metrics.md))",
+        doc_default="off",
     )
     stream_id: str = option(
         "cam0",
@@ -412,6 +439,8 @@ class RunConfig:
                 allow_remote=self.allow_remote,
                 others="control this run",
             )
+        if self.metrics is not None:
+            parse_address(self.metrics, allow_remote=self.allow_remote)
         check_curve_options(
             self.publish,
             curve_secret_key=self.curve_secret_key,
@@ -588,6 +617,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
             )
         if name == "streams":
             value = _yaml_streams(where, value)
+        if name == "events":
+            value = rules.parse(value, where)
         out[name] = value
     weights = out.get("weights")
     if (
@@ -666,6 +697,8 @@ def resolve(flags: dict[str, Any]) -> RunConfig:
     for name in paths:
         for value in _listed(given.get(name)):
             check_path_text(name, value)
+    if isinstance(given.get("events"), str):  # --events FILE: its rules replace the config's
+        given["events"] = rules.read_file(given["events"])
     cameras, mics, ids = (_listed(given.pop(name, None)) for name in ("camera", "mic", "stream_id"))
     _check_counts(cameras, mics, ids)
     if len(cameras) <= 1:  # one stream, or the YAML's streams: the flags are run-level values

@@ -74,6 +74,7 @@ def _samples(tmp_path) -> dict:
         "publish": "tcp://127.0.0.1:5999",
         "allow_remote": True,
         "control": "tcp://127.0.0.1:5998",
+        "metrics": "127.0.0.1:9108",
         "stream_id": "cam1",
         "duration": 2.5,
         "loop": True,

@@ -169,7 +169,10 @@ def test_pipeline_commands_without_the_run_extra_say_what_to_install(
         text=True,
     )
     stdout, stderr = proc.communicate(timeout=60)
-    missing = "torch, numpy, cv2, sounddevice, yaml, av, soxr, psutil, numba, einops, tqdm"
+    missing = (
+        "torch, numpy, cv2, sounddevice, yaml, av, soxr, psutil, numba, einops, tqdm, "
+        "prometheus_client"
+    )
     assert proc.returncode == 2
     expected = (
         f"error: python -m stream.{command} needs the pipeline's packages (missing: {missing}): "

@@ -11,7 +11,8 @@ StreamState (a stream not served yet or any more, for the run-level status) and
 SourceHealth (a stream's capture process went down or came back); BadInput or Crash when
 it fails. A heartbeat thread publishes `status.<id>` for each stream and `run` for the
 run twice a second from the moment the publisher is bound, also while the model loads and
-while a slow batch runs.
+while a slow batch runs. With --metrics, a thread serves the run's Prometheus metrics
+(stream/pipeline/metrics.py) from the moment the process starts.
 
 Ticks are aligned to frames: when a batch is chosen, each of its streams waits for its
 next frame to land in its ring (at most two of its frame periods) and its window is cut
@@ -43,6 +44,7 @@ from stream import control
 from stream.errors import UserError
 from stream.pipeline import batching
 from stream.pipeline.aggregate import softmax, top_k
+from stream.pipeline.metrics import Metrics
 from stream.pipeline.stats import summary_ms
 from stream.transport import wire
 
@@ -311,6 +313,8 @@ class InferenceLoop:
         self.gone: dict[str, dict] = {}
         self.run_seq = 0
         self.previews: dict[str, object] = {}
+        # Before the publisher, so that a metrics port in use leaves nothing to close.
+        self.metrics = Metrics(cfg.metrics, max_batch=cfg.max_batch)
         self.publisher = Publisher(  # first: a port in use fails fast
             cfg.publish,
             curve_secret_key=cfg.curve_secret_key,
@@ -387,6 +391,7 @@ class InferenceLoop:
             raise UserError(str(exc)) from None
         self.engine = engine
         self.engine_name = engine.name
+        self.metrics.built(model=meta.name, engine=engine.name)
         if engine.device.type == "cpu":
             import torch
 
@@ -444,6 +449,7 @@ class InferenceLoop:
                         s = self.streams.get(health.stream)
                         if s is not None:
                             s.source_event(health)
+                            self.metrics.restarts(s.id, health.name, health.restarts)
                     reason = f" ({health.reason})" if health.reason else ""
                     log.info("%s of %s is %s%s", health.name, health.stream, health.state, reason)
                 case other:
@@ -495,6 +501,8 @@ class InferenceLoop:
         with self.lock:
             self.streams[add.stream] = s
             self.gone.pop(add.stream, None)
+        audio = () if add.audio is None else (control.CAPTURE_AUDIO,)
+        self.metrics.add_stream(add.stream, (control.CAPTURE_VIDEO, *audio))
         log.info(
             "serving %s: %s video at %.1f fps%s, a window every %g s",
             add.stream,
@@ -526,6 +534,7 @@ class InferenceLoop:
             else:
                 self.gone.pop(stream, None)
             s.close()
+        self.metrics.remove_stream(stream)
         preview = self.previews.pop(stream, None)
         if preview is not None:
             preview.close()
@@ -570,6 +579,7 @@ class InferenceLoop:
     def beat(self) -> None:
         """Every stream's status and the run status (the heartbeat thread)."""
         subscriptions = self.publisher.count_subscriptions()
+        self.metrics.subscriptions(subscriptions)
         with self.lock:  # the streams and their rings stay as they are meanwhile
             now, wall = time.monotonic_ns(), time.time_ns()
             for s in self.streams.values():
@@ -677,6 +687,7 @@ class InferenceLoop:
         logits = self.engine(*inputs)
         infer_end_ns = time.monotonic_ns()
         self.batches[len(cuts) - 1] += 1
+        self.metrics.batch(len(cuts))
         rows = logits.detach().cpu().numpy()
         engine_s = (infer_end_ns - infer_start_ns) / 1e9
         for cut, row in zip(cuts, rows, strict=True):
@@ -686,6 +697,7 @@ class InferenceLoop:
             s.ran = self.windows_ran
             behind = s.scheduler.advance()
             self.windows_skipped += behind
+            self.metrics.skipped(s.id, behind)
             work_ns = time.monotonic_ns() - cut.window_ns - cut.stages.get("audio_wait", 0.0) * 1e6
             warning = s.pace.window(
                 skipped=behind, engine_s=engine_s, work_s=work_ns / 1e9, now=time.monotonic()
@@ -847,6 +859,7 @@ class InferenceLoop:
             batch=batch,
         )
         self.publisher.send_prediction(wire.topic(wire.PRED_TOPIC, s.id), body)
+        self.metrics.window(body)
         s.seq += 1
         s.windows_run = s.seq
         return labels
@@ -860,6 +873,7 @@ class InferenceLoop:
         self.heartbeat.halt.set()
         self.heartbeat.join(timeout=1.0)
         self.publisher.close()
+        self.metrics.close()
         with self.lock:
             for s in self.streams.values():
                 s.close()

@@ -80,17 +80,22 @@ def check_endpoint(
         raise UserError(f"{flag} {endpoint!r} is not an endpoint like {example}")
     if to_connect:
         return
-    host = m[1].strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_remote:
+    if not loopback(m[1].strip("[]")) and not allow_remote:
         raise UserError(
             f"{flag} {endpoint!r} would let other hosts {others}: add --allow-remote "
             f"if that is what you want, or {'publish' if flag == '--publish' else 'listen'} "
             "on 127.0.0.1"
         )
+
+
+def loopback(host: str) -> bool:
+    """Whether `host` (a name, or an IPv4 or IPv6 address without brackets) is this host
+    alone: `localhost` or a loopback address. Any other name may resolve to an address
+    other hosts can reach."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def set_heartbeats(sock: zmq.Socket) -> None:
