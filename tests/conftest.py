@@ -345,6 +345,7 @@ PIPELINE = {
     "test_faults.py",
     "test_fuzz.py",
     "test_malloc.py",
+    "test_metrics.py",
     "test_preview.py",
     "test_progress.py",  # a real stream.record on a terminal
     "test_protocol.py",

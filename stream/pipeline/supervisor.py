@@ -650,8 +650,9 @@ class Supervisor:
         else:
             topics = f"pred.ID and status.ID of {', '.join(ids)}"
         control_on = "" if cfg.control is None else f"; control on {cfg.control}"
+        metrics_on = "" if cfg.metrics is None else f"; metrics on http://{cfg.metrics}/metrics"
         until = "until Ctrl-C" if cfg.duration is None else f"stopping after {cfg.duration:g} s"
-        return f"running: publishing on {cfg.publish} ({topics}){control_on}; {until}"
+        return f"running: publishing on {cfg.publish} ({topics}){control_on}{metrics_on}; {until}"
 
     def _supervise(self) -> int:
         cfg = self.cfg
