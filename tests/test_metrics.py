@@ -86,6 +86,7 @@ def _scrape(port: int, path: str = "/metrics") -> dict:
 
 def test_the_registry_holds_what_it_was_fed():
     m = Metrics(None, max_batch=2)
+    assert "avstream_build_info" not in {name for name, _ in _registry(m)}  # no engine yet
     m.built(model="x3d_xs", engine="torch-cpu")
     m.add_stream("door", AV)
     m.add_stream("yard", VIDEO)

@@ -172,24 +172,23 @@ class Metrics:
             PREFIX + "build", "The run's model, engine and avstream version", registry=None
         )
         self.registry = CollectorRegistry()
-        self.registry.register(
-            _Snapshot(
-                [
-                    self.build,
-                    self.streams_n,
-                    self.subscriptions_n,
-                    self.batch_windows,
-                    self.engine_s,
-                    self.capture_to_publish_s,
-                    self.windows_run,
-                    self.windows_skipped,
-                    self.windows_degraded,
-                    self.capture_restarts,
-                    self.active_events_n,
-                ],
-                self.lock,
-            )
+        # The build info joins once there is one (`built`).
+        self.snapshot = _Snapshot(
+            [
+                self.streams_n,
+                self.subscriptions_n,
+                self.batch_windows,
+                self.engine_s,
+                self.capture_to_publish_s,
+                self.windows_run,
+                self.windows_skipped,
+                self.windows_degraded,
+                self.capture_restarts,
+                self.active_events_n,
+            ],
+            self.lock,
         )
+        self.registry.register(self.snapshot)
         # The inference process's CPU time, memory and open files (process_*).
         ProcessCollector(registry=self.registry)
         self.server = self.thread = None
@@ -222,6 +221,8 @@ class Metrics:
         """The model and engine are ready."""
         with self.lock:
             self.build.info({"model": model, "engine": engine, "version": _version()})
+            if self.build not in self.snapshot.metrics:
+                self.snapshot.metrics.insert(0, self.build)
 
     def add_stream(self, stream: str, captures: tuple[str, ...]) -> None:
         """`stream` is served from now on, read by the capture processes `captures`
