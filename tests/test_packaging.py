@@ -238,6 +238,7 @@ def test_light_subscriber_receives_from_a_publisher(light_python, tmp_path):
                 dropped=publisher.dropped,
                 subscriptions=1,
                 processes={"inference": os.getpid()},
+                events=[],
             )
             publisher.send(wire.topic(wire.STATUS_TOPIC, "light"), body)
         out, err = sub.communicate(timeout=120)

@@ -72,6 +72,7 @@ def _status(**over):
         dropped=0,
         subscriptions=1,
         processes={"main": 100},
+        events=[wire.active_event(name="knocking", id="cam0-knocking-1", start_ns=5, peak=0.9)],
     )
     body.update(over)
     return body

@@ -1,9 +1,10 @@
 """The wire format, in one place: topics, JSON bodies, their versions and validation.
 
 Every message is a ZeroMQ multipart message `[topic, body]`: `topic` is ASCII
-(`pred.<stream-id>`, `status.<stream-id>`, or `run` for the run-level status), `body`
-UTF-8 JSON. Nothing is pickled. Publishers build a body with one call, `prediction()`,
-`status()` or `run_status()`, from every field it has; a prediction gets its publish
+(`pred.<stream-id>`, `status.<stream-id>`, `event.<stream-id>`, or `run` for the
+run-level status), `body` UTF-8 JSON. Nothing is pickled. Publishers build a body with one
+call, `prediction()`, `status()`, `event()` or `run_status()`, from every field it has; a
+prediction gets its publish
 stamps from `stamp_publish()` just before the send
 (`stream.transport.publish.Publisher.send_prediction` does both). They send
 `encode(...)`; subscribers call `decode(frames)`, which validates and raises `WireError`
@@ -20,8 +21,14 @@ from typing import Any, NamedTuple
 PREDICTION_SCHEMA = "avstream.prediction.v1"
 STATUS_SCHEMA = "avstream.status.v1"
 RUN_SCHEMA = "avstream.run.v1"
+EVENT_SCHEMA = "avstream.event.v1"
 PRED_TOPIC = "pred"
 STATUS_TOPIC = "status"
+EVENT_TOPIC = "event"
+#: An event message's `type`: its first, its updates while it lasts, its last.
+EVENT_TYPES = ("start", "update", "end")
+#: Why an event ended (an end's `reason`); docs/events.md says when each is given.
+END_REASONS = ("below threshold", "stopped", "stream failed", "stream removed", "stream ended")
 #: The run-level status's topic: one per run (it has no stream id; `host` and `pid` in the
 #: body tell the runs behind one proxy apart).
 RUN_TOPIC = "run"
@@ -145,10 +152,12 @@ def status(
     dropped: int,
     subscriptions: int,
     processes: dict[str, int],
+    events: list[dict],
 ) -> dict:
     """A heartbeat body (sent at least once a second), complete: `mono_ns` and `wall_ns`
     are when it was made. `video`, `audio`: each source's health (free-form objects).
-    `sent`, `dropped`, `subscriptions`: the publisher's counts. `processes`: name → pid."""
+    `sent`, `dropped`, `subscriptions`: the publisher's counts. `processes`: name → pid.
+    `events`: the stream's active events, `active_event` entries."""
     return {
         "schema": STATUS_SCHEMA,
         "seq": seq,
@@ -162,6 +171,65 @@ def status(
         "sources": {"video": video, "audio": audio},
         "publish": {"sent": sent, "dropped": dropped, "subscriptions": subscriptions},
         "processes": dict(processes),
+        "events": [dict(e) for e in events],
+    }
+
+
+def active_event(*, name: str, id: str, start_ns: int, peak: float) -> dict:
+    """One entry of a status's `events`: an event that has started and not ended, with its
+    rule's name, its id (as in its messages), when it started (capture clock) and its peak
+    score so far."""
+    return {"name": name, "id": id, "start_ns": start_ns, "peak": peak}
+
+
+def event(
+    *,
+    seq: int,
+    id: str,
+    stream: str,
+    name: str,
+    labels: list[str],
+    type: str,
+    start_ns: int,
+    end_ns: int | None,
+    start_wall_ns: int,
+    end_wall_ns: int | None,
+    peak: float,
+    mean: float,
+    seq_first: int,
+    seq_last: int,
+    degraded: bool,
+    reason: str | None,
+    wall_ns: int,
+) -> dict:
+    """An event message body (topic `event.<stream-id>`), complete. `seq`: the stream's
+    event messages counted from 0 (gaps are losses). `id`: the event's, the same in its
+    start, updates and end (`<stream>-<name>-<n>`, unique within the run). `name`,
+    `labels`: its rule's. `type`: one of EVENT_TYPES. `start_ns`: capture time of its first
+    window above the rule's `on`; `end_ns`: of its last window at or above `off`, on the
+    end (None before). `*_wall_ns`: the same instants in Unix time. `peak`, `mean`: the
+    score over the windows it covers, `seq_first` to `seq_last` (prediction seqs).
+    `degraded`: one of those windows was degraded. `reason`: why it ended (END_REASONS),
+    on the end only. `wall_ns`: when the message was made (Unix time)."""
+    return {
+        "schema": EVENT_SCHEMA,
+        "seq": seq,
+        "id": id,
+        "stream": stream,
+        "name": name,
+        "labels": list(labels),
+        "type": type,
+        "start_ns": start_ns,
+        "end_ns": end_ns,
+        "start_wall_ns": start_wall_ns,
+        "end_wall_ns": end_wall_ns,
+        "peak": peak,
+        "mean": mean,
+        "seq_first": seq_first,
+        "seq_last": seq_last,
+        "degraded": degraded,
+        "reason": reason,
+        "wall_ns": wall_ns,
     }
 
 
@@ -238,6 +306,8 @@ _INT = (int,)
 _NUM = (int, float)
 _STR = (str,)
 _BOOL = (bool,)
+_INT_OR_NULL = (int, type(None))
+_STR_OR_NULL = (str, type(None))
 
 
 class _ListOf(NamedTuple):
@@ -288,6 +358,28 @@ _STATUS = {
     "sources": {"video": {}, "audio": {}},
     "publish": {"sent": _INT, "dropped": _INT, "subscriptions": _INT},
     "processes": _MapOf(_INT),
+    # absent from publishers of before events
+    "events?": _ListOf({"name": _STR, "id": _STR, "start_ns": _INT, "peak": _NUM}),
+}
+_EVENT = {
+    "schema": _STR,
+    "seq": _INT,
+    "id": _STR,
+    "stream": _STR,
+    "name": _STR,
+    "labels": _ListOf(_STR),
+    "type": _STR,
+    "start_ns": _INT,
+    "end_ns": _INT_OR_NULL,
+    "start_wall_ns": _INT,
+    "end_wall_ns": _INT_OR_NULL,
+    "peak": _NUM,
+    "mean": _NUM,
+    "seq_first": _INT,
+    "seq_last": _INT,
+    "degraded": _BOOL,
+    "reason": _STR_OR_NULL,
+    "wall_ns": _INT,
 }
 _RUN = {
     "schema": _STR,
@@ -312,8 +404,16 @@ _SCHEMAS = {
     PREDICTION_SCHEMA: (_PREDICTION, "prediction", PRED_TOPIC),
     STATUS_SCHEMA: (_STATUS, "status", STATUS_TOPIC),
     RUN_SCHEMA: (_RUN, "run status", RUN_TOPIC),
+    EVENT_SCHEMA: (_EVENT, "event", EVENT_TOPIC),
 }
-_TYPE_NAMES = {_INT: "an integer", _NUM: "a number", _STR: "a string", _BOOL: "true or false"}
+_TYPE_NAMES = {
+    _INT: "an integer",
+    _NUM: "a number",
+    _STR: "a string",
+    _BOOL: "true or false",
+    _INT_OR_NULL: "an integer or null",
+    _STR_OR_NULL: "a string or null",
+}
 
 
 def _check(value: Any, spec: Any, where: str) -> None:
@@ -351,7 +451,29 @@ def validate(body: Any) -> dict:
     _check(body, fields, name)
     if schema == PREDICTION_SCHEMA and body.get("batch", 1) < 1:
         raise WireError(f"prediction.batch is {body['batch']}, not a count of windows (>= 1)")
+    if schema == EVENT_SCHEMA:
+        _check_event(body)
     return body
+
+
+def _check_event(body: dict) -> None:
+    """What an event's field types do not say: its type, and that an end (and only an
+    end) has its end times and a reason. Any reason string is taken: a later v1 may add
+    reasons to END_REASONS."""
+    kind = body["type"]
+    if kind not in EVENT_TYPES:
+        raise WireError(f"event.type is {kind!r}, not one of {', '.join(EVENT_TYPES)}")
+    ended = kind == "end"
+    for key in ("end_ns", "end_wall_ns", "reason"):
+        if (body[key] is None) == ended:
+            raise WireError(
+                f"event.{key} is {body[key]!r} in an event of type {kind!r}: "
+                + ("an end has one" if ended else "null until the end")
+            )
+    if body["seq_first"] > body["seq_last"]:
+        raise WireError(
+            f"event.seq_first {body['seq_first']} is after event.seq_last {body['seq_last']}"
+        )
 
 
 def decode(frames: list[bytes]) -> tuple[str, dict]:
@@ -370,5 +492,6 @@ def decode(frames: list[bytes]) -> tuple[str, dict]:
 
 
 def topic_kind(topic_: str) -> str:
-    """`pred` of `pred.cam0`, `status` of `status.cam0`, `run` of `run`."""
+    """`pred` of `pred.cam0`, `status` of `status.cam0`, `event` of `event.cam0`, `run` of
+    `run`."""
     return topic_.partition(".")[0]
