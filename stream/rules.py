@@ -92,7 +92,6 @@ def _rule(entry: object, at: str) -> Rule:
             f"{at} must be a mapping with the keys {', '.join(KEYS)}, "
             f"got {type(entry).__name__} {entry!r}"
         )
-    entry = _keys(entry, at)
     name = entry.get("name")
     if name is not None:
         if not isinstance(name, str) or not _NAME.match(name):
@@ -100,6 +99,7 @@ def _rule(entry: object, at: str) -> Rule:
                 f"{at}: name {name!r} must be 1-64 characters of letters, digits, '_' or '-'"
             )
         at = f"{at} ({name})"
+    entry = _keys(entry, at)
     missing = [key for key in REQUIRED if key not in entry]
     if missing:
         raise UserError(
@@ -123,7 +123,10 @@ def _rule(entry: object, at: str) -> Rule:
             continue
         value = entry[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{at}: {key} must be a number, got {type(value).__name__} {value!r}")
+            raise UserError(
+                f"{at}: {key} must be a number, got {type(value).__name__} {value!r}"
+                + _as_number(value)
+            )
         values[key] = float(value)
     raw = entry.get("raw", False)
     if not isinstance(raw, bool):
@@ -131,6 +134,16 @@ def _rule(entry: object, at: str) -> Rule:
     rule = Rule(name=name, labels=tuple(labels), raw=raw, **values)
     _check(rule, at)
     return rule
+
+
+def _as_number(value: object) -> str:
+    """A hint for text that reads as a number: YAML 1.1 (PyYAML) takes `1e-3` as text,
+    since its numbers with an exponent need a dot (`1.0e-3`)."""
+    try:
+        number = float(value) if isinstance(value, str) else None
+    except ValueError:
+        number = None
+    return "" if number is None else f": write it {number:g} (a number, not quoted)"
 
 
 def _keys(entry: dict, at: str) -> dict:
