@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from helpers import REPO
-from stream import config, options, run
+from stream import config, options, rules, run
 from stream.errors import UserError
 from stream.transport.keys import make_keys
 
@@ -71,6 +71,7 @@ def _samples(tmp_path) -> dict:
         "batch_wait": 0.05,
         "smoothing": "mean:3",
         "topk": 3,
+        "events": [{"name": "knocking", "labels": ["knocking on door"], "on": 0.6, "off": 0.4}],
         "publish": "tcp://127.0.0.1:5999",
         "allow_remote": True,
         "control": "tcp://127.0.0.1:5998",
@@ -94,6 +95,7 @@ def _samples(tmp_path) -> dict:
 
 #: What a sample becomes in the RunConfig, where that is not the sample itself.
 TAKEN = {
+    "events": [rules.Rule("knocking", ("knocking on door",), on=0.6, off=0.4)],
     "streams": [
         config.StreamSpec(
             id="door",
@@ -104,8 +106,12 @@ TAKEN = {
             loop=False,
             stride=0.5,
         )
-    ]
+    ],
 }
+
+
+#: Options whose flag names a YAML file holding `name: value` (--events FILE).
+FLAG_FILES = {"events"}
 
 
 def test_each_option_is_the_same_from_a_flag_and_from_yaml(tmp_path, monkeypatch):
@@ -135,6 +141,9 @@ def test_each_option_is_the_same_from_a_flag_and_from_yaml(tmp_path, monkeypatch
                 run.parse_config(["--" + name.replace("_", "-"), str(value)])
             continue
         argv = [flags[name]] if isinstance(value, bool) else [flags[name], str(value)]
+        if name in FLAG_FILES:  # the flag names a YAML file that holds the value
+            (tmp_path / "flag.yaml").write_text(yaml.safe_dump({name: value}), encoding="utf-8")
+            argv = [flags[name], str(tmp_path / "flag.yaml")]
         argv += [f"--{k.replace('_', '-')}={v}" for k, v in also.items()]
         assert getattr(run.parse_config(argv), name) == taken, name
 

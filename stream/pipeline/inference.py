@@ -2,7 +2,11 @@
 scheduler ticks every stride; the windows that fall due are cut and preprocessed per
 stream, run through the engine together as one batch (stream/pipeline/batching.py says
 which and when), and each stream's row of the logits is smoothed and published on its
-own topic, `pred.<id>`.
+own topic, `pred.<id>`. With event rules (--events), each stream's EventTracker
+(stream/pipeline/events.py) turns its scores into events, published on `event.<id>`
+right after the prediction that caused them; every event that starts ends: below its
+threshold, or when its stream goes (removed, ended, failed: its last status follows), its
+camera goes down, or the run stops (`close`).
 
 Over the pipe to the parent, with the messages of stream/control.py: ModelBuilt and
 EngineReady once each; then, at any time, AddStream (serve a stream from its rings),
@@ -40,10 +44,11 @@ from collections import deque
 import numpy as np
 
 from engines import malloc
-from stream import control
+from stream import control, rules
 from stream.errors import UserError
 from stream.pipeline import batching
 from stream.pipeline.aggregate import softmax, top_k
+from stream.pipeline.events import EventTracker
 from stream.pipeline.metrics import Metrics
 from stream.pipeline.stats import summary_ms
 from stream.transport import wire
@@ -62,6 +67,11 @@ LAST_STATES = ("removed", "ended", "failed")
 #: How long the loop sleeps at most while nothing is due: it looks at its pipe and the
 #: stop event this often.
 IDLE_S = 0.05
+#: The reason an event ends with when its stream goes, by the stream's last state.
+END_REASON = {"removed": "stream removed", "ended": "stream ended", "failed": "stream failed"}
+#: How long the ends of events (and anything else queued) get to reach the subscribers at
+#: the stop: within the stop's grace (processes.STOP_GRACE_S).
+CLOSE_LINGER_S = 0.5
 
 
 def keeping_stride(seconds: float) -> float:
@@ -126,6 +136,7 @@ class _Stream:
         self.windows_run = 0
         self.stale = 0
         self.scheduler = None
+        self.events: EventTracker | None = None  # while served, with event rules
         self.ring = self.audio_ring = None
         self.video_kind = "?"
         self.audio: dict = {"source": "none", "used": False}
@@ -261,6 +272,7 @@ def inference_main(cfg, parent_pid: int, conn, stop) -> None:
 
     init_child(cfg.log_level, parent_pid)
     loop = None
+    ended = "stopped"  # why the events still active end
     try:
         loop = InferenceLoop(cfg, conn, stop)
         loop.start()
@@ -270,10 +282,11 @@ def inference_main(cfg, parent_pid: int, conn, stop) -> None:
     except Exception as exc:  # a bug: say so in one line, keep the traceback in the log
         log.exception("inference failed")
         conn.send(control.Crash(f"inference process failed: {type(exc).__name__}: {exc}"))
+        ended = "stream failed"
         raise SystemExit(1) from None
     finally:
         if loop is not None:
-            loop.close()
+            loop.close(ended)
 
 
 def _weights_hint(model: str) -> str:
@@ -313,6 +326,10 @@ class InferenceLoop:
         self.gone: dict[str, dict] = {}
         self.run_seq = 0
         self.previews: dict[str, object] = {}
+        # Each rule's label indices (once the model is known), and the events started so
+        # far per stream id and rule: a stream added again numbers on, so ids stay unique.
+        self.event_labels: list[list[int]] = []
+        self.event_numbers: dict[str, dict[str, int]] = {}
         # Before the publisher, so that a metrics port in use leaves nothing to close.
         self.metrics = Metrics(cfg.metrics, max_batch=cfg.max_batch)
         self.publisher = Publisher(  # first: a port in use fails fast
@@ -353,6 +370,13 @@ class InferenceLoop:
         except models.ModelError as exc:
             raise UserError(str(exc)) from None
         meta = self.meta = model.meta
+        # Before anything is compiled: a rule's label the model does not have is BadInput.
+        self.event_labels = rules.label_indices(cfg.events, meta.labels, meta.name)
+        if cfg.events:
+            log.info(
+                "events: %s",
+                "; ".join(f"{r.name} ({' + '.join(r.labels)})" for r in cfg.events),
+            )
         self.model_name = meta.name
         audio = meta.audio
         self.conn.send(
@@ -450,6 +474,12 @@ class InferenceLoop:
                         if s is not None:
                             s.source_event(health)
                             self.metrics.restarts(s.id, health.name, health.restarts)
+                    if (
+                        s is not None
+                        and health.name == control.CAPTURE_VIDEO
+                        and health.state == "down"
+                    ):
+                        self._end_events(s, "stream failed")  # no windows until it is back
                     reason = f" ({health.reason})" if health.reason else ""
                     log.info("%s of %s is %s%s", health.name, health.stream, health.state, reason)
                 case other:
@@ -493,6 +523,13 @@ class InferenceLoop:
         s.scheduler = Scheduler(add.stride)
         s.pace = PaceWatch(add.stride)
         s.smoother = Smoother(self.cfg.smoothing)
+        if self.cfg.events:
+            s.events = EventTracker(
+                add.stream,
+                self.cfg.events,
+                self.event_labels,
+                numbers=self.event_numbers.setdefault(add.stream, {}),
+            )
         s.seq, s.last_newest, s.ran = 0, -1, 0
         if self.cfg.preview and add.stream not in self.previews:
             from stream.pipeline.preview import Preview
@@ -515,7 +552,10 @@ class InferenceLoop:
     def _remove(self, stream: str, state: str, reason: str | None = None) -> None:
         """Publish the stream's last status (in `state`: removed, ended, failed), forget it
         (the run status keeps an entry for one that ended or failed) and let go of its
-        rings."""
+        rings. Its active events end first."""
+        served = self.streams.get(stream)
+        if served is not None:
+            self._end_events(served, END_REASON.get(state, "stream removed"))
         with self.lock:
             s = self.streams.pop(stream, None)
             if s is None:
@@ -611,6 +651,7 @@ class InferenceLoop:
             dropped=self.publisher.dropped,
             subscriptions=subscriptions,
             processes=s.processes,
+            events=[] if s.events is None else s.events.active,
         )
         s.status_seq += 1
         return body
@@ -834,7 +875,8 @@ class InferenceLoop:
         """Publish the stream's prediction from its row of the logits; its top-k labels."""
         cfg, s, window = self.cfg, cut.stream, cut.window
         probs = softmax(logits.astype(np.float64))
-        labels = top_k(s.smoother.update(probs), self.meta.labels, cfg.topk)
+        smoothed = s.smoother.update(probs)
+        labels = top_k(smoothed, self.meta.labels, cfg.topk)
         body = wire.prediction(
             seq=s.seq,
             stream=s.id,
@@ -859,20 +901,58 @@ class InferenceLoop:
             batch=batch,
         )
         self.publisher.send_prediction(wire.topic(wire.PRED_TOPIC, s.id), body)
+        if s.events is not None:
+            # the capture time in Unix time: now, less how long ago it was
+            wall = time.time_ns() - (time.monotonic_ns() - cut.capture_ns)
+            news = s.events.observe(
+                seq=s.seq,
+                capture_ns=cut.capture_ns,
+                wall_ns=wall,
+                smoothed=smoothed,
+                raw=probs,
+                degraded=bool(cut.degraded),
+            )
+            self._send_events(s, news)
         self.metrics.window(body)
         s.seq += 1
         s.windows_run = s.seq
         return labels
 
+    def _end_events(self, s: _Stream, reason: str) -> None:
+        """End the stream's active events with `reason` (wire.END_REASONS)."""
+        if s.events is not None:
+            self._send_events(s, s.events.close(reason))
+
+    def _send_events(self, s: _Stream, bodies: list[dict]) -> None:
+        if not bodies:
+            return
+        for body in bodies:
+            self.publisher.send(wire.topic(wire.EVENT_TOPIC, s.id), body)
+            if body["type"] != "update":
+                log.info(
+                    "%s: event %s %s (%s, peak %.2f%s)",
+                    s.id,
+                    body["name"],
+                    "started" if body["type"] == "start" else "ended",
+                    body["id"],
+                    body["peak"],
+                    f", {body['reason']}" if body["reason"] else "",
+                )
+        self.metrics.active_events(s.id, len(s.events.active))
+
     # -- shutdown --------------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, reason: str = "stopped") -> None:
+        """Stop: the active events end with `reason`, the ends go out (within
+        CLOSE_LINGER_S), everything is let go of."""
         self.state = "stopping"
+        for s in list(self.streams.values()):
+            self._end_events(s, reason)
         for preview in self.previews.values():
             preview.close()
         self.heartbeat.halt.set()
         self.heartbeat.join(timeout=1.0)
-        self.publisher.close()
+        self.publisher.close(linger_s=CLOSE_LINGER_S)
         self.metrics.close()
         with self.lock:
             for s in self.streams.values():

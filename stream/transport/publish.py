@@ -338,12 +338,19 @@ class Publisher:
                 proxy,
             )
 
-    def close(self) -> None:
+    def close(self, linger_s: float = 0.0) -> None:
+        """Close the socket; what is still queued is dropped, unless `linger_s` > 0: then
+        it gets up to that long to reach the subscribers, and the call waits for it. For a
+        process's last words (the inference process's ends of events at a stop): ZeroMQ
+        sends lingering messages only while the socket's context lives, so the context is
+        terminated too, and any other socket of it closed at once."""
         if self._monitor is not None:
             self._socket.disable_monitor()
             self._monitor.close(0)
             self._monitor = None
-        self._socket.close(0)
-        if self._auth is not None:
+        if self._auth is not None:  # its thread's sockets are closed before the context ends
             self._auth.stop()
             self._auth = None
+        self._socket.close(round(linger_s * 1000))
+        if linger_s > 0:
+            self._context.destroy(linger=0)
