@@ -4,7 +4,7 @@ process; docs/metrics.md lists every metric.
 The inference process is where the figures are (every window's engine time and
 capture→publish latency, the skipped ticks, the streams it serves, the publisher's
 subscriptions, the capture restarts the parent tells it of), so the registry lives there,
-and so does the HTTP server (prometheus_client's WSGI server, on a thread of its own): a
+and so does the HTTP server (prometheus_client's WSGI app, on a thread of its own): a
 scrape reads this process's memory, and no message crosses processes for it. The port is
 bound when the inference process starts, before the model loads: a port in use is a
 UserError, which the process reports as BadInput like the publisher's (one line, exit 2,
@@ -26,10 +26,12 @@ from __future__ import annotations
 import errno
 import importlib.metadata
 import re
+import socket
 import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 from prometheus_client.process_collector import ProcessCollector
 
 from stream.errors import UserError
@@ -56,6 +58,9 @@ LATENCY_BUCKETS_S = (
     5.0,
     10.0,
 )
+#: How often the server's thread looks whether it is asked to stop: `close` (in the
+#: inference process's stop, which has a grace period) waits up to this long.
+POLL_S = 0.05
 #: The metrics' names start with it.
 PREFIX = "avstream_"
 
@@ -83,6 +88,13 @@ def _version() -> str:
         return importlib.metadata.version("avstream")
     except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
         return "unknown"
+
+
+class _Quiet(WSGIRequestHandler):
+    """A request handler that does not log each scrape on stderr (wsgiref's does)."""
+
+    def log_message(self, *args) -> None:
+        pass
 
 
 class _Snapshot:
@@ -198,7 +210,12 @@ class Metrics:
     def _serve(self, address: str) -> None:
         host, port = parse_address(address, allow_remote=True)  # the options checked it
         try:
-            self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
+            # prometheus_client's start_http_server, with a thread that notices a stop
+            # within POLL_S instead of its half a second.
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            server_class = type("Server", (ThreadingWSGIServer,), {"address_family": found[0][0]})
+            app = make_wsgi_app(self.registry)
+            self.server = make_server(host, port, app, server_class, handler_class=_Quiet)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise UserError(
@@ -209,6 +226,10 @@ class Metrics:
                 f"cannot serve metrics on {address}: {exc.strerror or exc}; pass an address "
                 f"of this host with --metrics, e.g. {_EXAMPLE}"
             ) from None
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(POLL_S,), name="metrics", daemon=True
+        )
+        self.thread.start()
 
     @property
     def address(self) -> tuple[str, int] | None:
