@@ -9,7 +9,7 @@ import time
 import jsonschema
 import pytest
 import zmq
-from test_wire import _prediction, _run_status, _status
+from test_wire import _event, _prediction, _run_status, _status
 
 from helpers import REPO, StreamProcess
 from stream.transport import wire
@@ -27,11 +27,13 @@ VALIDATORS = {
     wire.PREDICTION_SCHEMA: _validator("prediction"),
     wire.STATUS_SCHEMA: _validator("status"),
     wire.RUN_SCHEMA: _validator("run"),
+    wire.EVENT_SCHEMA: _validator("event"),
 }
 TOPICS = {
     wire.PREDICTION_SCHEMA: "pred.cam0",
     wire.STATUS_SCHEMA: "status.cam0",
     wire.RUN_SCHEMA: "run",
+    wire.EVENT_SCHEMA: "event.cam0",
 }
 
 
@@ -72,7 +74,9 @@ def test_real_messages_match_the_schemas():
         sub.close(0)
         stream.kill()
     assert code == 0, err
-    preds, statuses, runs = (got[schema] for schema in VALIDATORS)
+    preds, statuses, runs = (
+        got[schema] for schema in (wire.PREDICTION_SCHEMA, wire.STATUS_SCHEMA, wire.RUN_SCHEMA)
+    )
     assert preds and any(s["state"] == "running" for s in statuses), (
         len(preds),
         [s["state"] for s in statuses],
@@ -111,8 +115,15 @@ def _with(body: dict, path: str, value) -> dict:
     return body
 
 
-P, S, R = _prediction(), _status(), _run_status()
+P, S, R, E = _prediction(), _status(), _run_status(), _event()
 GOOD = [
+    E,
+    _event("start"),
+    _event("update"),
+    _event(reason="a reason of a later v1"),
+    _event(degraded=True, peak=1, mean=1),
+    _with(S, "events", []),
+    _without(S, "events"),  # a publisher of before events
     R,
     _with(P, "batch", 8),
     _without(P, "batch"),  # a publisher of before batching
@@ -128,6 +139,22 @@ GOOD = [
     _with(S, "processes", {}),
 ]
 BAD = [
+    _without(E, "reason"),
+    _without(E, "end_ns"),
+    _without(E, "seq_first"),
+    _with(E, "type", "stop"),
+    _with(E, "reason", None),
+    _with(E, "end_ns", None),
+    _with(E, "end_wall_ns", "3"),
+    _with(_event("start"), "reason", "stopped"),
+    _with(_event("update"), "end_ns", 5),
+    _with(E, "degraded", 0),
+    _with(E, "labels", "knocking on door"),
+    _with(E, "labels", [1]),
+    _with(E, "peak", "0.9"),
+    _with(E, "seq", 1.5),
+    _with(S, "events", [{"name": "knocking", "id": "x", "start_ns": 1}]),
+    _with(S, "events", [{"name": "knocking", "id": "x", "start_ns": 1.5, "peak": 0.5}]),
     _without(P, "random_weights"),
     _without(P, "stride_s"),
     _without(P, "skipped"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from stream.errors import UserError
 from stream.pipeline.aggregate import Smoother, softmax, top_k
 from stream.transport import wire
 from stream.transport.publish import Publisher
-from stream.transport.subscribe import Message, Subscriber, format_message
+from stream.transport.subscribe import Message, Subscriber, format_message, waiting_line
 
 # Every field wire.prediction takes: the body a running stream builds for one window.
 _PREDICTION_FIELDS = {
@@ -110,6 +111,37 @@ def _run_status(**over):
     return body
 
 
+#: An event's start, 14:02:11 in Unix time.
+_EVENT_WALL = 1_700_000_000_000_000_000
+
+
+def _event(kind: str = "end", **over):
+    """A complete event message body: the end of cam0's knocking-3 after 3.2 s (its
+    start, or an update, with `kind`), with the top-level fields in `over` replaced."""
+    ended = kind == "end"
+    body = wire.event(
+        seq=4,
+        id="cam0-knocking-3",
+        stream="cam0",
+        name="knocking",
+        labels=["knocking on door"],
+        type=kind,
+        start_ns=10_000_000_000,
+        end_ns=13_200_000_000 if ended else None,
+        start_wall_ns=_EVENT_WALL,
+        end_wall_ns=_EVENT_WALL + 3_200_000_000 if ended else None,
+        peak=0.91,
+        mean=0.78,
+        seq_first=40,
+        seq_last=52 if ended else 44,
+        degraded=False,
+        reason="below threshold" if ended else None,
+        wall_ns=_EVENT_WALL + (5_100_000_000 if ended else 1_000_000_000),
+    )
+    body.update(over)
+    return body
+
+
 def test_prediction_round_trip():
     body = _prediction()
     assert body["latency_ms"] == {"engine": 20 / 1e6, "capture_to_publish": 30 / 1e6}
@@ -197,6 +229,99 @@ def test_publisher_stamps_a_prediction_as_it_sends_it():
 def test_status_round_trip():
     body = _status()
     assert wire.decode(wire.encode("status.cam0", body)) == ("status.cam0", body)
+    assert body["events"] == [
+        {"name": "knocking", "id": "cam0-knocking-1", "start_ns": 5, "peak": 0.9}
+    ]
+    older = _status()
+    del older["events"]  # a publisher of before events
+    wire.validate(older)
+
+
+@pytest.mark.parametrize("kind", wire.EVENT_TYPES)
+def test_event_round_trip(kind):
+    body = _event(kind)
+    frames = wire.encode(wire.topic(wire.EVENT_TOPIC, "cam0"), body)
+    assert frames[0] == b"event.cam0"
+    assert wire.decode(frames) == ("event.cam0", body)
+    assert set(body) == {
+        "schema", "seq", "id", "stream", "name", "labels", "type", "start_ns", "end_ns",
+        "start_wall_ns", "end_wall_ns", "peak", "mean", "seq_first", "seq_last", "degraded",
+        "reason", "wall_ns",
+    }  # fmt: skip
+    assert body["schema"] == wire.EVENT_SCHEMA == "avstream.event.v1"
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (_event(type="stop"), "event.type is 'stop', not one of start, update, end"),
+        (_event(reason=None), "event.reason is None in an event of type 'end': an end has one"),
+        (_event(end_ns=None), "event.end_ns is None in an event of type 'end'"),
+        (_event("start", reason="stopped"), "event.reason is 'stopped' in an event of type"),
+        (_event("update", end_ns=5), "event.end_ns is 5 in an event of type 'update': null"),
+        (_event("start", end_wall_ns=5), "event.end_wall_ns is 5"),
+        (_event(seq_first=53), "event.seq_first 53 is after event.seq_last 52"),
+        (_event(degraded=0), "event.degraded is int, not true or false"),
+        (_event(end_ns=1.5), "event.end_ns is float, not an integer or null"),
+        (_event(reason=3), "event.reason is int, not a string or null"),
+        (_event(labels="knocking on door"), "event.labels is not an array"),
+        (_event(peak="0.9"), "event.peak is str, not a number"),
+        ({k: v for k, v in _event().items() if k != "id"}, "event: missing field 'id'"),
+    ],
+)
+def test_invalid_events_are_refused(body, match):
+    with pytest.raises(wire.WireError, match=re.escape(match)):
+        wire.validate(body)
+
+
+def test_an_event_on_another_topic_is_refused():
+    with pytest.raises(wire.WireError, match="topic 'pred.cam0' carries schema"):
+        wire.decode(wire.encode("pred.cam0", _event()))
+    with pytest.raises(wire.WireError, match="topic 'event.cam0' carries schema"):
+        wire.decode(wire.encode("event.cam0", _status()))
+
+
+def test_event_lines():
+    def line(body):
+        return format_message(Message("event.cam0", body, 0))
+
+    clock = time.strftime("%H:%M:%S", time.localtime(_EVENT_WALL / 1e9))
+    assert line(_event("start")) == f"{clock} cam0 knocking START peak 0.91"
+    end = time.strftime("%H:%M:%S", time.localtime((_EVENT_WALL + 3_200_000_000) / 1e9))
+    assert line(_event()) == (
+        f"{end} cam0 knocking END after 3.2 s (below threshold), peak 0.91 mean 0.78"
+    )
+    assert line(_event("update")).endswith(
+        " cam0 knocking UPDATE 1.0 s so far, peak 0.91 mean 0.78"
+    )
+    assert line(_event(reason="stopped", degraded=True)).endswith(
+        "END after 3.2 s (stopped), peak 0.91 mean 0.78  DEGRADED: it spans a window with a "
+        "video or audio gap"
+    )
+    assert Message("event.cam0", _event(), 0).age_ms is None
+
+
+def test_subscribe_cli_prints_events():
+    """--events subscribes to event. alone: a prediction on the same publisher is not
+    printed; with --topic, both."""
+    with Sending([_event("start"), _event()], topic="event.cam0") as pub:
+        cli = subprocess.run(
+            [sys.executable, "-m", "stream.subscribe", pub.endpoint, "--events"]
+            + ["--count", "4", "--timeout", "60"],
+            check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stderr.splitlines() == [f"waiting for events on {pub.endpoint} (topic event)"]
+    lines = cli.stdout.splitlines()
+    assert len(lines) == 4 and all(" cam0 knocking " in x for x in lines), lines
+    assert {x.split(" knocking ")[1].split()[0] for x in lines} == {"START", "END"}
+    assert waiting_line("tcp://h:1", ("pred.", "event.door")) == (
+        "waiting for predictions and door events on tcp://h:1 (topics pred, event.door)"
+    )
 
 
 def test_run_status_round_trip():

@@ -5,8 +5,12 @@
         for msg in sub:                      # predictions of every stream
             print(msg.body["labels"][0]["label"], msg.age_ms)
 
-CLI: `python -m stream.subscribe [ENDPOINT] [--json] [--count N] [--topic PREFIX]`
-prints one readable line per message (or the raw JSON with --json).
+    with Subscriber(topics=("event.",)) as sub:  # events: start, update, end
+        for msg in sub:
+            print(msg.body["name"], msg.body["type"], msg.body["peak"])
+
+CLI: `python -m stream.subscribe [ENDPOINT] [--json] [--count N] [--topic PREFIX]
+[--events]` prints one readable line per message (or the raw JSON with --json).
 
 A publisher that refuses us (it needs CURVE keys, or ours are not among its clients)
 shows as a failed handshake on the socket's monitor: `recv` raises `HandshakeError`
@@ -256,6 +260,8 @@ class Subscriber:
 def format_message(msg: Message) -> str:
     """One human-readable line per message."""
     b = msg.body
+    if b["schema"] == wire.EVENT_SCHEMA:
+        return _format_event(b)
     clock = time.strftime("%H:%M:%S", time.localtime(b["t"]["wall_ns"] / 1e9))
     if b["schema"] == wire.RUN_SCHEMA:
         return _format_run(clock, b)
@@ -278,6 +284,31 @@ def format_message(msg: Message) -> str:
         line += f"  skipped {b['skipped']}"
     if b["degraded"]:
         line += "  DEGRADED: " + "; ".join(b["degraded"])
+    return line
+
+
+def _format_event(b: dict) -> str:
+    """An event in one line, at the time it is about (its start, its end, or when an
+    update was sent): `14:02:11 cam0 knocking START peak 0.91`, `14:02:14 cam0 knocking
+    END after 3.2 s (below threshold), peak 0.91 mean 0.78`."""
+    kind = b["type"]
+    at = {"start": b["start_wall_ns"], "end": b["end_wall_ns"]}.get(kind) or b["wall_ns"]
+    clock = time.strftime("%H:%M:%S", time.localtime(at / 1e9))
+    line = f"{clock} {b['stream']} {b['name']} {kind.upper()}"
+    if kind == "start":
+        line += f" peak {b['peak']:.2f}"
+    elif kind == "end":
+        line += (
+            f" after {(b['end_ns'] - b['start_ns']) / 1e9:.1f} s ({b['reason']}), "
+            f"peak {b['peak']:.2f} mean {b['mean']:.2f}"
+        )
+    else:
+        line += (
+            f" {(b['wall_ns'] - b['start_wall_ns']) / 1e9:.1f} s so far, "
+            f"peak {b['peak']:.2f} mean {b['mean']:.2f}"
+        )
+    if b["degraded"]:
+        line += "  DEGRADED: it spans a window with a video or audio gap"
     return line
 
 
@@ -309,6 +340,8 @@ def waiting_line(endpoint: str, topics: tuple[str, ...]) -> str:
             names.append(stream_id or "predictions")
         elif kind == wire.STATUS_TOPIC:
             names.append(f"{stream_id} status" if stream_id else "status")
+        elif kind == wire.EVENT_TOPIC:
+            names.append(f"{stream_id} events" if stream_id else "events")
         elif t == wire.RUN_TOPIC:
             names.append("the run status")
         else:
@@ -324,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="python -m stream.subscribe",
         description="Print the predictions (and, with --topic status, the heartbeats; with "
-        "--topic run, the run-level status) of a run's streams.",
+        "--topic run, the run-level status; with --events, the events) of a run's streams.",
     )
     parser.add_argument(
         "endpoint", nargs="?", default=DEFAULT_ENDPOINT, help=f"default {DEFAULT_ENDPOINT}"
@@ -339,8 +372,14 @@ def main(argv: list[str] | None = None) -> int:
         "--topic",
         action="append",
         default=None,
-        help="topic prefix to receive, e.g. pred.cam0, status or run (the run-level status) "
-        "(repeatable; default: pred)",
+        help="topic prefix to receive, e.g. pred.cam0, status, event.cam0 or run (the "
+        "run-level status) (repeatable; default: pred)",
+    )
+    parser.add_argument(
+        "--events",
+        action="store_true",
+        help="print the events (topic event.): one line as each starts, is updated and ends "
+        "(with --topic: those topics as well; without: the events alone)",
     )
     parser.add_argument(
         "--timeout",
@@ -362,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    topics = tuple(args.topic) if args.topic else (wire.PRED_TOPIC + ".",)
+    events = (wire.EVENT_TOPIC + ".",) if args.events else ()
+    topics = (*(args.topic or ()), *events) or (wire.PRED_TOPIC + ".",)
     if (args.curve_server_key is None) != (args.curve_client_key is None):
         print("error: CURVE needs both --curve-server-key and --curve-client-key", file=sys.stderr)
         return 2
