@@ -230,8 +230,10 @@ def _closest(label: str, labels: Sequence[str], model: str) -> str:
     for x in labels:
         lowered.setdefault(x.lower(), x)
     close = [lowered[x] for x in difflib.get_close_matches(label.lower(), lowered, n=3)]
+    if len(close) > 1:
+        return f"did you mean {close[0]!r}? (also close: {', '.join(map(repr, close[1:]))})"
     if close:
-        return f"did you mean {' or '.join(map(repr, close))}?"
+        return f"did you mean {close[0]!r}?"
     return (
         f"{model} has no label like it (its {len(labels)} labels are its checkpoint's, or the "
         "labels: of its config)"
