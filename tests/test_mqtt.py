@@ -74,12 +74,22 @@ class Lines:
             if re.search(pattern, line):
                 return line
 
+    def _rest(self) -> list[str]:
+        rest = []
+        while not self._queue.empty():
+            rest.append(self._queue.get() or "")
+        return rest
+
     @property
     def err(self) -> str:
         return "\n".join(self.lines)
 
     def wait(self, timeout: float = TIMEOUT) -> tuple[int, str]:
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"no exit in {timeout:g} s:\n{self.err}\n" + "\n".join(self._rest()))
         while (line := self._queue.get(timeout=timeout)) is not None:
             self.lines.append(line)
         self._queue.put(None)
@@ -98,9 +108,17 @@ class Lines:
 
 class Mosquitto:
     """Mosquitto on 127.0.0.1:`port` (a free one), configured by a file in `folder`:
-    anonymous or with a password file, persistence off or in `folder`."""
+    anonymous or with a password file, persistence off or in `folder`, TLS with `tls`'s
+    (CA, certificate, key) files."""
 
-    def __init__(self, folder: Path, *, password_file: Path | None = None, persist: bool = False):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        password_file: Path | None = None,
+        persist: bool = False,
+        tls: tuple[Path, Path, Path] | None = None,
+    ):
         self.port = free_port()
         self.conf = folder / f"mosquitto-{self.port}.conf"
         lines = [
@@ -117,8 +135,10 @@ class Mosquitto:
             lines.append("allow_anonymous true")
         else:
             lines += ["allow_anonymous false", f"password_file {password_file}"]
+        if tls is not None:
+            lines += [f"{k} {v}" for k, v in zip(("cafile", "certfile", "keyfile"), tls)]
         self.conf.write_text("\n".join(lines) + "\n")
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.url = f"{'mqtt' if tls is None else 'mqtts'}://127.0.0.1:{self.port}"
         self.proc: Lines | None = None
         self.start()
 
@@ -484,6 +504,59 @@ def test_a_login_the_broker_refuses_is_one_line_and_the_right_one_connects(
     finally:
         code, err = run.stop(signal.SIGTERM)
     assert code == 0, err
+
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A CA, a certificate for 127.0.0.1 it signed, and another CA (openssl)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2")
+    for ca in ("ca", "other_ca"):
+        openssl(
+            "req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-subj", "/CN=" + ca
+        )
+    openssl(
+        "req", *ec[:-2], "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"
+    )
+    (folder / "san.ext").write_text(
+        "subjectAltName=IP:127.0.0.1\nauthorityKeyIdentifier=keyid\nkeyUsage=digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+    )
+    openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext",
+    )  # fmt: skip
+    return {name: folder / name for name in ("ca.pem", "server.pem", "server.key", "other_ca.pem")}
+
+
+def test_tls_with_the_brokers_ca_connects_and_a_wrong_ca_or_scheme_is_one_line(
+    broker, publisher, tmp_path
+):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl makes the test's certificates (apt-get install openssl)")
+    files = _certificates(tmp_path)
+    b = broker(tls=(files["ca.pem"], files["server.pem"], files["server.key"]))
+    run = bridge(publisher, b, "--ca-file", str(files["ca.pem"]))
+    try:
+        run.wait_for(rf"connected to {b.url}: ")
+    finally:
+        code, err = run.stop()
+    assert code == 0, err
+
+    untrusted = bridge(publisher, b, "--ca-file", str(files["other_ca.pem"]))
+    assert _one_error_line(untrusted).startswith(
+        f"error: the TLS certificate of the broker at {b.url} is not trusted ("
+    )
+    plain = Lines(
+        [sys.executable, "-m", "stream.mqtt", "--connect", publisher.endpoint]
+        + ["--broker", b.url.replace("mqtts://", "mqtt://")]
+    )
+    assert _one_error_line(plain) == (
+        f"error: the broker at {b.url.replace('mqtts://', 'mqtt://')} hung up before "
+        "answering the login: does it want TLS? (mqtts://)"
+    )
 
 
 def test_no_broker_and_a_silent_one_are_one_line(publisher):

@@ -472,9 +472,9 @@ class Bridge:
 
     # -- the paho thread --
 
-    def connect(self) -> None:
+    def connect(self, interrupted=lambda: False) -> None:
         """The first connection: UserError when the broker is not there, does not answer,
-        or refuses the login."""
+        or refuses the login; _Stopped once `interrupted()` while it waits for the answer."""
         url = self.broker.url
         try:
             self._client.connect(self.broker.host, self.broker.port, keepalive=KEEPALIVE_S)
@@ -504,6 +504,8 @@ class Bridge:
             ) from None
         deadline = time.monotonic() + self.connect_timeout
         while self._connack is None and self._client.socket() is not None:
+            if interrupted():
+                raise _Stopped
             left = deadline - time.monotonic()
             if left <= 0:
                 raise UserError(
@@ -511,7 +513,7 @@ class Bridge:
                     f"{self.connect_timeout:g} s (is it an MQTT broker"
                     + (", and a TLS listener?)" if self.broker.tls else "?)")
                 )
-            self._step(min(left, 1.0))
+            self._step(min(left, 0.2))  # how late a signal is seen
         if self._connack is None:
             raise UserError(
                 f"the broker at {url} hung up before answering the login"
@@ -900,8 +902,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     endpoints = args.connect or [DEFAULT_ENDPOINT]
     topics = (wire.EVENT_TOPIC + ".",) + ((wire.PRED_TOPIC + ".",) if args.top else ())
-    # A signal raises _Stopped wherever the main thread is (see stream.transport.proxy).
-    handlers = {sig: signal.signal(sig, _stopped) for sig in _SIGNALS}
+    # The handler only takes note: an exception raised from it where the main thread happens
+    # to be is lost there if that is a logging call (logging reports errors in a handler's
+    # emit and goes on), and the bridge would not stop.
+    signalled: list[int] = []
+    handlers = {sig: signal.signal(sig, lambda n, _: signalled.append(n)) for sig in _SIGNALS}
     subs: list[Subscriber] = []
     bridge = None
     threads: list[threading.Thread] = []
@@ -918,22 +923,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         bridge = Bridge(**options)
-        bridge.connect()
-        # The threads block these signals, so that they reach the main thread's sleep.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        try:
-            threads.append(threading.Thread(target=bridge.serve, name="mqtt", daemon=True))
-            for sub in subs:
-                threads.append(
-                    threading.Thread(
-                        target=_receive, args=(sub, bridge), name="receive", daemon=True
-                    )
-                )
-            for thread in threads:
-                thread.start()
-            subs = []  # each is its thread's now
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        bridge.connect(interrupted=lambda: bool(signalled))
+        threads.append(threading.Thread(target=bridge.serve, name="mqtt", daemon=True))
+        for sub in subs:
+            threads.append(
+                threading.Thread(target=_receive, args=(sub, bridge), name="receive", daemon=True)
+            )
+        for thread in threads:
+            thread.start()
+        subs = []  # each is its thread's now
         log.info(
             "connected to %s: the events of %s go to %s/<stream>/... (QoS %d)%s",
             bridge.broker.url,
@@ -944,9 +942,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.homeassistant
             else "",
         )
-        # A sleep ends at once on a signal; its length bounds how late a failure is seen.
-        while not bridge.stopping.is_set():
-            time.sleep(0.5)
+        # The sleep's length bounds how late a signal or a failure is acted on.
+        while not bridge.stopping.is_set() and not signalled:
+            time.sleep(0.2)
     except UserError as exc:
         print(error_line(exc), file=sys.stderr)
         return 2
@@ -976,8 +974,4 @@ _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class _Stopped(Exception):
-    """SIGINT or SIGTERM arrived."""
-
-
-def _stopped(signum, frame):
-    raise _Stopped
+    """SIGINT or SIGTERM arrived before the bridge was up."""
