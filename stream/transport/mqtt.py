@@ -383,6 +383,13 @@ class Bridge:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was_up, self._up = self._up, False
+        if self._attempt_open and self._serving:
+            log.warning(
+                "the broker at %s hung up before answering the login: next try in %g s",
+                self.broker.url,
+                max(0.0, self._next_try - time.monotonic()),
+            )
+        self._attempt_open = False
         if was_up and not self.stopping.is_set():
             self._lost_at = time.monotonic()
             self._delay = RECONNECT_MIN_S
@@ -627,6 +634,17 @@ class Bridge:
         """Hand paho what waits, as long as fewer than IN_FLIGHT are unacknowledged."""
         while len(self._unacked) < IN_FLIGHT:
             with self._lock:
+                if self._outbox.dropped and not self._outbox:
+                    # Dropped while connected (a broker slower than the events): said once
+                    # the queue is empty again. After an outage, _back said it.
+                    log.warning(
+                        "%d messages for the broker at %s were dropped (the queue of %d was full)",
+                        self._outbox.dropped,
+                        self.broker.url,
+                        self._outbox.size,
+                    )
+                    self._outbox.dropped = 0
+                    self._told_full = False
                 if self._configs:
                     item = self._configs.pop(0)
                 elif self._outbox:
