@@ -37,6 +37,8 @@ from stream.errors import UserError
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: The keys a rule must give.
 REQUIRED = ("name", "labels", "on", "off")
+#: The longest duration a rule may give: a year (in ns it stays an exact integer).
+MAX_SECONDS = 365 * 24 * 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +114,10 @@ def _rule(entry: object, at: str) -> Rule:
             f"{at}: labels must be a list of the model's label names, e.g. [knocking on door], "
             f"got {type(labels).__name__} {labels!r}"
         )
-    if not labels or not all(x.strip() for x in labels):
+    if not labels:
         raise UserError(f"{at}: labels is empty: give one or more of the model's label names")
+    if not all(x.strip() for x in labels):
+        raise UserError(f"{at}: labels has an empty name: give the model's label names")
     twice = sorted({x for x in labels if labels.count(x) > 1})
     if twice:
         raise UserError(f"{at}: labels names {twice[0]!r} twice: give each label once")
@@ -166,8 +170,8 @@ def _check(rule: Rule, at: str) -> None:
         value = getattr(rule, key)
         if not value >= 0:  # also NaN
             raise UserError(f"{at}: {key} {value:g} must be >= 0 seconds")
-        if value == float("inf"):
-            raise UserError(f"{at}: {key} {value:g} must be a finite number of seconds")
+        if value > MAX_SECONDS:  # also inf
+            raise UserError(f"{at}: {key} {value:g} must be at most {MAX_SECONDS} seconds (a year)")
     if not 0 < rule.on < 1:
         raise UserError(
             f"{at}: on {rule.on:g} must be between 0 and 1: a score is the summed probability "
