@@ -156,6 +156,22 @@ def test_light_install_imports_the_wire_side_without_the_pipeline(light_python, 
     assert (tmp_path / "keys" / "server.key_secret").is_file()
 
 
+def test_mqtt_bridge_without_its_extra_says_what_to_install(light_python, tmp_path):
+    # The module imports without paho (and without the pipeline); the command says what to add.
+    probe = (
+        "import sys, stream.transport.mqtt\n"
+        "print(sorted(m for m in ('paho', 'numpy', 'torch', 'yaml') if m in sys.modules))\n"
+    )
+    done = _run_light(light_python, tmp_path, "-c", probe)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    bridge = _run_light(light_python, tmp_path, str(light_python.parent / "avstream-mqtt"))
+    assert bridge.returncode == 2
+    assert bridge.stderr.splitlines() == [
+        "error: python -m stream.mqtt needs paho-mqtt: pip install 'avstream[mqtt]'"
+    ]
+
+
 @pytest.mark.parametrize("command", ENTRY_MODULES)
 def test_pipeline_commands_without_the_run_extra_say_what_to_install(
     light_python, tmp_path, command
