@@ -23,10 +23,12 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 from test_wire import _prediction
 
 from helpers import REPO, free_port, wait_until
 from stream.transport import mqtt, wire
+from stream.transport.keys import make_keys
 from stream.transport.publish import Publisher
 
 paho = pytest.importorskip("paho.mqtt.client")
@@ -480,6 +482,54 @@ def prev(messages: list[tuple[str, str]], i: int) -> str | None:
     """The payload of the message before messages[i] on the same topic."""
     topic = messages[i][0]
     return next((p for t, p in reversed(messages[:i]) if t == topic), None)
+
+
+def test_curve_keys_reach_a_run_that_wants_them_and_a_bridge_without_them_ends(
+    broker, watchers, tmp_path
+):
+    keys = tmp_path / "keys"
+    make_keys(keys, ["bridge"])
+    context = zmq.Context()  # its own: the publisher's ZAP handler binds an inproc address
+    pub = Publisher(
+        f"tcp://127.0.0.1:{free_port()}",
+        curve_secret_key=str(keys / "server.key_secret"),
+        curve_clients=str(keys / "clients"),
+        context=context,
+    )
+    try:
+        b = broker()
+        w = watchers(b.port)
+        run = bridge(
+            pub,
+            b,
+            "--curve-server-key",
+            str(keys / "server.key"),
+            "--curve-client-key",
+            str(keys / "bridge.key_secret"),
+        )
+        try:
+            subscribed(pub)
+            send(pub, event("door", "start", seq=0))
+            w.sees("avstream/cam0/door", "ON")
+        finally:
+            code, err = run.stop()
+        assert code == 0, err
+        w.sees("avstream/bridge", "offline")
+        count = len(w.messages)
+
+        keyless = bridge(pub, b)
+        code, err = keyless.wait()
+        assert code == 2, err
+        assert err.splitlines()[-1] == (
+            f"error: the publisher at {pub.endpoint} requires CURVE encryption: pass "
+            "--curve-server-key server.key and --curve-client-key NAME.key_secret "
+            "(python -m stream.keys)"
+        )
+        w.sees("avstream/bridge", "online", after=count)
+        w.sees("avstream/bridge", "offline", after=count + 1)  # it said so as it ended
+    finally:
+        pub.close()
+        context.term()
 
 
 # -- bad input -------------------------------------------------------------------------
