@@ -342,6 +342,7 @@ PIPELINE = {
     "test_cli_errors.py",
     "test_e2e.py",
     "test_e2e_av.py",
+    "test_events_run.py",
     "test_faults.py",
     "test_fuzz.py",
     "test_malloc.py",
