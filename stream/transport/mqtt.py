@@ -397,11 +397,10 @@ class Bridge:
             with self._lock:
                 self._tops.clear()  # a prediction is only news while the broker is there
                 waiting = len(self._outbox)
-            log.warning(
-                "lost the broker at %s (%s): reconnecting; until it is back, up to %d "
+            log.warning(  # (paho's reason code for a lost connection says nothing more)
+                "lost the broker at %s: reconnecting; until it is back, up to %d "
                 "messages wait (%d now), the oldest dropped first",
                 self.broker.url,
-                reason_code,
                 self._outbox.size,
                 waiting,
             )
