@@ -164,7 +164,7 @@ def test_an_unknown_label_is_one_line_from_a_real_run(tmp_path):
     )
     code, err = _run(
         "--config", str(cfg), "--camera", "synthetic", "--weights", "none",
-        "--log-level", "warning", cwd=tmp_path,
+        "--log-level", "warning", "--control", "none", cwd=tmp_path,
     )  # fmt: skip
     assert code == 2, err
     assert _one_error_line(err) == (
