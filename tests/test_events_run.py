@@ -2,7 +2,8 @@
 run sees starts, is updated, is listed in the stream's status, ends when its stream is
 removed, starts again (a new id) when the stream is added back, ends when its camera
 fails (the capture process killed), starts again once it is restarted, and ends when the
-run is stopped with SIGINT; every message is valid under docs/schemas. A rule naming a label the
+run is stopped with SIGINT; every message is valid under docs/schemas. An event ends
+with its file. A rule naming a label the
 model does not have is one error line from a real run, exit 2, nothing left behind.
 
 The model has random weights, so no single label's score can be foreseen; the rule sums
@@ -152,6 +153,29 @@ def test_events_of_a_real_run(run_stream, tmp_path):
     assert f"cam0: event anything started ({first}, peak 1.00)" in err
     assert f"cam0: event anything ended ({second}, peak 1.00, stream failed)" in err
     assert f"cam0: event anything ended ({third}, peak 1.00, stopped)" in err
+
+
+def test_an_event_ends_with_its_file(run_stream, tmp_path, video_file):
+    """A file without --loop ends its stream: its event ends (stream ended) before the
+    stream's last status, and the run, every stream ended, exits 0. The rule comes from
+    the run's config file this time."""
+    cfg = tmp_path / "run.yaml"
+    rule = {"name": "anything", "labels": LABELS, "on": 0.5, "off": 0.2}
+    cfg.write_text(yaml.safe_dump({"model": "x3d_xs", "events": [rule]}))
+    stream = run_stream("--config", str(cfg), "--camera", str(video_file), *MODEL_ARGS)
+    listener = Listener(stream.endpoint)
+    try:
+        listener.until(lambda: listener.find("start", "cam0-anything-1"), "start", stream.proc)
+        listener.until(lambda: listener.find("end", "cam0-anything-1"), "end", timeout=60)
+        listener.until(lambda: any(s["state"] == "ended" for s in listener.statuses), "ended")
+    finally:
+        listener.sub.close()
+    code, err = stream.wait()
+    assert code == 0 and "every stream has ended: stopping" in err, err
+    assert [b["type"] for b in listener.events] == ["start", "end"]
+    assert listener.events[-1]["reason"] == "stream ended"
+    ended = [s for s in listener.statuses if s["state"] == "ended"]
+    assert ended[0]["events"] == []
 
 
 @pytest.mark.e2e
