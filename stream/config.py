@@ -39,7 +39,8 @@ from stream.transport import wire
 from stream.transport.publish import check_curve_options, check_endpoint
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-#: --max-batch when it is left out: the streams the run starts with, at most this many.
+#: --max-batch when it is left out on CUDA: the streams the run starts with, at most this
+#: many (on the CPU: 1, see `engine_batch`).
 MAX_BATCH_AUTO = 8
 
 #: The keys of an entry of a YAML `streams:` list, and the option whose value and type
@@ -183,13 +184,15 @@ class RunConfig:
     max_batch: int | None = option(
         None,
         help="most windows, of different streams, that the engine runs in one call (default: "
-        f"the number of streams the run starts with, at most {MAX_BATCH_AUTO}; give it to batch "
-        "streams you will add with stream.ctl)",
+        f"on CUDA the number of streams the run starts with, at most {MAX_BATCH_AUTO}; on the "
+        "CPU 1)",
         doc="most windows, of different streams, that the engine runs in one call; the engine "
-        "is built for batches up to this size (`1`: every window alone). Left out, a "
-        "one-camera run builds no batch engine; give it when you will add streams with "
-        "`stream.ctl`",
-        doc_default=f"streams at start, at most {MAX_BATCH_AUTO}",
+        "is built for batches up to this size (`1`: every window alone). Left out: on CUDA "
+        "the number of streams the run starts with, so that a one-camera run builds no batch "
+        "engine (give it when you will add streams with `stream.ctl`); on the CPU 1, since "
+        "batches there cost latency for little throughput "
+        "([performance.md](performance.md#many-streams))",
+        doc_default=f"CUDA: streams at start, at most {MAX_BATCH_AUTO}; CPU: 1",
     )
     batch_wait: float = option(
         0.02,
@@ -483,9 +486,7 @@ class RunConfig:
                     f"streams[{i}]): give each stream its own id ({how})"
                 )
             seen[spec.id] = i
-        if self.max_batch is None:
-            self.max_batch = min(MAX_BATCH_AUTO, len(self.streams))
-        if self.max_batch < 1:
+        if self.max_batch is not None and self.max_batch < 1:
             raise UserError(
                 f"--max-batch {self.max_batch} must be >= 1 (1: every window runs alone)"
             )
@@ -518,6 +519,17 @@ class RunConfig:
                 f"stream {spec.id!r}: --stride {spec.stride:g} must be more than the run's "
                 f"--batch-wait {self.batch_wait:g}"
             )
+
+
+def engine_batch(cfg: RunConfig, *, cuda: bool) -> int:
+    """The largest batch the engine is built for: --max-batch, or when it is left out, on
+    CUDA the streams the run starts with (at most MAX_BATCH_AUTO; one camera: 1, the engine
+    built before batching), on the CPU 1: there a batch of 4 X3D-XS windows took 2.5 times
+    one window's engine time for 1.1 to 1.5 times the throughput, and doubled the worst
+    stream's capture→publish p99 (docs/performance.md, "Many streams")."""
+    if cfg.max_batch is not None:
+        return cfg.max_batch
+    return min(MAX_BATCH_AUTO, len(cfg.streams)) if cuda else 1
 
 
 def check_stream(spec: StreamSpec, where: str) -> None:

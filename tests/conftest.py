@@ -116,10 +116,11 @@ def engine_cache(tmp_path_factory):
 def _x3d_xs_engine() -> dict:
     """engines.create's options for x3d_xs as `stream.run --weights none` with one camera
     builds it on this CPU (its --max-batch included)."""
-    from stream import run
+    from stream import config, run
 
     cfg = run.parse_config(["--model", "x3d_xs", "--weights", "none"])
-    return dict(backend="torch", device="cpu", precision=cfg.precision, max_batch=cfg.max_batch)
+    batch = config.engine_batch(cfg, cuda=False)
+    return dict(backend="torch", device="cpu", precision=cfg.precision, max_batch=batch)
 
 
 _X3D_XS_BUILD = """

@@ -120,8 +120,9 @@ def test_streams_row(tmp_path):
         pass  # held by another run already: as good
     try:
         proc = _bench(
-            "--streams", "2", "--engine", "torch", "--no-compile", "--precision", "fp32",
-            "--size", "160x120", "--stride", "0.5", "--duration", "5", "--json", str(out),
+            "--streams", "2", "--max-batch", "2", "--engine", "torch", "--no-compile",
+            "--precision", "fp32", "--size", "160x120", "--stride", "0.5", "--duration", "5",
+            "--json", str(out),
         )  # fmt: skip
     finally:
         holder.close()

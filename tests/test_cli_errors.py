@@ -307,6 +307,11 @@ def _run(*args: str, command: str = "stream.run", cwd=REPO, timeout: float = 120
     left no process and no shared memory behind."""
     path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    if command == "stream.run":  # never the default ports, which another run may hold
+        if "--publish" not in args:
+            args = (*args, "--publish", f"tcp://127.0.0.1:{free_port()}")
+        if "--control" not in args:
+            args = (*args, "--control", "none")
     seen: set[int] = set()
     # stderr goes to a file: a pipe nobody reads while we watch could fill and stall it.
     with tempfile.TemporaryFile("w+") as err:

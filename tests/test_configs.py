@@ -154,12 +154,15 @@ def test_the_batching_and_control_options(tmp_path):
     default = config.RunConfig()
     assert (default.max_batch, default.batch_wait) == (None, 0.02)
     assert default.control == "tcp://127.0.0.1:5554"
-    # Left out, --max-batch is the number of streams the run starts with, at most 8: a
-    # one-camera run builds a batch-1 engine, as before batching.
-    assert run.parse_config([]).max_batch == 1
-    assert run.parse_config(["--camera", "a.mp4", "--camera", "b.mp4"]).max_batch == 2
-    many = [arg for i in range(10) for arg in ("--camera", f"{i}.mp4")]
-    assert run.parse_config(many).max_batch == config.MAX_BATCH_AUTO == 8
+    # Left out, --max-batch is 1 on the CPU, and on CUDA the number of streams the run
+    # starts with, at most 8: a one-camera run builds a batch-1 engine, as before batching.
+    one = run.parse_config([])
+    two = run.parse_config(["--camera", "a.mp4", "--camera", "b.mp4"])
+    many = run.parse_config([arg for i in range(10) for arg in ("--camera", f"{i}.mp4")])
+    assert [config.engine_batch(c, cuda=True) for c in (one, two, many)] == [1, 2, 8]
+    assert [config.engine_batch(c, cuda=False) for c in (one, two, many)] == [1, 1, 1]
+    given = run.parse_config(["--camera", "a.mp4", "--camera", "b.mp4", "--max-batch", "4"])
+    assert config.engine_batch(given, cuda=False) == config.engine_batch(given, cuda=True) == 4
     path = tmp_path / "c.yaml"
     path.write_text("control: null\n")
     assert config.resolve({"config": str(path)}).control is None

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import models
-from helpers import REPO, segments_of, wait_until
+from helpers import REPO, free_port, segments_of, wait_until
 from stream.transport.subscribe import Subscriber
 
 pytestmark = pytest.mark.skipif(
@@ -86,6 +86,10 @@ def _run_cli_with_mic(mic: str) -> str:
             "warning",
             "--mic",
             mic,
+            "--publish",
+            f"tcp://127.0.0.1:{free_port()}",
+            "--control",
+            "none",
         ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,

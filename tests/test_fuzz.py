@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import REPO, segments_of
+from helpers import REPO, free_port, segments_of
 from stream import config, options, run
 from stream.errors import UserError, error_line
 
@@ -110,7 +110,10 @@ def test_bad_sources_in_real_runs(flag, value):
         "no-such-" + value,
     ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.run", *args, "--duration", "1"],
+        [
+            *(sys.executable, "-m", "stream.run", *args, "--duration", "1"),
+            *("--publish", f"tcp://127.0.0.1:{free_port()}", "--control", "none"),
+        ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

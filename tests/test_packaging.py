@@ -80,10 +80,12 @@ def light_python(wheel, tmp_path_factory) -> Path:
     python = venv / "bin" / "python"
     # pip 22.3 and later installs into another interpreter (--python): the venv then needs
     # no pip of its own, whose bootstrap takes seconds. Older ones (Ubuntu 22.04's venvs
-    # have 22.0) bootstrap it.
-    import pip
+    # have 22.0) bootstrap it. pip's version from its metadata, not `import pip`: importing
+    # pip turns setuptools' distutils shim off for the rest of the process, and a later
+    # AOTInductor compile in the same test worker then fails on the stdlib's distutils.
+    from importlib.metadata import version
 
-    if tuple(int(part) for part in pip.__version__.split(".")[:2]) >= (22, 3):
+    if tuple(int(part) for part in version("pip").split(".")[:2]) >= (22, 3):
         venv_args, pip_cmd = ["--without-pip"], [sys.executable, "-m", "pip", "--python", python]
     else:
         venv_args, pip_cmd = [], [python, "-m", "pip"]

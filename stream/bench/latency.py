@@ -27,7 +27,7 @@ process; and the slope of capture→publish over the run (ms per minute: growth 
 leak or a backlog). Comma lists in --model, --engine and --stride sweep, one row each.
 
 `--streams 1,4` runs rows of 1 and then 4 streams (the source once per --camera, ids
-cam0, cam1, ...; `--max-batch` the number of streams unless given) side by side: a row
+cam0, cam1, ...; `--max-batch` as stream.run's unless given) side by side: a row
 pools every stream's windows and also has each stream's figures alone, the engine's calls
 by windows per call (the run status, topic `run`), and per process (main, inference, each
 capture) its CPU seconds over the measured span and its memory at the end, read from
@@ -505,8 +505,8 @@ def run_pipeline(
         "--log-level",
         "warning",
     ]
-    if args.max_batch or streams > 1:
-        argv += ["--max-batch", str(args.max_batch or streams)]
+    if args.max_batch:  # else stream.run's default: what a user's run of these cameras does
+        argv += ["--max-batch", str(args.max_batch)]
     if args.config:
         argv += ["--config", args.config]
     if args.precisions:
@@ -1233,7 +1233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--max-batch",
         type=int,
-        help="pipeline mode: windows per engine call at most (default: the number of streams)",
+        help="pipeline mode: windows per engine call at most (default: stream.run's)",
     )
     p.add_argument("--engine-only", action="store_true", help="time the models alone (no pipeline)")
     p.add_argument(

@@ -44,7 +44,7 @@ from collections import deque
 import numpy as np
 
 from engines import malloc
-from stream import control, rules
+from stream import config, control, rules
 from stream.errors import UserError
 from stream.pipeline import batching
 from stream.pipeline.aggregate import softmax, top_k
@@ -289,6 +289,17 @@ def inference_main(cfg, parent_pid: int, conn, stop) -> None:
             loop.close(ended)
 
 
+def _on_cuda(cfg) -> bool:
+    """Whether the engine will run on CUDA (what --max-batch's default depends on)."""
+    import torch
+
+    if cfg.engine == "tensorrt":
+        return True
+    if cfg.device is None:
+        return torch.cuda.is_available()
+    return cfg.device.startswith("cuda")
+
+
 def _weights_hint(model: str) -> str:
     """What to pass for trained weights: the published checkpoint where one exists."""
     import models
@@ -310,9 +321,9 @@ class InferenceLoop:
         self.stop = stop
         self.state = "starting"  # of the run: starting, loading, running, stopping
         self.model_name = self.engine_name = "?"
-        self.max_batch = cfg.max_batch
+        self.max_batch = cfg.max_batch or 1  # the engine's, once it is built
         self.batch_wait_ns = round(cfg.batch_wait * 1e9)
-        self.batches = [0] * cfg.max_batch  # engine calls by batch size - 1
+        self.batches = [0] * self.max_batch  # engine calls by batch size - 1
         self.windows_ran = 0  # every stream's windows run, and skipped, since the start
         self.windows_skipped = 0
         self.host, self.pid = socket.gethostname(), os.getpid()
@@ -331,7 +342,8 @@ class InferenceLoop:
         self.event_labels: list[list[int]] = []
         self.event_numbers: dict[str, dict[str, int]] = {}
         # Before the publisher, so that a metrics port in use leaves nothing to close.
-        self.metrics = Metrics(cfg.metrics, max_batch=cfg.max_batch)
+        # made before the engine (its port fails fast): buckets up to the largest default
+        self.metrics = Metrics(cfg.metrics, max_batch=cfg.max_batch or config.MAX_BATCH_AUTO)
         self.publisher = Publisher(  # first: a port in use fails fast
             cfg.publish,
             curve_secret_key=cfg.curve_secret_key,
@@ -409,12 +421,14 @@ class InferenceLoop:
                 device=cfg.device,
                 precision=cfg.precision,
                 compile=cfg.compile,
-                max_batch=cfg.max_batch,
+                max_batch=config.engine_batch(cfg, cuda=_on_cuda(cfg)),
             )
         except engines.EngineError as exc:
             raise UserError(str(exc)) from None
         self.engine = engine
         self.engine_name = engine.name
+        self.max_batch = engine.max_batch
+        self.batches = [0] * engine.max_batch
         self.metrics.built(model=meta.name, engine=engine.name)
         if engine.device.type == "cpu":
             import torch

@@ -37,12 +37,12 @@ import argparse
 import errno
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import zmq
 
 from stream.errors import ArgumentParser, UserError, error_line
+from stream.transport.publish import curve_server, load_curve_keys
 
 SCHEMA = "avstream.ctl.v1"
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5554"
@@ -172,7 +172,9 @@ class ControlServer:
         self._socket.setsockopt(zmq.LINGER, 0)
         try:
             if curve_secret_key is not None:
-                self._setup_curve(curve_secret_key, curve_clients)
+                self._auth = curve_server(
+                    self._context, self._socket, curve_secret_key, curve_clients
+                )
             self._socket.bind(endpoint)
         except zmq.ZMQError as exc:
             self.close()
@@ -189,24 +191,6 @@ class ControlServer:
         except UserError:
             self.close()
             raise
-
-    def _setup_curve(self, secret_key_file: str, clients_dir: str | None) -> None:
-        from stream.transport.publish import load_curve_keys
-
-        public, secret = load_curve_keys(secret_key_file, secret=True)
-        if clients_dir is not None:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            if not Path(clients_dir).is_dir():
-                raise UserError(
-                    f"--curve-clients {clients_dir!r} is not a folder of client public keys"
-                )
-            self._auth = ThreadAuthenticator(self._context)
-            self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(clients_dir))
-        self._socket.curve_secretkey = secret
-        self._socket.curve_publickey = public
-        self._socket.curve_server = True
 
     def poll(self) -> list[Request]:
         """The requests that have arrived (never waits). A malformed one is answered here
@@ -241,7 +225,9 @@ class ControlServer:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
-        self._context.term()
+        # destroy, not term: term waits for every socket of the context to be closed, and
+        # a close that blocked there once hung a test for minutes.
+        self._context.destroy(linger=0)
 
 
 # -- the client ----------------------------------------------------------------------------
@@ -264,8 +250,6 @@ class ControlClient:
         self._socket = self._context.socket(zmq.REQ)
         self._socket.setsockopt(zmq.LINGER, 0)
         if curve_server_key is not None:
-            from stream.transport.publish import load_curve_keys
-
             server_public, _ = load_curve_keys(curve_server_key, secret=False)
             public, secret = load_curve_keys(curve_secret_key, secret=True)
             self._socket.curve_serverkey = server_public

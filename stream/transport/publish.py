@@ -171,6 +171,30 @@ _CONNECTION_STATES = {
 }
 
 
+def curve_server(context: zmq.Context, socket: zmq.Socket, secret_key_file: str, clients_dir):
+    """Make `socket` (before it binds) a CURVE server with the key pair of
+    `secret_key_file`; with `clients_dir`, only the clients whose public keys are in that
+    folder get in (ZeroMQ's ZAP, answered by an authenticator thread). Returns that
+    thread, for the caller to stop when it closes the socket (None without clients_dir).
+    What the publisher and stream.run's control socket do with the run's keys."""
+    public, secret = load_curve_keys(secret_key_file, secret=True)
+    auth = None
+    if clients_dir is not None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        if not Path(clients_dir).is_dir():
+            raise UserError(
+                f"--curve-clients {clients_dir!r} is not a folder of client public keys"
+            )
+        auth = ThreadAuthenticator(context)
+        auth.start()
+        auth.configure_curve(domain="*", location=str(clients_dir))
+    socket.curve_secretkey = secret
+    socket.curve_publickey = public
+    socket.curve_server = True
+    return auth
+
+
 class Publisher:
     """An XPUB socket bound to `endpoint`, or connected to a stream.proxy's frontend when
     `endpoint` is `connect:tcp://HOST:PORT`. CURVE: bound, `curve_secret_key` is the
@@ -206,7 +230,9 @@ class Publisher:
                 self._connect(endpoint[len(CONNECT) :], curve_secret_key, curve_server_key)
             else:
                 if curve_secret_key is not None:
-                    self._setup_curve(curve_secret_key, curve_clients)
+                    self._auth = curve_server(
+                        self._context, self._socket, curve_secret_key, curve_clients
+                    )
                 self._socket.bind(endpoint)
         except zmq.ZMQError as exc:
             self.close()
@@ -252,22 +278,6 @@ class Publisher:
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
         )
         self._socket.connect(address)
-
-    def _setup_curve(self, secret_key_file: str, clients_dir: str | None) -> None:
-        public, secret = load_curve_keys(secret_key_file, secret=True)
-        if clients_dir is not None:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            if not Path(clients_dir).is_dir():
-                raise UserError(
-                    f"--curve-clients {clients_dir!r} is not a folder of client public keys"
-                )
-            self._auth = ThreadAuthenticator(self._context)
-            self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(clients_dir))
-        self._socket.curve_secretkey = secret
-        self._socket.curve_publickey = public
-        self._socket.curve_server = True
 
     def send(self, topic: str, body: dict) -> bool:
         """Send one complete body (a status); never waits. Returns False when it was dropped."""
