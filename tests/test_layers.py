@@ -34,6 +34,7 @@ ALLOWED = {
         "engines",
         "models",
         "stream.config",  # the run's settings (RunConfig), which the supervisor is given
+        "stream.rules",  # the event rules the inference process checks and follows
     ),
 }
 OURS = ("stream", "engines", "models", "configs")
