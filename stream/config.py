@@ -26,8 +26,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from engines import malloc
 from engines.names import BACKENDS, PRECISIONS
 from stream import options, rules
@@ -598,20 +596,7 @@ def builtin_config(model: str) -> Path | None:
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read and check a config file; every problem is one UserError line."""
     check_path_text("config", str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"config file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {str(path)!r} cannot be read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        raise UserError(
-            f"config file {str(path)!r} is not valid YAML{at}: fix the syntax"
-        ) from None
+    data = options.load_yaml(path, f"config file {str(path)!r}")
     if data is None:
         return {}
     if not isinstance(data, dict):

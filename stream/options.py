@@ -199,6 +199,23 @@ def parser(cls: type, *, prog: str, description: str) -> argparse.ArgumentParser
     return p
 
 
+def load_yaml(path: str | Path, where: str) -> Any:
+    """The YAML document of a file (a run config, an events file), or one UserError line
+    naming it as `where`: missing, unreadable, or not valid YAML (with its line)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{where} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{where} cannot be read: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{where} is not valid YAML{at}: fix the syntax") from None
+
+
 def yaml_options(cls: type) -> dict[str, Option]:
     """The options a YAML file may set, by key."""
     return {o.name: o for o in options(cls) if o.yaml}

@@ -27,11 +27,9 @@ import dataclasses
 import difflib
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from stream import options
 from stream.errors import UserError
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -188,18 +186,7 @@ def read_file(path: str) -> list[Rule]:
     """The rules of an events file (`--events FILE`): a YAML mapping whose one key,
     `events`, is the list of rules."""
     where = f"events file {path!r}"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{where} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where} cannot be read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{where} is not valid YAML{line}: fix the syntax") from None
+    data = options.load_yaml(path, where)
     if not isinstance(data, dict) or "events" not in data:
         raise UserError(f"{where} must be a mapping with one key, events: a list of rules")
     for key in data:
