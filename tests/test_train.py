@@ -1,4 +1,5 @@
-"""`python -m stream.train` on a generated dataset whose classes need both senses.
+"""`python -m stream.train` on a generated dataset whose classes need both senses
+(stream.train.synthetic.CLASSES).
 
 Three classes: a tall bar bouncing left and right with a beep at every turn
 (bounce_beep), the same with a burst of noise instead (bounce_crash), and a wide bar
@@ -34,8 +35,9 @@ import yaml
 import models
 from helpers import REPO
 from stream.train import trainer as T
-from stream.train.clips import list_dataset, write_clip
+from stream.train.clips import list_dataset
 from stream.train.dataset import ClipDataset, ClipStore, Item, split_dataset
+from stream.train.synthetic import CLASSES, make_clip, make_dataset
 
 pytestmark = pytest.mark.slow  # real trainings
 
@@ -53,64 +55,8 @@ VIDEO_EPOCHS = 12
 INTERRUPT_AFTER = 5
 FIT = ("--batch-size", "4", "--optimizer", "adamw", "--lr", "0.002", "--seed", "0")
 
-SIZE = (96, 72)
-FPS = 15
-RATE = 16_000
-CLASSES = {
-    "bounce_beep": ("bounce", "beep"),
-    "bounce_crash": ("bounce", "crash"),
-    "drop_beep": ("drop", "beep"),
-}
 
-
-# -- the generated dataset -------------------------------------------------------------
-
-
-def make_clip(path: Path, motion: str, sound: str, rng: np.random.Generator, seconds: float = 2.0,
-              with_audio: bool = True) -> None:  # fmt: skip
-    width, height = SIZE
-    n = round(seconds * FPS)
-    times = np.arange(n) / FPS
-    period, phase = rng.uniform(0.6, 1.0), rng.uniform()
-    frames = np.empty((n, height, width, 3), np.uint8)
-    frames[:] = rng.integers(0, 60, 3)
-    colour = rng.integers(150, 256, 3)
-    u = ((times / period + phase) % 1.0) * 2.0
-    position = np.where(u < 1.0, u, 2.0 - u)  # 0 -> 1 -> 0 every period
-    if motion == "bounce":  # a tall bar, left and right
-        top = int(rng.integers(4, height - 34))
-        for i, p in enumerate(position):
-            x = round(4 + p * (width - 16))
-            frames[i, top : top + 30, x : x + 8] = colour
-    else:  # a wide bar, up and down
-        left = int(rng.integers(4, width - 34))
-        for i, p in enumerate(position):
-            y = round(4 + p * (height - 16))
-            frames[i, y : y + 8, left : left + 30] = colour
-    samples = round(seconds * RATE)
-    audio = rng.normal(0.0, rng.uniform(0.003, 0.01), samples)
-    length = int(0.1 * RATE)
-    envelope = np.hanning(length)
-    pitch, loudness = rng.uniform(400, 1200), rng.uniform(0.3, 0.5)
-    for turn in np.arange((-phase % 0.5) * period, seconds, period / 2):  # the bar turns
-        i = int(turn * RATE)
-        k = min(length, samples - i)
-        burst = (
-            np.sin(2 * np.pi * pitch * np.arange(k) / RATE)
-            if sound == "beep"
-            else rng.uniform(-1, 1, k)
-        )
-        audio[i : i + k] += loudness * envelope[:k] * burst
-    write_clip(path, frames, times, audio.astype(np.float32) if with_audio else None, RATE)
-
-
-def make_dataset(root: Path, per_class: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    for label, (motion, sound) in CLASSES.items():
-        (root / label).mkdir(parents=True)
-        for i in range(per_class):
-            make_clip(root / label / f"{i:02d}.mp4", motion, sound, rng)
-    return root
+# -- the generated dataset: stream.train.synthetic ----------------------------------------
 
 
 @pytest.fixture(scope="module", autouse=True)
