@@ -310,6 +310,9 @@ def test_bench_under_subscriber_load(pipeline_bench):
         (("--max-batch", "0"), "error: --max-batch 0 must be >= 1"),
         (("--streams", "1,4", "--source", "0"), "error: --streams '1,4' opens the source 4 times"),
         (("--streams", "2", "--kill-every", "5"), "error: --kill-every soaks one stream"),
+        (("--web-pages", "off,x"), "error: --web-pages 'off,x' must be 'off' (no --web) or"),
+        (("--web-pages", "-2"), "error: --web-pages '-2' must be 'off' (no --web) or"),
+        (("--web-pages", "2", "--engine-only"), "error: --web-pages runs the pipeline and"),
     ],
 )
 def test_bad_options_give_one_line(args, line):
@@ -353,6 +356,120 @@ def test_plot_without_matplotlib_fails_before_anything_starts(tmp_path):
     )
     assert out == "" and not pipelines, pipelines
     assert not (tmp_path / "x.png").exists()
+
+
+def _chromium_here() -> None:
+    pytest.importorskip("selenium")
+    from stream.bench.pages import chromium_paths
+
+    if chromium_paths() is None:
+        pytest.skip("chromium and chromedriver are not installed")
+
+
+@pipelines
+def test_web_pages_rows(tmp_path):
+    """--web-pages off,1: a run without --web, then one with --web and a page open in
+    headless Chromium, measured once the page shows the stream's video and labels; the
+    page went on showing new frames and predictions through the span, the web process
+    and the browser are found and their CPU counted, and the two rows are set side by
+    side."""
+    _chromium_here()
+    out = tmp_path / "web.json"
+    proc = _bench(
+        "--web-pages", "off,1", "--size", "160x120", "--stride", "0.5", "--duration", "4",
+        "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "x3d_xs auto stride 0.5, no --web: measuring 4 s\n" in proc.stderr
+    assert "x3d_xs auto stride 0.5, --web, 1 page: measuring 4 s\n" in proc.stderr
+    report = json.loads(out.read_text())
+    off, one = report["summary"]
+    assert off["web"]["pages"] is None and off["web"]["url"] is None and "shown" not in off["web"]
+    assert off["web"]["web_process"] is None and "web" not in off["processes"]
+    assert one["web"]["pages"] == 1 and one["web"]["url"].startswith("http://127.0.0.1:")
+    (page,) = one["web"]["shown"]
+    assert page["tiles"] == 1
+    assert page["frames"] > 0 and page["fps"] > 0  # video went on arriving in the span
+    assert page["predictions"] > 0  # and the labels followed new predictions
+    assert one["web"]["web_process"]["cpu_s"] > 0  # it encoded frames for the page
+    assert one["processes"]["web"] == one["web"]["web_process"]
+    assert one["web"]["browsers"]["cpu_s"] > 0 and one["web"]["browsers"]["processes"] >= 2
+    for row in (off, one):
+        assert row["windows"]["measured"] > 0
+        span = row["web"]["windows_in_span"]
+        assert span["run"] >= row["windows"]["measured"] and span["skipped"] >= 0
+    keys = set(report["samples"])
+    assert keys == {"x3d_xs|{0}|0.5|1|web-off|1".format(off["engine"]),
+                    "x3d_xs|{0}|0.5|1|web-1|1".format(one["engine"])}  # fmt: skip
+    rows = report["web_comparison"]["rows"]
+    assert [(r["setting"], r["round"]) for r in rows] == [("no --web", 1), ("--web, 1 page", 1)]
+    assert rows[0]["p99_ratio"] == 1.0 and rows[1]["p99_ratio"] > 0
+    assert rows[1]["page_fps"] == page["fps"]
+    assert "browser view side by side" in proc.stdout
+
+
+def test_web_pages_without_selenium(tmp_path):
+    """A selenium that cannot be imported: one line at once, nothing started."""
+    fake = tmp_path / "site" / "selenium"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no selenium here')\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.bench", "--web-pages", "off,2", "--duration", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "error: --web-pages opens the view in headless Chromium through Selenium, which is "
+        "not installed: pip install selenium (or 'avstream[test]')"
+    ], proc.stderr
+    assert proc.stdout == ""
+
+
+def test_web_comparison():
+    """Rows of --web-pages off,0,2 in two turns: each p99 over its turn's row without
+    --web, then every setting's windows pooled over the turns against the limit."""
+    from stream.bench import latency as bench
+
+    def row(pages, turn: int, c2p: list[float]) -> tuple[dict, list[float]]:
+        shown = None if not pages else [{"fps": 9.5}, {"fps": 9.8}]
+        web = {"pages": pages, "round": turn, "url": None, "windows_in_span": {"run": 40,
+               "skipped": turn - 1}, "web_process": None if pages is None else
+               {"cpu_percent": 4.0}}  # fmt: skip
+        if shown:
+            web.update(shown=shown, browsers={"cpu_percent": 30.0})
+        stat = bench.summary_ms(c2p)
+        return {
+            "model": "x3d_xs", "engine": "torch-cpu", "stride": 0.5, "streams": 1, "web": web,
+            "capture_to_publish_ms": stat, "engine_ms": {"p50": 17.0},
+        }, c2p  # fmt: skip
+
+    base, slow = [20.0] * 95 + [40.0] * 5, [20.0] * 95 + [50.0] * 5
+    made = [
+        row(None, 1, base), row(0, 1, base), row(2, 1, slow),
+        row(None, 2, base), row(0, 2, base), row(2, 2, base),
+    ]  # fmt: skip
+    rows = [r for r, _ in made]
+    samples = {bench._row_key(r): {"capture_to_publish_ms": c} for r, c in made}
+    assert "x3d_xs|torch-cpu|0.5|1|web-2|2" in samples
+    out = bench.compare_web(rows, samples)
+    by = {(e["pages"], e["round"]): e for e in out["rows"]}
+    assert by[(None, 1)]["p99_ratio"] == 1.0 and by[(0, 1)]["p99_ratio"] == 1.0
+    assert by[(2, 1)]["p99_ratio"] == 1.25
+    assert by[(2, 2)]["p99_ratio"] == 1.0 and by[(2, 2)]["windows_skipped"] == 1
+    assert by[(2, 1)]["page_fps"] == 9.5 and by[(2, 1)]["browsers_cpu_percent"] == 30.0
+    assert by[(0, 1)]["web_cpu_percent"] == 4.0 and by[(None, 1)]["web_cpu_percent"] is None
+    pooled = {e["pages"]: e for e in out["pooled"]}
+    assert pooled[2]["windows"] == 200 and pooled[2]["rounds"] == 2
+    assert pooled[None]["within_limit"] and pooled[0]["within_limit"]
+    assert pooled[2]["capture_to_publish_p99_ms"] == bench.summary_ms(slow + base)["p99"]
+    assert pooled[2]["p99_ratio"] == 1.25 and not pooled[2]["within_limit"]
+    table = bench.format_web_comparison(out)
+    assert "--web, 2 pages" in table and "pooled over the turns" in table
+    assert bench.compare_web(rows[1:3], samples) == {}  # nothing without --web to set against
 
 
 def test_plot_figure():

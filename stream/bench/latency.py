@@ -68,6 +68,7 @@ from tqdm import tqdm
 
 from engines import malloc
 from stream import control
+from stream.bench.pages import shown
 from stream.errors import ArgumentParser
 from stream.pipeline.proc import start_ignoring_sigint
 from stream.pipeline.stats import STATS, summary_ms
@@ -475,17 +476,36 @@ def _figures(rows: list, statuses: list) -> tuple[dict, dict]:
     return figures, samples
 
 
-def _label(model: str, engine: str, stride: float, streams: int) -> str:
+def _label(model: str, engine: str, stride: float, streams: int, web: str = "") -> str:
     """A row's name in the lines that announce it: `x3d_xs auto stride 0.5` (one
-    stream), `x3d_xs auto stride 0.5, 4 streams`."""
-    return f"{model} {engine} stride {stride}" + (f", {streams} streams" if streams > 1 else "")
+    stream), `x3d_xs auto stride 0.5, 4 streams`, `x3d_xs auto stride 0.5, --web, 2 pages`."""
+    return (
+        f"{model} {engine} stride {stride}"
+        + (f", {streams} streams" if streams > 1 else "")
+        + (f", {web}" if web else "")
+    )
+
+
+def web_setting(pages: int | None) -> str:
+    """A --web-pages row's setting in words: `no --web`, `--web, 0 pages`, `--web, 2 pages`."""
+    if pages is None:
+        return "no --web"
+    return f"--web, {pages} page" + ("" if pages == 1 else "s")
 
 
 def run_pipeline(
-    args, model: str, engine: str, stride: float, streams: int = 1
+    args, model: str, engine: str, stride: float, streams: int = 1, web: dict | None = None
 ) -> tuple[dict, dict]:
     """One row: stream.run with `streams` cameras, each the source (ids cam0, cam1, ...),
-    measured from this process for --duration seconds after the first prediction."""
+    measured from this process for --duration seconds after the first prediction.
+
+    `web` (--web-pages): {"pages": None (no --web), or N pages, "round": its turn}. With
+    --web the run serves its browser view on a free port; N > 0 pages are opened in
+    headless Chromium once it publishes, and the row is measured from the moment every
+    page shows every stream's video and labels (the windows captured before are left out).
+    The row's `web` has what the pages showed over the span (frames, their rate, the
+    predictions their labels went through), the CPU of the web process and of the
+    browsers, and the windows run and skipped within the span."""
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     argv = [sys.executable, "-m", "stream.run"]
     for _ in range(streams):
@@ -522,7 +542,17 @@ def run_pipeline(
         argv += ["--size", args.size, "--fps", str(args.fps)]
     elif not args.source.isdigit():
         argv += ["--loop"]
-    label = _label(model, engine, stride, streams)
+    pages_wanted = web["pages"] if web else None
+    web_url = None
+    if pages_wanted is not None:
+        web_port = _free_port()
+        argv += ["--web", f"127.0.0.1:{web_port}"]
+        web_url = f"http://127.0.0.1:{web_port}/"
+    label = _label(model, engine, stride, streams, web_setting(pages_wanted) if web else "")
+    pages = None
+    shown_before = None
+    start_ns = 0  # predictions of windows captured before it are not measured
+    windows_at_start: dict[str, dict] = {}
     preds, statuses, runs = [], [], []
     launched = time.monotonic()
     proc = subprocess.Popen(argv)
@@ -565,10 +595,21 @@ def run_pipeline(
                     statuses.append(msg)
                     continue
                 if first is None:
+                    if pages_wanted:
+                        from stream.bench.pages import Pages
+
+                        # Opened while the run publishes; waiting for them is start-up.
+                        pages = Pages(web_url, pages_wanted, {f"cam{i}" for i in range(streams)})
+                        shown_before = pages.wait_ready(check=lambda: _check_running(args, proc))
+                        start_ns = time.monotonic_ns()
+                        pages.mark()
                     first = time.monotonic()
                     give_up = first + args.duration + 60
                     watch.restart_series()
                     watch.mark()
+                    windows_at_start = {
+                        m.body["stream"]: dict(m.body.get("windows", {})) for m in statuses
+                    }
                     if args.kill_every:
                         next_kill = first + args.kill_every
                     # One line per row, also in a log; the bar below it on a terminal only
@@ -582,6 +623,8 @@ def run_pipeline(
                         leave=False,
                         dynamic_ncols=True,
                     )
+                if msg.body["t"]["capture_ns"] < start_ns:
+                    continue
                 preds.append(msg)
                 lat = msg.body["latency_ms"]
                 bar.set_postfix_str(
@@ -591,6 +634,11 @@ def run_pipeline(
                 )
                 bar.update(min(time.monotonic() - first, args.duration) - bar.n)
             watch.sample()
+            if pages is not None:
+                span_s = time.monotonic() - first
+                shown_after = pages.read()
+                browser_cpu = pages.cpu()
+                pages.close()  # before the run stops: a page would only try to reconnect
             # One more heartbeat of every stream and of the run for the final counts; after
             # kills, the one that reports the last kill's death (the supervisor notices it,
             # then tells the inference).
@@ -617,10 +665,16 @@ def run_pipeline(
         now_running = {
             name: pid for status in statuses for pid, name in _process_names(status.body)
         }
+        if pages_wanted is not None and "web" not in now_running:
+            web_pid = _web_pid(proc.pid, set(now_running.values()))
+            if web_pid is not None:
+                now_running["web"] = web_pid
         processes = watch.usage(now_running)
     finally:
         if bar is not None:
             bar.close()
+        if pages is not None:
+            pages.close()
         if load is not None:
             load.stop()
         if proc.poll() is None:
@@ -648,18 +702,67 @@ def run_pipeline(
     # compiling the engine, opening the source) plus the first window's span of frames.
     row["startup_s"] = None if first is None else round(first - launched, 2)
     row["load_subscribers"] = args.load_subscribers
+    if web:
+        row["web"] = {
+            **web,
+            "url": web_url,
+            "windows_in_span": _windows_since(windows_at_start, statuses),
+            "web_process": processes.get("web"),
+        }
+        if pages is not None:
+            row["web"]["shown"] = shown(shown_before, shown_after, span_s)
+            row["web"]["browsers"] = browser_cpu
     if args.kill_every:
         row["soak"] = soak_summary(preds, statuses, kills, watch, model)
     return row, samples
 
 
+def _check_running(args, proc: subprocess.Popen) -> None:
+    """Between looks at the pages: Ctrl-C, or a pipeline that has exited, ends the row."""
+    _check_stop(args)
+    if proc.poll() is not None:
+        raise SystemExit(
+            f"error: the pipeline exited while the pages opened: exit code {proc.poll()}"
+        )
+
+
+def _web_pid(root: int, named: set[int]) -> int | None:
+    """The web process of a run with --web: the one child of its main process that is
+    neither named in the heartbeats (inference, captures) nor multiprocessing's resource
+    tracker. None when that is not one process."""
+    import psutil
+
+    try:
+        children = psutil.Process(root).children()
+        found = [
+            c.pid
+            for c in children
+            if c.pid not in named and "resource_tracker" not in " ".join(c.cmdline())
+        ]
+    except psutil.Error:
+        return None
+    return found[0] if len(found) == 1 else None
+
+
+def _windows_since(at_start: dict[str, dict], statuses: list) -> dict:
+    """Windows run and skipped over the measured span, summed over the streams: each
+    stream's last heartbeat's counts less those of its last one before the span."""
+    last = {m.body["stream"]: m.body.get("windows", {}) for m in statuses}
+    return {
+        key: sum(w.get(key, 0) - at_start.get(sid, {}).get(key, 0) for sid, w in last.items())
+        for key in ("run", "skipped")
+    }
+
+
 def _process_names(status: dict) -> list[tuple[int, str]]:
-    """(pid, name) of the processes a stream's heartbeat lists: `main`, `inference`, and
-    its captures by stream (`capture-video:cam0`)."""
+    """(pid, name) of the processes a stream's heartbeat lists: `main`, `inference`,
+    `web`, and its captures by stream (`capture-video:cam0`)."""
     out = []
     for kind, pid in status.get("processes", {}).items():
         name = (
-            kind if kind in ("main", "inference") else control.capture_name(kind, status["stream"])
+            kind
+            if kind in ("main", "inference", "web")
+            else control.capture_name(kind, status["stream"])
         )
         out.append((pid, name))
     return out
@@ -779,8 +882,13 @@ def soak_summary(
 
 def _row_key(row: dict) -> str:
     """The key of a row's per-window samples in the JSON's "samples":
-    `model|engine|stride|streams`."""
-    return f"{row['model']}|{row['engine']}|{row['stride']}|{row['streams']}"
+    `model|engine|stride|streams`, and with --web-pages `|web-P|R` (P pages or `off`,
+    R the setting's turn: 1, 2, ...)."""
+    key = f"{row['model']}|{row['engine']}|{row['stride']}|{row['streams']}"
+    if "web" in row:
+        pages = row["web"]["pages"]
+        key += f"|web-{'off' if pages is None else pages}|{row['web']['round']}"
+    return key
 
 
 def _ms(value: float | None) -> str:
@@ -837,6 +945,23 @@ def format_row(row: dict) -> str:
                 for name, p in row["processes"].items()
             )
         )
+    if "web" in row:
+        web = row["web"]
+        line = f"  browser view: {web_setting(web['pages'])}"
+        if web["url"]:
+            line += f" on {web['url']}"
+        span = web["windows_in_span"]
+        line += f"; in the span windows run {span['run']}, skipped {span['skipped']}"
+        if web.get("web_process"):
+            line += f"; web process {web['web_process']['cpu_percent']} % of a core"
+        if web.get("browsers"):
+            line += f"; browsers {web['browsers']['cpu_percent']} % of a core"
+        lines.append(line)
+        for i, page in enumerate(web.get("shown", [])):
+            lines.append(
+                f"    page {i + 1}: {page['frames']} frames ({page['fps']} per s) in "
+                f"{page['tiles']} tile(s), labels of {page['predictions']} predictions"
+            )
     if "soak" in row:
         lines.append(f"  soak: {json.dumps(row['soak'])}")
     return "\n".join(lines)
@@ -851,7 +976,9 @@ def compare_streams(rows: list[dict]) -> list[dict]:
     has a partner."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["engine"], row["stride"]), []).append(row)
+        web = row.get("web") or {}
+        key = (row["model"], row["engine"], row["stride"], web.get("pages"), web.get("round"))
+        groups.setdefault(key, []).append(row)
     out = []
     for group in groups.values():
         if len({r["streams"] for r in group}) < 2:
@@ -916,6 +1043,112 @@ def format_comparison(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: Issue #21: capture→publish p99 with two pages open within 10 % of the run without --web.
+WEB_P99_LIMIT = 1.10
+
+
+def compare_web(rows: list[dict], samples: dict) -> dict:
+    """--web-pages rows of one model, engine, stride and number of streams side by side:
+    `rows`, one entry per row with its capture→publish p50 and p99 (every stream's
+    windows), engine p50, windows run and skipped within the span, CPU of the web process
+    and of the browsers, the frames each page showed per second, and `p99_ratio`: its p99
+    over the `no --web` row of the same turn; `pooled`, one entry per setting with the
+    windows of all its turns pooled (a p99 of more windows), its ratio over the pooled
+    `no --web` windows and `within_limit` (at most WEB_P99_LIMIT). Empty without a
+    `no --web` row to set them against."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if "web" in row:
+            key = (row["model"], row["engine"], row["stride"], row["streams"])
+            groups.setdefault(key, []).append(row)
+    entries, pooled = [], []
+    for (model, engine, stride, streams), group in groups.items():
+        base = {r["web"]["round"]: r for r in group if r["web"]["pages"] is None}
+        if not base:
+            continue
+        head = {"model": model, "engine": engine, "stride": stride, "streams": streams}
+        for row in group:
+            web = row["web"]
+            c2p = row["capture_to_publish_ms"]
+            partner = base.get(web["round"])
+            base_p99 = partner["capture_to_publish_ms"]["p99"] if partner else None
+            pages = web.get("shown") or []
+            entries.append(
+                {
+                    **head,
+                    "setting": web_setting(web["pages"]),
+                    "pages": web["pages"],
+                    "round": web["round"],
+                    "windows_run": web["windows_in_span"]["run"],
+                    "windows_skipped": web["windows_in_span"]["skipped"],
+                    "capture_to_publish_p50_ms": c2p["p50"],
+                    "capture_to_publish_p99_ms": c2p["p99"],
+                    "engine_p50_ms": row["engine_ms"]["p50"],
+                    "p99_ratio": _ratio(c2p["p99"], base_p99),
+                    "web_cpu_percent": (web.get("web_process") or {}).get("cpu_percent"),
+                    "browsers_cpu_percent": (web.get("browsers") or {}).get("cpu_percent"),
+                    "page_fps": min((p["fps"] for p in pages), default=None),
+                }
+            )
+        settings: dict = {}
+        for row in group:
+            c2p = samples[_row_key(row)]["capture_to_publish_ms"]
+            settings.setdefault(row["web"]["pages"], []).extend(c2p)
+        base_p99 = summary_ms(settings[None])["p99"]
+        for pages, values in settings.items():
+            stat = summary_ms(values)
+            ratio = _ratio(stat["p99"], base_p99)
+            pooled.append(
+                {
+                    **head,
+                    "setting": web_setting(pages),
+                    "pages": pages,
+                    "rounds": sum(r["web"]["pages"] == pages for r in group),
+                    "windows": len(values),
+                    "capture_to_publish_p50_ms": stat["p50"],
+                    "capture_to_publish_p99_ms": stat["p99"],
+                    "p99_ratio": ratio,
+                    "within_limit": None if ratio is None else ratio <= WEB_P99_LIMIT,
+                }
+            )
+    return {"rows": entries, "pooled": pooled} if entries else {}
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return round(value / base, 3) if value is not None and base else None
+
+
+def format_web_comparison(comparison: dict) -> str:
+    def num(v, spec=".2f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        "browser view side by side: capture→publish ms (every window of the span), "
+        "its p99 over the same turn's run without --web; CPU % of one core",
+        f"  {'setting':16s} {'turn':>4s} {'run':>5s} {'skipped':>7s} {'p50':>7s} {'p99':>7s} "
+        f"{'p99 ×':>6s} {'engine':>7s} {'web %':>6s} {'browsers %':>10s} {'page fps':>8s}",
+    ]
+    for e in comparison["rows"]:
+        lines.append(
+            f"  {e['setting']:16s} {e['round']:4d} {e['windows_run']:5d} "
+            f"{e['windows_skipped']:7d} {num(e['capture_to_publish_p50_ms']):>7s} "
+            f"{num(e['capture_to_publish_p99_ms']):>7s} {num(e['p99_ratio'], '.3f'):>6s} "
+            f"{num(e['engine_p50_ms']):>7s} {num(e['web_cpu_percent'], '.1f'):>6s} "
+            f"{num(e['browsers_cpu_percent'], '.1f'):>10s} {num(e['page_fps'], '.1f'):>8s}"
+        )
+    lines.append(
+        f"  pooled over the turns (limit: p99 at most {WEB_P99_LIMIT:.2f}× the run without --web)"
+    )
+    for e in comparison["pooled"]:
+        verdict = {True: "within", False: "OVER", None: "-"}[e["within_limit"]]
+        lines.append(
+            f"  {e['setting']:16s} {e['rounds']:4d} {e['windows']:5d} {'':7s} "
+            f"{num(e['capture_to_publish_p50_ms']):>7s} {num(e['capture_to_publish_p99_ms']):>7s} "
+            f"{num(e['p99_ratio'], '.3f'):>6s} {verdict}"
+        )
+    return "\n".join(lines)
+
+
 PLOT_NEEDS = "error: --plot needs matplotlib: pip install 'avstream[bench]'"
 
 
@@ -935,6 +1168,8 @@ def figure(rows: list[dict], samples: dict):
             over_time.plot(s["t_s"], s[key], ".", markersize=2, label=name)
         over_time.axhline(budget_ms, color="black", linestyle="--", linewidth=1, label=budget)
         streams = f", {row['streams']} streams" if row["streams"] > 1 else ""
+        if "web" in row:
+            streams += f", {web_setting(row['web']['pages'])} (turn {row['web']['round']})"
         over_time.set_title(
             f"{row['model']} on {row['engine']}, stride {row['stride']} s{streams}: "
             "latency per window"
@@ -1235,6 +1470,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="pipeline mode: windows per engine call at most (default: stream.run's)",
     )
+    p.add_argument(
+        "--web-pages",
+        help="pipeline mode: the browser view's cost, rows side by side in the order given: "
+        "'off' (no --web) or N (stream.run --web, N pages open in headless Chromium), e.g. "
+        "off,0,2,off,0,2 (needs selenium and chromium)",
+    )
     p.add_argument("--engine-only", action="store_true", help="time the models alone (no pipeline)")
     p.add_argument(
         "--runs", type=int, default=10, help="--engine-only: timed runs per row after warm-up"
@@ -1306,6 +1547,33 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    args.web_rows = [None]  # no --web-pages: rows without the web view, as before
+    if args.web_pages is not None:
+        try:
+            args.web_rows = [None if w.lower() == "off" else int(w) for w in _csv(args.web_pages)]
+        except ValueError:
+            args.web_rows = []
+        if not args.web_rows or any(w is not None and w < 0 for w in args.web_rows):
+            print(
+                f"error: --web-pages {args.web_pages!r} must be 'off' (no --web) or numbers "
+                "of pages >= 0, e.g. off,0,2",
+                file=sys.stderr,
+            )
+            return 2
+        if args.engine_only:
+            print(
+                "error: --web-pages runs the pipeline and --engine-only times the engine alone: "
+                "leave out --web-pages (or --engine-only)",
+                file=sys.stderr,
+            )
+            return 2
+        if any(args.web_rows):
+            from stream.bench.pages import missing
+
+            line = missing()
+            if line is not None:
+                print(line, file=sys.stderr)
+                return 2
     many = args.stream_counts[-1]
     if many > 1 and args.source.isdigit():
         print(
@@ -1419,7 +1687,13 @@ def _engines_main(args, strides: list[float]) -> int:
 
 
 def _pipeline_main(args, strides: list[float]) -> int:
-    total = len(args.models) * len(args.engines) * len(strides) * len(args.stream_counts)
+    total = (
+        len(args.models)
+        * len(args.engines)
+        * len(strides)
+        * len(args.stream_counts)
+        * len(args.web_rows)
+    )
     rows, samples = [], {}
     stopped = None
     try:
@@ -1427,20 +1701,31 @@ def _pipeline_main(args, strides: list[float]) -> int:
             for engine in args.engines:
                 for stride in strides:
                     for streams in args.stream_counts:
-                        row, s = run_pipeline(args, model, engine, stride, streams)
-                        rows.append(row)
-                        samples[_row_key(row)] = s
-                        print(format_row(row), flush=True)
+                        turns: dict = {}
+                        for pages in args.web_rows:
+                            web = None
+                            if args.web_pages is not None:
+                                turns[pages] = turns.get(pages, 0) + 1
+                                web = {"pages": pages, "round": turns[pages]}
+                            row, s = run_pipeline(args, model, engine, stride, streams, web)
+                            rows.append(row)
+                            samples[_row_key(row)] = s
+                            print(format_row(row), flush=True)
     except Interrupted as exc:
         stopped = exc.args[0]
     comparison = compare_streams(rows)
     if comparison:
         print(format_comparison(comparison), flush=True)
+    web_comparison = compare_web(rows, samples)
+    if web_comparison:
+        print(format_web_comparison(web_comparison), flush=True)
     written = []
     if args.json and rows:
         report = {"machine": machine(), "summary": rows, "samples": samples}
         if comparison:
             report["streams_comparison"] = comparison
+        if web_comparison:
+            report["web_comparison"] = web_comparison
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=1)
         written.append(args.json)

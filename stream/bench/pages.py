@@ -1,0 +1,188 @@
+"""`python -m stream.bench --web-pages`: pages of the run's browser view in headless Chromium.
+
+Each page is a Chromium of its own (Selenium drives it through chromedriver), as two people
+looking at the view would have: tabs of one browser share a renderer and a hidden tab is
+throttled. `Pages` opens them, waits until every tile of every page shows video and labels,
+and reads what they showed (the `img.video` element's `data-frames` and the tile's
+`data-seq`, the page's hooks: stream/web/assets/app.js) and the CPU time their processes took.
+selenium is imported here only: the benchmark without --web-pages does not need it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+#: How long the pages may take to show every stream's video and labels once opened.
+READY_TIMEOUT_S = 60.0
+
+NEEDS_SELENIUM = (
+    "error: --web-pages opens the view in headless Chromium through Selenium, which is not "
+    "installed: pip install selenium (or 'avstream[test]')"
+)
+
+# Per tile: its stream, the frames its video has shown, the seq of the prediction it shows
+# and how many label rows it has.
+_READ = """
+return Array.from(document.querySelectorAll('.tile[data-stream]')).map(t => {
+  const img = t.querySelector('img.video');
+  return {stream: t.dataset.stream,
+          frames: img ? Number(img.dataset.frames || 0) : 0,
+          seq: Number(t.dataset.seq || -1),
+          labels: t.querySelectorAll('.label').length};
+});
+"""
+
+
+def chromium_paths() -> tuple[str, str] | None:
+    """(chromium, chromedriver) from PATH (Debian: /usr/bin/chromium, /usr/bin/chromedriver)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+def missing() -> str | None:
+    """The one error line when pages cannot be opened here, else None."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return NEEDS_SELENIUM
+    if chromium_paths() is None:
+        return (
+            "error: --web-pages needs Chromium and its driver on PATH (chromium, chromedriver): "
+            "apt-get install chromium chromium-driver"
+        )
+    return None
+
+
+class PagesError(Exception):
+    """The pages did not show the view (one line)."""
+
+
+class Pages:
+    """`count` headless Chromium windows (1280×720) on `url`, each showing the whole grid."""
+
+    def __init__(self, url: str, count: int, streams: set[str]):
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        browser, driver = chromium_paths()
+        self.url = url
+        self.streams = streams
+        self.drivers = []
+        self._services = []
+        self._cpu_mark: dict[int, float] = {}
+        self._marked_at = None
+        try:
+            for _ in range(count):
+                options = webdriver.ChromeOptions()
+                options.binary_location = browser
+                for arg in (
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-dev-shm-usage",
+                    "--disable-gpu",
+                    "--window-size=1280,720",
+                ):
+                    options.add_argument(arg)
+                service = Service(driver)
+                self.drivers.append(webdriver.Chrome(service=service, options=options))
+                self._services.append(service)
+                self.drivers[-1].get(url)
+        except Exception:
+            self.close()
+            raise
+
+    def read(self) -> list[list[dict]]:
+        """Per page, per tile: {stream, frames, seq, labels}."""
+        return [d.execute_script(_READ) for d in self.drivers]
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S, check=lambda: None) -> list[list[dict]]:
+        """Until every page has a tile of each stream that has shown a frame and a label
+        (or PagesError after `timeout`); `check()` is called between looks (it may raise)."""
+        give_up = time.monotonic() + timeout
+        while True:
+            pages = self.read()
+            if all(_ready(tiles, self.streams) for tiles in pages):
+                return pages
+            if time.monotonic() > give_up:
+                raise PagesError(
+                    f"the pages on {self.url} showed no video or labels of "
+                    f"{', '.join(sorted(self.streams))} within {timeout:g} s (tiles: {pages})"
+                )
+            check()
+            time.sleep(0.2)  # polling the pages' own state, not waiting for time to pass
+
+    def _processes(self):
+        """chromedriver and every Chromium process under it, of every page."""
+        import psutil
+
+        procs = []
+        for service in self._services:
+            try:
+                root = psutil.Process(service.process.pid)
+                procs += [root, *root.children(recursive=True)]
+            except (psutil.Error, AttributeError):
+                continue
+        return procs
+
+    def _cpu(self) -> dict[int, float]:
+        import psutil
+
+        out = {}
+        for p in self._processes():
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            out[p.pid] = t.user + t.system
+        return out
+
+    def mark(self) -> None:
+        """Start counting the browsers' CPU time (`cpu` counts from here)."""
+        self._cpu_mark = self._cpu()
+        self._marked_at = time.monotonic()
+
+    def cpu(self) -> dict:
+        """CPU seconds of chromedriver and Chromium since `mark` (all pages together) and as
+        a percentage of one core over that span; processes that started since count whole."""
+        now = self._cpu()
+        cpu_s = sum(v - self._cpu_mark.get(pid, 0.0) for pid, v in now.items())
+        span = max(1e-9, time.monotonic() - (self._marked_at or time.monotonic()))
+        return {
+            "cpu_s": round(cpu_s, 2),
+            "cpu_percent": round(100 * cpu_s / span, 1),
+            "processes": len(now),
+        }
+
+    def close(self) -> None:
+        for d in self.drivers:
+            try:
+                d.quit()
+            except Exception:  # noqa: BLE001 (a browser that died already: nothing to end)
+                pass
+        self.drivers = []
+
+
+def _ready(tiles: list[dict], streams: set[str]) -> bool:
+    shown = {t["stream"] for t in tiles if t["frames"] > 0 and t["labels"] > 0}
+    return streams <= shown
+
+
+def shown(before: list[list[dict]], after: list[list[dict]], span_s: float) -> list[dict]:
+    """Per page, over the measured span: frames shown (all tiles), their rate, and the
+    predictions the labels went through (seq advanced), from two `Pages.read()`s."""
+    out = []
+    for first, last in zip(before, after):
+        start = {t["stream"]: t for t in first}
+        frames = sum(t["frames"] - start.get(t["stream"], {}).get("frames", 0) for t in last)
+        seqs = sum(max(0, t["seq"] - start.get(t["stream"], {}).get("seq", t["seq"])) for t in last)
+        out.append(
+            {
+                "frames": frames,
+                "fps": round(frames / max(span_s, 1e-9), 2),
+                "predictions": seqs,
+                "tiles": len(last),
+            }
+        )
+    return out
