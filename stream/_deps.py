@@ -24,6 +24,7 @@ PIPELINE_MODULES = (
     "einops",
     "tqdm",
     "prometheus_client",
+    "aiohttp",
 )
 
 

@@ -189,7 +189,7 @@ def test_pipeline_commands_without_the_run_extra_say_what_to_install(
     stdout, stderr = proc.communicate(timeout=60)
     missing = (
         "torch, numpy, cv2, sounddevice, yaml, av, soxr, psutil, numba, einops, tqdm, "
-        "prometheus_client"
+        "prometheus_client, aiohttp"
     )
     assert proc.returncode == 2
     expected = (

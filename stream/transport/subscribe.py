@@ -85,6 +85,18 @@ def _peer_mechanism(endpoint: str, timeout: float = 2.0) -> str | None:
     return greeting[12:32].rstrip(b"\0").decode("ascii", "replace")
 
 
+def curve_client(sock: zmq.Socket, server_key: str, client_key: str | None) -> None:
+    """Make `sock` (not yet connected) a CURVE client of the publisher whose public key is
+    in the file `server_key`, with this client's secret key file `client_key`: ValueError
+    without the client key, UserError for a key file that cannot be used."""
+    from stream.transport.publish import load_curve_keys
+
+    if client_key is None:
+        raise ValueError("CURVE needs the client's *.key_secret as well as the server's public key")
+    sock.curve_serverkey = load_curve_keys(server_key, secret=False)[0]
+    sock.curve_publickey, sock.curve_secretkey = load_curve_keys(client_key, secret=True)
+
+
 class HandshakeError(UserError):
     """The publisher refused the connection: the message says which key to pass."""
 
@@ -129,19 +141,11 @@ class Subscriber:
         self._socket.setsockopt(zmq.LINGER, 0)
         self.curve_server_key, self.curve_client_key = curve_server_key, curve_client_key
         if curve_server_key is not None:
-            from stream.transport.publish import load_curve_keys
-
             try:
-                if curve_client_key is None:
-                    raise ValueError(
-                        "CURVE needs the client's *.key_secret as well as the server's public key"
-                    )
-                self._socket.curve_serverkey = load_curve_keys(curve_server_key, secret=False)[0]
-                public, secret = load_curve_keys(curve_client_key, secret=True)
+                curve_client(self._socket, curve_server_key, curve_client_key)
             except (ValueError, UserError):
                 self._socket.close(0)
                 raise
-            self._socket.curve_publickey, self._socket.curve_secretkey = public, secret
         for t in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, t.encode("ascii"))
         # Before connecting, so that the first handshake is seen.
