@@ -10,8 +10,12 @@ selenium is imported here only: the benchmark without --web-pages does not need 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import tempfile
 import time
+from pathlib import Path
 
 #: How long the pages may take to show every stream's video and labels once opened.
 READY_TIMEOUT_S = 60.0
@@ -60,7 +64,11 @@ class PagesError(Exception):
 
 
 class Pages:
-    """`count` headless Chromium windows (1280×720) on `url`, each showing the whole grid."""
+    """`count` headless Chromium windows (1280×720) on `url`, each showing the whole grid.
+
+    Every browser has its profile and HOME in one temporary folder, so that each of its
+    processes (the crash handler too, which leaves the driver's tree) names the folder on
+    its command line: their CPU is counted, and `close` ends any that quitting left."""
 
     def __init__(self, url: str, count: int, streams: set[str]):
         from selenium import webdriver
@@ -69,12 +77,15 @@ class Pages:
         browser, driver = chromium_paths()
         self.url = url
         self.streams = streams
+        self.root = Path(tempfile.mkdtemp(prefix="avstream-bench-pages-"))
         self.drivers = []
-        self._services = []
+        self._driver_pids: list[int] = []
         self._cpu_mark: dict[int, float] = {}
         self._marked_at = None
         try:
-            for _ in range(count):
+            for i in range(count):
+                home = self.root / f"home{i}"
+                home.mkdir()
                 options = webdriver.ChromeOptions()
                 options.binary_location = browser
                 for arg in (
@@ -83,13 +94,16 @@ class Pages:
                     "--disable-dev-shm-usage",
                     "--disable-gpu",
                     "--window-size=1280,720",
+                    f"--user-data-dir={self.root / f'profile{i}'}",
+                    "--no-first-run",
                 ):
                     options.add_argument(arg)
-                service = Service(driver)
+                # The driver's path given: Selenium Manager never runs, nothing is downloaded.
+                service = Service(driver, env={**os.environ, "HOME": str(home)})
                 self.drivers.append(webdriver.Chrome(service=service, options=options))
-                self._services.append(service)
+                self._driver_pids.append(service.process.pid)
                 self.drivers[-1].get(url)
-        except Exception:
+        except BaseException:
             self.close()
             raise
 
@@ -113,29 +127,32 @@ class Pages:
             check()
             time.sleep(0.2)  # polling the pages' own state, not waiting for time to pass
 
-    def _processes(self):
-        """chromedriver and every Chromium process under it, of every page."""
-        import psutil
-
-        procs = []
-        for service in self._services:
-            try:
-                root = psutil.Process(service.process.pid)
-                procs += [root, *root.children(recursive=True)]
-            except (psutil.Error, AttributeError):
-                continue
-        return procs
+    def _pids(self) -> set[int]:
+        """The drivers and every process that names the pages' folder (Chromium's)."""
+        mine = set(self._driver_pids)
+        needle = str(self.root).encode()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+                        mine.add(int(entry))
+                except OSError:
+                    continue
+        return mine
 
     def _cpu(self) -> dict[int, float]:
         import psutil
 
         out = {}
-        for p in self._processes():
+        for pid in self._pids():
             try:
+                p = psutil.Process(pid)
+                if p.status() == psutil.STATUS_ZOMBIE:
+                    continue
                 t = p.cpu_times()
             except psutil.Error:
                 continue
-            out[p.pid] = t.user + t.system
+            out[pid] = t.user + t.system
         return out
 
     def mark(self) -> None:
@@ -156,12 +173,29 @@ class Pages:
         }
 
     def close(self) -> None:
+        """Quit the browsers; SIGKILL any of their processes still there 10 s later."""
+        import psutil
+
         for d in self.drivers:
             try:
                 d.quit()
             except Exception:  # noqa: BLE001 (a browser that died already: nothing to end)
                 pass
         self.drivers = []
+        left = []
+        for pid in self._pids():
+            try:
+                left.append(psutil.Process(pid))
+            except psutil.Error:
+                continue
+        _, alive = psutil.wait_procs(left, timeout=10)
+        for p in alive:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _ready(tiles: list[dict], streams: set[str]) -> bool:
