@@ -653,9 +653,10 @@ async def _serve(opts, frames, host, port, ready, stop) -> None:
                 handled.append(sig)
         sock = _bind(host, port, opts.listen)
         view._loopback = _loopback_bound(sock)
-        runner = web.AppRunner(view.app(), access_log=None)
+        # Open MJPEG responses never end by themselves: a stop waits 1 s for them at most.
+        runner = web.AppRunner(view.app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.SockSite(runner, sock, shutdown_timeout=1.0)
+        site = web.SockSite(runner, sock)
         await site.start()
         tasks.append(asyncio.ensure_future(view.feed.run_forever()))
         if frames is not None:
@@ -684,7 +685,8 @@ async def _serve(opts, frames, host, port, ready, stop) -> None:
         await view.shutdown()
         if runner is not None:
             await runner.cleanup()
-        log.info("stopped")
+        if tasks:  # it was serving
+            log.info("stopped")
 
 
 def _loopback_bound(sock: socket.socket) -> bool:
