@@ -35,13 +35,27 @@ ALLOWED = {
         "models",
         "stream.config",  # the run's settings (RunConfig), which the supervisor is given
         "stream.rules",  # the event rules the inference process checks and follows
+        "stream.web.process",  # the browser view's process (stream.run --web)
     ),
 }
+#: The browser view's server, which runs for a run on another host with `pip install
+#: 'avstream[web]'` alone (frames.py and process.py run inside stream.run: not light).
+WEB_LIGHT = tuple(f"stream/web/{m}.py" for m in ("__init__", "__main__", "auth", "feed", "server"))
+ALLOWED |= dict.fromkeys(
+    WEB_LIGHT,
+    (
+        "stream.errors",
+        "stream.transport",
+        "stream.web.auth",
+        "stream.web.feed",
+        "stream.web.server",
+    ),
+)
 OURS = ("stream", "engines", "models", "configs")
 #: What the light layers may import besides the standard library: pyzmq, and paho-mqtt in
 #: stream/transport/mqtt.py (the `mqtt` extra; the module imports without it).
 LIGHT_THIRD_PARTY = {"zmq", "paho"}
-LIGHT = ("stream/transport", "stream/control.py", "stream/errors.py", "stream/_deps.py")
+LIGHT = ("stream/transport", "stream/control.py", "stream/errors.py", "stream/_deps.py", *WEB_LIGHT)
 
 
 def _files(where: str) -> list[Path]:
@@ -76,7 +90,9 @@ def test_imports_follow_the_layers(where):
                     wrong.append(f"{path.relative_to(REPO)} imports {name}")
             elif top in OURS:  # `from stream import X` is checked as stream.X above
                 continue
-            elif where in LIGHT and top not in sys.stdlib_module_names | LIGHT_THIRD_PARTY:
+            elif where in LIGHT and top not in sys.stdlib_module_names | LIGHT_THIRD_PARTY | (
+                {"aiohttp"} if where in WEB_LIGHT else set()  # the `web` extra
+            ):
                 wrong.append(f"{path.relative_to(REPO)} imports {name} (light layer)")
     assert not wrong, "\n".join(wrong)
 

@@ -128,6 +128,9 @@ def test_wheel_holds_every_package_and_its_data(wheel):
                 expected.add(module.relative_to(REPO).as_posix())
     expected.add("models/labels/kinetics400.txt")
     expected |= {p.relative_to(REPO).as_posix() for p in (REPO / "configs").glob("*.yaml")}
+    assets = {p.relative_to(REPO).as_posix() for p in (REPO / "stream/web/assets").iterdir()}
+    assert "stream/web/assets/index.html" in assets  # the browser view's page
+    expected |= assets
     assert "stream/capture/__init__.py" in expected  # the subpackage the wheel once left out
     assert sorted(expected - names) == []
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
@@ -171,6 +174,30 @@ def test_mqtt_bridge_without_its_extra_says_what_to_install(light_python, tmp_pa
     assert bridge.returncode == 2
     assert bridge.stderr.splitlines() == [
         "error: python -m stream.mqtt needs paho-mqtt: pip install 'avstream[mqtt]'"
+    ]
+
+
+def test_web_view_without_its_extra_says_what_to_install(light_python, tmp_path):
+    # Light: a token is made without aiohttp; the server says what to add.
+    token = _run_light(
+        light_python,
+        tmp_path,
+        str(light_python.parent / "avstream-web"),
+        "--make-token",
+        str(tmp_path / "web.token"),
+    )
+    assert token.returncode == 0, token.stderr
+    assert len((tmp_path / "web.token").read_text().strip()) >= 40
+    view = _run_light(
+        light_python,
+        tmp_path,
+        str(light_python.parent / "avstream-web"),
+        "--connect",
+        "tcp://127.0.0.1:5555",
+    )
+    assert view.returncode == 2
+    assert view.stderr.splitlines() == [
+        "error: python -m stream.web needs aiohttp: pip install 'avstream[web]'"
     ]
 
 
