@@ -41,6 +41,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: many (on the CPU: 1, see `engine_batch`).
 MAX_BATCH_AUTO = 8
 
+#: The bounds of --web-fps and --web-width (the browser view's server holds its options
+#: to the same: stream/web/server.py serve).
+WEB_FPS_MAX = 60
+WEB_WIDTHS = (16, 4096)
+
 #: The keys of an entry of a YAML `streams:` list, and the option whose value and type
 #: each takes (a key left out takes the run's value; an id left out is camN).
 STREAM_KEYS = {
@@ -234,9 +239,9 @@ class RunConfig:
     )
     allow_remote: bool = option(
         False,
-        help="allow --publish, --control and --metrics addresses other hosts can reach",
+        help="allow --publish, --control, --metrics and --web addresses other hosts can reach",
         doc="needed to bind an address other hosts can reach (`--publish`, `--control`, "
-        "`--metrics`)",
+        "`--metrics`, `--web`)",
     )
     # None: no control socket (`--control none`, or `control: null` in YAML).
     control: str | None = option(
@@ -256,6 +261,39 @@ class RunConfig:
         "skipped and degraded, capture restarts, active events; subscriptions, batch sizes "
         "([metrics.md](metrics.md))",
         doc_default="off",
+    )
+    # None: no browser view.
+    web: str | None = option(
+        None,
+        help="serve a live view in the browser on HOST:PORT, e.g. 127.0.0.1:8080: every "
+        "stream's video, labels, events, latency and status (default: off)",
+        doc="serve a live view in the browser on `HOST:PORT` (e.g. `127.0.0.1:8080`): every "
+        "stream's video with its labels, events, latency and status ([web.md](web.md)); "
+        "another address than loopback needs `--allow-remote` and `--web-token-file`",
+        doc_default="off",
+    )
+    web_token_file: str | None = option(
+        None,
+        path=True,
+        help="with --web: file whose one line is the token the browser must give "
+        "(at least 16 characters); needed for an address other hosts can reach",
+        doc="with `--web`: a file whose one line is the token a browser must give (at least "
+        "16 characters; `Authorization: Bearer`, or `?token=` once, which sets a cookie); "
+        "needed for an address other hosts can reach",
+        doc_default="none",
+    )
+    web_fps: float = option(
+        10.0,
+        help="with --web: video frames per second per stream, at most ({default})",
+        doc="with `--web`: video frames per second per stream, at most (JPEG frames; the "
+        "capture and the windows do not change)",
+    )
+    web_width: int = option(
+        640,
+        help="with --web: video frames at most this many pixels wide, downscaled with the "
+        "aspect kept ({default})",
+        doc="with `--web`: video frames at most this many pixels wide (downscaled, the aspect "
+        "kept)",
     )
     stream_id: str = option(
         "cam0",
@@ -348,6 +386,10 @@ class RunConfig:
         "the run's value (the flag, else the file's key, else the default), an id left out is "
         "`camN` (N the entry's place, from 0); `--camera` flags replace the list",
     )
+    # Not an option: the local endpoint (ipc://, in a private folder) that the inference
+    # process's publisher binds besides --publish, without CURVE, for the process of the
+    # browser view (--web). Set by the supervisor.
+    web_endpoint: str | None = dataclasses.field(default=None, repr=False, compare=False)
     # Not an option: where each value came from ("--stride", "configs/x3d_xs.yaml", ...),
     # for log lines that say why a value is what it is. Filled by `resolve`.
     origins: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
@@ -442,6 +484,17 @@ class RunConfig:
             )
         if self.metrics is not None:
             parse_address(self.metrics, allow_remote=self.allow_remote)
+        if not 0 < self.web_fps <= WEB_FPS_MAX:
+            raise UserError(
+                f"--web-fps {self.web_fps:g} must be above 0 and at most {WEB_FPS_MAX} "
+                "(frames per second)"
+            )
+        if not WEB_WIDTHS[0] <= self.web_width <= WEB_WIDTHS[1]:
+            raise UserError(
+                f"--web-width {self.web_width} must be {WEB_WIDTHS[0]} to {WEB_WIDTHS[1]} pixels"
+            )
+        if self.web is not None:
+            web_token(self)
         check_curve_options(
             self.publish,
             curve_secret_key=self.curve_secret_key,
@@ -517,6 +570,29 @@ class RunConfig:
                 f"stream {spec.id!r}: --stride {spec.stride:g} must be more than the run's "
                 f"--batch-wait {self.batch_wait:g}"
             )
+
+
+def web_token(cfg: RunConfig) -> str | None:
+    """--web and its token file checked (the address, --allow-remote with a token for one
+    other hosts can reach, aiohttp installed): UserError otherwise. Returns the token of
+    --web-token-file (None without one)."""
+    import importlib.util
+
+    from stream.web import auth  # the standard library alone: no aiohttp imported here
+
+    if importlib.util.find_spec("aiohttp") is None:
+        raise UserError("--web needs aiohttp, which is not installed: pip install 'avstream[web]'")
+    token = None
+    if cfg.web_token_file is not None:
+        token = auth.read_token(cfg.web_token_file, flag="--web-token-file")
+    auth.check_listen(
+        cfg.web,
+        allow_remote=cfg.allow_remote,
+        token=token,
+        flag="--web",
+        token_flag="--web-token-file",
+    )
+    return token
 
 
 def engine_batch(cfg: RunConfig, *, cuda: bool) -> int:

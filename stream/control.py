@@ -11,6 +11,8 @@ named after it (`capture_name`): `capture-video:cam0`, `capture-audio:cam0`.
   capture-audio  stream/capture/audio.py: opens a stream's mic, writes its AudioRing
   inference      stream/pipeline/inference.py (stream.run only): one process for every
                  stream of the run, one engine; reads the rings, publishes predictions
+  web            stream/web/process.py (stream.run --web only): the browser view; reads
+                 the rings of the streams it is given, subscribes to the predictions
 
 Who sends what to whom:
   capture → main     VideoOpened | AudioOpened  once, at start-up: the source delivers,
@@ -41,6 +43,14 @@ Who sends what to whom:
   inference → main   StreamRemoved              ... done: main may unlink them
   inference → main   BadInput(line)             a user error at start-up (exit 2)
   inference → main   Crash(line)                a bug; the process exits 1 (exit 1)
+  main → web         AddStream | RemoveStream   what the inference process gets, at the
+                                                same moments: read a stream's rings, or
+                                                let go of them (before they are unlinked)
+  web → main         WebListening(url)          the view listens (again after a restart)
+  web → main         BadInput(line)             it cannot listen (the port is in use):
+                                                at start-up the run ends (exit 2); later
+                                                it is restarted with backoff, as after a
+                                                Crash(line) or its death: the run goes on
   bench-engine → stream.bench  BenchRow(row) | Crash(line)  the benchmark's engine-only
                                                 measurement, run in a process of its own
 A child that exits without a word is reported to main by its process group
@@ -62,6 +72,7 @@ from typing import NoReturn
 CAPTURE_VIDEO = "capture-video"
 CAPTURE_AUDIO = "capture-audio"
 INFERENCE = "inference"
+WEB = "web"
 
 
 def capture_name(kind: str, stream: str) -> str:
@@ -179,6 +190,16 @@ class StreamRemoved:
     stream: str
 
 
+# -- web → main ----------------------------------------------------------------------
+
+
+@_message
+class WebListening:
+    """The browser view listens: its address, e.g. http://127.0.0.1:8080/."""
+
+    url: str
+
+
 # -- main → children -----------------------------------------------------------------
 
 
@@ -269,6 +290,7 @@ Message = (
     | ModelBuilt
     | EngineReady
     | StreamRemoved
+    | WebListening
     | WriteRing
     | AddStream
     | RemoveStream

@@ -24,6 +24,7 @@ EXAMPLES = [
     control.ModelBuilt(name="avslowfast_r50", span_s=2.13, audio=control.AudioNeeds(16000, 2.048)),
     control.EngineReady(engine="torch-cpu", window_s=0.25, max_batch=8),
     control.StreamRemoved(stream="door"),
+    control.WebListening(url="http://127.0.0.1:8080/"),
     control.WriteRing(name="avstream_frames_123_ab", start_ns=12_345_678_901_234),
     control.AddStream(
         stream="door",

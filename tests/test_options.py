@@ -55,6 +55,8 @@ def test_the_parent_reads_its_options_without_torch():
 def _samples(tmp_path) -> dict:
     """A value other than the default for every option, one that passes the checks."""
     make_keys(tmp_path / "keys", ["subscriber"])
+    token = tmp_path / "web.token"
+    token.write_text("a-token-of-24-characters\n", encoding="ascii")
     return {
         "camera": "synthetic",
         "mic": "synthetic",
@@ -76,6 +78,10 @@ def _samples(tmp_path) -> dict:
         "allow_remote": True,
         "control": "tcp://127.0.0.1:5998",
         "metrics": "127.0.0.1:9108",
+        "web": "127.0.0.1:8090",
+        "web_token_file": str(token),
+        "web_fps": 5.0,
+        "web_width": 320,
         "stream_id": "cam1",
         "duration": 2.5,
         "loop": True,

@@ -349,6 +349,7 @@ class InferenceLoop:
             curve_secret_key=cfg.curve_secret_key,
             curve_clients=cfg.curve_clients,
             curve_server_key=cfg.curve_server_key,
+            local=cfg.web_endpoint,  # --web: the web process's, without keys
         )
         self.heartbeat = _Heartbeat(self)
         self.heartbeat.start()

@@ -12,6 +12,9 @@ with the messages of stream/control.py:
   capture-audio:ID  for models that listen: opens the stream's mic, writes its AudioRing
   inference         one for the run: builds the model and engine, cuts every stream's
                     windows, runs them in batches, publishes on ZeroMQ
+  web               with --web: the browser view (stream/web/process.py), given each
+                    stream's rings as the inference process is; it subscribes to a
+                    local endpoint of the publisher in a private folder of this process
 Start-up runs them all in parallel (the cameras open while the model loads). A
 stream's rings are made, sized from the model's span and the stream's sizes and rates,
 and handed to its capture processes as soon as those are known when its sources are
@@ -26,7 +29,9 @@ topic); a file that ends without --loop ends its stream alone (RemoveStream, and
 rings are unlinked once the inference process has let go of them: StreamRemoved). The
 run ends on a signal, --duration, the preview window closed, or when every stream has
 ended (exit 0); a user error of a stream named at start-up ends it with that line
-(exit 2), the inference process failing ends it with exit 1.
+(exit 2), the inference process failing ends it with exit 1. The web process that dies
+is restarted with backoff, as a capture is (the run goes on); its port in use at
+start-up ends the run (exit 2).
 
 The control socket (stream/transport/ctl.py) is bound before any child starts; its
 requests are served by the same loop, which never waits on one: an add is answered
@@ -40,15 +45,17 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 
 from engines import malloc
 from stream import config, control
 from stream.capture import audio as audio_capture
 from stream.capture import video as video_capture
-from stream.control import CAPTURE_AUDIO, CAPTURE_VIDEO, INFERENCE, capture_name
+from stream.control import CAPTURE_AUDIO, CAPTURE_VIDEO, INFERENCE, WEB, capture_name
 from stream.errors import UserError, error_line
 from stream.pipeline.inference import inference_main
 from stream.pipeline.processes import (
@@ -59,6 +66,7 @@ from stream.pipeline.processes import (
 )
 from stream.pipeline.ring_plan import RingPlan
 from stream.transport import ctl
+from stream.web.process import web_main
 
 log = logging.getLogger("stream.run")
 
@@ -115,6 +123,7 @@ class _Stream:
     video: control.VideoOpened | None = None
     audio: control.AudioOpened | None = None
     served: bool = False  # AddStream sent, StreamRemoved not yet received
+    added: control.AddStream | None = None  # what the inference (and web) process got
     ends_at: float = math.inf  # its file ended: when to remove it
     add: ctl.Request | None = None  # a stream.ctl add waiting for the camera
     add_deadline: float = math.inf
@@ -145,6 +154,8 @@ class Supervisor:
         self._swept = False  # the first RingPlan sweeps stale segments; the others need not
         # Messages for the inference process before it is ready: it reads its pipe only then.
         self._held: list[control.Message] = []
+        self._web_dir: str | None = None  # --web: the private folder of the local endpoint
+        self.web_url: str | None = None  # where the web process listens, once it does
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -174,9 +185,16 @@ class Supervisor:
             )
 
     def _start_children(self) -> None:
-        with malloc.preloaded(self.cfg.malloc):  # only the engine's process gains from it
-            self.group.start(INFERENCE, inference_main, (self.cfg, os.getpid()))
-        for spec in self.cfg.streams:
+        cfg = self.cfg
+        if cfg.web is not None:
+            # Only this user may enter the folder (mkdtemp: 0700): its endpoint has no keys.
+            self._web_dir = tempfile.mkdtemp(prefix="avstream-web-")
+            cfg.web_endpoint = f"ipc://{self._web_dir}/pub"
+        with malloc.preloaded(cfg.malloc):  # only the engine's process gains from it
+            self.group.start(INFERENCE, inference_main, (cfg, os.getpid()))
+        if cfg.web is not None:  # at once: the page answers while the model loads
+            self.group.start(WEB, web_main, (cfg, os.getpid()))
+        for spec in cfg.streams:
             self._start_stream(spec, initial=True)
 
     def _shutdown(self) -> None:
@@ -190,6 +208,8 @@ class Supervisor:
         self.group.stop_all(grace, warn=self.running)
         for s in self.streams.values():
             s.rings.close()
+        if self._web_dir is not None:
+            shutil.rmtree(self._web_dir, ignore_errors=True)
 
     # -- streams -----------------------------------------------------------------------
 
@@ -274,18 +294,18 @@ class Supervisor:
             pid = self.group.pid(s.name(kind))
             if pid is not None:
                 processes[kind] = pid
-        self._tell(
-            control.AddStream(
-                stream=s.id,
-                stride=s.spec.stride,
-                video=s.rings.frames.name,
-                fps=video.fps,
-                video_kind=video.kind,
-                audio=None if s.rings.audio is None else s.rings.audio.name,
-                audio_kind=None if audio is None else audio.kind,
-                processes=processes,
-            )
+        s.added = control.AddStream(
+            stream=s.id,
+            stride=s.spec.stride,
+            video=s.rings.frames.name,
+            fps=video.fps,
+            video_kind=video.kind,
+            audio=None if s.rings.audio is None else s.rings.audio.name,
+            audio_kind=None if audio is None else audio.kind,
+            processes=processes,
         )
+        self._tell(s.added)
+        self._tell_web(s.added)
         s.served = True
         s.state = "running"
         if self.running:
@@ -347,6 +367,7 @@ class Supervisor:
         s.ends_at = math.inf
         if s.served:
             self._tell(control.RemoveStream(s.id, reason))  # answered with StreamRemoved
+            self._tell_web(control.RemoveStream(s.id, reason))
         else:
             self._released(s)
 
@@ -377,6 +398,42 @@ class Supervisor:
             self.group.send(INFERENCE, message)
         except (OSError, KeyError):
             pass  # it is gone: its exit reaches the loop
+
+    def _tell_web(self, message: control.Message) -> None:
+        """To the web process, when there is one running (a restarted one gets every
+        served stream: `_web_started`)."""
+        if WEB in self.group:
+            try:
+                self.group.send(WEB, message)
+            except OSError:
+                pass  # it is gone: its exit reaches the loop
+
+    def _web_started(self) -> None:
+        """The web process was restarted: it reads the served streams' rings again."""
+        for s in self.streams.values():
+            if s.served:
+                self._tell_web(s.added)
+
+    def _from_web(self, message: control.Message) -> None:
+        match message:
+            case control.WebListening(url):
+                if self.web_url is not None:
+                    log.info("the web view is back after restart %d", self.group.restarts[WEB])
+                self.web_url = url
+            case control.BadInput(line) if self.web_url is None:
+                raise UserError(line)  # its port is in use: at start-up, exit 2
+            case control.BadInput(line) | control.Crash(line):
+                self._web_down(line)
+            case control.Died(code):
+                self._web_down(f"exit code {code}")
+            case _:
+                control.unexpected(message, f"stream.run (from {WEB})")
+
+    def _web_down(self, reason: str) -> None:
+        """The web process died: the run goes on, and it restarts later, with backoff."""
+        delay = self.group.down(WEB)
+        restarts = self.group.restarts[WEB]
+        log.warning("the web view stopped (%s): restart %d in %.1f s", reason, restarts, delay)
 
     def _from_inference(self, message: control.Message) -> None:
         match message:
@@ -636,10 +693,13 @@ class Supervisor:
                     s.add = None
 
     def _started(self) -> bool:
-        """Start-up is over: the engine is ready and every stream named at start-up is
-        served (or has ended already)."""
-        return self.engine is not None and all(
-            s.served or s.state in FINISHED for s in self.streams.values() if s.initial
+        """Start-up is over: the engine is ready, every stream named at start-up is
+        served (or has ended already), and the web view listens (unless it failed)."""
+        web_waited = self.web_url is not None or WEB not in self.group
+        return (
+            self.engine is not None
+            and web_waited
+            and all(s.served or s.state in FINISHED for s in self.streams.values() if s.initial)
         )
 
     def _running_line(self) -> str:
@@ -651,8 +711,12 @@ class Supervisor:
             topics = f"pred.ID and status.ID of {', '.join(ids)}"
         control_on = "" if cfg.control is None else f"; control on {cfg.control}"
         metrics_on = "" if cfg.metrics is None else f"; metrics on http://{cfg.metrics}/metrics"
+        web_on = "" if self.web_url is None else f"; web view on {self.web_url}"
         until = "until Ctrl-C" if cfg.duration is None else f"stopping after {cfg.duration:g} s"
-        return f"running: publishing on {cfg.publish} ({topics}){control_on}{metrics_on}; {until}"
+        return (
+            f"running: publishing on {cfg.publish} ({topics}){control_on}{metrics_on}{web_on}; "
+            f"{until}"
+        )
 
     def _supervise(self) -> int:
         cfg = self.cfg
@@ -667,7 +731,8 @@ class Supervisor:
             if time.monotonic() >= deadline:
                 log.info("--duration reached: stopping")
                 return 0
-            self.group.restart_due()
+            if WEB in self.group.restart_due():
+                self._web_started()
             self._serve_control()
             self._timers()
             msg = self.group.receive(POLL_S)
@@ -676,6 +741,8 @@ class Supervisor:
                 kind, stream_id = control.split_name(name)
                 if name == INFERENCE:
                     self._from_inference(message)
+                elif name == WEB:
+                    self._from_web(message)
                 elif (s := self.streams.get(stream_id)) is not None:
                     self._from_capture(s, kind, message)
             if not self.running and self._started():

@@ -199,7 +199,10 @@ class Publisher:
     """An XPUB socket bound to `endpoint`, or connected to a stream.proxy's frontend when
     `endpoint` is `connect:tcp://HOST:PORT`. CURVE: bound, `curve_secret_key` is the
     server's key and `curve_clients` the folder of subscribers let in; connected, it is
-    this publisher's own client key and `curve_server_key` the proxy's public key."""
+    this publisher's own client key and `curve_server_key` the proxy's public key.
+    `local`: an endpoint bound as well, always without CURVE (an ipc:// path in a
+    private folder, for a process of this host: stream.run's browser view); its
+    subscribers count in `subscriptions`."""
 
     def __init__(
         self,
@@ -209,9 +212,11 @@ class Publisher:
         curve_secret_key: str | None = None,
         curve_clients: str | None = None,
         curve_server_key: str | None = None,
+        local: str | None = None,
         context: zmq.Context | None = None,
     ):
         self.endpoint = endpoint
+        self.local = local
         self.connects = endpoint.startswith(CONNECT)
         self._context = context or zmq.Context.instance()
         self._auth = self._monitor = None
@@ -226,6 +231,12 @@ class Publisher:
                 curve_clients=curve_clients,
                 curve_server_key=curve_server_key,
             )
+            if local is not None:
+                # Before any CURVE option is set: libzmq copies a socket's options into
+                # an endpoint when it binds, so this one stays plain (no keys needed)
+                # while `endpoint` is encrypted. For an ipc:// path in a folder only this
+                # user may enter (stream.run's browser view): no other host reaches it.
+                self._socket.bind(local)
             if self.connects:
                 self._connect(endpoint[len(CONNECT) :], curve_secret_key, curve_server_key)
             else:
@@ -313,7 +324,9 @@ class Publisher:
                 elif notice[:1] == b"\x00":
                     self.subscriptions = max(0, self.subscriptions - 1)
             while self._monitor is not None and self._monitor.poll(0, zmq.POLLIN):
-                self._connection_event(recv_monitor_message(self._monitor)["event"])
+                event = recv_monitor_message(self._monitor)
+                if event["endpoint"].decode() != self.local:  # the proxy's, not a local peer's
+                    self._connection_event(event["event"])
             return self.subscriptions
 
     def _connection_event(self, event: int) -> None:
