@@ -306,7 +306,9 @@
     }
 
     // The status lists the active events: one whose start was missed (a page opened while
-    // it lasts) appears; one whose end was lost ends when two heartbeats in a row leave it out.
+    // it lasts) appears; one the status listed and whose end was lost ends when two
+    // heartbeats in a row leave it out (one never listed is left alone: a publisher may not
+    // fill the list).
     syncActive(b) {
       if (GONE_STATES.has(b.state)) {
         for (const ev of this.events.values()) {
@@ -324,13 +326,14 @@
           ev = this.newEvent(a.id, a.name, start);
         }
         if (ev.active) {
+          ev.listed = true;
           ev.missed = 0;
           if (num(a.peak)) ev.peak = Math.max(ev.peak || 0, a.peak);
           this.renderEvent(ev);
         }
       }
       for (const ev of this.events.values()) {
-        if (ev.active && !listed.has(ev.id) && ++ev.missed >= 2) {
+        if (ev.active && ev.listed && !listed.has(ev.id) && ++ev.missed >= 2) {
           this.endEvent(ev, b.t.wall_ns / 1e6, "its end was not received");
         }
       }
@@ -346,6 +349,7 @@
         start,
         end: null,
         active: true,
+        listed: false, // a status listed it
         missed: 0,
         peak: 0,
         row,
