@@ -71,6 +71,9 @@ LEVELS_PER_S = 10
 FIRST_MESSAGE_S = 2.0
 #: Threads that grab and encode frames (one stream's grab at a time each).
 GRAB_THREADS = 4
+#: How often the frame loop looks for new streams of the frame source while it has none
+#: that someone watches.
+STREAMS_EVERY_S = 0.25
 
 
 @dataclasses.dataclass
@@ -522,7 +525,12 @@ class WebView:
             wanted = self._wanted() & set(self._frame_streams())
             if not wanted:
                 self._watch_changed.clear()
-                await self._watch_changed.wait()
+                # A stream the frame source gains (stream.run hands the web process each
+                # stream as it is served) sets no event: looked for STREAMS_EVERY_S.
+                try:
+                    await asyncio.wait_for(self._watch_changed.wait(), STREAMS_EVERY_S)
+                except asyncio.TimeoutError:
+                    pass
                 due = loop.time()
                 continue
             levels = tick % level_every == 0
