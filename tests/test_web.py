@@ -28,9 +28,10 @@ import pytest
 import zmq
 from test_wire import _event, _prediction, _run_status, _status
 
-from helpers import REPO, free_port
+from helpers import REPO, Sending, free_port
 from stream.errors import UserError
 from stream.transport import wire
+from stream.transport.keys import make_keys
 from stream.web import server
 from stream.web.server import Frame, WebOptions
 
@@ -330,6 +331,43 @@ def test_a_loopback_view_answers_to_loopback_names_only(view):
     assert status == 403 and b"loopback address only" in body
     assert _get(view, "/api/state", {"Host": f"localhost:{view.port}"})[0] == 200
     assert _get(view, "/healthz", {"Host": "evil.example"})[0] == 200
+
+
+def test_curve_keys_and_a_publisher_that_needs_them(tmp_path):
+    """With the keys the view receives from a CURVE publisher; without, its link says what
+    to pass."""
+    make_keys(tmp_path / "keys", ["viewer"])
+    keys = tmp_path / "keys"
+    with Sending(
+        [_status()],
+        topic="status.cam0",
+        curve_secret_key=str(keys / "server.key_secret"),
+        curve_clients=str(keys / "clients"),
+    ) as pub:
+        plain = View("--connect", pub.endpoint)
+        keyed = View(
+            "--connect",
+            pub.endpoint,
+            "--curve-server-key",
+            str(keys / "server.key"),
+            "--curve-client-key",
+            str(keys / "viewer.key_secret"),
+        )
+        try:
+            _until(lambda: _state(keyed)["link"]["state"] == "up", "the keyed view's link")
+            assert _state(keyed)["streams"]["cam0"]["status"]["schema"] == wire.STATUS_SCHEMA
+            link = _until(
+                lambda: "CURVE" in (d := _state(plain)["link"])["detail"] and d, "the reason"
+            )
+            assert link["state"] == "down"
+            assert "requires CURVE encryption: pass --curve-server-key" in link["detail"]
+            assert link["detail"].endswith("(retrying)")
+            assert _state(plain)["streams"] == {}
+            plain.stop()
+            keyed.stop()
+        finally:
+            plain.kill()
+            keyed.kill()
 
 
 def test_signals_stop_it_cleanly(publisher):

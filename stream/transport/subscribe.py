@@ -101,77 +101,18 @@ class HandshakeError(UserError):
     """The publisher refused the connection: the message says which key to pass."""
 
 
-@dataclasses.dataclass
-class Message:
-    topic: str
-    body: dict
-    received_ns: int  # time.monotonic_ns() when it arrived here
+class Handshakes:
+    """What the handshake events of a SUB socket's monitor say about one publisher:
+    `event(event)` raises HandshakeError, with the fix, for a failure that will repeat on
+    every reconnection. It may ask the peer which mechanism it has (a blocking connection
+    of at most 2 s)."""
 
-    @property
-    def age_ms(self) -> float | None:
-        """capture → receive latency of a prediction (same host: one monotonic clock)."""
-        t = self.body.get("t", {})
-        if "capture_ns" not in t:
-            return None
-        return (self.received_ns - t["capture_ns"]) / 1e6
-
-
-class Subscriber:
-    """SUB socket on `endpoint`, filtered by topic prefixes; every receive can time out.
-
-    `missed` counts messages lost on the way (ZeroMQ drops for a subscriber that does
-    not keep up): the gaps in each topic's `seq`. With CURVE keys (python -m
-    stream.keys) the connection is encrypted and the publisher can authenticate us.
-    """
-
-    def __init__(
-        self,
-        endpoint: str = DEFAULT_ENDPOINT,
-        topics: tuple[str, ...] = (wire.PRED_TOPIC + ".",),
-        *,
-        hwm: int = 1000,
-        curve_server_key: str | None = None,
-        curve_client_key: str | None = None,
-        context: zmq.Context | None = None,
-    ):
+    def __init__(self, endpoint: str, curve_server_key: str | None, curve_client_key: str | None):
         self.endpoint = endpoint
-        self._context = context or zmq.Context.instance()
-        self._socket = self._context.socket(zmq.SUB)
-        self._socket.setsockopt(zmq.RCVHWM, hwm)
-        self._socket.setsockopt(zmq.LINGER, 0)
         self.curve_server_key, self.curve_client_key = curve_server_key, curve_client_key
-        if curve_server_key is not None:
-            try:
-                curve_client(self._socket, curve_server_key, curve_client_key)
-            except (ValueError, UserError):
-                self._socket.close(0)
-                raise
-        for t in topics:
-            self._socket.setsockopt(zmq.SUBSCRIBE, t.encode("ascii"))
-        # Before connecting, so that the first handshake is seen.
-        self._monitor = self._socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-        )
-        self._poller = zmq.Poller()
-        self._poller.register(self._socket, zmq.POLLIN)
-        self._poller.register(self._monitor, zmq.POLLIN)
         self._unexplained = 0
-        try:
-            self._socket.connect(endpoint)
-        except zmq.ZMQError as exc:
-            self.close()
-            raise UserError(
-                f"cannot subscribe to {endpoint!r}: {exc.strerror}; "
-                f"pass an endpoint like {DEFAULT_ENDPOINT}"
-            ) from None
-        self.invalid = 0  # messages that failed validation (skipped)
-        self.missed = 0
-        self._last_seq: dict[str, int] = {}
 
-    def _handshake_event(self, event: dict) -> None:
+    def event(self, event: dict) -> None:
         """Raise HandshakeError for a failure that will repeat on every reconnection."""
         kind, value, curve = event["event"], event["value"], self.curve_server_key is not None
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
@@ -213,6 +154,77 @@ class Subscriber:
             "--curve-client-key NAME.key_secret (python -m stream.keys)"
         )
 
+
+@dataclasses.dataclass
+class Message:
+    topic: str
+    body: dict
+    received_ns: int  # time.monotonic_ns() when it arrived here
+
+    @property
+    def age_ms(self) -> float | None:
+        """capture → receive latency of a prediction (same host: one monotonic clock)."""
+        t = self.body.get("t", {})
+        if "capture_ns" not in t:
+            return None
+        return (self.received_ns - t["capture_ns"]) / 1e6
+
+
+class Subscriber:
+    """SUB socket on `endpoint`, filtered by topic prefixes; every receive can time out.
+
+    `missed` counts messages lost on the way (ZeroMQ drops for a subscriber that does
+    not keep up): the gaps in each topic's `seq`. With CURVE keys (python -m
+    stream.keys) the connection is encrypted and the publisher can authenticate us.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        topics: tuple[str, ...] = (wire.PRED_TOPIC + ".",),
+        *,
+        hwm: int = 1000,
+        curve_server_key: str | None = None,
+        curve_client_key: str | None = None,
+        context: zmq.Context | None = None,
+    ):
+        self.endpoint = endpoint
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.SUB)
+        self._socket.setsockopt(zmq.RCVHWM, hwm)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self.curve_server_key, self.curve_client_key = curve_server_key, curve_client_key
+        self._handshakes = Handshakes(endpoint, curve_server_key, curve_client_key)
+        if curve_server_key is not None:
+            try:
+                curve_client(self._socket, curve_server_key, curve_client_key)
+            except (ValueError, UserError):
+                self._socket.close(0)
+                raise
+        for t in topics:
+            self._socket.setsockopt(zmq.SUBSCRIBE, t.encode("ascii"))
+        # Before connecting, so that the first handshake is seen.
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        )
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        try:
+            self._socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise UserError(
+                f"cannot subscribe to {endpoint!r}: {exc.strerror}; "
+                f"pass an endpoint like {DEFAULT_ENDPOINT}"
+            ) from None
+        self.invalid = 0  # messages that failed validation (skipped)
+        self.missed = 0
+        self._last_seq: dict[str, int] = {}
+
     def recv(self, timeout: float | None = None) -> Message:
         """The next valid message; raises TimeoutError after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -222,7 +234,7 @@ class Subscriber:
             )
             ready = dict(self._poller.poll(wait_ms))
             if self._monitor in ready:
-                self._handshake_event(recv_monitor_message(self._monitor))
+                self._handshakes.event(recv_monitor_message(self._monitor))
             if self._socket not in ready:
                 if self._monitor in ready:
                     continue

@@ -17,10 +17,11 @@ from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from stream.errors import UserError
 from stream.transport import wire
-from stream.transport.subscribe import curve_client
+from stream.transport.subscribe import HandshakeError, Handshakes, curve_client
 
 log = logging.getLogger("stream.web")
 
@@ -56,6 +57,7 @@ class Feed:
         self.link = {"state": "down", "detail": f"waiting for a run at {self._where()}: retrying"}
         self.first = asyncio.Event()
         self._told_full = False
+        self._monitor = None
         self._context = zmq.asyncio.Context()
         self._socket = self._context.socket(zmq.SUB)
         endpoint = None
@@ -65,6 +67,16 @@ class Feed:
             if curve_server_key is not None:
                 curve_client(self._socket, curve_server_key, curve_client_key)
             self._socket.setsockopt(zmq.SUBSCRIBE, b"")
+            # Before connecting, so that the first handshake is seen.
+            self._monitor = self._socket.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_SUCCEEDED
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            )
+            self._handshakes = {
+                e: Handshakes(e, curve_server_key, curve_client_key) for e in self.endpoints
+            }
             for endpoint in self.endpoints:
                 self._socket.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -99,9 +111,32 @@ class Feed:
         return ids
 
     async def run_forever(self) -> None:
+        await asyncio.gather(self._receive(), self._watch_handshakes())
+
+    async def _watch_handshakes(self) -> None:
+        """A publisher that refuses the view (CURVE keys) says why in the link's detail."""
+        loop = asyncio.get_running_loop()
+        told = None
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())
+            address = event["endpoint"].decode("utf-8", "replace")
+            handshakes = self._handshakes.get(address) or self._handshakes[self.endpoints[0]]
+            try:
+                # It may ask the peer which mechanism it has: up to 2 s, not in the loop.
+                await loop.run_in_executor(None, handshakes.event, event)
+            except HandshakeError as exc:
+                detail = f"{exc} (retrying)"
+                if self.link["state"] == "down":
+                    if self.link["detail"] != detail:
+                        self._set_link("down", detail)
+                elif detail != told:  # another endpoint answers
+                    log.warning("%s", detail)
+                told = detail
+
+    async def _receive(self) -> None:
         while True:
             if not await self._socket.poll(LINK_TIMEOUT_S * 1000, zmq.POLLIN):
-                if self.link["state"] == "up":
+                if self.link["state"] == "up":  # down with a reason: left as it is
                     self._set_link(
                         "down",
                         f"no run answers at {self._where()} (nothing for "
@@ -129,6 +164,11 @@ class Feed:
         if kind == wire.RUN_TOPIC:
             self.run = body
             return True
+        if kind == wire.STATUS_TOPIC and body.get("state") == "removed":
+            # Its last status (stream.ctl removed it): the pages get it, nothing is kept,
+            # so that its id is unknown again (/video/<id>, /api/streams/<id>: 404).
+            self.streams.pop(sid, None)
+            return True
         stream = self.streams.get(sid)
         if stream is None:
             if len(self.streams) >= MAX_STREAMS:
@@ -155,5 +195,8 @@ class Feed:
         self._on_link(dict(self.link))
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(0)
         self._socket.close(0)
         self._context.term()
