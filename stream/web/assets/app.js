@@ -23,6 +23,7 @@
 (() => {
   const WINDOW_MS = 120_000; // the events timeline
   const SPARK_N = 60; // predictions in the latency sparkline
+  const TOP_LABELS = 5; // a run's --topk may send more
   const BACKOFF_FIRST_MS = 250;
   const BACKOFF_MAX_MS = 5_000;
   const LEVEL_STALE_MS = 3_000; // the meter hides when no level came for this long
@@ -197,7 +198,7 @@
     prediction(b) {
       this.el.dataset.seq = String(b.seq);
       noteClock(b.t && b.t.wall_ns);
-      const labels = Array.isArray(b.labels) ? b.labels : [];
+      const labels = Array.isArray(b.labels) ? b.labels.slice(0, TOP_LABELS) : [];
       // Rows are kept and refilled so that the bars' widths move (CSS transition).
       while (this.labels.children.length > labels.length) this.labels.lastElementChild.remove();
       while (this.labels.children.length < labels.length) {
@@ -300,7 +301,6 @@
         if (s && num(s.restarts)) restarts += s.restarts;
       }
       this.fields.restarts.textContent = fmtInt(restarts);
-      if (src.audio && src.audio.used === false) this.meter.hidden = true;
       this.showDegraded();
       this.syncActive(b);
     }
