@@ -278,6 +278,7 @@ def test_routes_content_types_and_security_headers(view, publisher):
         assert head["X-Content-Type-Options"] == "nosniff"
         assert head["Content-Security-Policy"] == CSP
         assert head["Referrer-Policy"] == "no-referrer"
+        assert head["Server"] == "avstream"
         assert body
     assert _get(view, "/healthz")[2] == b"ok"
     shipped = REPO / "stream" / "web" / "assets" / "app.js"

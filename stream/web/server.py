@@ -256,6 +256,7 @@ class WebView:
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(SECURITY_HEADERS)
+        response.headers["Server"] = "avstream"  # not aiohttp's name and version
         if not request.path.startswith("/assets/"):
             response.headers["Cache-Control"] = "no-store"
 
@@ -573,8 +574,12 @@ class WebView:
 
     async def shutdown(self) -> None:
         self.closing.set()
-        for client in list(self.clients):
-            await client.ws.close(code=1001, message=b"the view stops")
+        closing = [
+            asyncio.ensure_future(c.ws.close(code=1001, message=b"the view stops"))
+            for c in self.clients
+        ]
+        if closing:  # a page that does not answer its close is left after 1 s
+            await asyncio.wait(closing, timeout=1.0)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self.feed.close()
