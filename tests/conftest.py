@@ -344,6 +344,7 @@ PIPELINE = {
     "test_e2e.py",
     "test_e2e_av.py",
     "test_events_run.py",
+    "test_events_timing.py",
     "test_faults.py",
     "test_fuzz.py",
     "test_malloc.py",
