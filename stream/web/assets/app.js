@@ -27,6 +27,7 @@
   const BACKOFF_FIRST_MS = 250;
   const BACKOFF_MAX_MS = 5_000;
   const LEVEL_STALE_MS = 3_000; // the meter hides when no level came for this long
+  const FRAME_STALE_MS = 3_000; // a tile on screen says so when no frame came for this long
   const GONE_STATES = new Set(["ended", "failed", "removed"]);
   const STREAM_PATH = /^\/stream\/([A-Za-z0-9_-]{1,64})\/?$/;
 
@@ -85,7 +86,8 @@
     const m = Math.floor(s / 60);
     return `${m} min ${String(Math.round(s - m * 60)).padStart(2, "0")} s`;
   };
-  // The run's clock now (ms since 1970): ours corrected by the offset seen in its heartbeats.
+  // The run's clock now (ms since 1970): ours corrected by the offset seen in its live
+  // heartbeats (never in the hello's bodies, which may be old), for the events' timeline.
   const runNow = () => Date.now() + page.offsetMs;
   const noteClock = (wallNs) => {
     if (num(wallNs)) page.offsetMs = wallNs / 1e6 - Date.now();
@@ -110,6 +112,7 @@
       this.img.alt = `video of ${id}`;
       this.novideo = q(".novideo");
       this.waiting = q(".waiting");
+      this.frameAge = q(".frame-age");
       this.meter = q(".meter");
       this.meterFill = q(".meter-fill");
       this.meterPeak = q(".meter-peak");
@@ -137,6 +140,7 @@
       this.loading = null; // the blob URL being decoded
       this.pending = null; // the newest frame that arrived meanwhile
       this.shown = 0;
+      this.lastFrame = 0; // performance.now() when the last frame was shown
       this.lastLevel = 0;
       this.lastStatus = 0;
 
@@ -181,6 +185,7 @@
         if (this.url) URL.revokeObjectURL(this.url);
         this.url = url;
         this.shown += 1;
+        this.lastFrame = performance.now();
         this.img.dataset.frames = String(this.shown);
         this.img.hidden = false;
         this.waiting.hidden = true;
@@ -197,7 +202,6 @@
 
     prediction(b) {
       this.el.dataset.seq = String(b.seq);
-      noteClock(b.t && b.t.wall_ns);
       const labels = Array.isArray(b.labels) ? b.labels.slice(0, TOP_LABELS) : [];
       // Rows are kept and refilled so that the bars' widths move (CSS transition).
       while (this.labels.children.length > labels.length) this.labels.lastElementChild.remove();
@@ -289,7 +293,6 @@
     statusBody(b) {
       this.status = b;
       this.lastStatus = performance.now();
-      noteClock(b.t && b.t.wall_ns);
       this.setState(b.state);
       this.fields.fps_in.textContent = num(b.fps_in) ? b.fps_in.toFixed(1) : dash;
       const w = b.windows || {};
@@ -395,7 +398,6 @@
       if (num(b.peak)) ev.peak = b.peak;
       ev.mean = b.mean;
       ev.degraded = b.degraded;
-      noteClock(b.wall_ns);
       if (b.type === "end") this.endEvent(ev, b.end_wall_ns / 1e6, b.reason);
       else if (ev.active) this.renderEvent(ev);
     }
@@ -431,6 +433,12 @@
         }
       }
       this.showEventsEmpty();
+      // Frames stop when the camera does (or the stream ended): the last one stays, marked.
+      const watched = page.open && page.visible.has(this.id) && document.visibilityState !== "hidden";
+      const age = performance.now() - this.lastFrame;
+      const stale = page.frames && watched && this.shown > 0 && age > FRAME_STALE_MS;
+      this.frameAge.hidden = !stale;
+      if (stale) this.frameAge.textContent = `no new frame for ${fmtDuration(age)}`;
       if (!this.meter.hidden && performance.now() - this.lastLevel > LEVEL_STALE_MS) {
         this.meter.hidden = true;
       }
@@ -550,7 +558,6 @@
   // stream leaves the list; an ended or failed one stays, shown as such).
   function applyRun(body) {
     page.run = body;
-    noteClock(body.t && body.t.wall_ns);
     const ids = [];
     for (const entry of body.streams || []) {
       const t = ensureTile(entry.id);
@@ -587,7 +594,6 @@
       bits.push(page.open ? "waiting for the run's status…" : "connecting…");
     }
     runLine.textContent = bits.join("  ·  ");
-    document.title = r ? `avstream · ${r.host}` : "avstream";
   }
 
   function toggleLarge(id) {
@@ -677,7 +683,7 @@
     showRun();
     showBanner();
     layout();
-    sendWatch();
+    scheduleWatch(); // once the observer has said which tiles are on screen
   }
 
   function onText(m) {
@@ -704,6 +710,7 @@
 
   function onWire(topic, body) {
     if (!body || typeof topic !== "string") return;
+    if (topic === "run" || topic.startsWith("status.")) noteClock(body.t && body.t.wall_ns);
     if (topic === "run") {
       applyRun(body);
       return;
