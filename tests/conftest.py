@@ -358,6 +358,8 @@ PIPELINE = {
     "test_streams.py",
     "test_subscribers.py",
     "test_train.py::test_trained_model_runs_in_stream",
+    "test_web_run.py",
+    "test_web_browser_run.py",  # a real stream.run --web in a browser
 }
 
 
