@@ -396,6 +396,8 @@ def test_web_pages_rows(tmp_path):
     assert one["web"]["browsers"]["cpu_s"] > 0 and one["web"]["browsers"]["processes"] >= 2
     for row in (off, one):
         assert row["windows"]["measured"] > 0
+        others = row["others_cpu_percent"]  # the rest of the machine, beside the row
+        assert 0 <= others["mean_percent"] <= others["max_2s_percent"]
         span = row["web"]["windows_in_span"]
         assert span["run"] >= row["windows"]["measured"] and span["skipped"] >= 0
     keys = set(report["samples"])

@@ -275,6 +275,66 @@ class ProcessWatch:
         return cpu, rss
 
 
+class OtherLoad:
+    """CPU that processes other than this benchmark's took while a row was measured: the
+    machine's busy time (/proc/stat) less that of this process and its descendants (the
+    pipeline, the pages' browsers), sampled about every second. On a shared machine it
+    says whether a row's numbers met someone else's work."""
+
+    def __init__(self):
+        import psutil
+
+        self._me = psutil.Process()
+        self._psutil = psutil
+        self.samples: list[tuple[float, float, float]] = []  # (when, machine busy s, ours s)
+
+    def _ours(self) -> float:
+        total = 0.0
+        try:
+            t = self._me.cpu_times()
+            total = t.user + t.system + t.children_user + t.children_system
+            children = self._me.children(recursive=True)
+        except self._psutil.Error:
+            return total
+        for p in children:
+            try:
+                t = p.cpu_times()
+            except self._psutil.Error:
+                continue
+            total += t.user + t.system  # its reaped children are in its parent's
+        return total
+
+    def sample(self) -> None:
+        self.samples.append((time.monotonic(), machine_busy_s(), self._ours()))
+
+    def summary(self) -> dict | None:
+        """`mean_percent` of one core over the samples' span, and `max_2s_percent`: the
+        most in any span of at least 2 s between samples."""
+        if len(self.samples) < 2:
+            return None
+
+        def others(a, b) -> float:
+            return max(0.0, (b[1] - a[1]) - (b[2] - a[2])) / max(b[0] - a[0], 1e-9)
+
+        mean = others(self.samples[0], self.samples[-1])
+        worst = mean  # the whole span is one of the spans (a shorter one is the only one)
+        for i, a in enumerate(self.samples):
+            b = next((b for b in self.samples[i + 1 :] if b[0] - a[0] >= 2.0), None)
+            if b is not None:
+                worst = max(worst, others(a, b))
+        return {"mean_percent": round(100 * mean, 1), "max_2s_percent": round(100 * worst, 1)}
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the machine's cores have been busy (all but idle and iowait) since boot."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    jiffies = [int(x) for x in fields]
+    idle = jiffies[3] + (jiffies[4] if len(jiffies) > 4 else 0)
+    # guest time is already counted in user and nice
+    busy = sum(jiffies[:8]) - idle
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def proc_usage(pid: int) -> dict | None:
     """CPU seconds (user + system), age and memory of a process from /proc: `rss_mb`
     (VmRSS) and its parts `anon_mb`, `file_mb`, `shmem_mb` (the rings it maps count in
@@ -557,6 +617,7 @@ def run_pipeline(
     launched = time.monotonic()
     proc = subprocess.Popen(argv)
     watch = ProcessWatch(proc.pid)
+    others = OtherLoad()
     load = SubscriberLoad(endpoint, args.load_subscribers) if args.load_subscribers else None
     kills: list[str] = []
     killed_pids: set[int] = set()
@@ -578,6 +639,8 @@ def run_pipeline(
                     )
                 if time.monotonic() >= next_sample:
                     watch.sample()
+                    if first is not None:
+                        others.sample()
                     next_sample = time.monotonic() + 1.0
                 if next_kill is not None and time.monotonic() >= next_kill and statuses:
                     killed = _kill_a_capture(statuses[-1].body, len(kills), killed_pids)
@@ -595,6 +658,7 @@ def run_pipeline(
                     statuses.append(msg)
                     continue
                 if first is None:
+                    first_prediction = time.monotonic()
                     if pages_wanted:
                         from stream.bench.pages import Pages
 
@@ -603,10 +667,14 @@ def run_pipeline(
                         shown_before = pages.wait_ready(check=lambda: _check_running(args, proc))
                         start_ns = time.monotonic_ns()
                         pages.mark()
+                        # What queued meanwhile: the heartbeats that count the windows so far
+                        # (the predictions were captured before the span).
+                        _drain(sub, statuses, runs)
                     first = time.monotonic()
                     give_up = first + args.duration + 60
                     watch.restart_series()
                     watch.mark()
+                    others.sample()
                     windows_at_start = {
                         m.body["stream"]: dict(m.body.get("windows", {})) for m in statuses
                     }
@@ -634,6 +702,7 @@ def run_pipeline(
                 )
                 bar.update(min(time.monotonic() - first, args.duration) - bar.n)
             watch.sample()
+            others.sample()
             if pages is not None:
                 span_s = time.monotonic() - first
                 shown_after = pages.read()
@@ -700,8 +769,9 @@ def run_pipeline(
     row["shm_mb"] = round(watch.shm_series[-1][1], 1) if watch.shm_series else None
     # Launch to the first prediction received: start-up (imports, the model, loading or
     # compiling the engine, opening the source) plus the first window's span of frames.
-    row["startup_s"] = None if first is None else round(first - launched, 2)
+    row["startup_s"] = None if first is None else round(first_prediction - launched, 2)
     row["load_subscribers"] = args.load_subscribers
+    row["others_cpu_percent"] = others.summary()
     if web:
         row["web"] = {
             **web,
@@ -715,6 +785,19 @@ def run_pipeline(
     if args.kill_every:
         row["soak"] = soak_summary(preds, statuses, kills, watch, model)
     return row, samples
+
+
+def _drain(sub: Subscriber, statuses: list, runs: list) -> None:
+    """Read what has queued on `sub`, keeping the heartbeats and run statuses."""
+    while True:
+        try:
+            msg = sub.recv(timeout=0)
+        except TimeoutError:
+            return
+        if msg.topic == wire.RUN_TOPIC:
+            runs.append(msg)
+        elif msg.topic.startswith("status."):
+            statuses.append(msg)
 
 
 def _check_running(args, proc: subprocess.Popen) -> None:
@@ -746,7 +829,8 @@ def _web_pid(root: int, named: set[int]) -> int | None:
 
 def _windows_since(at_start: dict[str, dict], statuses: list) -> dict:
     """Windows run and skipped over the measured span, summed over the streams: each
-    stream's last heartbeat's counts less those of its last one before the span."""
+    stream's last heartbeat's counts less those of its last one before the span (the
+    heartbeats come every second: the count may take in a second more on each side)."""
     last = {m.body["stream"]: m.body.get("windows", {}) for m in statuses}
     return {
         key: sum(w.get(key, 0) - at_start.get(sid, {}).get(key, 0) for sid, w in last.items())
@@ -922,6 +1006,15 @@ def format_row(row: dict) -> str:
         f"  {'capture→publish':22s} {f(row['capture_to_publish_ms'])}",
         f"  {'capture→subscriber':22s} {f(row['capture_to_subscriber_ms'])}",
         "  cpu %: " + ", ".join(f"{k} {v}" for k, v in row["cpu_percent"].items()),
+        *(
+            [
+                f"  other processes on the machine, % of one core in the span: mean "
+                f"{row['others_cpu_percent']['mean_percent']}, most in any 2 s "
+                f"{row['others_cpu_percent']['max_2s_percent']}"
+            ]
+            if row.get("others_cpu_percent")
+            else []
+        ),
         "  peak RSS MB: " + ", ".join(f"{k} {v}" for k, v in row["peak_rss_mb"].items()),
     ]
     if n > 1:
@@ -1088,6 +1181,9 @@ def compare_web(rows: list[dict], samples: dict) -> dict:
                     "web_cpu_percent": (web.get("web_process") or {}).get("cpu_percent"),
                     "browsers_cpu_percent": (web.get("browsers") or {}).get("cpu_percent"),
                     "page_fps": min((p["fps"] for p in pages), default=None),
+                    "others_max_2s_percent": (row.get("others_cpu_percent") or {}).get(
+                        "max_2s_percent"
+                    ),
                 }
             )
         settings: dict = {}
@@ -1124,9 +1220,11 @@ def format_web_comparison(comparison: dict) -> str:
 
     lines = [
         "browser view side by side: capture→publish ms (every window of the span), "
-        "its p99 over the same turn's run without --web; CPU % of one core",
+        "its p99 over the same turn's run without --web; CPU % of one core (others: "
+        "other processes on the machine, the most in any 2 s)",
         f"  {'setting':16s} {'turn':>4s} {'run':>5s} {'skipped':>7s} {'p50':>7s} {'p99':>7s} "
-        f"{'p99 ×':>6s} {'engine':>7s} {'web %':>6s} {'browsers %':>10s} {'page fps':>8s}",
+        f"{'p99 ×':>6s} {'engine':>7s} {'web %':>6s} {'browsers %':>10s} {'page fps':>8s} "
+        f"{'others %':>8s}",
     ]
     for e in comparison["rows"]:
         lines.append(
@@ -1134,7 +1232,8 @@ def format_web_comparison(comparison: dict) -> str:
             f"{e['windows_skipped']:7d} {num(e['capture_to_publish_p50_ms']):>7s} "
             f"{num(e['capture_to_publish_p99_ms']):>7s} {num(e['p99_ratio'], '.3f'):>6s} "
             f"{num(e['engine_p50_ms']):>7s} {num(e['web_cpu_percent'], '.1f'):>6s} "
-            f"{num(e['browsers_cpu_percent'], '.1f'):>10s} {num(e['page_fps'], '.1f'):>8s}"
+            f"{num(e['browsers_cpu_percent'], '.1f'):>10s} {num(e['page_fps'], '.1f'):>8s} "
+            f"{num(e['others_max_2s_percent'], '.1f'):>8s}"
         )
     lines.append(
         f"  pooled over the turns (limit: p99 at most {WEB_P99_LIMIT:.2f}× the run without --web)"
