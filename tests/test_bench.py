@@ -310,8 +310,8 @@ def test_bench_under_subscriber_load(pipeline_bench):
         (("--max-batch", "0"), "error: --max-batch 0 must be >= 1"),
         (("--streams", "1,4", "--source", "0"), "error: --streams '1,4' opens the source 4 times"),
         (("--streams", "2", "--kill-every", "5"), "error: --kill-every soaks one stream"),
-        (("--web-pages", "off,x"), "error: --web-pages 'off,x' must be 'off' (no --web) or"),
-        (("--web-pages", "-2"), "error: --web-pages '-2' must be 'off' (no --web) or"),
+        (("--web-pages", "off,x"), "error: --web-pages 'off,x' must be 'off' (no --web), numbers"),
+        (("--web-pages", "-2"), "error: --web-pages '-2' must be 'off' (no --web), numbers"),
         (("--web-pages", "2", "--engine-only"), "error: --web-pages runs the pipeline and"),
     ],
 )
@@ -368,45 +368,54 @@ def _chromium_here() -> None:
 
 @pipelines
 def test_web_pages_rows(tmp_path):
-    """--web-pages off,1: a run without --web, then one with --web and a page open in
-    headless Chromium, measured once the page shows the stream's video and labels; the
-    page went on showing new frames and predictions through the span, the web process
-    and the browser are found and their CPU counted, and the two rows are set side by
-    side."""
+    """--web-pages off,1,1ws: a run without --web, one with --web and a page open in
+    headless Chromium, measured once the page shows the stream's video and labels, and one
+    with a WebSocket client in place of the page. The page went on showing new frames and
+    predictions through the span, the client received them, the web process and the
+    viewers are found and their CPU counted, and the rows are set side by side."""
     _chromium_here()
     out = tmp_path / "web.json"
     proc = _bench(
-        "--web-pages", "off,1", "--size", "160x120", "--stride", "0.5", "--duration", "4",
+        "--web-pages", "off,1,1ws", "--size", "160x120", "--stride", "0.5", "--duration", "3",
         "--json", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "x3d_xs auto stride 0.5, no --web: measuring 4 s\n" in proc.stderr
-    assert "x3d_xs auto stride 0.5, --web, 1 page: measuring 4 s\n" in proc.stderr
+    for setting in ("no --web", "--web, 1 page", "--web, 1 ws client"):
+        assert f"x3d_xs auto stride 0.5, {setting}: measuring 3 s\n" in proc.stderr
     report = json.loads(out.read_text())
-    off, one = report["summary"]
+    off, page_row, ws_row = report["summary"]
     assert off["web"]["pages"] is None and off["web"]["url"] is None and "shown" not in off["web"]
     assert off["web"]["web_process"] is None and "web" not in off["processes"]
-    assert one["web"]["pages"] == 1 and one["web"]["url"].startswith("http://127.0.0.1:")
-    (page,) = one["web"]["shown"]
-    assert page["tiles"] == 1
-    assert page["frames"] > 0 and page["fps"] > 0  # video went on arriving in the span
-    assert page["predictions"] > 0  # and the labels followed new predictions
-    assert one["web"]["web_process"]["cpu_s"] > 0  # it encoded frames for the page
-    assert one["processes"]["web"] == one["web"]["web_process"]
-    assert one["web"]["browsers"]["cpu_s"] > 0 and one["web"]["browsers"]["processes"] >= 2
-    for row in (off, one):
+    for row, clients in ((page_row, "chromium"), (ws_row, "websocket")):
+        web = row["web"]
+        assert web["pages"] == 1 and web["clients"] == clients
+        assert web["url"].startswith("http://127.0.0.1:")
+        (page,) = web["shown"]
+        assert page["frames"] > 0 and page["fps"] > 0  # video went on arriving in the span
+        assert page["predictions"] > 0  # and the labels followed new predictions
+        assert web["web_process"]["cpu_s"] > 0  # it encoded frames for the viewer
+        assert row["processes"]["web"] == web["web_process"]
+        assert web["viewers"]["cpu_s"] > 0
+    assert page_row["web"]["shown"][0]["tiles"] == 1
+    assert page_row["web"]["viewers"]["processes"] >= 2  # chromedriver and Chromium's
+    for row in (off, page_row, ws_row):
         assert row["windows"]["measured"] > 0
         others = row["others_cpu_percent"]  # the rest of the machine, beside the row
         assert 0 <= others["mean_percent"] <= others["max_2s_percent"]
         span = row["web"]["windows_in_span"]
         assert span["run"] >= row["windows"]["measured"] and span["skipped"] >= 0
-    keys = set(report["samples"])
-    assert keys == {"x3d_xs|{0}|0.5|1|web-off|1".format(off["engine"]),
-                    "x3d_xs|{0}|0.5|1|web-1|1".format(one["engine"])}  # fmt: skip
+    engine = off["engine"]
+    assert set(report["samples"]) == {
+        f"x3d_xs|{engine}|0.5|1|web-{key}|1" for key in ("off", "1", "1ws")
+    }
     rows = report["web_comparison"]["rows"]
-    assert [(r["setting"], r["round"]) for r in rows] == [("no --web", 1), ("--web, 1 page", 1)]
+    assert [(r["setting"], r["round"]) for r in rows] == [
+        ("no --web", 1),
+        ("--web, 1 page", 1),
+        ("--web, 1 ws client", 1),
+    ]
     assert rows[0]["p99_ratio"] == 1.0 and rows[1]["p99_ratio"] > 0
-    assert rows[1]["page_fps"] == page["fps"]
+    assert rows[1]["page_fps"] == page_row["web"]["shown"][0]["fps"]
     assert "browser view side by side" in proc.stdout
 
 
@@ -438,11 +447,17 @@ def test_web_comparison():
 
     def row(pages, turn: int, c2p: list[float]) -> tuple[dict, list[float]]:
         shown = None if not pages else [{"fps": 9.5}, {"fps": 9.8}]
-        web = {"pages": pages, "round": turn, "url": None, "windows_in_span": {"run": 40,
-               "skipped": turn - 1}, "web_process": None if pages is None else
-               {"cpu_percent": 4.0}}  # fmt: skip
+        clients = None if pages is None else "chromium"
+        web = {
+            "pages": pages,
+            "clients": clients,
+            "round": turn,
+            "url": None,
+            "windows_in_span": {"run": 40, "skipped": turn - 1},
+            "web_process": None if pages is None else {"cpu_percent": 4.0},
+        }
         if shown:
-            web.update(shown=shown, browsers={"cpu_percent": 30.0})
+            web.update(shown=shown, viewers={"cpu_percent": 30.0})
         stat = bench.summary_ms(c2p)
         return {
             "model": "x3d_xs", "engine": "torch-cpu", "stride": 0.5, "streams": 1, "web": web,
@@ -462,7 +477,7 @@ def test_web_comparison():
     assert by[(None, 1)]["p99_ratio"] == 1.0 and by[(0, 1)]["p99_ratio"] == 1.0
     assert by[(2, 1)]["p99_ratio"] == 1.25
     assert by[(2, 2)]["p99_ratio"] == 1.0 and by[(2, 2)]["windows_skipped"] == 1
-    assert by[(2, 1)]["page_fps"] == 9.5 and by[(2, 1)]["browsers_cpu_percent"] == 30.0
+    assert by[(2, 1)]["page_fps"] == 9.5 and by[(2, 1)]["viewers_cpu_percent"] == 30.0
     assert by[(0, 1)]["web_cpu_percent"] == 4.0 and by[(None, 1)]["web_cpu_percent"] is None
     pooled = {e["pages"]: e for e in out["pooled"]}
     assert pooled[2]["windows"] == 200 and pooled[2]["rounds"] == 2

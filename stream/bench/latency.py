@@ -546,11 +546,41 @@ def _label(model: str, engine: str, stride: float, streams: int, web: str = "") 
     )
 
 
-def web_setting(pages: int | None) -> str:
-    """A --web-pages row's setting in words: `no --web`, `--web, 0 pages`, `--web, 2 pages`."""
+def web_setting(web: dict) -> str:
+    """A --web-pages row's setting in words: `no --web`, `--web, 0 pages`, `--web, 2 pages`,
+    `--web, 2 ws clients`."""
+    pages = web["pages"]
     if pages is None:
         return "no --web"
+    if web.get("clients") == "websocket":
+        return f"--web, {pages} ws client" + ("" if pages == 1 else "s")
     return f"--web, {pages} page" + ("" if pages == 1 else "s")
+
+
+def web_key(web: dict) -> str:
+    """A --web-pages setting as given: `off`, `0`, `2`, `2ws`."""
+    if web["pages"] is None:
+        return "off"
+    return f"{web['pages']}ws" if web.get("clients") == "websocket" else str(web["pages"])
+
+
+def parse_web_pages(text: str) -> list[dict]:
+    """--web-pages: [{"pages": None (off) or N, "clients": "chromium" or "websocket"}], in
+    the order given; ValueError for anything else."""
+    out = []
+    for item in _csv(text):
+        item = item.lower()
+        if item == "off":
+            out.append({"pages": None, "clients": None})
+            continue
+        ws = item.endswith("ws")
+        digits = item.removesuffix("ws")
+        if not digits.isdigit():
+            raise ValueError(item)
+        out.append({"pages": int(digits), "clients": "websocket" if ws else "chromium"})
+    if not out:
+        raise ValueError(text)
+    return out
 
 
 def run_pipeline(
@@ -563,9 +593,11 @@ def run_pipeline(
     --web the run serves its browser view on a free port; N > 0 pages are opened in
     headless Chromium once it publishes, and the row is measured from the moment every
     page shows every stream's video and labels (the windows captured before are left out).
-    The row's `web` has what the pages showed over the span (frames, their rate, the
-    predictions their labels went through), the CPU of the web process and of the
-    browsers, and the windows run and skipped within the span."""
+    `Nws` (clients "websocket") opens N WebSocket clients without a browser instead: what
+    viewers on other machines cost the run's machine. The row's `web` has what the pages
+    showed over the span (`shown`: frames, their rate, the predictions their labels went
+    through), the CPU of the web process and of the viewers (the browsers, or the clients'
+    process), and the windows run and skipped within the span."""
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     argv = [sys.executable, "-m", "stream.run"]
     for _ in range(streams):
@@ -603,12 +635,13 @@ def run_pipeline(
     elif not args.source.isdigit():
         argv += ["--loop"]
     pages_wanted = web["pages"] if web else None
+    websocket = bool(web) and web.get("clients") == "websocket"
     web_url = None
     if pages_wanted is not None:
         web_port = _free_port()
         argv += ["--web", f"127.0.0.1:{web_port}"]
         web_url = f"http://127.0.0.1:{web_port}/"
-    label = _label(model, engine, stride, streams, web_setting(pages_wanted) if web else "")
+    label = _label(model, engine, stride, streams, web_setting(web) if web else "")
     pages = None
     shown_before = None
     start_ns = 0  # predictions of windows captured before it are not measured
@@ -660,10 +693,12 @@ def run_pipeline(
                 if first is None:
                     first_prediction = time.monotonic()
                     if pages_wanted:
-                        from stream.bench.pages import Pages
+                        from stream.bench.pages import Clients, Pages
 
                         # Opened while the run publishes; waiting for them is start-up.
-                        pages = Pages(web_url, pages_wanted, {f"cam{i}" for i in range(streams)})
+                        ids = {f"cam{i}" for i in range(streams)}
+                        opener = Clients if websocket else Pages
+                        pages = opener(web_url, pages_wanted, ids)
                         shown_before = pages.wait_ready(check=lambda: _check_running(args, proc))
                         start_ns = time.monotonic_ns()
                         pages.mark()
@@ -781,7 +816,7 @@ def run_pipeline(
         }
         if pages is not None:
             row["web"]["shown"] = shown(shown_before, shown_after, span_s)
-            row["web"]["browsers"] = browser_cpu
+            row["web"]["viewers"] = browser_cpu
     if args.kill_every:
         row["soak"] = soak_summary(preds, statuses, kills, watch, model)
     return row, samples
@@ -970,8 +1005,7 @@ def _row_key(row: dict) -> str:
     R the setting's turn: 1, 2, ...)."""
     key = f"{row['model']}|{row['engine']}|{row['stride']}|{row['streams']}"
     if "web" in row:
-        pages = row["web"]["pages"]
-        key += f"|web-{'off' if pages is None else pages}|{row['web']['round']}"
+        key += f"|web-{web_key(row['web'])}|{row['web']['round']}"
     return key
 
 
@@ -1040,15 +1074,16 @@ def format_row(row: dict) -> str:
         )
     if "web" in row:
         web = row["web"]
-        line = f"  browser view: {web_setting(web['pages'])}"
+        line = f"  browser view: {web_setting(web)}"
         if web["url"]:
             line += f" on {web['url']}"
         span = web["windows_in_span"]
         line += f"; in the span windows run {span['run']}, skipped {span['skipped']}"
         if web.get("web_process"):
             line += f"; web process {web['web_process']['cpu_percent']} % of a core"
-        if web.get("browsers"):
-            line += f"; browsers {web['browsers']['cpu_percent']} % of a core"
+        if web.get("viewers"):
+            what = "ws clients" if web["clients"] == "websocket" else "browsers"
+            line += f"; {what} {web['viewers']['cpu_percent']} % of a core"
         lines.append(line)
         for i, page in enumerate(web.get("shown", [])):
             lines.append(
@@ -1169,8 +1204,9 @@ def compare_web(rows: list[dict], samples: dict) -> dict:
             entries.append(
                 {
                     **head,
-                    "setting": web_setting(web["pages"]),
+                    "setting": web_setting(web),
                     "pages": web["pages"],
+                    "clients": web["clients"],
                     "round": web["round"],
                     "windows_run": web["windows_in_span"]["run"],
                     "windows_skipped": web["windows_in_span"]["skipped"],
@@ -1179,7 +1215,7 @@ def compare_web(rows: list[dict], samples: dict) -> dict:
                     "engine_p50_ms": row["engine_ms"]["p50"],
                     "p99_ratio": _ratio(c2p["p99"], base_p99),
                     "web_cpu_percent": (web.get("web_process") or {}).get("cpu_percent"),
-                    "browsers_cpu_percent": (web.get("browsers") or {}).get("cpu_percent"),
+                    "viewers_cpu_percent": (web.get("viewers") or {}).get("cpu_percent"),
                     "page_fps": min((p["fps"] for p in pages), default=None),
                     "others_max_2s_percent": (row.get("others_cpu_percent") or {}).get(
                         "max_2s_percent"
@@ -1189,17 +1225,18 @@ def compare_web(rows: list[dict], samples: dict) -> dict:
         settings: dict = {}
         for row in group:
             c2p = samples[_row_key(row)]["capture_to_publish_ms"]
-            settings.setdefault(row["web"]["pages"], []).extend(c2p)
-        base_p99 = summary_ms(settings[None])["p99"]
-        for pages, values in settings.items():
+            settings.setdefault(web_key(row["web"]), (row["web"], []))[1].extend(c2p)
+        base_p99 = summary_ms(settings["off"][1])["p99"]
+        for key, (web, values) in settings.items():
             stat = summary_ms(values)
             ratio = _ratio(stat["p99"], base_p99)
             pooled.append(
                 {
                     **head,
-                    "setting": web_setting(pages),
-                    "pages": pages,
-                    "rounds": sum(r["web"]["pages"] == pages for r in group),
+                    "setting": web_setting(web),
+                    "pages": web["pages"],
+                    "clients": web["clients"],
+                    "rounds": sum(web_key(r["web"]) == key for r in group),
                     "windows": len(values),
                     "capture_to_publish_p50_ms": stat["p50"],
                     "capture_to_publish_p99_ms": stat["p99"],
@@ -1223,7 +1260,7 @@ def format_web_comparison(comparison: dict) -> str:
         "its p99 over the same turn's run without --web; CPU % of one core (others: "
         "other processes on the machine, the most in any 2 s)",
         f"  {'setting':16s} {'turn':>4s} {'run':>5s} {'skipped':>7s} {'p50':>7s} {'p99':>7s} "
-        f"{'p99 ×':>6s} {'engine':>7s} {'web %':>6s} {'browsers %':>10s} {'page fps':>8s} "
+        f"{'p99 ×':>6s} {'engine':>7s} {'web %':>6s} {'viewers %':>10s} {'page fps':>8s} "
         f"{'others %':>8s}",
     ]
     for e in comparison["rows"]:
@@ -1232,7 +1269,7 @@ def format_web_comparison(comparison: dict) -> str:
             f"{e['windows_skipped']:7d} {num(e['capture_to_publish_p50_ms']):>7s} "
             f"{num(e['capture_to_publish_p99_ms']):>7s} {num(e['p99_ratio'], '.3f'):>6s} "
             f"{num(e['engine_p50_ms']):>7s} {num(e['web_cpu_percent'], '.1f'):>6s} "
-            f"{num(e['browsers_cpu_percent'], '.1f'):>10s} {num(e['page_fps'], '.1f'):>8s} "
+            f"{num(e['viewers_cpu_percent'], '.1f'):>10s} {num(e['page_fps'], '.1f'):>8s} "
             f"{num(e['others_max_2s_percent'], '.1f'):>8s}"
         )
     lines.append(
@@ -1268,7 +1305,7 @@ def figure(rows: list[dict], samples: dict):
         over_time.axhline(budget_ms, color="black", linestyle="--", linewidth=1, label=budget)
         streams = f", {row['streams']} streams" if row["streams"] > 1 else ""
         if "web" in row:
-            streams += f", {web_setting(row['web']['pages'])} (turn {row['web']['round']})"
+            streams += f", {web_setting(row['web'])} (turn {row['web']['round']})"
         over_time.set_title(
             f"{row['model']} on {row['engine']}, stride {row['stride']} s{streams}: "
             "latency per window"
@@ -1649,13 +1686,11 @@ def main(argv: list[str] | None = None) -> int:
     args.web_rows = [None]  # no --web-pages: rows without the web view, as before
     if args.web_pages is not None:
         try:
-            args.web_rows = [None if w.lower() == "off" else int(w) for w in _csv(args.web_pages)]
+            args.web_rows = parse_web_pages(args.web_pages)
         except ValueError:
-            args.web_rows = []
-        if not args.web_rows or any(w is not None and w < 0 for w in args.web_rows):
             print(
-                f"error: --web-pages {args.web_pages!r} must be 'off' (no --web) or numbers "
-                "of pages >= 0, e.g. off,0,2",
+                f"error: --web-pages {args.web_pages!r} must be 'off' (no --web), numbers of "
+                "pages >= 0, or of WebSocket clients (2ws), e.g. off,0,2",
                 file=sys.stderr,
             )
             return 2
@@ -1666,7 +1701,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        if any(args.web_rows):
+        if any(w["pages"] and w["clients"] == "chromium" for w in args.web_rows):
             from stream.bench.pages import missing
 
             line = missing()
@@ -1801,11 +1836,12 @@ def _pipeline_main(args, strides: list[float]) -> int:
                 for stride in strides:
                     for streams in args.stream_counts:
                         turns: dict = {}
-                        for pages in args.web_rows:
+                        for setting in args.web_rows:
                             web = None
-                            if args.web_pages is not None:
-                                turns[pages] = turns.get(pages, 0) + 1
-                                web = {"pages": pages, "round": turns[pages]}
+                            if setting is not None:  # --web-pages: the setting's turn
+                                key = web_key(setting)
+                                turns[key] = turns.get(key, 0) + 1
+                                web = {**setting, "round": turns[key]}
                             row, s = run_pipeline(args, model, engine, stride, streams, web)
                             rows.append(row)
                             samples[_row_key(row)] = s

@@ -220,3 +220,123 @@ def shown(before: list[list[dict]], after: list[list[dict]], span_s: float) -> l
             }
         )
     return out
+
+
+# -- clients without a browser -------------------------------------------------------------
+
+#: The clients' process: N WebSocket clients of the view, each reading and dropping every
+#: message; a line on stdin is answered with one line of JSON, each client's counts.
+_CLIENTS = """
+import asyncio, json, sys
+import aiohttp
+
+async def client(url, counts):
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, max_msg_size=0) as ws:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    counts["frames"] += 1
+                elif msg.type == aiohttp.WSMsgType.TEXT and '"pred.' in msg.data[:80]:
+                    counts["predictions"] += 1
+
+async def main(url, n):
+    counts = [{"frames": 0, "predictions": 0} for _ in range(n)]
+    tasks = [asyncio.ensure_future(client(url, c)) for c in counts]
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        failed = [str(t.exception()) for t in tasks if t.done() and t.exception()]
+        print(json.dumps({"clients": counts, "failed": failed}), flush=True)
+    for t in tasks:
+        t.cancel()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+class Clients:
+    """`count` WebSocket clients of the view in a process of their own (aiohttp), as pages
+    on other machines would be for the run's machine: the server encodes and sends every
+    frame and message, and nothing decodes or draws them here. `read`, `wait_ready`,
+    `mark`, `cpu` and `close` as Pages'."""
+
+    def __init__(self, url: str, count: int, streams: set[str]):
+        import subprocess
+        import sys
+
+        self.url = url
+        self.streams = streams
+        ws = url.replace("http://", "ws://", 1).rstrip("/") + "/ws"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CLIENTS, ws, str(count)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._cpu_mark = 0.0
+        self._marked_at = None
+
+    def read(self) -> list[list[dict]]:
+        """Per client, one entry (the clients see every stream) like a page's tile."""
+        import json
+
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise PagesError(f"the WebSocket clients of {self.url} exited")
+        answer = json.loads(line)
+        if answer["failed"]:
+            raise PagesError(f"a WebSocket client of {self.url} failed: {answer['failed'][0]}")
+        return [
+            [{"stream": "*", "frames": c["frames"], "seq": c["predictions"], "labels": 1}]
+            for c in answer["clients"]
+        ]
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S, check=lambda: None) -> list[list[dict]]:
+        give_up = time.monotonic() + timeout
+        while True:
+            clients = self.read()
+            if all(t["frames"] > 0 and t["seq"] > 0 for tiles in clients for t in tiles):
+                return clients
+            if time.monotonic() > give_up:
+                raise PagesError(
+                    f"the WebSocket clients of {self.url} got no frames or predictions "
+                    f"within {timeout:g} s ({clients})"
+                )
+            check()
+            time.sleep(0.2)  # polling the clients' counts, not waiting for time to pass
+
+    def _cpu(self) -> float:
+        import psutil
+
+        try:
+            t = psutil.Process(self.proc.pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return t.user + t.system
+
+    def mark(self) -> None:
+        self._cpu_mark = self._cpu()
+        self._marked_at = time.monotonic()
+
+    def cpu(self) -> dict:
+        cpu_s = self._cpu() - self._cpu_mark
+        span = max(1e-9, time.monotonic() - (self._marked_at or time.monotonic()))
+        return {
+            "cpu_s": round(cpu_s, 2),
+            "cpu_percent": round(100 * cpu_s / span, 1),
+            "processes": 1,
+        }
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except Exception:  # noqa: BLE001 (subprocess.TimeoutExpired: ended below)
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc.stdout.close()
