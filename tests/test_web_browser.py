@@ -185,6 +185,7 @@ def test_labels_follow_a_prediction_within_2s(served, chrome, shots):
         ],
         [("laughing", 0.55), ("whistling", 0.4)],
     ]
+    took = []
     for labels in rounds:
         top = labels[0][0]
         assert chrome.js(top_label("cam0")) != top
@@ -195,6 +196,7 @@ def test_labels_follow_a_prediction_within_2s(served, chrome, shots):
                 f"(its top label: {chrome.js(top_label('cam0'))!r})"
             )
             time.sleep(0.01)
+        took.append(time.monotonic() - sent)
         shown = chrome.js(
             f"const t = {tile('cam0')}; return {{seq: t.dataset.seq, rows: "
             "[...t.querySelectorAll('.labels .label')].map(r => ({"
@@ -217,6 +219,7 @@ def test_labels_follow_a_prediction_within_2s(served, chrome, shots):
         for ch in chrome.js(f"return {tile('cam0')}.querySelector('.latency').textContent")
     )
     assert chrome.js(f"return !!{tile('cam0')}.querySelector('canvas.spark')")
+    print("a prediction's top label shown after (ms):", [round(1000 * t) for t in took])
     chrome.screenshot(shots, "labels")
     assert chrome.console_errors() == []
 
@@ -298,7 +301,7 @@ def test_the_page_reconnects_to_a_restarted_server(web, chrome, shots):
         chrome.js("window.avstreamTestMark = 1;")  # gone if the page were loaded again
         assert first.stop() == 0, first.err
         banner = wait_banner(chrome, True, "the banner saying that the server is gone")
-        assert banner["text"], banner
+        assert "retrying" in banner["text"], banner
         chrome.screenshot(shots, "server-gone")
         second = web("--connect", endpoint, "--listen", listen)
         assert second.wait_listening() == url
