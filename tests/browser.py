@@ -227,15 +227,20 @@ class WebProcess:
         return self.wait_for(r"web view on (http://\S+/)").group(1)
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, and the exit code (the process must exit within `timeout`)."""
+        """SIGTERM, and the exit code (the process must exit within `timeout`); `err` has
+        all of its stderr then."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
             pytest.fail(f"stream.web did not exit on SIGTERM within {timeout:g} s:\n{self.err}")
+        while (line := self._queue.get(timeout=timeout)) is not None:
+            self.lines.append(line)
+        self._queue.put(None)  # the end stays seen
+        return code
 
     def kill(self) -> None:
         if self.proc.poll() is None:
