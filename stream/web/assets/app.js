@@ -21,13 +21,13 @@
 "use strict";
 
 (() => {
-  const WINDOW_MS = 120_000; // the events timeline
+  const WINDOW_MS = 120000; // the events timeline
   const SPARK_N = 60; // predictions in the latency sparkline
   const TOP_LABELS = 5; // a run's --topk may send more
   const BACKOFF_FIRST_MS = 250;
-  const BACKOFF_MAX_MS = 5_000;
-  const LEVEL_STALE_MS = 3_000; // the meter hides when no level came for this long
-  const FRAME_STALE_MS = 3_000; // a tile on screen says so when no frame came for this long
+  const BACKOFF_MAX_MS = 5000;
+  const LEVEL_STALE_MS = 3000; // the meter hides when no level came for this long
+  const FRAME_STALE_MS = 3000; // a tile on screen says so when no frame came for this long
   const GONE_STATES = new Set(["ended", "failed", "removed"]);
   const STREAM_PATH = /^\/stream\/([A-Za-z0-9_-]{1,64})\/?$/;
 
@@ -238,7 +238,9 @@
       const max = (k) => Math.max(...this.lat.map((x) => (num(x[k]) ? x[k] : 0)));
       this.latEngine.textContent = fmtMs(last[0]);
       this.latC2p.textContent = fmtMs(last[1]);
-      this.spark.title = `the last ${this.lat.length} predictions: engine up to ${fmtMs(max(0))}, capture→publish up to ${fmtMs(max(1))}`;
+      this.spark.title =
+        `the last ${this.lat.length} predictions: engine up to ${fmtMs(max(0))}, ` +
+        `capture→publish up to ${fmtMs(max(1))}`;
       if (!this.sparkQueued) {
         this.sparkQueued = true;
         requestAnimationFrame(() => {
@@ -411,7 +413,8 @@
       const lines = [`${ev.name} (${ev.id})`];
       if (num(ev.peak) && ev.peak > 0) lines.push(`peak ${fmtPct(ev.peak)}`);
       if (ev.labels) lines.push(`labels: ${ev.labels.join(", ")}`);
-      lines.push(`from ${fmtTime(ev.start)}${ev.active ? ", still active" : ` to ${fmtTime(end)}`}`);
+      const until = ev.active ? "still active" : `to ${fmtTime(end)}`;
+      lines.push(`from ${fmtTime(ev.start)}, ${until}`);
       if (ev.reason) lines.push(`ended: ${ev.reason}`);
       row.title = lines.join("\n");
       const from = now - WINDOW_MS;
@@ -434,7 +437,8 @@
       }
       this.showEventsEmpty();
       // Frames stop when the camera does (or the stream ended): the last one stays, marked.
-      const watched = page.open && page.visible.has(this.id) && document.visibilityState !== "hidden";
+      const watched =
+        page.open && page.visible.has(this.id) && document.visibilityState !== "hidden";
       const age = performance.now() - this.lastFrame;
       const stale = page.frames && watched && this.shown > 0 && age > FRAME_STALE_MS;
       this.frameAge.hidden = !stale;
@@ -459,7 +463,9 @@
 
     runEntryBody(entry) {
       this.runEntry = entry;
-      if (!this.status || performance.now() - this.lastStatus > 2_000 || GONE_STATES.has(entry.state)) {
+      // the stream's own heartbeat is fresher; the run's entry speaks when it is missing
+      const heard = this.status && performance.now() - this.lastStatus < 2000;
+      if (!heard || GONE_STATES.has(entry.state)) {
         this.setState(entry.state);
         this.fields.windows_run.textContent = fmtInt(entry.windows_run);
         this.fields.windows_skipped.textContent = fmtInt(entry.windows_skipped);
@@ -494,11 +500,21 @@
       if (this.loading) URL.revokeObjectURL(this.loading);
       this.url = this.loading = this.pending = null;
       observer.unobserve(this.el);
+      resized.unobserve(this.spark);
       this.el.remove();
     }
   }
 
   // ---- the grid ----
+
+  // A sparkline is drawn again when its size changes (a tile enlarged, the grid's columns).
+  const sparkTiles = new WeakMap();
+  const resized = new ResizeObserver((entries) => {
+    for (const e of entries) {
+      const t = sparkTiles.get(e.target);
+      if (t) t.drawSpark();
+    }
+  });
 
   const observer = new IntersectionObserver(
     (entries) => {
@@ -520,6 +536,8 @@
     page.tiles.set(id, t);
     grid.append(t.el);
     observer.observe(t.el);
+    sparkTiles.set(t.spark, t);
+    resized.observe(t.spark);
     if (page.large === id) applyLarge();
     layout();
     return t;
@@ -569,7 +587,7 @@
     for (const [id, t] of [...page.tiles]) {
       // a stream that sent a status within the last 2 s and is not removed is kept: the run
       // status may not list a stream added a moment ago yet
-      const fresh = t.status && performance.now() - t.lastStatus < 2_000;
+      const fresh = t.status && performance.now() - t.lastStatus < 2000;
       if (!listed.has(id) && (!fresh || t.status.state === "removed")) removeTile(id);
     }
     // the run's order, then the rest as they came
@@ -612,7 +630,6 @@
     grid.classList.toggle("has-large", page.large !== null && page.tiles.has(page.large));
     const path = page.large ? `/stream/${encodeURIComponent(page.large)}` : "/";
     if (location.pathname !== path) history.replaceState(null, "", path);
-    for (const t of page.tiles.values()) t.showLatency();
     scheduleWatch();
   }
 
@@ -797,7 +814,7 @@
     const now = runNow();
     for (const t of page.tiles.values()) t.tick(now);
     clock.textContent = fmtTime(Date.now());
-  }, 1_000);
+  }, 1000);
   clock.textContent = fmtTime(Date.now());
 
   document.addEventListener("keydown", (e) => {
@@ -807,9 +824,6 @@
     }
   });
   document.addEventListener("visibilitychange", sendWatch);
-  window.addEventListener("resize", () => {
-    for (const t of page.tiles.values()) t.drawSpark();
-  });
 
   layout();
   showRun();
