@@ -69,7 +69,7 @@
   const fmtPct = (p) => {
     if (!num(p)) return dash;
     const v = p * 100;
-    return v < 10 ? `${v.toFixed(1)} %` : `${Math.round(v)} %`;
+    return v < 10 ? `${v.toFixed(1)}%` : `${Math.round(v)}%`;
   };
   const fmtInt = (v) => (num(v) ? Math.round(v).toLocaleString() : dash);
   const fmtTime = (ms) =>
@@ -101,7 +101,7 @@
       const el = tileTemplate.content.firstElementChild.cloneNode(true);
       this.el = el;
       el.dataset.stream = id;
-      el.setAttribute("aria-label", `stream ${id}: press Enter to enlarge`);
+      el.setAttribute("aria-label", `stream ${id}`);
       const q = (sel) => el.querySelector(sel);
       q(".name").textContent = id;
       this.badge = q(".badge");
@@ -168,7 +168,7 @@
     }
 
     // A JPEG arrived: show it unless one is still being decoded, then only the newest waits.
-    frame(meta, blob) {
+    frame(blob) {
       if (this.loading) {
         this.pending = blob;
         return;
@@ -196,7 +196,7 @@
       if (this.pending) {
         const blob = this.pending;
         this.pending = null;
-        this.frame(null, blob);
+        this.frame(blob);
       }
     }
 
@@ -230,7 +230,9 @@
       if (this.lat.length > SPARK_N) this.lat.splice(0, this.lat.length - SPARK_N);
       this.showLatency();
       this.showDegraded();
-      this.el.title = `${this.id}: ${b.model} on ${b.engine}, smoothing ${b.smoothing}`;
+      this.el.title =
+        `${this.id}: ${b.model} on ${b.engine}, smoothing ${b.smoothing}, ` +
+        `a window every ${b.stride_s} s (click or Enter: enlarge)`;
     }
 
     showLatency() {
@@ -625,7 +627,7 @@
     for (const t of page.tiles.values()) {
       const on = t.id === page.large;
       t.el.classList.toggle("large", on);
-      t.el.setAttribute("aria-pressed", String(on));
+      t.el.setAttribute("aria-current", on ? "true" : "false");
     }
     grid.classList.toggle("has-large", page.large !== null && page.tiles.has(page.large));
     const path = page.large ? `/stream/${encodeURIComponent(page.large)}` : "/";
@@ -688,7 +690,6 @@
       if (s.status) t.statusBody(s.status);
       if (s.pred) t.prediction(s.pred);
       for (const e of s.events || []) t.event(e);
-      if (s.status) t.syncActive(s.status);
     }
     if (st.run) applyRun(st.run);
     const eps = (m.endpoints || []).join(", ");
@@ -760,7 +761,7 @@
     const meta = JSON.parse(textDecoder.decode(new Uint8Array(buf, 2, n)));
     const t = page.tiles.get(meta.stream);
     if (!t) return;
-    t.frame(meta, new Blob([new Uint8Array(buf, 2 + n)], { type: "image/jpeg" }));
+    t.frame(new Blob([new Uint8Array(buf, 2 + n)], { type: "image/jpeg" }));
   }
 
   function connect() {
