@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import stat
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -189,3 +194,23 @@ def test_attach_of_a_ring_that_is_gone_is_left_out(rings):
     source = RingFrames()
     source.attach("gone", message)
     assert source.streams() == []
+
+
+# -- the private folder of the local endpoint ------------------------------------------------
+
+
+def test_the_private_folder_is_the_users_and_a_killed_runs_is_removed(tmp_path, monkeypatch):
+    from stream.web.process import FOLDER_PREFIX, private_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid runs no more: a run killed with SIGKILL left its folder
+    stale = tmp_path / f"{FOLDER_PREFIX}{gone.pid}-abc123"
+    live = tmp_path / f"{FOLDER_PREFIX}{os.getppid()}-def456"  # a run that runs
+    other = tmp_path / "avstream-web-notours"
+    for folder in (stale, live, other):
+        folder.mkdir()
+    made = Path(private_folder())
+    assert made.parent == tmp_path and made.name.startswith(f"{FOLDER_PREFIX}{os.getpid()}-")
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    assert not stale.exists() and live.exists() and other.exists()

@@ -32,6 +32,7 @@ import pytest
 from helpers import REPO, StreamProcess, descendants, free_port, running, segments_of, wait_until
 from stream.transport.keys import make_keys
 from stream.transport.subscribe import HandshakeError, Subscriber
+from stream.web.process import FOLDER_PREFIX
 
 #: No proxy from the environment for 127.0.0.1.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -192,7 +193,7 @@ def test_a_run_serves_its_view(run_stream, tmp_path):
 
 
 def _web_folders() -> set[str]:
-    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("avstream-web-")}
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(FOLDER_PREFIX)}
 
 
 @pytest.mark.e2e

@@ -48,7 +48,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 
 from engines import malloc
@@ -66,7 +65,7 @@ from stream.pipeline.processes import (
 )
 from stream.pipeline.ring_plan import RingPlan
 from stream.transport import ctl
-from stream.web.process import web_main
+from stream.web.process import private_folder, web_main
 
 log = logging.getLogger("stream.run")
 
@@ -187,8 +186,7 @@ class Supervisor:
     def _start_children(self) -> None:
         cfg = self.cfg
         if cfg.web is not None:
-            # Only this user may enter the folder (mkdtemp: 0700): its endpoint has no keys.
-            self._web_dir = tempfile.mkdtemp(prefix="avstream-web-")
+            self._web_dir = private_folder()
             cfg.web_endpoint = f"ipc://{self._web_dir}/pub"
         with malloc.preloaded(cfg.malloc):  # only the engine's process gains from it
             self.group.start(INFERENCE, inference_main, (cfg, os.getpid()))

@@ -14,6 +14,10 @@ through a proxy. Once listening it says so (WebListening); a port in use is BadI
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
+import tempfile
 import threading
 
 from stream import config, control
@@ -23,6 +27,28 @@ log = logging.getLogger("stream.web")
 
 #: How often the control thread looks at the stop event and the parent.
 POLL_S = 0.1
+#: The private folders of the local endpoint: `avstream-web-<pid of the run>-<random>`.
+FOLDER_PREFIX = "avstream-web-"
+_FOLDER = re.compile(rf"^{FOLDER_PREFIX}(\d+)-\w+$")
+
+
+def private_folder() -> str:
+    """A new folder that only this user may enter (mkdtemp: 0700), for the endpoint
+    without keys; the run removes it at exit. Those of runs that were killed (SIGKILL
+    leaves them) are removed first."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        m = _FOLDER.match(name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m[1]), 0)
+            continue  # its run runs
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except PermissionError:
+            continue  # another user's live run
+    return tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
 
 
 def web_main(cfg, parent_pid: int, conn, stop) -> None:
