@@ -29,6 +29,7 @@
   const LEVEL_STALE_MS = 3000; // the meter hides when no level came for this long
   const FRAME_STALE_MS = 3000; // a tile on screen says so when no frame came for this long
   const GONE_STATES = new Set(["ended", "failed", "removed"]);
+  const RUN_GONE_MS = 5000; // a run (behind a proxy) whose status stopped this long ago
   const STREAM_PATH = /^\/stream\/([A-Za-z0-9_-]{1,64})\/?$/;
 
   const grid = document.getElementById("grid");
@@ -52,7 +53,7 @@
     frames: false,
     fps: 0,
     link: { state: "up", detail: "" },
-    run: null,
+    runs: new Map(), // "host pid" -> {body: its latest run status, at: performance.now()}
     tiles: new Map(), // stream id -> Tile, in the grid's order
     large: pathMatch ? pathMatch[1] : null,
     visible: new Set(),
@@ -575,24 +576,31 @@
   }
 
   // The grid follows the run's list: its order, and a stream that leaves it goes (a removed
-  // stream leaves the list; an ended or failed one stays, shown as such).
+  // stream leaves the list; an ended or failed one stays, shown as such). Behind a proxy
+  // several runs send their run status (told apart by host and pid): their lists together.
   function applyRun(body) {
-    page.run = body;
+    const now = performance.now();
+    page.runs.set(`${body.host} ${body.pid}`, { body, at: now });
+    for (const [key, r] of page.runs) {
+      if (now - r.at > RUN_GONE_MS) page.runs.delete(key);
+    }
     const ids = [];
-    for (const entry of body.streams || []) {
-      const t = ensureTile(entry.id);
-      if (!t) continue;
-      ids.push(entry.id);
-      t.runEntryBody(entry);
+    for (const { body: run } of page.runs.values()) {
+      for (const entry of run.streams || []) {
+        const t = ensureTile(entry.id);
+        if (!t) continue;
+        ids.push(entry.id);
+        if (run === body) t.runEntryBody(entry);
+      }
     }
     const listed = new Set(ids);
     for (const [id, t] of [...page.tiles]) {
       // a stream that sent a status within the last 2 s and is not removed is kept: the run
       // status may not list a stream added a moment ago yet
-      const fresh = t.status && performance.now() - t.lastStatus < 2000;
+      const fresh = t.status && now - t.lastStatus < 2000;
       if (!listed.has(id) && (!fresh || t.status.state === "removed")) removeTile(id);
     }
-    // the run's order, then the rest as they came
+    // the runs' order, then the rest as they came
     let i = 0;
     for (const id of ids) {
       const el = page.tiles.get(id).el;
@@ -603,13 +611,16 @@
   }
 
   function showRun() {
-    const r = page.run;
+    const runs = [...page.runs.values()].map((r) => r.body);
     const bits = [];
-    if (r) {
+    if (runs.length === 1) {
+      const r = runs[0];
       bits.push(`${r.host} · pid ${r.pid}`, `${r.model} on ${r.engine}`, r.state);
       const w = r.windows || {};
       bits.push(`${fmtInt(w.run)} windows, ${fmtInt(w.skipped)} skipped`);
       if (r.max_batch > 1) bits.push(`batches up to ${r.max_batch}`);
+    } else if (runs.length > 1) {
+      bits.push(`${runs.length} runs: ${runs.map((r) => `${r.host} · pid ${r.pid}`).join(", ")}`);
     } else {
       bits.push(page.open ? "waiting for the run's status…" : "connecting…");
     }
@@ -679,7 +690,7 @@
     page.fps = m.fps;
     const st = m.state || {};
     page.link = st.link || { state: "up", detail: "" };
-    page.run = null;
+    page.runs = new Map();
     clearTiles();
     const streams = st.streams || {};
     for (const id of Object.keys(streams)) {
