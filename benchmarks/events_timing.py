@@ -12,8 +12,8 @@ from them.
    own colour, position, period and phase), with hold + 2 to 5 s of background between
    them.
 4. `python -m stream.run --config <the trained model's config.yaml> --camera timeline.mp4
-   --events rules.yaml --stride S --no-compile`, publishing on a free port of 127.0.0.1
-   with no control socket; the file plays once, paced at its frame rate, and the run exits
+   --events rules.yaml --stride S --threads 1 --no-compile`, publishing on a free port of
+   127.0.0.1 with no control socket; the file plays once, paced at its frame rate, and the run exits
    when it ends. Two rules, `bounce` and `drop`, each on its label's probability, with
    --on, --off, --min-on and --hold (by default the issue's example rule: on 0.6,
    min_on 1, off 0.4, hold 2). A subscriber in this process keeps every prediction,
@@ -27,10 +27,11 @@ newest is frame frames - 1) and the newest frame's age at the heartbeat's `mono_
 capture time; offset = that time - (frames - 1) * period. If the capture fell more than a
 period behind (a stalled machine), the schedule moved its origin later: the offsets grow,
 and the benchmark reports by how much (`slip`). Each capture time is mapped with the
-offset of the first heartbeat at or after it (frames are never stamped earlier than that
-heartbeat's offset says); a heartbeat that counted a frame written between its two reads
-(an offset one period low) is corrected by taking the largest offset seen so far, as a
-true offset never decreases. Every window's end is checked to lie on the frame grid.
+offset of the first heartbeat at or after it, or of the one before when the time lies on
+that one's frame grid (a slip between two heartbeats moves the grid by a fraction of a
+period); a heartbeat that counted a frame written between its two reads (an offset one
+period low) is corrected by taking the largest offset seen so far, as a true offset never
+decreases. Every window's end is checked to lie on the frame grid (`off grid`).
 
 Per true segment [S, E) (the bar is on screen from frame S * fps to the frame before E *
 fps): the event of its rule whose span overlaps [S - bound, E + bound]; start error =
@@ -48,8 +49,11 @@ window (a window ends at its newest frame and spans 0.47 s here: it sees the bar
 once the bar has been on screen for part of it, and still sees it after it has gone), the
 stride (windows lie on a grid), and the smoothing (an exponential average lags). The
 announcement comes min_on (start) or hold (end) of capture time later. Time is capture
-time throughout, so a busy machine changes the results little: it skips windows
-(counted), which coarsens the grid.
+time throughout, so a busy machine changes the results little while the engine keeps up;
+when it does not, windows are skipped (counted, with the longest stretch of video between
+two windows), which coarsens the grid, and an engine starved for seconds can miss a
+short segment altogether. One engine thread (--threads 1) keeps it from spin-waiting on a
+shared machine (two threads took up to 4 s per window at a load of 10 on 2 cores).
 
     python benchmarks/events_timing.py                    # 120 s timeline, about 3 min
     python benchmarks/events_timing.py --quick            # 30 s timeline, about 1 min
@@ -71,6 +75,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +86,7 @@ sys.path.insert(0, ROOT)
 
 from stream.train.clips import write_clip
 from stream.train.synthetic import FPS, RATE, bar_frames, make_dataset
+from stream.train.trainer import is_better
 from stream.transport import wire
 from stream.transport.subscribe import Subscriber
 
@@ -139,7 +145,8 @@ def write_timeline(
 
 
 def train(data: Path, out: Path, args) -> dict:
-    """`python -m stream.train` on `data`; returns the best epoch's line of metrics.jsonl."""
+    """`python -m stream.train` on `data`; returns the line of metrics.jsonl of the epoch
+    whose weights model.pt holds."""
     argv = [
         sys.executable, "-m", "stream.train", str(data), "--model", "slowfast_r50",
         "--weights", "none", *(x for k, v in ARCH.items() for x in ("--arch", f"{k}={v}")),
@@ -152,8 +159,14 @@ def train(data: Path, out: Path, args) -> dict:
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"error: stream.train failed ({proc.returncode}):\n{proc.stderr}")
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return max(lines, key=lambda m: (m["val_accuracy"], -m["epoch"]))
+    best = None  # the epoch whose weights model.pt holds, by the trainer's own rule
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        if best is None or is_better(
+            m["val_accuracy"], m["val_loss"], best["val_accuracy"], best["val_loss"]
+        ):
+            best = m
+    return best
 
 
 def _pythonpath() -> str:
@@ -186,6 +199,8 @@ def run(config: Path, video: Path, rules: Path, args) -> Received:
         "--events", str(rules), "--publish", endpoint, "--control", "none",
         "--stride", str(args.stride), "--smoothing", args.smoothing, "--log-level", "info",
         *([] if args.compile else ["--no-compile"]),
+        *(["--threads", str(args.threads)] if args.threads else []),
+        *([] if args.precision is None else ["--precision", args.precision]),
     ]  # fmt: skip
     got = Received()
     # Subscribed before the run starts: nothing it publishes is missed for a late join.
@@ -248,9 +263,14 @@ class Clock:
         self.slip_ms = (self.offsets[-1] - self.offsets[0]) / 1e6
 
     def frame(self, t_ns: int) -> float:
-        """The frame index of capture time `t_ns` (a whole number for a frame's time)."""
+        """The frame index of capture time `t_ns` (a whole number for a frame's time).
+
+        The offset of the first heartbeat at or after `t_ns`, or of the one before it if
+        the schedule slipped between the two and `t_ns` lies on the earlier grid: a slip
+        moves the grid by a fraction of a period, so a frame's time says which it is on."""
         j = min(bisect.bisect_left(self.newest, t_ns), len(self.newest) - 1)
-        return (t_ns - self.offsets[j]) / PERIOD_NS
+        candidates = [(t_ns - off) / PERIOD_NS for off in self.offsets[max(j - 1, 0) : j + 1]]
+        return min(reversed(candidates), key=lambda f: abs(f - round(f)))
 
     def seconds(self, t_ns: int) -> float:
         return self.frame(t_ns) / FPS
@@ -313,6 +333,7 @@ def analyse(segments: list[Segment], got: Received, bound: float) -> dict:
     )
     last = got.statuses[-1] if got.statuses else {"windows": {}}
     first_pred_s = clock.seconds(got.preds[0]["t"]["capture_ns"]) if got.preds else None
+    ends = sorted(p["window"]["end_ns"] for p in got.preds)
     return {
         "bound_s": bound,
         "met": met,
@@ -323,6 +344,8 @@ def analyse(segments: list[Segment], got: Received, bound: float) -> dict:
             "skipped": last["windows"].get("skipped"),
             "degraded": sum(1 for p in got.preds if p["degraded"]),
             "first_at_s": first_pred_s,
+            # the longest stretch of the video without a window: a starved engine
+            "max_gap_s": max(np.diff(ends), default=0) / 1e9,
         },
         "clock": {
             "heartbeats": len(clock.newest),
@@ -363,7 +386,8 @@ def report(result: dict, args) -> str:
     starts = [r["start_error_s"] for r in result["segments"] if "start_error_s" in r]
     ends = [r["end_error_s"] for r in result["segments"] if r.get("end_error_s") is not None]
     lines.append(
-        f"windows: {w['run']} run, {w['skipped']} skipped, {w['degraded']} degraded; "
+        f"engine {result['engine']}; windows: {w['run']} run, {w['skipped']} skipped, "
+        f"{w['degraded']} degraded, at most {w['max_gap_s']:.2f} s apart; "
         f"first window at {w['first_at_s']:.2f} s of the timeline; clock: {c['heartbeats']} "
         f"heartbeats, slip {c['slip_ms']:.1f} ms, window ends off the frame grid by "
         f"{c['off_grid_frames']:.3f} frames at most; messages missed: "
@@ -398,6 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="training epochs (default 25; --quick 20)")
     p.add_argument("--per-class", type=int, help="training clips per label (16; --quick 12)")
     p.add_argument("--compile", action="store_true", help="let the engine compile the model")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="the run's --threads (default 1: the small model needs no more, and on a shared "
+        "machine a second thread spin-waits for a descheduled sibling; 0: the run's default)",
+    )
+    p.add_argument("--precision", help="the run's --precision (default: its own)")
     p.add_argument("--quick", action="store_true", help="a small version (about a minute)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument(
@@ -422,14 +454,25 @@ def main(argv: list[str] | None = None) -> int:
     work = args.keep or Path(tempfile.mkdtemp(prefix="events-timing-"))
     work.mkdir(parents=True, exist_ok=args.keep is None)
     try:
+        t0 = time.monotonic()
         make_dataset(work / "data", args.per_class, args.seed, CLASSES, with_audio=False)
         best = train(work / "data", work / "model", args)
         print(
-            f"trained slowfast_r50 (small) on {args.per_class} clips per label: validation "
-            f"accuracy {best['val_accuracy']:.3f} (epoch {best['epoch']} of {args.epochs})",
+            f"trained slowfast_r50 (small) on {args.per_class} clips per label in "
+            f"{time.monotonic() - t0:.0f} s: validation accuracy {best['val_accuracy']:.3f} "
+            f"(best at epoch {best['epoch']} of {args.epochs})",
             flush=True,
         )
         write_timeline(work / "timeline.mp4", segments, args.seconds, rng)
+        spans = [s.end_s - s.start_s for s in segments]
+        print(
+            f"timeline: {args.seconds:g} s at {FPS} fps, {len(segments)} segments "
+            f"({', '.join(f'{a} {sum(s.label == a for s in segments)}' for a in ACTIONS)}; "
+            f"{min(spans):.1f} to {max(spans):.1f} s long); rules: on {args.on:g}, "
+            f"off {args.off:g}, min_on {args.min_on:g}, hold {args.hold:g}; "
+            f"--stride {args.stride:g}, --smoothing {args.smoothing}",
+            flush=True,
+        )
         rule = {"on": args.on, "off": args.off, "min_on": args.min_on, "hold": args.hold}
         rules = {"events": [{"name": label, "labels": [label], **rule} for label in ACTIONS]}
         (work / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
@@ -443,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: stream.run exited {got.exit_code}:\n{tail}")
         result = analyse(segments, got, args.stride + args.hold)
         result["training"] = best
+        result["engine"] = got.preds[0]["engine"]
         result["options"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         print(report(result, args))
         if args.json:
