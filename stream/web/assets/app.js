@@ -18,6 +18,8 @@
 //   .status [data-field=fps_in|windows_run|windows_skipped|restarts|degraded|state]
 //   .meter            audio level, attribute data-dbfs; hidden when the stream has no sound
 //   .weights-note     shown for random_weights predictions ("untrained weights: ...")
+// Not hooks, free to change: .reason (the run's word on a failed or degraded stream),
+// .frame-age ("no new frame for N s"), .badge, .pred-time, the layout classes.
 "use strict";
 
 (() => {
