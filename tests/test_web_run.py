@@ -6,8 +6,9 @@ matters) serves every check of the working view: a WebSocket opened while the mo
 loads gets the predictions and the frames once they come; /api/state has predictions;
 /video/<id> sends JPEG frames that decode and change; a stream added with stream.ctl
 appears and its video is served, removed it is 404; the web process killed comes back
-and the run goes on; stopped, nothing is left. Then the bad input: a port in use at
-start, and options refused before anything starts."""
+and the run goes on; stopped, nothing is left. A run that publishes through a proxy
+serves its view as well. Then the bad input: a port in use at start, and options refused
+before anything starts."""
 
 from __future__ import annotations
 
@@ -190,6 +191,23 @@ def test_a_run_serves_its_view(run_stream, tmp_path):
     wait_until(lambda: not running(seen), "the processes of stream.run to end")
     assert not segments_of(stream.proc.pid)
     assert not folder.exists()
+
+
+def test_a_run_through_a_proxy_serves_its_view(run_stream):
+    """With --publish connect:... the publisher also binds the view's local endpoint: the
+    page has predictions while the proxy is not there (and the log does not take the view
+    for the proxy)."""
+    port = free_port()
+    stream = run_stream(
+        "--camera", "synthetic", "--size", "160x120", "--model", "x3d_xs", "--weights", "none",
+        "--stride", "0.5", "--log-level", "info", "--web", f"127.0.0.1:{port}",
+        "--publish", f"connect:tcp://127.0.0.1:{free_port()}",
+    )  # fmt: skip
+    stream.wait_for("running: publishing on connect:tcp://")
+    assert wait_until(lambda: _predicted(port, "cam0"), "a prediction in /api/state")["labels"]
+    code, err = stream.stop()
+    assert code == 0, err
+    assert "publishing through the proxy" not in err, err
 
 
 def _web_folders() -> set[str]:
