@@ -247,6 +247,25 @@ def test_events_kept_are_the_last_fifty(view, publisher):
     assert [e["seq"] for e in events] == list(range(10, 60))
 
 
+def test_a_stream_page_waits_for_the_run_status_that_lists_it(view, publisher):
+    """Right after the view starts, only another stream's messages may have come: a page of
+    a stream the run has is not 404, it waits for the run's status (which lists them all)."""
+    _link_up(view, publisher)  # cam0's status only: door is not known yet
+    assert "door" not in _state(view)["streams"] and _state(view)["run"] is None
+    answer: list = []
+    asking = threading.Thread(target=lambda: answer.append(_get(view, "/stream/door")))
+    asking.start()
+    # The run status is sent until the answer is in, as a run sends it twice a second.
+    while asking.is_alive():
+        publisher.send("run", _run_status())
+        asking.join(0.1)
+    status, head, body = answer[0]
+    assert status == 200, body
+    assert b"<title>avstream</title>" in body
+    status, head, body = _get(view, "/stream/nope")  # listed now: no wait, and 404
+    assert status == 404 and b"its streams: cam0, door" in body
+
+
 def test_a_message_that_is_not_valid_is_skipped(view, publisher):
     _link_up(view, publisher)
     publisher.socket.send_multipart([b"pred.cam1", b'{"schema": "avstream.prediction.v1"}'])

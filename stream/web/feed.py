@@ -55,7 +55,7 @@ class Feed:
         self.run: dict | None = None
         self.invalid = 0  # messages that failed validation (skipped)
         self.link = {"state": "down", "detail": f"waiting for a run at {self._where()}: retrying"}
-        self.first = asyncio.Event()
+        self.listed = asyncio.Event()
         self._told_full = False
         self._monitor = None
         self._context = zmq.asyncio.Context()
@@ -146,7 +146,6 @@ class Feed:
             frames = await self._socket.recv_multipart()
             if self.link["state"] != "up":
                 self._set_link("up", f"receiving from {self._where()}")
-            self.first.set()
             try:
                 topic, body = wire.decode(frames)
                 if topic != wire.RUN_TOPIC:
@@ -163,6 +162,7 @@ class Feed:
         kind, _, sid = topic.partition(".")
         if kind == wire.RUN_TOPIC:
             self.run = body
+            self.listed.set()
             return True
         if kind == wire.STATUS_TOPIC and body.get("state") == "removed":
             # Its last status (stream.ctl removed it): the pages get it, nothing is kept,

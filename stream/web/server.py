@@ -67,8 +67,9 @@ RELAY_LINE = "this view relays a run on another host: its video is served by tha
 CLIENT_QUEUE = 1000
 #: Level messages per second per stream, at most.
 LEVELS_PER_S = 10
-#: Seconds /stream/<id> waits for the run's first message before it says "no stream".
-FIRST_MESSAGE_S = 2.0
+#: Seconds /stream/<id> and /video/<id> wait for the run's status (it lists every stream
+#: of the run; sent twice a second) before they say "no stream".
+RUN_STATUS_WAIT_S = 2.0
 #: Threads that grab and encode frames (one stream's grab at a time each).
 GRAB_THREADS = 4
 #: How often the frame loop looks for new streams of the frame source while it has none
@@ -317,7 +318,7 @@ class WebView:
     async def page(self, request: web.Request) -> web.Response:
         sid = request.match_info.get("id")
         if sid is not None:
-            known = await self._known_after_first()
+            known = await self._known(sid)
             if sid not in known:
                 listed = ", ".join(sorted(known)) or "none yet"
                 return web.Response(
@@ -375,7 +376,7 @@ class WebView:
         sid = request.match_info["id"]
         if self.frames is None:
             raise web.HTTPNotFound(text=RELAY_LINE + "\n", content_type="text/plain")
-        if sid not in self._frame_streams() and sid not in await self._known_after_first():
+        if sid not in await self._known(sid):
             raise web.HTTPNotFound(
                 text=f"no stream {sid!r} in this run\n", content_type="text/plain"
             )
@@ -476,12 +477,16 @@ class WebView:
         for client in self.clients:
             client.text(data)
 
-    async def _known_after_first(self) -> set[str]:
-        """The streams this run knows of, once its first message is here (or after
-        FIRST_MESSAGE_S without one): a page opened right after the start must not be told
+    async def _known(self, sid: str) -> set[str]:
+        """The streams this run knows of; when `sid` is not among them, once the run's
+        status is here (or after RUN_STATUS_WAIT_S without one): a page opened right after
+        the view started, when only another stream's messages have come, must not be told
         its stream does not exist."""
+        known = self.feed.known() | set(self._frame_streams())
+        if sid in known or self.feed.listed.is_set():
+            return known
         try:
-            await asyncio.wait_for(self.feed.first.wait(), FIRST_MESSAGE_S)
+            await asyncio.wait_for(self.feed.listed.wait(), RUN_STATUS_WAIT_S)
         except asyncio.TimeoutError:
             pass
         return self.feed.known() | set(self._frame_streams())
