@@ -216,8 +216,14 @@ def run(config: Path, video: Path, rules: Path, args) -> Received:
         reader.start()
         last_capture = None
         ended = False
+        # Only against a hang: the file plays in `seconds`, after the model's start-up.
+        deadline = time.monotonic() + 3 * args.seconds + 600
         try:
             while True:
+                if time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"error: stream.run did not end in {3 * args.seconds + 600:g} s"
+                    )
                 try:
                     msg = sub.recv(timeout=1.0)
                 except TimeoutError:
@@ -451,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(
             f"--seconds {args.seconds:g} holds no segment: give at least {LEAD_S + 6 + args.hold:g}"
         )
+    if args.keep is not None and args.keep.exists():
+        p.error(f"--keep {args.keep} exists: give a new folder")
     work = args.keep or Path(tempfile.mkdtemp(prefix="events-timing-"))
     work.mkdir(parents=True, exist_ok=args.keep is None)
     try:
