@@ -408,6 +408,13 @@ def test_web_pages_rows(tmp_path):
     assert set(report["samples"]) == {
         f"x3d_xs|{engine}|0.5|1|web-{key}|1" for key in ("off", "1", "1ws")
     }
+    for s in report["samples"].values():  # each window with the others' CPU at its capture
+        assert len(s["others_percent"]) == len(s["capture_to_publish_ms"])
+    assert {p["setting"] for p in report["web_comparison"]["pooled"] if "quiet" in p} == {
+        "no --web",
+        "--web, 1 page",
+        "--web, 1 ws client",
+    }
     rows = report["web_comparison"]["rows"]
     assert [(r["setting"], r["round"]) for r in rows] == [
         ("no --web", 1),
@@ -470,7 +477,15 @@ def test_web_comparison():
         row(None, 2, base), row(0, 2, base), row(2, 2, base),
     ]  # fmt: skip
     rows = [r for r, _ in made]
-    samples = {bench._row_key(r): {"capture_to_publish_ms": c} for r, c in made}
+    # the slow turn's slowest windows met other processes (50 % of a core): not quiet ones
+    others = {id(slow): [0.0] * 95 + [50.0] * 5}
+    samples = {
+        bench._row_key(r): {
+            "capture_to_publish_ms": c,
+            "others_percent": others.get(id(c), [5.0] * 100),
+        }
+        for r, c in made
+    }
     assert "x3d_xs|torch-cpu|0.5|1|web-2|2" in samples
     out = bench.compare_web(rows, samples)
     by = {(e["pages"], e["round"]): e for e in out["rows"]}
@@ -484,8 +499,12 @@ def test_web_comparison():
     assert pooled[None]["within_limit"] and pooled[0]["within_limit"]
     assert pooled[2]["capture_to_publish_p99_ms"] == bench.summary_ms(slow + base)["p99"]
     assert pooled[2]["p99_ratio"] == 1.25 and not pooled[2]["within_limit"]
+    quiet = pooled[2]["quiet"]
+    assert quiet["windows"] == 195 and quiet["p99_ratio"] == 1.0 and quiet["within_limit"]
+    assert pooled[None]["quiet"]["windows"] == 200
     table = bench.format_web_comparison(out)
     assert "--web, 2 pages" in table and "pooled over the turns" in table
+    assert "the quiet windows only" in table
     assert bench.compare_web(rows[1:3], samples) == {}  # nothing without --web to set against
 
 
