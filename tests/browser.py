@@ -1,7 +1,7 @@
 """What the browser tests of the web view import (tests/test_web_browser*.py): Debian's
-headless Chromium driven by Selenium, `python -m stream.web` as a real process, and a
-stand-in for a run on another host that publishes real wire messages on a ZeroMQ PUB
-socket of its own.
+headless Chromium driven by Selenium, and a stand-in for a run on another host that
+publishes real wire messages on a ZeroMQ PUB socket of its own (`python -m stream.web` as
+a real process is helpers.WebProcess).
 
 Nothing is downloaded at test time: the driver's path is given to Selenium, which then
 never runs Selenium Manager (selenium.webdriver.common.driver_finder skips it when the
@@ -10,18 +10,14 @@ Service has a path)."""
 from __future__ import annotations
 
 import os
-import queue
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, running, wait_until
+from helpers import running, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -174,78 +170,6 @@ def check_not_blank(png: bytes, what: str, min_std: float = 4.0):
     std = float(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).std())
     assert std > min_std, f"{what} is blank (grey level std {std:.2f})"
     return image
-
-
-# -- python -m stream.web ------------------------------------------------------------------
-
-
-class WebProcess:
-    """`python -m stream.web ARGS` as a real process; its stderr read line by line as it
-    comes (a thread), so that a test waits for the line that says it listens."""
-
-    def __init__(self, *args: str):
-        self.argv = [sys.executable, "-m", "stream.web", *args]
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    @property
-    def err(self) -> str:
-        return "".join(f"{line}\n" for line in self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match:
-        """The first stderr line from now on that matches `pattern` (its match); fails if
-        the process ends first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"no line matching {pattern!r} in {timeout:g} s:\n{self.err}")
-            if line is None:
-                self._queue.put(None)
-                code = self.proc.wait()
-                pytest.fail(f"stream.web ended (exit {code}) before {pattern!r}:\n{self.err}")
-            self.lines.append(line)
-            if m := re.search(pattern, line):
-                return m
-
-    def wait_listening(self) -> str:
-        """The page's URL, once the server says it listens."""
-        return self.wait_for(r"web view on (http://\S+/)").group(1)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, and the exit code (the process must exit within `timeout`); `err` has
-        all of its stderr then."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            pytest.fail(f"stream.web did not exit on SIGTERM within {timeout:g} s:\n{self.err}")
-        while (line := self._queue.get(timeout=timeout)) is not None:
-            self.lines.append(line)
-        self._queue.put(None)  # the end stays seen
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 # -- a run on another host -------------------------------------------------------------------

@@ -12,15 +12,11 @@ import importlib
 import multiprocessing
 import os
 import re
-import socket
-import subprocess
-import sys
-import tempfile
 
 import pytest
 import zmq
 
-from helpers import REPO, descendants, free_port, running, segments_of, wait_until
+from helpers import REPO, free_port, held_port, one_error_line, run_to_end, segments_of
 from stream import options, run
 
 FAST = ("--weights", "none", "--log-level", "warning")
@@ -302,56 +298,10 @@ def test_each_command_refuses_a_bad_flag_in_one_line(command, capsys, tmp_path, 
 # -- real runs -------------------------------------------------------------------------------
 
 
-def _run(*args: str, command: str = "stream.run", cwd=REPO, timeout: float = 120):
-    """Run `python -m COMMAND ARGS` to its end: (exit code, stderr), after checking that it
-    left no process and no shared memory behind."""
-    path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    if command == "stream.run":  # never the default ports, which another run may hold
-        if "--publish" not in args:
-            args = (*args, "--publish", f"tcp://127.0.0.1:{free_port()}")
-        if "--control" not in args:
-            args = (*args, "--control", "none")
-    seen: set[int] = set()
-    # stderr goes to a file: a pipe nobody reads while we watch could fill and stall it.
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", command, *args],
-            cwd=cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            text=True,
-            env=env,
-        )
-        try:
-
-            def ended() -> bool:
-                seen.update(descendants(proc.pid))  # the children it starts, while it runs
-                return proc.poll() is not None
-
-            wait_until(ended, f"python -m {command} to end", timeout=timeout)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        err.seek(0)
-        text = err.read()
-    wait_until(lambda: not running(seen), f"the processes of python -m {command} to end")
-    assert not segments_of(proc.pid), "shared memory left behind"
-    return proc.returncode, text
-
-
-def _one_error_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 def test_a_refused_run_leaves_nothing_behind(tmp_path):
     """The real command, refused while reading its options: the one line is all stderr
     holds (also at --log-level debug), exit 2, and no process, shared memory or file."""
-    code, err = _run("--stride", "0", "--log-level", "debug", cwd=tmp_path)
+    code, err = run_to_end("--stride", "0", "--log-level", "debug", cwd=tmp_path)
     assert code == 2, err
     assert err.splitlines() == ["error: --stride 0.0 must be > 0 seconds (e.g. 0.25)"]
     assert not list(tmp_path.iterdir())
@@ -360,7 +310,7 @@ def test_a_refused_run_leaves_nothing_behind(tmp_path):
 def test_a_refused_run_of_several_streams_leaves_nothing_behind(tmp_path):
     """The same for a command line of several streams: the duplicate id is found before
     any stream's process starts."""
-    code, err = _run(
+    code, err = run_to_end(
         *("--camera", "synthetic", "--camera", "synthetic", "--camera", "synthetic"),
         *("--stream-id", "door", "--stream-id", "yard", "--stream-id", "door"),
         *("--log-level", "debug"),
@@ -405,17 +355,17 @@ CHILD_CASES = {
 @pytest.mark.parametrize("case", list(CHILD_CASES))
 def test_what_the_children_find_gives_one_clear_line(case):
     args, expected = CHILD_CASES[case]
-    code, err = _run(*args, *FAST)
+    code, err = run_to_end(*args, *FAST)
     assert code == 2, err
-    assert expected in _one_error_line(err)
+    assert expected in one_error_line(err)
 
 
 @pytest.mark.usefixtures("x3d_xs_compiled")
 def test_weights_that_do_not_fit(tmp_path):
     path = _checkpoint_that_does_not_fit(tmp_path)
-    code, err = _run("--camera", "synthetic", "--weights", path, "--log-level", "warning")
+    code, err = run_to_end("--camera", "synthetic", "--weights", path, "--log-level", "warning")
     assert code == 2, err
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert "missing" in line and "unexpected" in line and "head.extra.weight" in line
 
 
@@ -423,9 +373,9 @@ def test_weights_that_do_not_fit(tmp_path):
 def test_unknown_model_option(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("model: x3d_xs\nmodel_options: {nonsense: 1}\n")
-    code, err = _run("--config", str(cfg), "--camera", "synthetic", *FAST)
+    code, err = run_to_end("--config", str(cfg), "--camera", "synthetic", *FAST)
     assert code == 2, err
-    assert "nonsense" in _one_error_line(err)
+    assert "nonsense" in one_error_line(err)
 
 
 @pytest.mark.usefixtures("x3d_xs_compiled")
@@ -433,24 +383,22 @@ def test_port_in_use():
     sock = zmq.Context.instance().socket(zmq.PUB)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     try:
-        code, err = _run("--camera", "synthetic", "--publish", f"tcp://127.0.0.1:{port}", *FAST)
+        code, err = run_to_end(
+            "--camera", "synthetic", "--publish", f"tcp://127.0.0.1:{port}", *FAST
+        )
     finally:
         sock.close(0)
     assert code == 2, err
-    assert "in use" in _one_error_line(err)
+    assert "in use" in one_error_line(err)
 
 
 @pytest.mark.usefixtures("x3d_xs_compiled")
 def test_no_process_outlives_a_failed_start():
     """A failure after both children started (a port that a plain TCP socket holds) still
-    leaves nothing running: _run saw the children and waits for them to be gone."""
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen()
-    try:
-        port = blocker.getsockname()[1]
-        code, err = _run("--camera", "synthetic", "--publish", f"tcp://127.0.0.1:{port}", *FAST)
-    finally:
-        blocker.close()
+    leaves nothing running: run_to_end saw the children and waits for them to be gone."""
+    with held_port() as port:
+        code, err = run_to_end(
+            "--camera", "synthetic", "--publish", f"tcp://127.0.0.1:{port}", *FAST
+        )
     assert code == 2, err
-    assert "in use" in _one_error_line(err)
+    assert "in use" in one_error_line(err)

@@ -17,11 +17,9 @@ import time
 
 import pytest
 import yaml
-from test_cli_errors import _one_error_line, _run
 from test_protocol import VALIDATORS
-from test_streams import _ctl
 
-from helpers import REPO, descendants, running, segments_of
+from helpers import REPO, ctl_command, descendants, one_error_line, run_to_end, running, segments_of
 from stream.transport import wire
 from stream.transport.subscribe import Subscriber
 
@@ -81,10 +79,10 @@ def test_events_of_a_real_run(run_stream, tmp_path):
             )
 
         listener.until(listing, "status listing the event", stream.proc)
-        code, out, err = _ctl(stream.control, "remove", "cam0")
+        code, out, err = ctl_command(stream.control, "remove", "cam0")
         assert (code, out) == (0, "removed cam0\n"), err
         listener.until(lambda: listener.find("end", first), "end on removal", stream.proc)
-        code, out, err = _ctl(stream.control, "add", "cam0", "--camera", "synthetic")
+        code, out, err = ctl_command(stream.control, "add", "cam0", "--camera", "synthetic")
         assert code == 0, err
         listener.until(lambda: listener.find("start", second), "start once back", stream.proc)
         # its camera fails: the capture process killed (it is restarted)
@@ -186,12 +184,12 @@ def test_an_unknown_label_is_one_line_from_a_real_run(tmp_path):
     cfg.write_text(
         "model: x3d_xs\nevents:\n  - {name: guitar, labels: [playing gitar], on: 0.6, off: 0.4}\n"
     )
-    code, err = _run(
+    code, err = run_to_end(
         "--config", str(cfg), "--camera", "synthetic", "--weights", "none",
         "--log-level", "warning", "--control", "none", cwd=tmp_path,
     )  # fmt: skip
     assert code == 2, err
-    assert _one_error_line(err) == (
+    assert one_error_line(err) == (
         "error: events rule 'guitar': unknown label 'playing gitar': did you mean "
         "'playing guitar'? (also close: 'playing bass guitar', 'playing harp')"
     )

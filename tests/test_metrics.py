@@ -11,9 +11,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import urllib.request
 
@@ -21,13 +18,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import (
-    REPO,
-    StreamProcess,
-    descendants,
+    ctl_output,
     expected_cpu_engine_name,
     free_port,
-    running,
-    segments_of,
+    held_port,
+    one_error_line,
+    run_to_end,
     wait_until,
 )
 from stream import run
@@ -211,15 +207,8 @@ def test_served_over_http_and_the_port_freed_on_close():
 
 
 def test_a_port_in_use_is_one_line():
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    port = holder.getsockname()[1]
-    try:
-        with pytest.raises(UserError) as err:
-            Metrics(f"127.0.0.1:{port}", max_batch=1)
-    finally:
-        holder.close()
+    with held_port() as port, pytest.raises(UserError) as err:
+        Metrics(f"127.0.0.1:{port}", max_batch=1)
     assert str(err.value) == (
         f"cannot serve metrics on 127.0.0.1:{port}: the address is in use (another "
         "stream.run?); pass a free one with --metrics 127.0.0.1:PORT"
@@ -290,50 +279,20 @@ def test_bad_metrics_options_are_one_line(refused, tmp_path):
 def test_a_metrics_port_in_use_ends_the_run_at_start():
     """The inference process binds the port as it starts, before the model loads: a port
     in use is one line, exit 2, and nothing is left behind."""
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    port = holder.getsockname()[1]
-    seen: set[int] = set()
-    try:
-        stream = StreamProcess(
+    with held_port() as port:
+        code, err = run_to_end(
             "--camera", "synthetic", "--weights", "none", "--log-level", "warning",
-            "--metrics", f"127.0.0.1:{port}",
+            "--metrics", f"127.0.0.1:{port}", timeout=180,
         )  # fmt: skip
-
-        def ended() -> bool:
-            seen.update(descendants(stream.proc.pid))
-            return stream.proc.poll() is not None
-
-        wait_until(ended, "stream.run to end", timeout=180)
-        code, err = stream.wait()
-    finally:
-        holder.close()
     assert code == 2, err
-    assert "Traceback" not in err, err
-    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+    assert one_error_line(err) == (
         f"error: cannot serve metrics on 127.0.0.1:{port}: the address is in use (another "
         "stream.run?); pass a free one with --metrics 127.0.0.1:PORT"
-    ], err
+    ), err
     assert "running:" not in err
-    wait_until(lambda: not running(seen), "the processes of stream.run to end")
-    assert not segments_of(stream.proc.pid)
 
 
 # -- a real run, scraped -------------------------------------------------------------------
-
-
-def _ctl(endpoint: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "stream.ctl", "--control", endpoint, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def _consistent(samples: dict, stream: str) -> float:
@@ -353,7 +312,7 @@ def test_a_run_is_scraped_while_it_runs(run_stream):
         "--max-batch", "1", "--model", "x3d_xs", "--weights", "none", "--stride", "0.5",
         "--metrics", f"127.0.0.1:{port}", "--log-level", "info",
     )  # fmt: skip
-    line = stream.wait_for("running: publishing on")
+    line = stream.wait_for("running: publishing on").string
     assert f"metrics on http://127.0.0.1:{port}/metrics" in line
 
     def windows_of_both(at_least: float):
@@ -389,7 +348,7 @@ def test_a_run_is_scraped_while_it_runs(run_stream):
         assert _consistent(later, s) > before[s]
 
     # a capture process killed and restarted is counted
-    status = json.loads(_ctl(stream.control, "status", "--json"))
+    status = json.loads(ctl_output(stream.control, "status", "--json"))
     os.kill(status["processes"]["capture-video:cam0"], signal.SIGKILL)
     restarts = "avstream_capture_restarts_total"
     wait_until(
@@ -399,7 +358,7 @@ def test_a_run_is_scraped_while_it_runs(run_stream):
     )
 
     # a removed stream's series are gone; the other's remain
-    assert _ctl(stream.control, "remove", "cam1") == "removed cam1\n"
+    assert ctl_output(stream.control, "remove", "cam1") == "removed cam1\n"
     after = _scrape(port)
     assert _streams_of(after) == {"cam0"}
     assert _value(after, "avstream_streams") == 1

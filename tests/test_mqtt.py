@@ -11,11 +11,8 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import queue
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +23,7 @@ import pytest
 import zmq
 from test_wire import _prediction
 
-from helpers import REPO, free_port, wait_until
+from helpers import ProcessLines, free_port, held_port, wait_until
 from stream.transport import mqtt, wire
 from stream.transport.keys import make_keys
 from stream.transport.publish import Publisher
@@ -37,75 +34,6 @@ MOSQUITTO = shutil.which(
     "mosquitto", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
 )
 TIMEOUT = 60.0  # bounds a hang only: every wait is for a message or a log line
-
-
-class Lines:
-    """A real process whose stderr is read line by line as it comes (a thread), so that a
-    test waits for a log line instead of sleeping."""
-
-    def __init__(self, argv: list[str], env: dict | None = None):
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> str:
-        """The first stderr line from now on that matches `pattern`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"no line matching {pattern!r} in {timeout:g} s:\n{self.err}")
-            if line is None:
-                self._queue.put(None)
-                pytest.fail(f"exit {self.proc.wait()} before {pattern!r}:\n{self.err}")
-            self.lines.append(line)
-            if re.search(pattern, line):
-                return line
-
-    def _rest(self) -> list[str]:
-        rest = []
-        while not self._queue.empty():
-            rest.append(self._queue.get() or "")
-        return rest
-
-    @property
-    def err(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait(self, timeout: float = TIMEOUT) -> tuple[int, str]:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            pytest.fail(f"no exit in {timeout:g} s:\n{self.err}\n" + "\n".join(self._rest()))
-        while (line := self._queue.get(timeout=timeout)) is not None:
-            self.lines.append(line)
-        self._queue.put(None)
-        return code, self.err
-
-    def stop(self, sig=signal.SIGINT) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.wait()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(TIMEOUT)
 
 
 class Mosquitto:
@@ -141,11 +69,11 @@ class Mosquitto:
             lines += [f"{k} {v}" for k, v in zip(("cafile", "certfile", "keyfile"), tls)]
         self.conf.write_text("\n".join(lines) + "\n")
         self.url = f"{'mqtt' if tls is None else 'mqtts'}://127.0.0.1:{self.port}"
-        self.proc: Lines | None = None
+        self.proc: ProcessLines | None = None
         self.start()
 
     def start(self) -> None:
-        self.proc = Lines([MOSQUITTO, "-c", str(self.conf)])
+        self.proc = ProcessLines([MOSQUITTO, "-c", str(self.conf)])
         self.proc.wait_for(r"mosquitto version .* running")
 
     def stop(self, sig=signal.SIGTERM) -> None:
@@ -242,8 +170,8 @@ def publisher():
     pub.close()
 
 
-def bridge(pub: Publisher, b: Mosquitto, *args: str, env: dict | None = None) -> Lines:
-    return Lines(
+def bridge(pub: Publisher, b: Mosquitto, *args: str, env: dict | None = None) -> ProcessLines:
+    return ProcessLines(
         [sys.executable, "-m", "stream.mqtt", "--connect", pub.endpoint, "--broker", b.url, *args],
         env=env,
     )
@@ -535,11 +463,11 @@ def test_curve_keys_reach_a_run_that_wants_them_and_a_bridge_without_them_ends(
 # -- bad input -------------------------------------------------------------------------
 
 
-def _one_error_line(run: Lines) -> str:
+def _one_error_line(run: ProcessLines) -> str:
     code, err = run.wait()
     assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    return err
+    assert len(run.lines) == 1 and err.startswith("error: "), err
+    return run.lines[0]
 
 
 def test_a_login_the_broker_refuses_is_one_line_and_the_right_one_connects(
@@ -618,7 +546,7 @@ def test_tls_with_the_brokers_ca_connects_and_a_wrong_ca_or_scheme_is_one_line(
     assert _one_error_line(untrusted).startswith(
         f"error: the TLS certificate of the broker at {b.url} is not trusted ("
     )
-    plain = Lines(
+    plain = ProcessLines(
         [sys.executable, "-m", "stream.mqtt", "--connect", publisher.endpoint]
         + ["--broker", b.url.replace("mqtts://", "mqtt://")]
     )
@@ -630,7 +558,7 @@ def test_tls_with_the_brokers_ca_connects_and_a_wrong_ca_or_scheme_is_one_line(
 
 def test_no_broker_and_a_silent_one_are_one_line(publisher):
     port = free_port()  # nothing listens there
-    absent = Lines(
+    absent = ProcessLines(
         [sys.executable, "-m", "stream.mqtt", "--connect", publisher.endpoint]
         + ["--broker", f"mqtt://127.0.0.1:{port}"]
     )
@@ -638,11 +566,9 @@ def test_no_broker_and_a_silent_one_are_one_line(publisher):
         f"error: no broker at mqtt://127.0.0.1:{port}: the connection was refused (is the "
         "broker running, and is the port right?)"
     )
-    with socket.socket() as silent:  # accepts connections (the backlog), never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        url = f"mqtt://127.0.0.1:{silent.getsockname()[1]}"
-        mute = Lines(
+    with held_port() as port:  # accepts connections (the backlog), never answers
+        url = f"mqtt://127.0.0.1:{port}"
+        mute = ProcessLines(
             [sys.executable, "-m", "stream.mqtt", "--connect", publisher.endpoint]
             + ["--broker", url, "--connect-timeout", "0.5"]
         )

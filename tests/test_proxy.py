@@ -5,11 +5,9 @@ killed and started again while three runs publish through it."""
 from __future__ import annotations
 
 import logging
-import queue
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 
@@ -17,7 +15,7 @@ import pytest
 import zmq
 from test_wire import _prediction
 
-from helpers import REPO, descendants, free_port, running, segments_of, wait_until
+from helpers import ProcessLines, descendants, free_port, running, segments_of, wait_until
 from stream.errors import UserError
 from stream.transport import proxy, wire
 from stream.transport.keys import make_keys
@@ -27,48 +25,32 @@ from stream.transport.subscribe import HandshakeError, Subscriber
 PUBLISH_LOG = "stream.transport.publish"
 
 
-class ProxyProcess:
+class ProxyProcess(ProcessLines):
     """`python -m stream.proxy` as a real process on free ports of 127.0.0.1; started, it
-    has said that it is ready."""
+    has said that it is ready (its first line)."""
+
+    stop_signal = signal.SIGTERM
 
     def __init__(self, *args: str, frontend: int | None = None, backend: int | None = None):
         self.frontend = f"tcp://127.0.0.1:{frontend or free_port()}"
         self.backend = f"tcp://127.0.0.1:{backend or free_port()}"
         argv = [sys.executable, "-m", "stream.proxy", "--frontend", self.frontend]
-        self.proc = subprocess.Popen(
-            [*argv, "--backend", self.backend, *args],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        ready = self.lines.get(timeout=60)
-        assert ready == (
+        super().__init__([*argv, "--backend", self.backend, *args])
+        self.wait_for(r"^proxy: publishers connect to ")
+        assert self.lines == [
             f"proxy: publishers connect to {self.frontend}, subscribers to {self.backend}"
             + (
                 " (CURVE: runs pass the proxy's server.key as --curve-server-key)"
                 if "--curve-secret-key" in args
                 else ""
             )
-        ), ready
+        ], self.err
 
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def stop(self, sig=signal.SIGTERM) -> tuple[int, list[str]]:
-        """Send `sig`; the exit status and the lines it wrote after the ready line."""
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=30)
-        return code, [line for line in iter(self.lines.get, None)]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+    def stop(self, sig: int | None = None) -> tuple[int, list[str]]:
+        """Send `sig` (SIGTERM unless given); the exit status and the lines it wrote after
+        the ready line."""
+        code, _ = super().stop(sig)
+        return code, self.lines[1:]
 
 
 @pytest.fixture

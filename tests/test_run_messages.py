@@ -47,8 +47,8 @@ def test_a_stride_too_short_for_the_engine_is_warned_about(start_run):
         "--log-level",
         "info",
     )
-    assert run.wait_for("windows every").endswith("windows every 0.01 s (from --stride)")
-    warning = run.wait_for("not keeping up")
+    assert run.wait_for("windows every").string.endswith("windows every 0.01 s (from --stride)")
+    warning = run.wait_for("not keeping up").string
     m = re.search(
         r"not keeping up: (\d+) of the last (\d+) windows were skipped at --stride 0\.01; "
         r"the engine takes (\d+) ms per window and the whole window (\d+) ms "
@@ -106,7 +106,7 @@ def test_slow_model_stops_without_being_terminated(start_run):
         "--log-level",
         "info",
     )
-    assert run.wait_for("running: publishing on").endswith("stopping after 2 s")
+    assert run.wait_for("running: publishing on").string.endswith("stopping after 2 s")
     code, err = run.wait(timeout=300)
     assert code == 0, err
     assert "--duration reached" in err

@@ -19,26 +19,21 @@ from collections import defaultdict
 
 import pytest
 
-from helpers import REPO, StreamProcess, descendants, free_port, running, segments_of, wait_until
+from helpers import (
+    REPO,
+    StreamProcess,
+    ctl_command,
+    descendants,
+    free_port,
+    running,
+    segments_of,
+    wait_until,
+)
 from stream.errors import UserError
 from stream.transport import ctl
 from stream.transport.subscribe import Subscriber
 
 MODEL_ARGS = ("--model", "x3d_xs", "--weights", "none", "--stride", "0.5", "--log-level", "info")
-
-
-def _ctl(endpoint: str, *args: str, **keys: str) -> tuple[int, str, str]:
-    """`python -m stream.ctl --control ENDPOINT ARGS` as a real process: (exit, out, err)."""
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in keys.items()]
-    done = subprocess.run(
-        [sys.executable, "-m", "stream.ctl", "--control", endpoint, *flags, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    return done.returncode, done.stdout, done.stderr
 
 
 def _one_error(code: int, out: str, err: str) -> str:
@@ -165,12 +160,12 @@ def test_the_control_socket_answers_and_refuses_a_port_in_use():
 
 def test_ctl_against_no_run_is_one_line():
     endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
-    err = _one_error(*_ctl(endpoint, "list"))
+    err = _one_error(*ctl_command(endpoint, "list"))
     assert err == (
         f"error: no stream.run answers on {endpoint}: start one with --control {endpoint}, "
         "or pass the endpoint it uses with --control\n"
     )
-    err = _one_error(*_ctl(endpoint, "add", "x"))  # a bad flag: before any request
+    err = _one_error(*ctl_command(endpoint, "add", "x"))  # a bad flag: before any request
     assert "--camera" in err and "python -m stream.ctl add --help" in err
 
 
@@ -219,7 +214,7 @@ def _predictions(run: StreamProcess, want: dict[str, int], timeout: float = 180.
 
 
 def _status(run: StreamProcess) -> dict:
-    code, out, err = _ctl(run.control, "status", "--json")
+    code, out, err = ctl_command(run.control, "status", "--json")
     assert code == 0, err
     return json.loads(out)
 
@@ -262,7 +257,7 @@ def test_two_cameras_one_inference_process(run, video_file):
     assert sorted(processes) == ["capture-video:cam0", "capture-video:cam1", "inference", "main"]
     assert _states(status) == {"cam0": "running", "cam1": "running"}
     assert set(descendants(run.proc.pid)) >= set(processes.values()) - {run.proc.pid}
-    code, out, _ = _ctl(run.control, "list")
+    code, out, _ = ctl_command(run.control, "list")
     assert code == 0
     lines = out.splitlines()
     assert [line.split()[:2] for line in lines] == [["cam0", "running"], ["cam1", "running"]]
@@ -276,7 +271,9 @@ def test_a_stream_added_and_removed_while_running(run):
     added: dict[str, list[dict]] = defaultdict(list)
     with Subscriber(run.endpoint, topics=("pred.",)) as sub:
         wait_until(lambda: sub.recv(timeout=60).body["stream"] == "cam0", "no cam0 prediction")
-        code, out, err = _ctl(run.control, "add", "cam2", "--camera", "synthetic", "--fps", "15")
+        code, out, err = ctl_command(
+            run.control, "add", "cam2", "--camera", "synthetic", "--fps", "15"
+        )
         assert (code, out) == (0, "added cam2: synthetic (running)\n"), err
         while len(added["cam2"]) < 3:  # the new stream's predictions; the others go on
             assert run.proc.poll() is None, run.wait()[1]
@@ -292,7 +289,7 @@ def test_a_stream_added_and_removed_while_running(run):
     rings = segments_of(run.proc.pid) - segments
     assert len(rings) == 1  # its frame ring (x3d_xs does not listen)
 
-    code, out, err = _ctl(run.control, "remove", "cam2")
+    code, out, err = ctl_command(run.control, "remove", "cam2")
     assert (code, out) == (0, "removed cam2\n"), err
     # answered once its process had stopped and its ring was unlinked
     assert not running({capture})
@@ -316,7 +313,7 @@ def test_bad_requests_are_one_line_and_leave_the_streams_alone(run, tmp_path):
         (("add", "cam9", "--camera", "synthetic", "--size", "12"), "--size '12'"),
     ]
     for args, line in cases:
-        err = _one_error(*_ctl(run.control, *args))
+        err = _one_error(*ctl_command(run.control, *args))
         assert line in err, (args, err)
     after = _status(run)
     assert after["processes"] == before["processes"]
@@ -329,7 +326,9 @@ def test_bad_requests_are_one_line_and_leave_the_streams_alone(run, tmp_path):
 @pytest.mark.e2e
 def test_a_file_stream_ends_alone(run, video_file):
     segments = segments_of(run.proc.pid)
-    code, out, err = _ctl(run.control, "add", "clip", "--camera", str(video_file), "--no-loop")
+    code, out, err = ctl_command(
+        run.control, "add", "clip", "--camera", str(video_file), "--no-loop"
+    )
     assert (code, out) == (0, "added clip: " + str(video_file) + " (running)\n"), err
     capture = _status(run)["processes"]["capture-video:clip"]
     rings = segments_of(run.proc.pid) - segments
@@ -348,7 +347,7 @@ def test_a_file_stream_ends_alone(run, video_file):
         "main",
     ]
     _predictions(run, {"cam0": 2, "cam1": 2})  # the others run on
-    code, out, _ = _ctl(run.control, "remove", "clip")  # its line in the list goes
+    code, out, _ = ctl_command(run.control, "remove", "clip")  # its line in the list goes
     assert (code, out) == (0, "removed clip\n")
     assert _states(_status(run)) == {"cam0": "running", "cam1": "running"}
 

@@ -33,7 +33,7 @@ import torch
 import yaml
 
 import models
-from helpers import REPO
+from helpers import REPO, ProcessLines
 from stream.train import trainer as T
 from stream.train.clips import list_dataset
 from stream.train.dataset import ClipDataset, ClipStore, Item, split_dataset
@@ -674,48 +674,29 @@ def test_a_tied_epoch_is_not_a_new_best(tmp_path):
 def test_ctrl_c_keeps_the_best_checkpoint_and_exits_0(tmp_path):
     """A real process, SIGINT once an epoch has finished: exit 0, one line naming the
     best checkpoint, which loads; no partial file left."""
-    import os
-    import queue
-    import re
     import signal
-    import threading
 
     data = _two_labels(tmp_path / "data")
     out = tmp_path / "run"
-    proc = subprocess.Popen(
+    proc = ProcessLines(
         [sys.executable, "-m", "stream.train", *_video_args(data, out, 200)],
-        cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
-    err = []
+        env={"OMP_NUM_THREADS": "1"},
+    )
     try:
-        deadline = time.monotonic() + 300
-        while not any(re.search(r"\bepoch 1/200: ", x) for x in err):
-            assert proc.poll() is None, "".join(err)
-            err.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 0, "".join(err)
+        proc.wait_for(r"\bepoch 1/200: ", timeout=300)
+        code, err = proc.stop(signal.SIGINT, timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    time.sleep(0)  # let the reader thread drain
-    while True:
-        try:
-            err.append(lines.get(timeout=5))
-        except queue.Empty:
-            break
-    last = err[-1].strip()
+        proc.kill()
+    assert code == 0, err
     match = re.fullmatch(
         r"interrupted \(SIGINT\): the best checkpoint so far is "
         rf"{re.escape(str(out / 'model.pt'))} "
         r"\(epoch (\d+), validation accuracy [0-9.]+\); "
         r"continue with the same command and --resume",
-        last,
+        proc.lines[-1].strip(),
     )
-    assert match, "".join(err)
-    assert "Traceback" not in "".join(err)
+    assert match, err
+    assert "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == [
         "last.pt",
         "metrics.jsonl",

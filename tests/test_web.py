@@ -10,10 +10,8 @@ import asyncio
 import http.client
 import json
 import os
-import queue
 import re
 import signal
-import socket
 import stat
 import struct
 import subprocess
@@ -28,7 +26,7 @@ import pytest
 import zmq
 from test_wire import _event, _prediction, _run_status, _status
 
-from helpers import REPO, Sending, free_port
+from helpers import REPO, Sending, WebProcess, free_port, held_port, wait_until
 from stream.errors import UserError
 from stream.transport import wire
 from stream.transport.keys import make_keys
@@ -59,58 +57,22 @@ class Publishing:
         self.context.term()
 
 
-class View:
-    """`python -m stream.web ...` listening on a free port (it picks: --listen HOST:0); its
-    URL from its log line."""
+class View(WebProcess):
+    """`python -m stream.web ...` listening on a free port (it picks: --listen HOST:0), its
+    stdout kept: `stop` checks that it wrote nothing there, no traceback, and exit 0."""
 
     def __init__(self, *args: str):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.web", "--listen", "127.0.0.1:0", *args],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        line = self.wait_for(r"web view on http://")
-        self.url = re.search(r"(http://\S+)/", line)[1]
+        super().__init__("--listen", "127.0.0.1:0", *args, stdout=subprocess.PIPE)
+        self.url = self.wait_listening().removesuffix("/")
         self.host, _, port = self.url.removeprefix("http://").rpartition(":")
         self.port = int(port)
 
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def wait_for(self, pattern: str) -> str:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"no line matching {pattern!r}:\n" + "\n".join(self.seen))
-            if line is None:
-                pytest.fail(f"stream.web ended ({self.proc.wait()}):\n" + "\n".join(self.seen))
-            self.seen.append(line)
-            if re.search(pattern, line):
-                return line
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
-        self.proc.wait(TIMEOUT)
+    def stop(self, sig: int | None = None) -> None:
+        code, err = super().stop(sig)
         out = self.proc.stdout.read()
-        while (line := self.lines.get(timeout=TIMEOUT)) is not None:
-            self.seen.append(line)
-        assert self.proc.returncode == 0, "\n".join(self.seen)
-        assert not any("Traceback" in line for line in self.seen), "\n".join(self.seen)
+        assert code == 0, err
+        assert "Traceback" not in err, err
         assert out == ""
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(TIMEOUT)
 
 
 @pytest.fixture
@@ -145,16 +107,6 @@ def _state(view: View, headers: dict | None = None) -> dict:
     return json.loads(body)
 
 
-def _until(check, what: str):
-    """Poll `check` (an HTTP request) until it returns something true."""
-    deadline = time.monotonic() + TIMEOUT
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {TIMEOUT:g} s")
-        time.sleep(0.05)
-    return value
-
-
 def _link_up(view: View, publisher: Publishing) -> None:
     """Heartbeats until the view has one: from then on, what is sent reaches it (a SUB
     that has just connected misses what was sent before)."""
@@ -163,7 +115,7 @@ def _link_up(view: View, publisher: Publishing) -> None:
         publisher.send("status.cam0", _status())
         return _state(view)["link"]["state"] == "up"
 
-    _until(up, "the view receives the publisher")
+    wait_until(up, "the view receives the publisher")
 
 
 # -- what the view shows of a run -------------------------------------------------------------
@@ -242,7 +194,7 @@ def test_events_kept_are_the_last_fifty(view, publisher):
     for seq in range(60):
         publisher.send("event.cam0", _event("update", seq=seq))
     publisher.send("pred.cam0", _prediction(seq=1))  # after them all: the last to arrive
-    _until(lambda: _state(view)["streams"]["cam0"]["pred"], "the prediction")
+    wait_until(lambda: _state(view)["streams"]["cam0"]["pred"], "the prediction")
     events = _state(view)["streams"]["cam0"]["events"]
     assert [e["seq"] for e in events] == list(range(10, 60))
 
@@ -271,7 +223,7 @@ def test_a_message_that_is_not_valid_is_skipped(view, publisher):
     publisher.socket.send_multipart([b"pred.cam1", b'{"schema": "avstream.prediction.v1"}'])
     publisher.socket.send_multipart([b"pred.x/../y", json.dumps(_prediction()).encode()])
     publisher.send("pred.cam2", _prediction(stream="cam2"))
-    _until(lambda: _state(view)["streams"].get("cam2"), "the valid prediction")
+    wait_until(lambda: _state(view)["streams"].get("cam2"), "the valid prediction")
     assert set(_state(view)["streams"]) == {"cam0", "cam2"}
     view.wait_for("not valid was skipped")
 
@@ -374,9 +326,9 @@ def test_curve_keys_and_a_publisher_that_needs_them(tmp_path):
             str(keys / "viewer.key_secret"),
         )
         try:
-            _until(lambda: _state(keyed)["link"]["state"] == "up", "the keyed view's link")
+            wait_until(lambda: _state(keyed)["link"]["state"] == "up", "the keyed view's link")
             assert _state(keyed)["streams"]["cam0"]["status"]["schema"] == wire.STATUS_SCHEMA
-            link = _until(
+            link = wait_until(
                 lambda: "CURVE" in (d := _state(plain)["link"])["detail"] and d, "the reason"
             )
             assert link["state"] == "down"
@@ -397,7 +349,7 @@ def test_signals_stop_it_cleanly(publisher):
             v.stop(sig)
         finally:
             v.kill()
-        assert v.seen[-1].endswith("stopped")
+        assert v.lines[-1].endswith("stopped")
 
 
 # -- the token --------------------------------------------------------------------------------
@@ -482,10 +434,7 @@ def _refused(*args: str, cwd=REPO) -> str:
 
 
 def test_port_in_use_is_one_line(publisher):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with held_port() as port:
         line = _refused("--connect", publisher.endpoint, "--listen", f"127.0.0.1:{port}")
     assert f"127.0.0.1:{port} is in use" in line
 

@@ -18,9 +18,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser import Browser, FakeRun, WebProcess, browser_missing, screenshot_folder
+from browser import Browser, FakeRun, browser_missing, screenshot_folder
 
-from helpers import free_port
+from helpers import WebProcess, free_port
 
 MISSING = browser_missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"no browser: {MISSING}")
@@ -71,12 +71,12 @@ def web():
     problems = []
     for p in started:
         try:
-            code = p.stop()
+            code, err = p.stop()
         except BaseException as e:  # pytest.fail's exception included: stop the others
             problems.append(str(e))
             continue
         if code != 0:
-            problems.append(f"stream.web {' '.join(p.argv[3:])} exited {code}:\n{p.err}")
+            problems.append(f"stream.web {' '.join(p.argv[3:])} exited {code}:\n{err}")
     assert not problems, "\n".join(problems)
 
 
@@ -305,7 +305,8 @@ def test_the_page_reconnects_to_a_restarted_server(web, chrome, shots):
         chrome.get(url)
         wait_tiles(chrome, STREAMS)
         chrome.js("window.avstreamTestMark = 1;")  # gone if the page were loaded again
-        assert first.stop() == 0, first.err
+        code, err = first.stop()
+        assert code == 0, err
         banner = wait_banner(chrome, True, "the banner saying that the server is gone")
         assert "retrying" in banner["text"], banner
         chrome.screenshot(shots, "server-gone")

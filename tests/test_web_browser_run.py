@@ -4,8 +4,6 @@ run's predictions appear. In PIPELINE (tests/conftest.py): it starts the pipelin
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from browser import Browser, browser_missing, check_not_blank, screenshot_folder
 
@@ -37,7 +35,7 @@ def test_a_run_with_web_shows_its_video_and_labels(run_stream, tmp_path_factory)
 
     shots = screenshot_folder(tmp_path_factory)
     stream = run_stream(*ARGS, "--web", "127.0.0.1:0")
-    url = re.search(r"web view on (http://\S+/)", stream.wait_for(r"web view on http://"))[1]
+    url = stream.wait_for(r"web view on (http://\S+/)")[1]
     browser = Browser(tmp_path_factory.mktemp("chromium-run"))
     try:
         browser.get(url)

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -30,7 +29,18 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import REPO, StreamProcess, descendants, free_port, running, segments_of, wait_until
+from helpers import (
+    REPO,
+    ctl_output,
+    descendants,
+    free_port,
+    held_port,
+    one_error_line,
+    run_to_end,
+    running,
+    segments_of,
+    wait_until,
+)
 from stream.transport.keys import make_keys
 from stream.transport.subscribe import HandshakeError, Subscriber
 from stream.web.process import FOLDER_PREFIX
@@ -119,10 +129,10 @@ async def _watch(port: int, stream: str) -> tuple[dict, dict, dict]:
 def test_a_run_serves_its_view(run_stream, tmp_path):
     keys = tmp_path / "keys"
     make_keys(keys, ["ctl"])
-    ctl_keys = [
-        f"--curve-server-key={keys / 'server.key'}",
-        f"--curve-secret-key={keys / 'ctl.key_secret'}",
-    ]
+    ctl_keys = {
+        "curve_server_key": str(keys / "server.key"),
+        "curve_secret_key": str(keys / "ctl.key_secret"),
+    }
     port = free_port()
     stream = run_stream(
         "--camera", "synthetic", "--size", "320x240", "--model", "x3d_xs", "--weights", "none",
@@ -132,16 +142,7 @@ def test_a_run_serves_its_view(run_stream, tmp_path):
     )  # fmt: skip
 
     def ctl(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "stream.ctl", "--control", stream.control, *ctl_keys, *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return ctl_output(stream.control, *args, **ctl_keys)
 
     # The page answers while the model loads; what it watches comes once it is there.
     stream.wait_for(rf"web INFO: web view on http://127\.0\.0\.1:{port}/$")
@@ -149,7 +150,7 @@ def test_a_run_serves_its_view(run_stream, tmp_path):
     assert (hello["kind"], hello["source"], hello["frames"]) == ("hello", "run", True)
     assert pred["stream"] == "cam0" and pred["labels"]
     assert (frame["width"], frame["height"]) == (320, 240)
-    line = stream.wait_for("running: publishing on")
+    line = stream.wait_for("running: publishing on").string
     assert f"; web view on http://127.0.0.1:{port}/;" in line
     seen = descendants(stream.proc.pid)
 
@@ -218,33 +219,15 @@ def _web_folders() -> set[str]:
 def test_a_web_port_in_use_ends_the_run_at_start():
     """The web process binds as it starts: a port in use is one line, exit 2, and
     nothing is left behind (processes, shared memory, the private folder)."""
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    port = holder.getsockname()[1]
     folders = _web_folders()
-    seen: set[int] = set()
-    try:
-        stream = StreamProcess(
+    with held_port() as port:
+        code, err = run_to_end(
             "--camera", "synthetic", "--weights", "none", "--log-level", "warning",
-            "--web", f"127.0.0.1:{port}",
+            "--web", f"127.0.0.1:{port}", timeout=180,
         )  # fmt: skip
-
-        def ended() -> bool:
-            seen.update(descendants(stream.proc.pid))
-            return stream.proc.poll() is not None
-
-        wait_until(ended, "stream.run to end", timeout=180)
-        code, err = stream.wait()
-    finally:
-        holder.close()
     assert code == 2, err
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and f"127.0.0.1:{port} is in use" in errors[0], err
+    assert f"127.0.0.1:{port} is in use" in one_error_line(err), err
     assert "running:" not in err
-    wait_until(lambda: not running(seen), "the processes of stream.run to end")
-    assert not segments_of(stream.proc.pid)
     assert _web_folders() <= folders
 
 
