@@ -3,9 +3,10 @@ headless Chromium driven by Selenium, and a stand-in for a run on another host t
 publishes real wire messages on a ZeroMQ PUB socket of its own (`python -m stream.web` as
 a real process is helpers.WebProcess).
 
-Nothing is downloaded at test time: the driver's path is given to Selenium, which then
-never runs Selenium Manager (selenium.webdriver.common.driver_finder skips it when the
-Service has a path)."""
+The browser is opened as `python -m stream.bench --web-pages` opens its pages
+(stream.bench.pages.chromium): nothing is downloaded at test time, since the driver's path
+is given to Selenium, which then never runs Selenium Manager
+(selenium.webdriver.common.driver_finder skips it when the Service has a path)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,17 @@ from pathlib import Path
 import pytest
 
 from helpers import running, wait_until
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+from stream.bench.pages import chromium, chromium_paths, processes_naming
 
 
 def browser_missing() -> str | None:
     """Why the browser tests cannot run here (None when they can): a developer machine
     without Debian's chromium and chromium-driver, or without selenium."""
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not os.access(path, os.X_OK):
-            return f"{path} is missing (apt-get install {package}; .ci/run installs it)"
+    if chromium_paths() is None:
+        return (
+            "chromium and chromedriver are not on PATH (apt-get install chromium "
+            "chromium-driver; .ci/run installs them)"
+        )
     try:
         import selenium  # noqa: F401
     except ImportError:
@@ -45,44 +46,15 @@ class Browser:
     `root` on its command line: `quit` checks that none is left."""
 
     def __init__(self, root: Path):
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
         self.root = root
-        (root / "home").mkdir(parents=True, exist_ok=True)
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for arg in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-dev-shm-usage",
-            "--disable-gpu",
-            "--window-size=1280,720",
-            f"--user-data-dir={root / 'profile'}",
-            "--no-first-run",
-        ):
-            options.add_argument(arg)
         # The page's console (errors included) is read back with get_log("browser").
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        service = Service(CHROMEDRIVER, env={**os.environ, "HOME": str(root / "home")})
-        self.driver = webdriver.Chrome(service=service, options=options)
-        self.driver_pid = service.process.pid
+        self.driver, self.driver_pid = chromium(root, *chromium_paths(), console=True)
         self.driver.set_page_load_timeout(60)
         self.driver.set_script_timeout(30)
 
     def processes(self) -> set[int]:
         """The live processes of this browser: its driver, and any that names `root`."""
-        mine = {self.driver_pid}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(self.root).encode() in cmdline:
-                mine.add(int(entry))
-        return running(mine)
+        return running({self.driver_pid} | processes_naming(self.root))
 
     def quit(self) -> None:
         """Quit the browser and check that none of its processes is left (any left is

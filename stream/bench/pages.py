@@ -59,6 +59,50 @@ def missing() -> str | None:
     return None
 
 
+def chromium(root: Path, browser: str, driver: str, *, console: bool = False):
+    """A headless Chromium (1280×720) driven by Selenium: (its webdriver, the driver's pid).
+
+    Its profile and HOME are under `root`, so that every process it starts (the crash
+    handler too, whose database lives under HOME, outside the driver's process tree) names
+    `root` on its command line: `processes_naming(root)` finds them. The driver's path is
+    given, so Selenium Manager never runs: nothing is downloaded. `console`: the page's
+    console is kept for `get_log("browser")`. The browser tests open theirs here too."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    (root / "home").mkdir(parents=True, exist_ok=True)
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,720",
+        f"--user-data-dir={root / 'profile'}",
+        "--no-first-run",
+    ):
+        options.add_argument(arg)
+    if console:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(driver, env={**os.environ, "HOME": str(root / "home")})
+    return webdriver.Chrome(service=service, options=options), service.process.pid
+
+
+def processes_naming(root: Path) -> set[int]:
+    """The processes whose command line names `root` (a `chromium` browser's)."""
+    needle = str(root).encode()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.add(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 class PagesError(Exception):
     """The pages did not show the view (one line)."""
 
@@ -71,9 +115,6 @@ class Pages:
     its command line: their CPU is counted, and `close` ends any that quitting left."""
 
     def __init__(self, url: str, count: int, streams: set[str]):
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
         browser, driver = chromium_paths()
         self.url = url
         self.streams = streams
@@ -84,25 +125,10 @@ class Pages:
         self._marked_at = None
         try:
             for i in range(count):
-                home = self.root / f"home{i}"
-                home.mkdir()
-                options = webdriver.ChromeOptions()
-                options.binary_location = browser
-                for arg in (
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-dev-shm-usage",
-                    "--disable-gpu",
-                    "--window-size=1280,720",
-                    f"--user-data-dir={self.root / f'profile{i}'}",
-                    "--no-first-run",
-                ):
-                    options.add_argument(arg)
-                # The driver's path given: Selenium Manager never runs, nothing is downloaded.
-                service = Service(driver, env={**os.environ, "HOME": str(home)})
-                self.drivers.append(webdriver.Chrome(service=service, options=options))
-                self._driver_pids.append(service.process.pid)
-                self.drivers[-1].get(url)
+                page, pid = chromium(self.root / f"page{i}", browser, driver)
+                self.drivers.append(page)
+                self._driver_pids.append(pid)
+                page.get(url)
         except BaseException:
             self.close()
             raise
@@ -129,16 +155,7 @@ class Pages:
 
     def _pids(self) -> set[int]:
         """The drivers and every process that names the pages' folder (Chromium's)."""
-        mine = set(self._driver_pids)
-        needle = str(self.root).encode()
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
-                        mine.add(int(entry))
-                except OSError:
-                    continue
-        return mine
+        return set(self._driver_pids) | processes_naming(self.root)
 
     def _cpu(self) -> dict[int, float]:
         import psutil
