@@ -206,7 +206,8 @@
     prediction(b) {
       this.el.dataset.seq = String(b.seq);
       const labels = Array.isArray(b.labels) ? b.labels.slice(0, TOP_LABELS) : [];
-      // Rows are kept and refilled so that the bars' widths move (CSS transition).
+      // Rows are kept and refilled: the bars' widths change in place (no transition:
+      // style.css says why).
       while (this.labels.children.length > labels.length) this.labels.lastElementChild.remove();
       while (this.labels.children.length < labels.length) {
         this.labels.append(labelTemplate.content.firstElementChild.cloneNode(true));
