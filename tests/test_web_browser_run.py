@@ -26,8 +26,8 @@ ARGS = (
 )
 
 TILE = "document.querySelector('#grid .tile[data-stream=\"cam0\"]')"
-#: The frames the tile's video element has shown (its data-frames).
-FRAMES = f"Number({TILE}?.querySelector('img.video')?.dataset.frames || 0)"
+#: The frames the tile's video canvas has drawn (its data-frames).
+FRAMES = f"Number({TILE}?.querySelector('.video')?.dataset.frames || 0)"
 
 
 def test_a_run_with_web_shows_its_video_and_labels(run_stream, tmp_path_factory):
@@ -44,7 +44,7 @@ def test_a_run_with_web_shows_its_video_and_labels(run_stream, tmp_path_factory)
             f"return {FRAMES} || null;", "the first video frame in cam0's tile", timeout=120
         )
         video = browser.driver.find_element(
-            By.CSS_SELECTOR, '#grid .tile[data-stream="cam0"] img.video'
+            By.CSS_SELECTOR, '#grid .tile[data-stream="cam0"] .video'
         )
         before = check_not_blank(video.screenshot_as_png, "cam0's video (first screenshot)")
         # Frames keep coming (the synthetic pattern moves): wait for a few more to be shown.

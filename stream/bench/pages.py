@@ -3,7 +3,7 @@
 Each page is a Chromium of its own (Selenium drives it through chromedriver), as two people
 looking at the view would have: tabs of one browser share a renderer and a hidden tab is
 throttled. `Pages` opens them, waits until every tile of every page shows video and labels,
-and reads what they showed (the `img.video` element's `data-frames` and the tile's
+and reads what they showed (the `.video` canvas's `data-frames` and the tile's
 `data-seq`, the page's hooks: stream/web/assets/app.js) and the CPU time their processes took.
 selenium is imported here only: the benchmark without --web-pages does not need it.
 """
@@ -29,9 +29,9 @@ NEEDS_SELENIUM = (
 # and how many label rows it has.
 _READ = """
 return Array.from(document.querySelectorAll('.tile[data-stream]')).map(t => {
-  const img = t.querySelector('img.video');
+  const video = t.querySelector('.video');
   return {stream: t.dataset.stream,
-          frames: img ? Number(img.dataset.frames || 0) : 0,
+          frames: video ? Number(video.dataset.frames || 0) : 0,
           seq: Number(t.dataset.seq || -1),
           labels: t.querySelectorAll('.label').length};
 });
