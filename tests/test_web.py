@@ -230,7 +230,7 @@ def test_a_message_that_is_not_valid_is_skipped(view, publisher):
 
 # -- what is served, and how --------------------------------------------------------------------
 
-CSP = "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; frame-ancestors 'none'"
+CSP = "default-src 'self'; connect-src 'self'; frame-ancestors 'none'"
 
 
 def test_routes_content_types_and_security_headers(view, publisher):
