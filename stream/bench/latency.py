@@ -211,6 +211,8 @@ class ProcessWatch:
             name = self.cpu[p.pid][0] if p.pid in self.cpu else self._name(p)
             first = self.cpu[p.pid][1] if p.pid in self.cpu else cpu_s
             self.cpu[p.pid] = (name, first, cpu_s)
+            if rss == 0:  # exiting, not yet a zombie: its memory is gone already
+                continue
             self.peak_rss[p.pid] = (name, max(rss, self.peak_rss.get(p.pid, ("", 0.0))[1]))
             self.rss_series.setdefault(p.pid, []).append((time.monotonic() - self.started, rss))
         self.shm_series.append((time.monotonic() - self.started, shm_mb(self.root.pid)))
