@@ -35,16 +35,12 @@ from stream.pipeline.aggregate import Smoother
 from stream.pipeline.metrics import parse_address
 from stream.transport import wire
 from stream.transport.publish import check_curve_options, check_endpoint
+from stream.web import auth as web_auth  # the standard library alone: no aiohttp
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: --max-batch when it is left out on CUDA: the streams the run starts with, at most this
 #: many (on the CPU: 1, see `engine_batch`).
 MAX_BATCH_AUTO = 8
-
-#: The bounds of --web-fps and --web-width (the browser view's server holds its options
-#: to the same: stream/web/server.py serve).
-WEB_FPS_MAX = 60
-WEB_WIDTHS = (16, 4096)
 
 #: The keys of an entry of a YAML `streams:` list, and the option whose value and type
 #: each takes (a key left out takes the run's value; an id left out is camN).
@@ -283,13 +279,13 @@ class RunConfig:
         doc_default="none",
     )
     web_fps: float = option(
-        10.0,
+        web_auth.DEFAULT_FPS,
         help="with --web: video frames per second per stream, at most ({default})",
         doc="with `--web`: video frames per second per stream, at most (JPEG frames; the "
         "capture and the windows do not change)",
     )
     web_width: int = option(
-        640,
+        web_auth.DEFAULT_WIDTH,
         help="with --web: video frames at most this many pixels wide, downscaled with the "
         "aspect kept ({default})",
         doc="with `--web`: video frames at most this many pixels wide (downscaled, the aspect "
@@ -484,15 +480,9 @@ class RunConfig:
             )
         if self.metrics is not None:
             parse_address(self.metrics, allow_remote=self.allow_remote)
-        if not 0 < self.web_fps <= WEB_FPS_MAX:
-            raise UserError(
-                f"--web-fps {self.web_fps:g} must be above 0 and at most {WEB_FPS_MAX} "
-                "(frames per second)"
-            )
-        if not WEB_WIDTHS[0] <= self.web_width <= WEB_WIDTHS[1]:
-            raise UserError(
-                f"--web-width {self.web_width} must be {WEB_WIDTHS[0]} to {WEB_WIDTHS[1]} pixels"
-            )
+        web_auth.check_video(
+            self.web_fps, self.web_width, fps_flag="--web-fps", width_flag="--web-width"
+        )
         if self.web is not None:
             web_token(self)
         check_curve_options(
@@ -578,14 +568,12 @@ def web_token(cfg: RunConfig) -> str | None:
     --web-token-file (None without one)."""
     import importlib.util
 
-    from stream.web import auth  # the standard library alone: no aiohttp imported here
-
     if importlib.util.find_spec("aiohttp") is None:
         raise UserError("--web needs aiohttp, which is not installed: pip install 'avstream[web]'")
     token = None
     if cfg.web_token_file is not None:
-        token = auth.read_token(cfg.web_token_file, flag="--web-token-file")
-    auth.check_listen(
+        token = web_auth.read_token(cfg.web_token_file, flag="--web-token-file")
+    web_auth.check_listen(
         cfg.web,
         allow_remote=cfg.allow_remote,
         token=token,

@@ -705,11 +705,7 @@ def run_pipeline(
                     msg = sub.recv(timeout=0.5)
                 except TimeoutError:
                     continue
-                if msg.topic == wire.RUN_TOPIC:
-                    runs.append(msg)
-                    continue
-                if msg.topic.startswith("status."):
-                    statuses.append(msg)
+                if _heartbeat(msg, statuses, runs):
                     continue
                 if first is None:
                     first_prediction = time.monotonic()
@@ -844,6 +840,17 @@ def run_pipeline(
     return row, samples
 
 
+def _heartbeat(msg, statuses: list, runs: list) -> bool:
+    """Keep `msg` if it is a stream's heartbeat or the run's status (True), else False."""
+    if msg.topic == wire.RUN_TOPIC:
+        runs.append(msg)
+    elif msg.topic.startswith("status."):
+        statuses.append(msg)
+    else:
+        return False
+    return True
+
+
 def _drain(sub: Subscriber, statuses: list, runs: list) -> None:
     """Read what has queued on `sub`, keeping the heartbeats and run statuses."""
     while True:
@@ -851,10 +858,7 @@ def _drain(sub: Subscriber, statuses: list, runs: list) -> None:
             msg = sub.recv(timeout=0)
         except TimeoutError:
             return
-        if msg.topic == wire.RUN_TOPIC:
-            runs.append(msg)
-        elif msg.topic.startswith("status."):
-            statuses.append(msg)
+        _heartbeat(msg, statuses, runs)
 
 
 def _check_running(args, proc: subprocess.Popen) -> None:

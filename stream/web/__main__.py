@@ -17,6 +17,7 @@ import sys
 
 from stream.errors import ArgumentParser, UserError, error_line
 from stream.transport.subscribe import DEFAULT_ENDPOINT
+from stream.web.auth import DEFAULT_FPS, DEFAULT_WIDTH, make_token
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
@@ -62,9 +63,17 @@ def _parser() -> ArgumentParser:
         help="CURVE: this client's secret key file (NAME.key_secret, python -m stream.keys)",
     )
     p.add_argument(
-        "--fps", type=float, default=10.0, help="video frames per second per stream, at most"
+        "--fps",
+        type=float,
+        default=DEFAULT_FPS,
+        help=f"video frames per second per stream, at most (default {DEFAULT_FPS:g})",
     )
-    p.add_argument("--width", type=int, default=640, help="video frames at most this wide (pixels)")
+    p.add_argument(
+        "--width",
+        type=int,
+        default=DEFAULT_WIDTH,
+        help=f"video frames at most this wide, in pixels (default {DEFAULT_WIDTH})",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -109,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.make_token is not None and not args.connect:
-            from stream.web.auth import make_token
-
             make_token(args.make_token)
             print(
                 f"wrote a new token to {args.make_token} (readable by you alone): pass "

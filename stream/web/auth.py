@@ -1,4 +1,6 @@
-"""Who may see the view: the listen address (loopback unless asked) and the token.
+"""The view's options checked before it starts: who may see it (the listen address,
+loopback unless asked, and the token) and how much video it sends (fps and width, the
+same bounds for `python -m stream.web` and `stream.run --web`).
 
 A view on a loopback address is open to the users of its host, like the run's own
 ZeroMQ endpoint. Anywhere else it needs `--allow-remote` and a token file; the token is
@@ -17,6 +19,13 @@ import secrets
 import socket
 
 from stream.errors import UserError
+
+#: Video frames per second per stream, at most: the default and the bound.
+DEFAULT_FPS = 10.0
+MAX_FPS = 60
+#: Video frames at most this wide: the default and the bounds (pixels).
+DEFAULT_WIDTH = 640
+WIDTHS = (16, 4096)
 
 #: The cookie a page visit with ?token= sets (HttpOnly, SameSite=Strict).
 TOKEN_COOKIE = "avstream_token"
@@ -72,6 +81,18 @@ def check_listen(
                 "visitor must give (python -m stream.web --make-token FILE makes one)"
             )
     return host, port
+
+
+def check_video(
+    fps: float, width: int, *, fps_flag: str = "--fps", width_flag: str = "--width"
+) -> None:
+    """UserError, naming the flag, for a frame rate or width out of bounds."""
+    if not 0 < fps <= MAX_FPS:
+        raise UserError(
+            f"{fps_flag} {fps:g} must be above 0 and at most {MAX_FPS} (frames per second)"
+        )
+    if not WIDTHS[0] <= width <= WIDTHS[1]:
+        raise UserError(f"{width_flag} {width} must be {WIDTHS[0]} to {WIDTHS[1]} pixels")
 
 
 def read_token(path: str, *, flag: str = "--token-file") -> str:

@@ -39,7 +39,15 @@ from typing import Protocol
 from aiohttp import WSMsgType, web
 
 from stream.errors import UserError
-from stream.web.auth import TOKEN_COOKIE, check_listen, read_token, token_matches
+from stream.web.auth import (
+    DEFAULT_FPS,
+    DEFAULT_WIDTH,
+    TOKEN_COOKIE,
+    check_listen,
+    check_video,
+    read_token,
+    token_matches,
+)
 from stream.web.feed import Feed
 
 __all__ = ["Frame", "FrameSource", "WebOptions", "check_listen", "read_token", "serve"]
@@ -85,8 +93,8 @@ class WebOptions:
     allow_remote: bool = False
     curve_secret_key: str | None = None  # this client's secret key file (NAME.key_secret)
     curve_server_key: str | None = None  # the publisher's public key file (server.key)
-    fps: float = 10.0  # video frames per second per stream, at most
-    width: int = 640  # video frames at most this wide (downscaled, aspect kept)
+    fps: float = DEFAULT_FPS  # video frames per second per stream, at most
+    width: int = DEFAULT_WIDTH  # video frames at most this wide (downscaled, aspect kept)
     quality: int = 70  # JPEG quality
     source: str = "connect"  # "run" (stream.run --web) or "connect" (python -m stream.web)
 
@@ -650,10 +658,7 @@ def serve(
     host, port = check_listen(opts.listen, allow_remote=opts.allow_remote, token=opts.token)
     if not opts.connect:
         raise UserError("the view needs at least one endpoint to --connect to")
-    if not 0 < opts.fps <= 60:
-        raise UserError(f"--fps {opts.fps:g} must be above 0 and at most 60")
-    if not 16 <= opts.width <= 4096:
-        raise UserError(f"--width {opts.width} must be 16 to 4096 pixels")
+    check_video(opts.fps, opts.width)
     asyncio.run(_serve(opts, frames, host, port, ready, stop))
 
 
